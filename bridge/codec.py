@@ -1,0 +1,73 @@
+"""Avro encoding of login events: the schema file parsed once, single-object encoding on the wire."""
+
+from __future__ import annotations
+
+import io
+import json
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from bridge.errors import MalformedInput
+
+SCHEMA_FILE = "login_audit.avsc"
+# Avro single-object encoding: https://avro.apache.org/docs/1.11.1/specification/#single-object-encoding
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONTENT_TYPE = "application/vnd.apache.avro+binary"
+
+
+def schema_text() -> str:
+    """The schema as shipped: inside the wheel, or ``schemas/`` beside the package in a checkout."""
+    packaged = resources.files("bridge").joinpath("schemas", SCHEMA_FILE)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    checkout = Path(__file__).resolve().parent.parent / "schemas" / SCHEMA_FILE
+    return checkout.read_text(encoding="utf-8")
+
+
+class AvroCodec:
+    """Encodes and decodes events for one schema; build it once and share it."""
+
+    def __init__(self, schema: dict[str, Any] | None = None) -> None:
+        self.schema: dict[str, Any] = schema if schema is not None else json.loads(schema_text())
+        self.parsed = parse_schema(self.schema)
+        self.canonical_form: str = to_parsing_canonical_form(self.parsed)
+        # fastavro already spells the CRC-64-AVRO fingerprint in the little-endian byte order
+        # that single-object encoding puts on the wire.
+        self.fingerprint: bytes = bytes.fromhex(fingerprint(self.canonical_form, "CRC-64-AVRO"))
+        self._header = SINGLE_OBJECT_MAGIC + self.fingerprint
+
+    @cached_property
+    def fingerprint_hex(self) -> str:
+        return self.fingerprint.hex()
+
+    def encode_datum(self, record: dict[str, Any]) -> bytes:
+        """The record's Avro binary body, with no header."""
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.parsed, record)
+        return buf.getvalue()
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        """Avro single-object encoding: ``C3 01`` + 8-byte fingerprint + body."""
+        return self._header + self.encode_datum(record)
+
+    def decode_datum(self, body: bytes, *, writer_schema: Any = None) -> dict[str, Any]:
+        writer = writer_schema if writer_schema is not None else self.parsed
+        record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(body), writer, self.parsed)
+        return record
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """Decodes single-object encoding written with this schema."""
+        if data[:2] != SINGLE_OBJECT_MAGIC:
+            raise MalformedInput("not Avro single-object encoding (no C3 01 marker)")
+        if data[2:10] != self.fingerprint:
+            raise MalformedInput(f"written with an unknown schema (fingerprint {data[2:10].hex()})")
+        return self.decode_datum(data[10:])
+
+    def validate(self, record: dict[str, Any]) -> bool:
+        ok: bool = fastavro.validation.validate(record, self.parsed, raise_errors=True)
+        return ok

@@ -1,0 +1,45 @@
+"""The normalized login event: one Avro record plus the routing facts sinks need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Status = Literal["success", "failure"]
+Source = Literal["sftpgo", "mediawiki"]
+
+STATUS_SUCCESS = 1
+STATUS_FAILURE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class LoginEvent:
+    """A record that validates against ``schemas/login_audit.avsc``, and where it came from."""
+
+    record: dict[str, Any]
+    source: Source
+
+    @property
+    def event_id(self) -> str:
+        uid: str = self.record["metadata"]["uid"]
+        return uid
+
+    @property
+    def status(self) -> Status:
+        return "success" if self.record["status_id"] == STATUS_SUCCESS else "failure"
+
+    @property
+    def protocol(self) -> str:
+        """The service logged in to, lower-cased for routing keys: ssh, ftp, dav, http, mediawiki."""
+        svc: str = self.record["dst_endpoint"]["svc_name"]
+        return svc.lower()
+
+    @property
+    def user_name(self) -> str | None:
+        name: str | None = self.record["user"]["name"]
+        return name
+
+    @property
+    def routing_key(self) -> str:
+        """``<status>.<source>.<protocol>``, e.g. ``failure.sftpgo.ssh``."""
+        return f"{self.status}.{self.source}.{self.protocol}"

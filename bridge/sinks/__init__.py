@@ -1,0 +1,1 @@
+"""Sinks: where durable events go. Broker sinks are imported lazily by ``bridge.sinks.build``."""

@@ -1,0 +1,48 @@
+"""The transport interface every sink implements."""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+from typing import ClassVar, Self
+
+from bridge.event import LoginEvent
+
+
+class Sink(abc.ABC):
+    """Takes login events and returns from ``send`` only once each is durable.
+
+    Use as ``async with sink: await sink.send(event)``. ``send`` raises a
+    :class:`bridge.errors.SinkError`; nothing else escapes a sink: each implementation translates
+    its library's exceptions at this boundary.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connects or opens files; raises SinkUnavailable when that is not possible now."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Flushes what is in flight and closes; sends after this raise SinkUnavailable."""
+
+    @abc.abstractmethod
+    async def send(self, event: LoginEvent) -> None:
+        """Returns once the event is durable (fsync'd, or acknowledged by the broker)."""
+
+    def ready(self) -> bool:
+        """True while the sink can take events; drives ``/readyz``."""
+        return True
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
