@@ -1,0 +1,253 @@
+"""Every setting of the bridge, read once from ``BRIDGE_*`` variables and an optional TOML file.
+
+Precedence, highest first: keyword arguments (tests, the CLI), ``BRIDGE_*`` environment
+variables, the TOML file named by ``BRIDGE_CONFIG`` (flat keys, the variable names without the
+prefix, lower case), the defaults below. Secrets are :class:`pydantic.SecretStr`, so their
+``repr`` and any log line show ``**********``. This is the only module that reads the
+environment (the hook shim reads its own; that is its job).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "BRIDGE_"
+CONFIG_VARIABLE = "BRIDGE_CONFIG"
+
+SinkName = Literal["file", "kafka", "rabbitmq", "memory"]
+CommaList = Annotated[tuple[str, ...], NoDecode]
+SecretList = Annotated[tuple[SecretStr, ...], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """The bridge's configuration; frozen once built. Field docs are the settings reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # -- serving
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0: any free).")
+    uds: Path | None = Field(
+        None, description="Also listen on this Unix socket (for the hook shim on the same host)."
+    )
+    max_body_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted (413)."
+    )
+    publish_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a request waits for its event to become durable (503)."
+    )
+    shutdown_timeout_seconds: float = Field(
+        20.0, gt=0, description="On SIGTERM, how long to wait for in-flight requests to finish."
+    )
+
+    # -- authentication and TLS
+    auth_tokens: SecretList = Field(
+        (), description="Accepted bearer tokens, comma-separated (several allow rotation). "
+        "Empty: no authentication (only sensible on 127.0.0.1)."
+    )
+    auth_header: str = Field(
+        "Authorization",
+        description="Header carrying the token. 'Authorization' expects 'Bearer <token>'; any other "
+        "header (e.g. X-Sftpgo-Hook-Token, set through SFTPGo's http.headers) holds the bare token.",
+    )
+    tls_certfile: Path | None = Field(None, description="Server certificate (PEM): enables HTTPS.")
+    tls_keyfile: Path | None = Field(None, description="Private key of tls_certfile (PEM).")
+    tls_client_ca: Path | None = Field(
+        None, description="CA bundle (PEM): when set, clients must present a certificate (mTLS)."
+    )
+
+    # -- where events go
+    sink: SinkName = Field("file", description="file, kafka or rabbitmq (memory: tests only).")
+    data_dir: Path = Field(
+        Path("login-audit-data"), description="Base directory for the file sink and the spools."
+    )
+    file_dir: Path | None = Field(None, description="File sink directory (default data_dir/events).")
+    file_rotate_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096, description="Start a new Avro file past this size."
+    )
+    file_rotate_seconds: float = Field(3600.0, gt=0, description="Start a new Avro file past this age.")
+
+    # -- the hook shim's spool, taken in by the bridge
+    hook_spool_dir: Path | None = Field(
+        None, description="Where the hook shim spools events when the bridge is down "
+        "(default data_dir/hook-spool); the bridge takes them in at start and periodically."
+    )
+    hook_spool_interval_seconds: float = Field(
+        5.0, gt=0, description="How often the bridge looks into hook_spool_dir."
+    )
+
+    # -- normalization
+    sftpgo_user_fields: CommaList = Field(
+        ("username", "id"),
+        description="Allow-list of top-level SFTPGo user fields copied into events. username and "
+        "id are always used; add e.g. email, role, groups, description. Only text and number "
+        "values are copied (groups: names and types only); nothing nested ever is.",
+    )
+
+    # -- Kafka
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_topic_success: str = Field("login-audit.success", description="Topic for successes.")
+    kafka_topic_failure: str = Field("login-audit.failure", description="Topic for failures.")
+    kafka_key: Literal["event_id", "user"] = Field(
+        "event_id", description="Message key: event_id (dedupe) or user (per-user ordering)."
+    )
+    kafka_create_topics: bool = Field(True, description="Create missing topics at start.")
+    kafka_topic_partitions: int = Field(3, ge=1, description="Partitions of created topics.")
+    kafka_topic_replication: int = Field(
+        -1, description="Replication factor of created topics (-1: the broker's default)."
+    )
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="Producer compression codec."
+    )
+    kafka_linger_ms: float = Field(
+        2.0, ge=0, description="Producer linger: batches for this long; low, since each request waits."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = (
+        Field(None, description="SASL mechanism.")
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (PLAIN, SCRAM).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (PLAIN, SCRAM).")
+    kafka_oauth_token_endpoint_url: str | None = Field(
+        None, description="OAUTHBEARER (OIDC) token endpoint."
+    )
+    kafka_oauth_client_id: str | None = Field(None, description="OAUTHBEARER client id.")
+    kafka_oauth_client_secret: SecretStr | None = Field(None, description="OAUTHBEARER secret.")
+    kafka_oauth_scope: str | None = Field(None, description="OAUTHBEARER scope.")
+    kafka_ssl_ca_location: Path | None = Field(None, description="CA bundle for the brokers.")
+    kafka_ssl_certificate_location: Path | None = Field(None, description="Client certificate.")
+    kafka_ssl_key_location: Path | None = Field(None, description="Client key.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Client key password.")
+    kafka_statistics_interval_ms: int = Field(
+        15000, ge=0, description="librdkafka statistics interval for metrics (0: off)."
+    )
+
+    # -- RabbitMQ
+    rabbitmq_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="AMQP URL with credentials; amqps:// for TLS.",
+    )
+    rabbitmq_exchange: str = Field("login-audit", description="Durable topic exchange.")
+    rabbitmq_declare_queues: bool = Field(
+        False, description="Also declare durable queues per status bound to success.# / failure.#."
+    )
+    rabbitmq_queue_success: str = Field("login-audit.success", description="Success queue name.")
+    rabbitmq_queue_failure: str = Field("login-audit.failure", description="Failure queue name.")
+    rabbitmq_ssl_ca_file: Path | None = Field(None, description="CA bundle for amqps://.")
+    rabbitmq_ssl_certfile: Path | None = Field(None, description="Client certificate (amqps).")
+    rabbitmq_ssl_keyfile: Path | None = Field(None, description="Client key (amqps).")
+
+    # -- Schema Registry
+    schema_registry_url: str | None = Field(
+        None, description="Confluent-compatible Schema Registry: switches to its wire format."
+    )
+    schema_registry_username: str | None = Field(None, description="Registry basic-auth user.")
+    schema_registry_password: SecretStr | None = Field(None, description="Registry password.")
+
+    # -- the bridge's own spool, used when the broker is down or slow
+    spool_max_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024 * 1024, description="Spool size limit; past it: 503."
+    )
+    spool_max_events: int = Field(2_000_000, ge=1, description="Spool event limit; past it: 503.")
+
+    # -- logs
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="json lines or plain text.")
+
+    _split = field_validator("auth_tokens", "sftpgo_user_fields", mode="before")(_split_commas)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        if self.tls_client_ca is not None and self.tls_certfile is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_certfile and tls_keyfile")
+        if self.kafka_sasl_mechanism is not None and "SASL" not in self.kafka_security_protocol:
+            raise ValueError("kafka_sasl_mechanism needs kafka_security_protocol SASL_*")
+        return self
+
+    @property
+    def events_dir(self) -> Path:
+        return self.file_dir if self.file_dir is not None else self.data_dir / "events"
+
+    @property
+    def hook_spool_path(self) -> Path:
+        return self.hook_spool_dir if self.hook_spool_dir is not None else self.data_dir / "hook-spool"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "spool.sqlite3"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_VARIABLE)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_VARIABLE}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def _describe(loc: tuple[int | str, ...], msg: str) -> str:
+    key = str(loc[0]) if loc else "?"
+    return f"{key} ({ENV_PREFIX}{key.upper()}): {msg}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Builds the settings or raises ConfigError naming every bad key and why."""
+    unknown = _unknown_variables(os.environ)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see --help for the list)")
+    config_file = os.environ.get(CONFIG_VARIABLE)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_VARIABLE}={config_file}: no such file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err["loc"], err["msg"]) for err in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    except ValueError as exc:  # the TOML file itself does not parse
+        raise ConfigError(f"{CONFIG_VARIABLE}={config_file}: {exc}") from exc
