@@ -7,7 +7,8 @@ import json
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
@@ -71,3 +72,36 @@ class AvroCodec:
     def validate(self, record: dict[str, Any]) -> bool:
         ok: bool = fastavro.validation.validate(record, self.parsed, raise_errors=True)
         return ok
+
+
+class WireEncoder(Protocol):
+    """How broker sinks turn a record into message bytes for one topic or routing key."""
+
+    content_type: str
+
+    async def prepare(self, topics: Sequence[str]) -> None:
+        """Does any network set-up (e.g. registering the schema) before the first encode."""
+
+    def schema_ref(self, topic: str) -> str:
+        """What identifies the writer schema in a message header: fingerprint or registry id."""
+
+    def encode(self, record: dict[str, Any], topic: str) -> bytes:
+        """The message value."""
+
+
+class SingleObjectEncoder:
+    """The default wire format without a Schema Registry: Avro single-object encoding."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self, codec: AvroCodec) -> None:
+        self.codec = codec
+
+    async def prepare(self, topics: Sequence[str]) -> None:
+        return None
+
+    def schema_ref(self, topic: str) -> str:
+        return f"CRC-64-AVRO:{self.codec.fingerprint_hex}"
+
+    def encode(self, record: dict[str, Any], topic: str) -> bytes:
+        return self.codec.encode(record)
