@@ -1,0 +1,121 @@
+<?php
+/**
+ * Builds the JSON object of docs/mediawiki-hook.md from one call of the audit hook.
+ *
+ * @file
+ */
+
+namespace MediaWiki\Extension\LoginAuditBridge;
+
+use JsonSerializable;
+use MediaWiki\Auth\AuthenticationResponse;
+use MediaWiki\MediaWikiServices;
+use MediaWiki\User\UserIdentity;
+use MessageSpecifier;
+use RequestContext;
+use Throwable;
+use WebRequest;
+
+class LoginPayload {
+	/** The body version the bridge checks before reading anything else. */
+	public const FORMAT = 'login-audit-bridge.mediawiki.v1';
+
+	/**
+	 * @param AuthenticationResponse $response PASS or FAIL
+	 * @param UserIdentity|null $user
+	 * @param string|null $username
+	 * @param array $extraData
+	 * @param int $invocation 1 for the first hook call in this request
+	 * @return array<string,mixed>
+	 */
+	public static function fromHook( $response, $user, $username, array $extraData, int $invocation ): array {
+		$config = MediaWikiServices::getInstance()->getMainConfig();
+		$request = RequestContext::getMain()->getRequest();
+		$message = $response->message ?? null;
+
+		return [
+			'format' => self::FORMAT,
+			'status' => (string)$response->status,
+			'username' => (string)$username,
+			'canonical_username' => self::stringOrNull( $response->username ?? null ),
+			'user' => $user ? [ 'id' => (int)$user->getId(), 'name' => (string)$user->getName() ] : null,
+			'message_key' => $message instanceof MessageSpecifier ? $message->getKey() : null,
+			'message_params' => $message instanceof MessageSpecifier
+				? self::plainParams( $message->getParams() ) : [],
+			'app_id' => self::stringOrNull( $extraData['appId'] ?? null ),
+			'performer' => self::performerName( $extraData['performer'] ?? null ),
+			'ip' => self::clientIp( $request ),
+			'user_agent' => $config->get( 'LoginAuditBridgeSendUserAgent' )
+				? self::stringOrNull( $request->getHeader( 'User-Agent' ) ) : null,
+			'request_id' => WebRequest::getRequestId(),
+			'invocation' => $invocation,
+			'wiki_id' => MediaWikiServices::getInstance()->getDBLoadBalancerFactory()->getLocalDomainID(),
+			'server' => self::stringOrNull( $config->get( 'Server' ) ),
+			'entry_point' => defined( 'MW_ENTRY_POINT' ) ? MW_ENTRY_POINT : null,
+			'time' => (int)floor( microtime( true ) * 1000 ),
+			'mw_version' => MW_VERSION,
+		];
+	}
+
+	/**
+	 * Message parameters as plain JSON values: durations stay `{"duration":300}`, nested
+	 * messages become their key, anything else its string form.
+	 *
+	 * @param array $params
+	 * @return array
+	 */
+	public static function plainParams( array $params ): array {
+		return array_map( [ self::class, 'plainValue' ], array_values( $params ) );
+	}
+
+	/**
+	 * @param mixed $value
+	 * @return mixed
+	 */
+	private static function plainValue( $value ) {
+		if ( $value === null || is_scalar( $value ) ) {
+			return $value;
+		}
+		if ( is_array( $value ) ) {
+			return array_map( [ self::class, 'plainValue' ], $value );
+		}
+		if ( $value instanceof MessageSpecifier ) {
+			return $value->getKey();
+		}
+		if ( $value instanceof JsonSerializable ) {
+			return self::plainValue( $value->jsonSerialize() );
+		}
+		return method_exists( $value, '__toString' ) ? (string)$value : get_class( $value );
+	}
+
+	/**
+	 * MediaWiki >= 1.42 passes the performer as a UserIdentity (older code paths: a name).
+	 *
+	 * @param mixed $performer
+	 * @return string|null
+	 */
+	private static function performerName( $performer ): ?string {
+		if ( $performer instanceof UserIdentity ) {
+			return $performer->getName();
+		}
+		return self::stringOrNull( $performer );
+	}
+
+	private static function clientIp( WebRequest $request ): string {
+		try {
+			return (string)$request->getIP();
+		} catch ( Throwable $e ) {
+			// getIP() throws when no address can be determined (some CLI and faux requests);
+			// an empty address is reported rather than the event being lost.
+			return '';
+		}
+	}
+
+	/**
+	 * @param mixed $value
+	 * @return string|null
+	 */
+	private static function stringOrNull( $value ): ?string {
+		return is_string( $value ) || is_int( $value ) ? (string)$value : null;
+	}
+}
