@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from bridge import __version__
+
+# The *_created series double the exposition for no use on dashboards or alerts.
+disable_created_metrics()
 
 # Publishing is an fsync or a broker round trip: from sub-millisecond to seconds when a broker
 # is failing over.

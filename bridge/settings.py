@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     )
     file_dir: Path | None = Field(None, description="File sink directory (default data_dir/events).")
     file_rotate_bytes: int = Field(
-        64 * 1024 * 1024, ge=4096, description="Start a new Avro file past this size."
+        64 * 1024 * 1024, ge=65536, description="Start a new Avro file past this size."
     )
     file_rotate_seconds: float = Field(3600.0, gt=0, description="Start a new Avro file past this age.")
 
@@ -176,6 +176,10 @@ class Settings(BaseSettings):
         1024 * 1024 * 1024, ge=1024 * 1024, description="Spool size limit; past it: 503."
     )
     spool_max_events: int = Field(2_000_000, ge=1, description="Spool event limit; past it: 503.")
+    max_in_flight: int = Field(
+        4096, ge=1, description="Hook requests processed at once; past it: 503 with Retry-After."
+    )
+    access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
 
     # -- logs
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
@@ -236,8 +240,13 @@ def _describe(loc: tuple[int | str, ...], msg: str) -> str:
     return f"{key} ({ENV_PREFIX}{key.upper()}): {msg}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Builds the settings or raises ConfigError naming every bad key and why."""
+def load_settings(*, config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Builds the settings or raises ConfigError naming every bad key and why.
+
+    ``config_file`` (the CLI's --config) takes the place of BRIDGE_CONFIG.
+    """
+    if config_file is not None:
+        os.environ[CONFIG_VARIABLE] = str(config_file)
     unknown = _unknown_variables(os.environ)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see --help for the list)")

@@ -21,6 +21,15 @@ class LoginPayload {
 	public const FORMAT = 'login-audit-bridge.mediawiki.v1';
 
 	/**
+	 * Longest strings the bridge accepts (it answers 400 beyond them, which would lose the event).
+	 * The raw username and the User-Agent come from the client and can be anything, so they are
+	 * cut rather than sent whole.
+	 */
+	private const MAX_NAME = 255;
+	private const MAX_TEXT = 1024;
+	private const MAX_PARAMS = 32;
+
+	/**
 	 * @param AuthenticationResponse $response PASS or FAIL
 	 * @param UserIdentity|null $user
 	 * @param string|null $username
@@ -36,9 +45,9 @@ class LoginPayload {
 		return [
 			'format' => self::FORMAT,
 			'status' => (string)$response->status,
-			'username' => (string)$username,
+			'username' => self::cut( (string)$username, self::MAX_NAME ),
 			'canonical_username' => self::stringOrNull( $response->username ?? null ),
-			'user' => $user ? [ 'id' => (int)$user->getId(), 'name' => (string)$user->getName() ] : null,
+			'user' => $user ? [ 'id' => (int)$user->getId(), 'name' => self::cut( $user->getName(), self::MAX_NAME ) ] : null,
 			'message_key' => $message instanceof MessageSpecifier ? $message->getKey() : null,
 			'message_params' => $message instanceof MessageSpecifier
 				? self::plainParams( $message->getParams() ) : [],
@@ -46,11 +55,11 @@ class LoginPayload {
 			'performer' => self::performerName( $extraData['performer'] ?? null ),
 			'ip' => self::clientIp( $request ),
 			'user_agent' => $config->get( 'LoginAuditBridgeSendUserAgent' )
-				? self::stringOrNull( $request->getHeader( 'User-Agent' ) ) : null,
+				? self::stringOrNull( $request->getHeader( 'User-Agent' ), self::MAX_TEXT ) : null,
 			'request_id' => WebRequest::getRequestId(),
 			'invocation' => $invocation,
 			'wiki_id' => MediaWikiServices::getInstance()->getDBLoadBalancerFactory()->getLocalDomainID(),
-			'server' => self::stringOrNull( $config->get( 'Server' ) ),
+			'server' => self::stringOrNull( $config->get( 'Server' ), self::MAX_TEXT ),
 			'entry_point' => defined( 'MW_ENTRY_POINT' ) ? MW_ENTRY_POINT : null,
 			'time' => (int)floor( microtime( true ) * 1000 ),
 			'mw_version' => MW_VERSION,
@@ -65,7 +74,7 @@ class LoginPayload {
 	 * @return array
 	 */
 	public static function plainParams( array $params ): array {
-		return array_map( [ self::class, 'plainValue' ], array_values( $params ) );
+		return array_map( [ self::class, 'plainValue' ], array_slice( array_values( $params ), 0, self::MAX_PARAMS ) );
 	}
 
 	/**
@@ -96,7 +105,7 @@ class LoginPayload {
 	 */
 	private static function performerName( $performer ): ?string {
 		if ( $performer instanceof UserIdentity ) {
-			return $performer->getName();
+			return self::cut( $performer->getName(), self::MAX_NAME );
 		}
 		return self::stringOrNull( $performer );
 	}
@@ -113,9 +122,14 @@ class LoginPayload {
 
 	/**
 	 * @param mixed $value
+	 * @param int $max longest result, in characters
 	 * @return string|null
 	 */
-	private static function stringOrNull( $value ): ?string {
-		return is_string( $value ) || is_int( $value ) ? (string)$value : null;
+	private static function stringOrNull( $value, int $max = self::MAX_NAME ): ?string {
+		return is_string( $value ) || is_int( $value ) ? self::cut( (string)$value, $max ) : null;
+	}
+
+	private static function cut( string $value, int $max ): string {
+		return mb_strlen( $value ) > $max ? mb_substr( $value, 0, $max ) : $value;
 	}
 }

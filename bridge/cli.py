@@ -1,0 +1,221 @@
+"""login-audit-bridge: the service (serve) and its tools (schema, tail, settings)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bridge import __version__
+from bridge.errors import BridgeError, ConfigError, SinkError
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    FAILURE = 1  # a runtime error, e.g. the sink failed while serving
+    USAGE = 2  # argparse's own code for bad flags
+    CONFIG = 3  # settings that cannot work
+    SINK_UNAVAILABLE = 4  # the sink could not be started
+
+
+DESCRIPTION = """\
+Turns SFTPGo and MediaWiki login hooks into OCSF-shaped Avro login events and publishes them to
+local Avro files (the default), Kafka or RabbitMQ.
+
+Every setting is a BRIDGE_<NAME> environment variable, or a key in the TOML file named by
+BRIDGE_CONFIG / --config; `login-audit-bridge settings` lists them all."""
+
+SERVE_FLAGS = (
+    ("--host", "host", "address to listen on"),
+    ("--port", "port", "TCP port"),
+    ("--uds", "uds", "also listen on this Unix socket"),
+    ("--sink", "sink", "file, kafka or rabbitmq"),
+    ("--data-dir", "data_dir", "file sink and spool directory"),
+    ("--log-format", "log_format", "json or text"),
+    ("--log-level", "log_level", "debug, info, warning or error"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="login-audit-bridge",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: " + ", ".join(f"{e.value} {e.name.lower()}" for e in Exit),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the bridge (the default command)",
+        description="Serve the hook endpoints until SIGTERM, then drain and flush.",
+    )
+    _add_config_flag(serve)
+    for flag, field, text in SERVE_FLAGS:
+        serve.add_argument(flag, dest=field, help=f"{text} (BRIDGE_{field.upper()})")
+
+    schema = commands.add_parser(
+        "schema", help="print the event schema (Avro) and its fingerprint",
+        description="Print the Avro schema to stdout and its CRC-64-AVRO fingerprint to stderr.",
+    )
+    schema.add_argument("--fingerprint", action="store_true", help="print only the fingerprint")
+
+    tail = commands.add_parser(
+        "tail", help="decode and print events as JSON lines",
+        description="Decode events from the file sink (or a broker) and print one JSON per line.",
+    )
+    _add_config_flag(tail)
+    tail.add_argument("--from", dest="source", choices=("file", "kafka", "rabbitmq"),
+                      default="file", help="where to read (default: file)")
+    tail.add_argument("--dir", type=Path, help="file sink directory (default: BRIDGE_FILE_DIR "
+                      "or BRIDGE_DATA_DIR/events)")
+    tail.add_argument("--status", choices=("success", "failure"), help="only this status")
+    tail.add_argument("-n", "--limit", type=int, help="stop after this many events")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep waiting for new events")
+
+    settings = commands.add_parser(
+        "settings", help="list every setting with its variable, default and meaning",
+        description="List every setting; with --current, the values in effect (secrets masked).",
+    )
+    _add_config_flag(settings)
+    settings.add_argument("--current", action="store_true", help="show the values in effect")
+    return parser
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file (BRIDGE_CONFIG)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "schema":
+        return _schema(args)
+    try:
+        if command == "settings":
+            return _settings(args)
+        if command == "tail":
+            return _tail(args)
+        return _serve(args)
+    except ConfigError as exc:
+        print(f"login-audit-bridge: {exc.message}", file=sys.stderr)
+        return Exit.CONFIG
+    except KeyboardInterrupt:
+        return Exit.OK
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Any:
+    from bridge.settings import load_settings
+
+    return load_settings(config_file=getattr(args, "config", None), **(overrides or {}))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bridge.logs import configure_logging
+    from bridge.service import serve
+
+    overrides = {
+        field: getattr(args, field)
+        for _, field, _ in SERVE_FLAGS
+        if getattr(args, field, None) is not None
+    }
+    settings = _load(args, overrides)
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except SinkError as exc:
+        print(f"login-audit-bridge: {settings.sink} sink: {exc.message}", file=sys.stderr)
+        return Exit.SINK_UNAVAILABLE
+    except BridgeError as exc:
+        print(f"login-audit-bridge: {exc.message}", file=sys.stderr)
+        return Exit.FAILURE
+    except OSError as exc:
+        print(f"login-audit-bridge: cannot listen: {exc}", file=sys.stderr)
+        return Exit.FAILURE
+    return Exit.OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from bridge.codec import AvroCodec
+
+    codec = AvroCodec()
+    if args.fingerprint:
+        print(codec.fingerprint_hex)
+        return Exit.OK
+    print(json.dumps(codec.schema, indent=2, ensure_ascii=False))
+    print(f"CRC-64-AVRO fingerprint: {codec.fingerprint_hex}", file=sys.stderr)
+    return Exit.OK
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from bridge.settings import ENV_PREFIX, Settings
+
+    current = _load(args) if args.current else None
+    for name, field in Settings.model_fields.items():
+        variable = f"{ENV_PREFIX}{name.upper()}"
+        if current is not None:
+            value = getattr(current, name)
+            shown = "**********" if isinstance(value, SecretStr) else _plain(value)
+            print(f"{variable}={shown}")
+            continue
+        default = field.default if not isinstance(field.default, SecretStr) else "(secret)"
+        print(f"{variable}\n    {field.description} [default: {_plain(default)}]")
+    return Exit.OK
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    records = _records(args, settings)
+    for count, record in enumerate(records, start=1):
+        print(json.dumps(record, default=_json_default, ensure_ascii=False), flush=True)
+        if args.limit is not None and count >= args.limit:
+            break
+    return Exit.OK
+
+
+def _records(args: argparse.Namespace, settings: Any) -> Iterator[dict[str, Any]]:
+    if args.source != "file":
+        from bridge.consume import tail_broker
+
+        yield from tail_broker(
+            settings, source=args.source, status=args.status, follow=args.follow
+        )
+        return
+    from bridge.sinks.file import event_files, read_file
+
+    directory = args.dir or settings.events_dir
+    seen: dict[Path, int] = {}
+    while True:
+        for path in event_files(directory, args.status):
+            for index, record in enumerate(read_file(path)):
+                if index >= seen.get(path, 0):
+                    seen[path] = index + 1
+                    yield record
+        if not args.follow:
+            return
+        time.sleep(1)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds")
+    raise TypeError(f"cannot print {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""Turns what a source sent into one OCSF-shaped login event record (schemas/login_audit.avsc).
+
+Every input is hostile until checked here: anything we cannot use raises an InputError that names
+the field, and nothing from the SFTPGo user object reaches the record unless the allow-list
+(:func:`bridge.sftpgo.project_user`) kept it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.errors import InvalidField, MalformedInput
+from bridge.event import STATUS_FAILURE, STATUS_SUCCESS, LoginEvent
+from bridge.mediawiki import MediaWikiLogin
+from bridge.sftpgo import GROUP_TYPES, HOOK_FIELDS, project_user
+
+OCSF_VERSION = "1.3.0"
+LOG_NAME = "login-audit"
+NO_AUTH_TRIED = "no_auth_tried"
+# SFTPGo spelled it this way up to 2.5.0.
+LEGACY_NO_AUTH_TRIED = "no_auth_tryed"
+
+AUTH_PROTOCOL_UNKNOWN = 0
+AUTH_PROTOCOL_OPENID = 4
+AUTH_PROTOCOL_OTHER = 99
+
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+_PARAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_NAME_CHARS = 256
+MAX_EXTRA_PARAMS = 16
+MAX_PARAM_CHARS = 256
+MAX_GROUPS = 64
+
+_CONSTANT_FIELDS: dict[str, Any] = {
+    "class_uid": 3002,
+    "class_name": "Authentication",
+    "category_uid": 3,
+    "category_name": "Identity & Access Management",
+    "activity_id": 1,
+    "activity_name": "Logon",
+    "type_uid": 300201,
+    "type_name": "Authentication: Logon",
+    "logon_type_id": 3,
+    "logon_type": "Network",
+    "is_remote": True,
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Normalizer:
+    """Builds event records; one instance holds the allow-list and the clock."""
+
+    def __init__(
+        self,
+        *,
+        sftpgo_user_fields: Iterable[str] = (),
+        clock: Callable[[], int] = now_ms,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.sftpgo_user_fields = tuple(sftpgo_user_fields)
+        self._clock = clock
+        self._new_id = new_id
+
+    # -- SFTPGo
+
+    def sftpgo_from_http(self, query: Mapping[str, str], body: bytes) -> LoginEvent:
+        """HTTP mode (and the shim, which speaks it): query facts, user JSON body."""
+        return self.sftpgo(query, parse_json_object(body))
+
+    def sftpgo(
+        self, query: Mapping[str, str], user: Mapping[str, Any], *, received_ms: int | None = None
+    ) -> LoginEvent:
+        received = self._clock() if received_ms is None else received_ms
+        ip = _ip(query.get("ip"))
+        method = _token("login_method", query.get("login_method"))
+        protocol = _token("protocol", query.get("protocol"))
+        ok = _sftpgo_status(query.get("status"))
+        if method == LEGACY_NO_AUTH_TRIED:
+            method = NO_AUTH_TRIED
+        no_attempt = method == NO_AUTH_TRIED
+        if no_attempt:
+            ok = False  # a client that never tried to authenticate cannot have logged in
+        kept = project_user(user, self.sftpgo_user_fields)
+        name = _optional_name("username", kept.get("username"))
+        unmapped = {"sftpgo.login_method": method}
+        unmapped.update(_extra_params(query))
+        unmapped.update(_user_extras(kept))
+        if no_attempt:
+            message = (
+                f"SFTPGo {protocol} connection from {ip} closed before any authentication attempt"
+            )
+        else:
+            outcome = "succeeded" if ok else "failed"
+            message = f"SFTPGo {protocol} login {outcome} for {_who(name)} from {ip} ({method})"
+        record = _record(
+            event_id=self._new_id(),
+            time_ms=received,
+            received_ms=received,
+            ok=ok,
+            status_detail=NO_AUTH_TRIED if no_attempt else None,
+            message=message,
+            user={
+                "name": name,
+                "uid": _positive_id(kept.get("id")),
+                "email_addr": _optional_name("email", kept.get("email")),
+                "groups": _groups(kept.get("groups", [])),
+            },
+            ip=ip,
+            svc_name=protocol,
+            hostname=None,
+            service={"name": "SFTPGo", "uid": None, "version": None},
+            product={"name": "SFTPGo", "vendor_name": "SFTPGo", "version": None},
+            auth_protocol_id=_auth_protocol_id(method),
+            auth_protocol=method,
+            http_request=None,
+            correlation_uid=None,
+            unmapped=unmapped,
+        )
+        return LoginEvent(record=record, source="sftpgo")
+
+    # -- MediaWiki
+
+    def mediawiki(self, login: MediaWikiLogin) -> LoginEvent:
+        ok = login.status == "PASS"
+        ip = _ip(login.ip)
+        raw_name = login.username
+        name = _optional_name(
+            "username", login.canonical_username if ok and login.canonical_username else raw_name
+        )
+        uid = str(login.user.id) if login.user is not None and login.user.id > 0 else None
+        unmapped = {
+            "mediawiki.raw_username": raw_name,
+            "mediawiki.invocation": str(login.invocation),
+        }
+        optional = {
+            "mediawiki.app_id": login.app_id,
+            "mediawiki.performer": login.performer,
+            "mediawiki.entry_point": login.entry_point,
+            "mediawiki.message_params": (
+                json.dumps(login.message_params, separators=(",", ":"), ensure_ascii=False)
+                if login.message_params
+                else None
+            ),
+        }
+        unmapped.update({k: v for k, v in optional.items() if v is not None})
+        record = _record(
+            event_id=self._new_id(),
+            time_ms=login.time,
+            received_ms=self._clock(),
+            ok=ok,
+            status_detail=login.message_key,
+            message=(
+                f"MediaWiki login {'succeeded' if ok else 'failed'} for {_who(name)} from {ip}"
+                + ("" if ok or not login.message_key else f" ({login.message_key})")
+            ),
+            user={"name": name, "uid": uid, "email_addr": None, "groups": []},
+            ip=ip,
+            svc_name="MediaWiki",
+            hostname=_host(login.server),
+            service={"name": "MediaWiki", "uid": login.wiki_id, "version": login.mw_version},
+            product={
+                "name": "MediaWiki",
+                "vendor_name": "Wikimedia Foundation",
+                "version": login.mw_version,
+            },
+            auth_protocol_id=AUTH_PROTOCOL_OTHER,
+            auth_protocol="bot-password" if login.app_id else "password",
+            http_request={"user_agent": login.user_agent, "uid": login.request_id},
+            correlation_uid=login.request_id,
+            unmapped=unmapped,
+        )
+        return LoginEvent(record=record, source="mediawiki")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parses a JSON object strictly: UTF-8 only, no NaN, no lone surrogates."""
+    try:
+        text = body.decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise MalformedInput(f"body is not UTF-8 (byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedInput(f"body is not valid JSON: {_short(exc)}") from None
+    if not isinstance(value, dict):
+        raise MalformedInput("body must be a JSON object")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:200] if not isinstance(exc, RecursionError) else "nested too deeply"
+
+
+def _record(
+    *,
+    event_id: str,
+    time_ms: int,
+    received_ms: int,
+    ok: bool,
+    status_detail: str | None,
+    message: str,
+    user: dict[str, Any],
+    ip: str,
+    svc_name: str,
+    hostname: str | None,
+    service: dict[str, Any],
+    product: dict[str, Any],
+    auth_protocol_id: int,
+    auth_protocol: str | None,
+    http_request: dict[str, Any] | None,
+    correlation_uid: str | None,
+    unmapped: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        **_CONSTANT_FIELDS,
+        "time": time_ms,
+        "severity_id": 1 if ok else 2,
+        "severity": "Informational" if ok else "Low",
+        "status_id": STATUS_SUCCESS if ok else STATUS_FAILURE,
+        "status": "Success" if ok else "Failure",
+        "status_detail": status_detail,
+        "message": message,
+        "user": user,
+        "src_endpoint": {"ip": ip},
+        "dst_endpoint": {"svc_name": svc_name, "hostname": hostname},
+        "service": service,
+        "auth_protocol_id": auth_protocol_id,
+        "auth_protocol": auth_protocol,
+        "http_request": http_request,
+        "metadata": {
+            "uid": event_id,
+            "version": OCSF_VERSION,
+            "log_name": LOG_NAME,
+            "logged_time": received_ms,
+            "correlation_uid": correlation_uid,
+            "product": product,
+        },
+        "unmapped": unmapped,
+    }
+
+
+def _sftpgo_status(value: str | None) -> bool:
+    if value == "1":
+        return True
+    if value == "0":
+        return False
+    raise InvalidField("status", "must be '1' (success) or '0' (failure)")
+
+
+def _ip(value: str | None) -> str:
+    """Checks that the value is an IP address and returns it exactly as sent."""
+    if not value:
+        raise InvalidField("ip", "is missing")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidField("ip", "is not an IPv4 or IPv6 address") from None
+    return value
+
+
+def _token(field: str, value: str | None) -> str:
+    if not value:
+        raise InvalidField(field, "is missing")
+    if not _TOKEN.fullmatch(value):
+        raise InvalidField(field, "must be 1-64 letters, digits or _.+-")
+    return value
+
+
+def _optional_name(field: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidField(field, "must be a string")
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidField(field, f"is longer than {MAX_NAME_CHARS} characters")
+    _check_unicode(field, value)
+    return value
+
+
+def _check_unicode(field: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidField(field, "is not valid Unicode (lone surrogate)") from None
+
+
+def _positive_id(value: Any) -> str | None:
+    # bool is an int in Python; an id of true is nonsense, not 1.
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    return None
+
+
+def _groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(groups) > MAX_GROUPS:
+        raise InvalidField("groups", f"has more than {MAX_GROUPS} entries")
+    return [
+        {"name": _optional_name("groups.name", g["name"]) or "", "type": GROUP_TYPES.get(g["type"])}
+        for g in groups
+    ]
+
+
+def _extra_params(query: Mapping[str, str]) -> dict[str, str]:
+    """Parameters the operator put in the hook URL (e.g. ?source=eu1), kept as sftpgo.param.*."""
+    extras = {k: v for k, v in query.items() if k not in HOOK_FIELDS}
+    if len(extras) > MAX_EXTRA_PARAMS:
+        raise InvalidField("query", f"has more than {MAX_EXTRA_PARAMS} extra parameters")
+    kept: dict[str, str] = {}
+    for key, value in extras.items():
+        if not _PARAM_NAME.fullmatch(key):
+            raise InvalidField("query", "has a parameter name that is not 1-64 of A-Za-z0-9_.-")
+        if len(value) > MAX_PARAM_CHARS:
+            raise InvalidField(key, f"is longer than {MAX_PARAM_CHARS} characters")
+        _check_unicode(key, value)
+        kept[f"sftpgo.param.{key}"] = value
+    return kept
+
+
+def _user_extras(kept: Mapping[str, Any]) -> dict[str, str]:
+    """Allow-listed user fields without an OCSF home go to unmapped as sftpgo.user.<field>."""
+    extras: dict[str, str] = {}
+    for field, value in kept.items():
+        if field in ("username", "id", "email", "groups"):
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        if len(text) > MAX_PARAM_CHARS:
+            raise InvalidField(field, f"is longer than {MAX_PARAM_CHARS} characters")
+        _check_unicode(field, text)
+        extras[f"sftpgo.user.{field}"] = text
+    return extras
+
+
+def _auth_protocol_id(method: str) -> int:
+    if method == NO_AUTH_TRIED:
+        return AUTH_PROTOCOL_UNKNOWN
+    if method == "IDP":
+        return AUTH_PROTOCOL_OPENID
+    return AUTH_PROTOCOL_OTHER
+
+
+def _who(name: str | None) -> str:
+    return repr(name) if name is not None else "an unnamed user"
+
+
+def _host(server: str | None) -> str | None:
+    if not server:
+        return None
+    # $wgServer may be protocol-relative ("//wiki.example.org").
+    return urlsplit(server if "//" in server else f"//{server}").hostname

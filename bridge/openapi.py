@@ -1,0 +1,112 @@
+"""The OpenAPI 3.1 description served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge import __version__
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "Machine-readable reason, e.g. invalid_field."},
+        "message": {"type": "string", "description": "What was wrong, for a person."},
+        "field": {"type": "string", "description": "The offending field, when there is one."},
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_HOOK_RESPONSES: dict[str, Any] = {
+    "200": {
+        "description": "The event is durable (fsync'd or acknowledged by the broker).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Stored"}}},
+    },
+    "400": _error("Malformed JSON or a missing or invalid field; never retried."),
+    "401": _error("Missing or unaccepted token."),
+    "413": _error("Body over BRIDGE_MAX_BODY_BYTES."),
+    "415": _error("Content-Type is not application/json (UTF-8)."),
+    "503": _error("The event could not be made durable now; retry after Retry-After seconds."),
+}
+
+_QUERY = [
+    {"name": name, "in": "query", "required": True, "schema": schema, "description": text}
+    for name, schema, text in (
+        ("ip", {"type": "string"}, "Client IP, IPv4 or IPv6."),
+        ("login_method", {"type": "string"}, "e.g. password, publickey, no_auth_tried."),
+        ("protocol", {"type": "string"}, "SSH, FTP, DAV, HTTP or OIDC."),
+        ("status", {"type": "string", "enum": ["0", "1"]}, "1 success, 0 failure."),
+    )
+]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "login-audit-bridge",
+        "version": __version__,
+        "description": "Login hooks in, OCSF-shaped Avro login events out.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": _ERROR,
+            "Stored": {
+                "type": "object",
+                "required": ["status", "event_id"],
+                "properties": {
+                    "status": {"const": "stored"},
+                    "event_id": {"type": "string", "format": "uuid"},
+                },
+            },
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/v1/hooks/sftpgo": {
+            "post": {
+                "summary": "SFTPGo post_login_hook in HTTP mode (also used by login-audit-hook).",
+                "parameters": _QUERY,
+                "requestBody": {
+                    "required": True,
+                    "description": "The SFTPGo user as JSON. Only allow-listed fields are used.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": _HOOK_RESPONSES,
+            }
+        },
+        "/v1/hooks/mediawiki": {
+            "post": {
+                "summary": "One AuthManagerLoginAuthenticateAudit call (docs/mediawiki-hook.md).",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": _HOOK_RESPONSES,
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "Liveness.", "security": [], "responses": {"200": {"description": "Up."}}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: the sink can take events.",
+                "security": [],
+                "responses": {"200": {"description": "Ready."}, "503": _error("Sink not ready.")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics.",
+                "security": [],
+                "responses": {"200": {"description": "Text exposition format."}},
+            }
+        },
+    },
+}

@@ -1,0 +1,62 @@
+"""What SFTPGo's post-login hook sends, and the allow-list that decides which user fields we keep.
+
+Standard library only and cheap to import: the hook shim loads it on its spool path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Program mode passes the facts as environment variables; HTTP mode as these query parameters.
+# The shim turns the first into the second, so the bridge has one code path for both.
+ENV_TO_QUERY = (
+    ("SFTPGO_LOGIND_IP", "ip"),
+    ("SFTPGO_LOGIND_METHOD", "login_method"),
+    ("SFTPGO_LOGIND_PROTOCOL", "protocol"),
+    ("SFTPGO_LOGIND_STATUS", "status"),
+)
+USER_ENV = "SFTPGO_LOGIND_USER"
+HOOK_FIELDS = frozenset(query for _, query in ENV_TO_QUERY)
+
+ALWAYS_KEPT = ("username", "id")
+GROUP_TYPES = {1: "primary", 2: "secondary", 3: "membership"}
+
+_Scalar = str | int | float | bool
+
+
+def project_user(user: Any, fields: Iterable[str]) -> dict[str, Any]:
+    """Keeps only allow-listed top-level fields of an SFTPGo user object.
+
+    Only text, number and boolean values are copied, and of ``groups`` only each group's name
+    and type: nothing nested is ever copied, because every secret SFTPGo sends (and any it adds
+    in a later release) lives inside a nested object. Anything that is not a JSON object yields
+    ``{}``.
+    """
+    if not isinstance(user, Mapping):
+        return {}
+    kept: dict[str, Any] = {}
+    for field in (*ALWAYS_KEPT, *fields):
+        value = user.get(field)
+        if field == "groups":
+            groups = _project_groups(value)
+            if groups:
+                kept["groups"] = groups
+        elif isinstance(value, _Scalar):
+            kept[field] = value
+    return kept
+
+
+def _project_groups(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [
+        {"name": group["name"], "type": group.get("type") if isinstance(group.get("type"), int) else None}
+        for group in value
+        if isinstance(group, Mapping) and isinstance(group.get("name"), str)
+    ]
+
+# The hook shim's spool: one JSON file per event, named so that names sort in arrival order:
+# <received ms, 13 digits>-<pid>-<random>.json, written as .tmp, fsync'd, then renamed.
+SPOOL_FORMAT = "login-audit-bridge.hook-spool.v1"
+SPOOL_SUFFIX = ".json"

@@ -1,0 +1,503 @@
+"""The Kafka sink: confluent-kafka's producer behind an asyncio facade, one topic per status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from functools import partial
+from typing import Any, ClassVar, Literal
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bridge.codec import WireEncoder
+from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
+from bridge.event import LoginEvent
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+from bridge.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID = "login-audit-bridge"
+POLL_SECONDS = 0.1
+# Without exported statistics the sink still needs them to notice that a broker came back.
+READINESS_STATISTICS_MS = 5000
+
+# The `reason` label of login_audit_publish_errors_total for this sink: a bounded set.
+Reason = Literal[
+    "timeout", "queue_full", "too_large", "unauthorized", "unknown_topic", "fatal",
+    "rejected", "transport", "not_started",
+]
+
+_TOO_LARGE = {
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+}
+_UNAUTHORIZED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+}
+# The broker or client refuses this very message, or this topic, for good: replaying it from
+# the spool would fail the same way forever.
+_REJECTED = _TOO_LARGE | _UNAUTHORIZED | {
+    KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP, KafkaError.TOPIC_EXCEPTION,
+    KafkaError.POLICY_VIOLATION, KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    KafkaError._INVALID_ARG, KafkaError._KEY_SERIALIZATION, KafkaError._VALUE_SERIALIZATION,
+}
+_TIMEOUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
+_UNKNOWN_TOPIC = {
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION,
+}
+# Creating topics fails this way only when the settings cannot work on this cluster.
+_BAD_TOPIC_SETTINGS = {
+    KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_PARTITIONS,
+    KafkaError.INVALID_CONFIG, KafkaError.POLICY_VIOLATION,
+}
+
+
+def failure_reason(err: KafkaError) -> Reason:
+    """The metric label for a librdkafka error."""
+    code = err.code()
+    if code in _TIMEOUT:
+        return "timeout"
+    if code == KafkaError._QUEUE_FULL:
+        return "queue_full"
+    if code in _TOO_LARGE:
+        return "too_large"
+    if code in _UNAUTHORIZED:
+        return "unauthorized"
+    if code in _UNKNOWN_TOPIC:
+        return "unknown_topic"
+    if code == KafkaError._FATAL or err.fatal():
+        return "fatal"
+    if code in _REJECTED:
+        return "rejected"
+    return "transport"
+
+
+def to_sink_error(err: KafkaError) -> SinkError:
+    """Our error for a librdkafka error: rejected for good, or unavailable (spool and retry).
+
+    Anything not known to be permanent is retriable: an audit event is better kept in the spool
+    than dropped because a broker answered with an error we did not foresee.
+    """
+    text = f"kafka: {err.name()}: {err.str()}"
+    if err.code() in _REJECTED:
+        return SinkRejected(text, detail=err.name())
+    return SinkUnavailable(text, detail=err.name())
+
+
+def delivery_timeout_ms(publish_timeout_seconds: float) -> int:
+    """message.timeout.ms: a little under the publish timeout.
+
+    librdkafka then reports a message as timed out before `send` gives up waiting, so a message
+    the caller spooled is not still queued in the producer to be delivered twice later.
+    librdkafka scans for timed-out messages about once a second, hence the margin.
+    """
+    total = int(publish_timeout_seconds * 1000)
+    return max(1, total - min(1000, total // 2))
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Connection and security settings shared by the producer, the admin client and consumers."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": CLIENT_ID,
+        "security.protocol": settings.kafka_security_protocol.lower(),
+    }
+    config.update(_tls_config(settings))
+    config.update(_sasl_config(settings))
+    return config
+
+
+def _tls_config(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if settings.kafka_ssl_ca_location is not None:
+        config["ssl.ca.location"] = str(settings.kafka_ssl_ca_location)
+    if settings.kafka_ssl_certificate_location is not None:
+        config["ssl.certificate.location"] = str(settings.kafka_ssl_certificate_location)
+    if settings.kafka_ssl_key_location is not None:
+        config["ssl.key.location"] = str(settings.kafka_ssl_key_location)
+    if settings.kafka_ssl_key_password is not None:
+        config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+    return config
+
+
+def _sasl_config(settings: Settings) -> dict[str, Any]:
+    mechanism = settings.kafka_sasl_mechanism
+    if mechanism is None:
+        return {}
+    if mechanism == "OAUTHBEARER":
+        return {"sasl.mechanism": mechanism, **_oidc_config(settings)}
+    if settings.kafka_sasl_username is None or settings.kafka_sasl_password is None:
+        raise ConfigError(f"kafka_sasl_mechanism {mechanism} needs kafka_sasl_username and _password")
+    return {
+        "sasl.mechanism": mechanism,
+        "sasl.username": settings.kafka_sasl_username,
+        "sasl.password": settings.kafka_sasl_password.get_secret_value(),
+    }
+
+
+def _oidc_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka fetches and refreshes the token itself (client-credentials grant)."""
+    url, client_id = settings.kafka_oauth_token_endpoint_url, settings.kafka_oauth_client_id
+    secret = settings.kafka_oauth_client_secret
+    if url is None or client_id is None or secret is None:
+        raise ConfigError(
+            "kafka_sasl_mechanism OAUTHBEARER needs kafka_oauth_token_endpoint_url, "
+            "kafka_oauth_client_id and kafka_oauth_client_secret"
+        )
+    config: dict[str, Any] = {
+        "sasl.oauthbearer.method": "oidc",
+        "sasl.oauthbearer.token.endpoint.url": url,
+        "sasl.oauthbearer.client.id": client_id,
+        "sasl.oauthbearer.client.secret": secret.get_secret_value(),
+    }
+    if settings.kafka_oauth_scope is not None:
+        config["sasl.oauthbearer.scope"] = settings.kafka_oauth_scope
+    return config
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """The producer's settings, without callbacks: durable (acks=all, idempotent) and bounded."""
+    statistics_ms = settings.kafka_statistics_interval_ms or READINESS_STATISTICS_MS
+    return {
+        **client_config(settings),
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": settings.kafka_compression,
+        "linger.ms": settings.kafka_linger_ms,
+        "message.timeout.ms": delivery_timeout_ms(settings.publish_timeout_seconds),
+        "statistics.interval.ms": statistics_ms,
+    }
+
+
+class KafkaStatistics(Collector):
+    """librdkafka's statistics and error callbacks, exposed as Prometheus metrics on scrape."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats: dict[str, Any] = {}
+        self._errors: dict[str, int] = {}
+
+    def observe(self, stats: dict[str, Any]) -> None:
+        with self._lock:
+            self._stats = stats
+
+    def count_error(self, err: KafkaError) -> None:
+        kind = err.name().lstrip("_").lower()
+        with self._lock:
+            self._errors[kind] = self._errors.get(kind, 0) + 1
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families({}, {})
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            stats, errors = self._stats, dict(self._errors)
+        yield from self._families(stats, errors)
+
+    def _families(self, stats: dict[str, Any], errors: dict[str, int]) -> Iterator[Metric]:
+        queue = GaugeMetricFamily(
+            "login_audit_kafka_queue_messages",
+            "Messages in the producer's queues, waiting for a broker acknowledgement.",
+        )
+        queue_bytes = GaugeMetricFamily(
+            "login_audit_kafka_queue_bytes", "Bytes of the messages in the producer's queues."
+        )
+        if stats:
+            queue.add_metric([], stats.get("msg_cnt", 0))
+            queue_bytes.add_metric([], stats.get("msg_size", 0))
+        rtt = GaugeMetricFamily(
+            "login_audit_kafka_broker_rtt_seconds",
+            "Average request round-trip time to each broker over the last statistics interval.",
+            labels=["broker"],
+        )
+        up = GaugeMetricFamily(
+            "login_audit_kafka_broker_up",
+            "1 while the producer's connection to the broker is up.",
+            labels=["broker"],
+        )
+        for broker in _known_brokers(stats):
+            rtt.add_metric([broker["nodename"]], broker.get("rtt", {}).get("avg", 0) / 1e6)
+            up.add_metric([broker["nodename"]], 1.0 if broker.get("state") == "UP" else 0.0)
+        failures = CounterMetricFamily(
+            "login_audit_kafka_errors",
+            "Client-level errors reported by librdkafka (connection, authentication, ...), by type.",
+            labels=["type"],
+        )
+        for kind, count in sorted(errors.items()):
+            failures.add_metric([kind], count)
+        yield from (queue, queue_bytes, rtt, up, failures)
+
+
+def _known_brokers(stats: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Real brokers only: the bootstrap entries have no node id yet."""
+    for broker in stats.get("brokers", {}).values():
+        if broker.get("nodeid", -1) >= 0:
+            yield broker
+
+
+def any_broker_up(stats: dict[str, Any]) -> bool:
+    return any(b.get("state") == "UP" for b in _known_brokers(stats))
+
+
+class KafkaSink(Sink):
+    """Publishes each event to the topic of its status; `send` returns after its delivery report."""
+
+    name: ClassVar[str] = "kafka"
+
+    def __init__(
+        self,
+        *,
+        config: dict[str, Any],
+        admin_config: dict[str, Any],
+        topic_success: str,
+        topic_failure: str,
+        key_by_user: bool,
+        create_topics: bool,
+        partitions: int,
+        replication: int,
+        publish_timeout: float,
+        export_statistics: bool,
+        encoder: WireEncoder,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self._admin_config = admin_config
+        self._topics = {"success": topic_success, "failure": topic_failure}
+        self._key_by_user = key_by_user
+        self._create_topics = create_topics
+        self._partitions = partitions
+        self._replication = replication
+        self._publish_timeout = publish_timeout
+        self._encoder = encoder
+        self._metrics = metrics
+        self.statistics = KafkaStatistics()
+        self._export_statistics = export_statistics
+        self._producer: Producer | None = None
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reachable = False
+        self._fatal: KafkaError | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, encoder: WireEncoder, metrics: Metrics
+    ) -> KafkaSink:
+        return cls(
+            config=producer_config(settings),
+            admin_config=client_config(settings),
+            topic_success=settings.kafka_topic_success,
+            topic_failure=settings.kafka_topic_failure,
+            key_by_user=settings.kafka_key == "user",
+            create_topics=settings.kafka_create_topics,
+            partitions=settings.kafka_topic_partitions,
+            replication=settings.kafka_topic_replication,
+            publish_timeout=settings.publish_timeout_seconds,
+            export_statistics=settings.kafka_statistics_interval_ms > 0,
+            encoder=encoder,
+            metrics=metrics,
+        )
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping.clear()
+        self._producer = self._new_producer()
+        self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
+        self._poller.start()
+        try:
+            await self._check_cluster()
+            await self._encoder.prepare(list(self._topics.values()))
+        except BaseException:
+            await self.stop()
+            raise
+        if self._export_statistics:
+            self._metrics.registry.register(self.statistics)
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        self._stopping.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join)
+        left = await asyncio.to_thread(producer.flush, self._publish_timeout)
+        if left:
+            log.warning("kafka: %d message(s) not acknowledged at stop; their sends failed", left)
+        self._reachable = False
+        if self._export_statistics:
+            self._metrics.registry.unregister(self.statistics)
+
+    def ready(self) -> bool:
+        return self._producer is not None and self._reachable and self._fatal is None
+
+    def _new_producer(self) -> Producer:
+        config = {
+            **self._config,
+            "error_cb": self._on_error,
+            "stats_cb": self._on_statistics,
+            # librdkafka's own log lines go through logging (served by poll) instead of stderr.
+            "logger": logging.getLogger(f"{__name__}.librdkafka"),
+        }
+        try:
+            return Producer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"kafka producer settings: {exc.args[0].str()}") from exc
+
+    def _poll(self) -> None:
+        # producer.poll() blocks for up to its timeout while librdkafka runs the delivery, error
+        # and statistics callbacks; on the event loop it would stall every request, so this
+        # thread calls it, and the callbacks hand their results back with call_soon_threadsafe.
+        producer = self._producer
+        while producer is not None and not self._stopping.is_set():
+            producer.poll(POLL_SECONDS)
+
+    async def _check_cluster(self) -> None:
+        """Fails with SinkUnavailable unless the cluster answers within the publish timeout."""
+        producer = self._require_producer()
+        try:
+            metadata = await asyncio.to_thread(producer.list_topics, timeout=self._publish_timeout)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            raise SinkUnavailable(
+                f"kafka: no answer from {self._config['bootstrap.servers']}: {err.str()}",
+                detail=err.name(),
+            ) from exc
+        self._reachable = True
+        missing = [t for t in self._topics.values() if t not in metadata.topics]
+        if missing and self._create_topics:
+            await self._create(missing)
+        elif missing:
+            log.warning("kafka: topic(s) %s do not exist and kafka_create_topics is off", missing)
+
+    async def _create(self, topics: list[str]) -> None:
+        admin = AdminClient(self._admin_config)
+        new = [NewTopic(t, num_partitions=self._partitions, replication_factor=self._replication)
+               for t in topics]
+        futures = admin.create_topics(new, request_timeout=self._publish_timeout)
+        for topic, future in futures.items():
+            try:
+                await asyncio.wrap_future(future)
+            except KafkaException as exc:
+                self._raise_creation_error(topic, exc)
+            else:
+                log.info("kafka: created topic %s", topic)
+
+    def _raise_creation_error(self, topic: str, exc: KafkaException) -> None:
+        err: KafkaError = exc.args[0]
+        if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return
+        text = f"kafka: cannot create topic {topic}: {err.str()}"
+        if err.code() in _BAD_TOPIC_SETTINGS:
+            raise ConfigError(text) from exc
+        raise SinkUnavailable(text, detail=err.name()) from exc
+
+    # -- librdkafka callbacks, run on the poll thread
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.statistics.count_error(err)
+        if err.fatal():
+            # An idempotent producer that hit a fatal error cannot send again; only a new one
+            # could, so the sink reports itself not ready and every send fails (and spools).
+            self._fatal = err
+            log.error("kafka: fatal producer error %s: %s", err.name(), err.str())
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._reachable = False
+            log.warning("kafka: all brokers are down")
+        else:
+            log.info("kafka: %s: %s", err.name(), err.str())
+
+    def _on_statistics(self, text: str) -> None:
+        stats: dict[str, Any] = json.loads(text)
+        self.statistics.observe(stats)
+        self._reachable = any_broker_up(stats)
+
+    def _on_delivery(
+        self, future: asyncio.Future[KafkaError | None], err: KafkaError | None, _msg: object
+    ) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(_settle, future, err)
+
+    # -- sending
+
+    async def send(self, event: LoginEvent) -> None:
+        producer = self._require_producer()
+        if self._fatal is not None:
+            cause = KafkaException(self._fatal)
+            raise self._failed(to_sink_error(self._fatal), "fatal") from cause
+        topic = self._topics[event.status]
+        future: asyncio.Future[KafkaError | None] = asyncio.get_running_loop().create_future()
+        self._produce(producer, event, topic, future)
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                err = await future
+        except TimeoutError as exc:
+            message = f"kafka: no delivery report for {event.event_id} in {self._publish_timeout}s"
+            raise self._failed(SinkUnavailable(message), "timeout") from exc
+        if err is not None:
+            cause = KafkaException(err)
+            raise self._failed(to_sink_error(err), failure_reason(err)) from cause
+        self._reachable = True
+
+    def _produce(
+        self,
+        producer: Producer,
+        event: LoginEvent,
+        topic: str,
+        future: asyncio.Future[KafkaError | None],
+    ) -> None:
+        try:
+            producer.produce(
+                topic,
+                value=self._encoder.encode(event.record, topic),
+                key=self._key(event),
+                headers=self._headers(event, topic),
+                on_delivery=partial(self._on_delivery, future),
+            )
+        except BufferError as exc:
+            failure = SinkUnavailable("kafka: the producer queue is full", detail="_QUEUE_FULL")
+            raise self._failed(failure, "queue_full") from exc
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            raise self._failed(to_sink_error(err), failure_reason(err)) from exc
+
+    def _key(self, event: LoginEvent) -> str:
+        if self._key_by_user and event.user_name is not None:
+            return event.user_name
+        return event.event_id
+
+    def _headers(self, event: LoginEvent, topic: str) -> list[tuple[str, bytes]]:
+        return [
+            ("source", event.source.encode()),
+            ("content-type", self._encoder.content_type.encode()),
+            ("schema", self._encoder.schema_ref(topic).encode()),
+            ("event-status", event.status.encode()),
+        ]
+
+    def _failed(self, error: SinkError, reason: Reason) -> SinkError:
+        """Counts the failure; the caller raises the result ``from`` the library's exception."""
+        self._metrics.publish_errors.labels(self.name, reason).inc()
+        return error
+
+    def _require_producer(self) -> Producer:
+        if self._producer is None:
+            self._metrics.publish_errors.labels(self.name, "not_started").inc()
+            raise SinkUnavailable("kafka sink is not started")
+        return self._producer
+
+
+def _settle(future: asyncio.Future[KafkaError | None], err: KafkaError | None) -> None:
+    if not future.done():  # `send` may have timed out and stopped waiting
+        future.set_result(err)
+

@@ -1,0 +1,254 @@
+"""The RabbitMQ sink: persistent messages on a durable topic exchange, confirmed by the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import ClassVar, Literal
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from yarl import URL
+
+from bridge.codec import WireEncoder
+from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
+from bridge.event import LoginEvent
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+from bridge.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+# aio-pika reconnects a robust connection at a fixed interval once it was up; the first
+# connection in `start` backs off exponentially from FIRST_RETRY_SECONDS instead.
+RECONNECT_INTERVAL_SECONDS = 2.0
+FIRST_RETRY_SECONDS = 0.25
+
+# The `reason` label of login_audit_publish_errors_total for this sink: a bounded set.
+Reason = Literal[
+    "unroutable", "nacked", "timeout", "unauthorized", "rejected", "not_found", "transport",
+    "not_started",
+]
+
+
+def classify(exc: BaseException) -> tuple[type[SinkError], Reason]:
+    """Which of our errors an aio-pika/aiormq (or socket) exception becomes, and its label.
+
+    Only a broker refusing *this* message or *this* exchange for good (403 access refused,
+    406 precondition failed, e.g. a message over max_message_size) is a rejection. Everything
+    else is retriable, including an unroutable (returned) message: it means no queue is bound
+    yet, an operator error that binding a queue fixes, so the event waits in the spool instead
+    of being lost.
+    """
+    # PublishError (a Basic.Return) subclasses DeliveryError (a Basic.Nack): test it first.
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        return SinkUnavailable, "unroutable"
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return SinkUnavailable, "nacked"
+    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+        return SinkRejected, "unauthorized"
+    if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+        return SinkRejected, "rejected"
+    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        return SinkUnavailable, "not_found"
+    if isinstance(exc, TimeoutError):
+        return SinkUnavailable, "timeout"
+    if isinstance(exc, aiormq.exceptions.AuthenticationError | aiormq.exceptions.ProbableAuthenticationError):
+        return SinkUnavailable, "unauthorized"
+    return SinkUnavailable, "transport"
+
+
+def to_sink_error(exc: BaseException) -> SinkError:
+    """Our error for an exception raised by aio-pika, aiormq or the socket beneath them."""
+    kind, reason = classify(exc)
+    return kind(f"rabbitmq: {reason}: {_describe(exc)}", detail=type(exc).__name__)
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:  # some aiormq exceptions cannot format themselves when built bare
+        return type(exc).__name__
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """A TLS context for amqps:// built from the CA, certificate and key settings."""
+    url = URL(settings.rabbitmq_url.get_secret_value())
+    files = (settings.rabbitmq_ssl_ca_file, settings.rabbitmq_ssl_certfile, settings.rabbitmq_ssl_keyfile)
+    if url.scheme != "amqps":
+        if any(f is not None for f in files):
+            raise ConfigError("rabbitmq_ssl_* settings need an amqps:// rabbitmq_url")
+        return None
+    ca = settings.rabbitmq_ssl_ca_file
+    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    if settings.rabbitmq_ssl_certfile is not None:
+        keyfile = settings.rabbitmq_ssl_keyfile
+        context.load_cert_chain(
+            str(settings.rabbitmq_ssl_certfile), str(keyfile) if keyfile is not None else None
+        )
+    elif settings.rabbitmq_ssl_keyfile is not None:
+        raise ConfigError("rabbitmq_ssl_keyfile needs rabbitmq_ssl_certfile")
+    return context
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for log lines and error messages."""
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else str(parsed)
+
+
+class RabbitMQSink(Sink):
+    """Publishes each event with routing key ``<status>.<source>.<protocol>``, mandatory, confirmed."""
+
+    name: ClassVar[str] = "rabbitmq"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        tls: ssl.SSLContext | None,
+        exchange: str,
+        queues: dict[str, str] | None,
+        publish_timeout: float,
+        encoder: WireEncoder,
+        metrics: Metrics,
+    ) -> None:
+        self._url = url
+        self._tls = tls
+        self._exchange_name = exchange
+        self._queues = queues
+        self._publish_timeout = publish_timeout
+        self._encoder = encoder
+        self._metrics = metrics
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, encoder: WireEncoder, metrics: Metrics
+    ) -> RabbitMQSink:
+        queues = None
+        if settings.rabbitmq_declare_queues:
+            queues = {
+                "success": settings.rabbitmq_queue_success,
+                "failure": settings.rabbitmq_queue_failure,
+            }
+        return cls(
+            url=settings.rabbitmq_url.get_secret_value(),
+            tls=ssl_context(settings),
+            exchange=settings.rabbitmq_exchange,
+            queues=queues,
+            publish_timeout=settings.publish_timeout_seconds,
+            encoder=encoder,
+            metrics=metrics,
+        )
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Connects within the publish timeout (with backoff), then declares the topology."""
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                self._connection = await self._connect()
+                self._channel = await self._open_channel(self._connection)
+                self._exchange = await self._declare(self._channel)
+                await self._encoder.prepare([self._exchange_name])
+        except TimeoutError as exc:
+            await self.stop()
+            raise SinkUnavailable(
+                f"rabbitmq: no connection to {redacted(self._url)} in {self._publish_timeout}s"
+            ) from exc
+        except (aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            await self.stop()
+            raise to_sink_error(exc) from exc
+
+    async def stop(self) -> None:
+        connection = self._connection
+        self._connection = self._channel = self._exchange = None
+        if connection is not None:
+            await connection.close()
+
+    def ready(self) -> bool:
+        connection, channel = self._connection, self._channel
+        return (
+            connection is not None
+            and connection.connected.is_set()
+            and channel is not None
+            and not channel.is_closed
+        )
+
+    async def _connect(self) -> AbstractRobustConnection:
+        delay = FIRST_RETRY_SECONDS
+        while True:
+            try:
+                return await aio_pika.connect_robust(
+                    self._url,
+                    ssl_context=self._tls,
+                    reconnect_interval=RECONNECT_INTERVAL_SECONDS,
+                    client_properties={"connection_name": "login-audit-bridge"},
+                )
+            except (aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError):
+                raise  # retrying will not make the credentials right
+            except (aiormq.exceptions.AMQPConnectionError, OSError) as exc:
+                log.info("rabbitmq: %s unreachable (%s); retrying in %.2fs",
+                         redacted(self._url), _describe(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_INTERVAL_SECONDS)
+
+    @staticmethod
+    async def _open_channel(connection: AbstractRobustConnection) -> AbstractRobustChannel:
+        # on_return_raises turns a Basic.Return of a mandatory message into an exception from
+        # publish(), so an unroutable event fails its own send instead of vanishing.
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        assert isinstance(channel, AbstractRobustChannel)  # noqa: S101 -- typing: robust connection
+        return channel
+
+    async def _declare(self, channel: AbstractRobustChannel) -> AbstractExchange:
+        exchange = await channel.declare_exchange(
+            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        for status, queue_name in (self._queues or {}).items():
+            queue = await channel.declare_queue(queue_name, durable=True)
+            await queue.bind(exchange, routing_key=f"{status}.#")
+        return exchange
+
+    # -- sending
+
+    async def send(self, event: LoginEvent) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            self._metrics.publish_errors.labels(self.name, "not_started").inc()
+            raise SinkUnavailable("rabbitmq sink is not started")
+        message = self._message(event)
+        try:
+            # The timeout also bounds the wait for a reconnection: a robust channel that lost
+            # its connection makes publish() wait until it is back.
+            async with asyncio.timeout(self._publish_timeout):
+                await exchange.publish(message, routing_key=event.routing_key, mandatory=True)
+        except (aiormq.exceptions.AMQPError, OSError, RuntimeError, TimeoutError) as exc:
+            raise self._failed(exc, event) from exc
+
+    def _message(self, event: LoginEvent) -> aio_pika.Message:
+        return aio_pika.Message(
+            self._encoder.encode(event.record, self._exchange_name),
+            content_type=self._encoder.content_type,
+            message_id=event.event_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={
+                "source": event.source,
+                "schema": self._encoder.schema_ref(self._exchange_name),
+                "event-status": event.status,
+            },
+        )
+
+    def _failed(self, exc: BaseException, event: LoginEvent) -> SinkError:
+        """Counts the failure; the caller raises the result ``from`` the library's exception."""
+        _, reason = classify(exc)
+        self._metrics.publish_errors.labels(self.name, reason).inc()
+        if reason == "unroutable":
+            log.warning("rabbitmq: no queue is bound for %s on exchange %s",
+                        event.routing_key, self._exchange_name)
+        return to_sink_error(exc)
