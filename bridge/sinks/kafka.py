@@ -11,7 +11,10 @@ from functools import partial
 from typing import Any, ClassVar, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+
+# confluent_kafka.admin re-exports NewTopic without declaring it; the type stubs name it here.
+from confluent_kafka.cimpl import NewTopic
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -135,7 +138,9 @@ def _sasl_config(settings: Settings) -> dict[str, Any]:
     if mechanism == "OAUTHBEARER":
         return {"sasl.mechanism": mechanism, **_oidc_config(settings)}
     if settings.kafka_sasl_username is None or settings.kafka_sasl_password is None:
-        raise ConfigError(f"kafka_sasl_mechanism {mechanism} needs kafka_sasl_username and _password")
+        raise ConfigError(
+            f"kafka_sasl_mechanism {mechanism} needs kafka_sasl_username and kafka_sasl_password"
+        )
     return {
         "sasl.mechanism": mechanism,
         "sasl.username": settings.kafka_sasl_username,
@@ -228,7 +233,7 @@ class KafkaStatistics(Collector):
             up.add_metric([broker["nodename"]], 1.0 if broker.get("state") == "UP" else 0.0)
         failures = CounterMetricFamily(
             "login_audit_kafka_errors",
-            "Client-level errors reported by librdkafka (connection, authentication, ...), by type.",
+            "Client-level errors reported by librdkafka (connection, authentication), by type.",
             labels=["type"],
         )
         for kind, count in sorted(errors.items()):
@@ -477,7 +482,7 @@ class KafkaSink(Sink):
             return event.user_name
         return event.event_id
 
-    def _headers(self, event: LoginEvent, topic: str) -> list[tuple[str, bytes]]:
+    def _headers(self, event: LoginEvent, topic: str) -> list[tuple[str, str | bytes | None]]:
         return [
             ("source", event.source.encode()),
             ("content-type", self._encoder.content_type.encode()),

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 RECONNECT_INTERVAL_SECONDS = 2.0
 FIRST_RETRY_SECONDS = 0.25
 
+_AUTHENTICATION_ERRORS = (
+    aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError,
+)
+
 # The `reason` label of login_audit_publish_errors_total for this sink: a bounded set.
 Reason = Literal[
     "unroutable", "nacked", "timeout", "unauthorized", "rejected", "not_found", "transport",
@@ -55,7 +59,7 @@ def classify(exc: BaseException) -> tuple[type[SinkError], Reason]:
         return SinkUnavailable, "not_found"
     if isinstance(exc, TimeoutError):
         return SinkUnavailable, "timeout"
-    if isinstance(exc, aiormq.exceptions.AuthenticationError | aiormq.exceptions.ProbableAuthenticationError):
+    if isinstance(exc, _AUTHENTICATION_ERRORS):
         return SinkUnavailable, "unauthorized"
     return SinkUnavailable, "transport"
 
@@ -75,21 +79,21 @@ def _describe(exc: BaseException) -> str:
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """A TLS context for amqps:// built from the CA, certificate and key settings."""
-    url = URL(settings.rabbitmq_url.get_secret_value())
-    files = (settings.rabbitmq_ssl_ca_file, settings.rabbitmq_ssl_certfile, settings.rabbitmq_ssl_keyfile)
-    if url.scheme != "amqps":
-        if any(f is not None for f in files):
+    ca, cert, key = (
+        settings.rabbitmq_ssl_ca_file, settings.rabbitmq_ssl_certfile, settings.rabbitmq_ssl_keyfile
+    )
+    if URL(settings.rabbitmq_url.get_secret_value()).scheme != "amqps":
+        if ca is not None or cert is not None or key is not None:
             raise ConfigError("rabbitmq_ssl_* settings need an amqps:// rabbitmq_url")
         return None
-    ca = settings.rabbitmq_ssl_ca_file
-    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-    if settings.rabbitmq_ssl_certfile is not None:
-        keyfile = settings.rabbitmq_ssl_keyfile
-        context.load_cert_chain(
-            str(settings.rabbitmq_ssl_certfile), str(keyfile) if keyfile is not None else None
-        )
-    elif settings.rabbitmq_ssl_keyfile is not None:
+    if key is not None and cert is None:
         raise ConfigError("rabbitmq_ssl_keyfile needs rabbitmq_ssl_certfile")
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        if cert is not None:
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"rabbitmq TLS files: {exc}") from exc
     return context
 
 
@@ -100,7 +104,7 @@ def redacted(url: str) -> str:
 
 
 class RabbitMQSink(Sink):
-    """Publishes each event with routing key ``<status>.<source>.<protocol>``, mandatory, confirmed."""
+    """Publishes each event under ``<status>.<source>.<protocol>``, mandatory and confirmed."""
 
     name: ClassVar[str] = "rabbitmq"
 
@@ -190,7 +194,7 @@ class RabbitMQSink(Sink):
                     reconnect_interval=RECONNECT_INTERVAL_SECONDS,
                     client_properties={"connection_name": "login-audit-bridge"},
                 )
-            except (aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError):
+            except _AUTHENTICATION_ERRORS:
                 raise  # retrying will not make the credentials right
             except (aiormq.exceptions.AMQPConnectionError, OSError) as exc:
                 log.info("rabbitmq: %s unreachable (%s); retrying in %.2fs",
