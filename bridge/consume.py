@@ -1,0 +1,294 @@
+"""Reading published events back from Kafka or RabbitMQ, decoded, for `tail` and for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from bridge.codec import AvroCodec
+from bridge.errors import BridgeError, SinkUnavailable
+from bridge.settings import Settings
+
+if TYPE_CHECKING:  # the broker libraries load only when a reader is opened
+    import aio_pika.abc
+    from confluent_kafka import Consumer, Message
+
+Decoder = Callable[[bytes], dict[str, Any]]
+BrokerName = Literal["kafka", "rabbitmq"]
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedEvent:
+    """One message read back: where it was, its broker metadata, and the decoded record.
+
+    ``record`` is None when the value did not decode; ``error`` then says why, so a reader can
+    show a bad message and go on instead of stopping at it.
+    """
+
+    destination: str  # the Kafka topic, or the RabbitMQ queue it was read from
+    record: dict[str, Any] | None
+    headers: dict[str, str] = field(default_factory=dict)
+    key: str | None = None  # Kafka only
+    routing_key: str | None = None  # RabbitMQ only
+    message_id: str | None = None  # RabbitMQ only
+    content_type: str | None = None  # RabbitMQ only
+    persistent: bool | None = None  # RabbitMQ only
+    error: str | None = None
+
+
+def default_decoder() -> Decoder:
+    """Avro single-object encoding with the shipped schema (no Schema Registry)."""
+    return AvroCodec().decode
+
+
+def _decode(decoder: Decoder, value: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    if value is None:
+        return None, "message has no value"
+    try:
+        return decoder(value), None
+    except (BridgeError, ValueError, EOFError, IndexError) as exc:  # what fastavro raises
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _kafka_headers(
+    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None,
+) -> dict[str, str]:
+    """Consumed messages carry headers as a list of pairs (the type also allows a dict)."""
+    pairs = headers.items() if isinstance(headers, dict) else headers or []
+    return {name: _text(value) for name, value in pairs}
+
+
+class KafkaReader:
+    """Reads topics from their start (or end) with a throwaway consumer group; commits nothing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topics: Sequence[str] | None = None,
+        decoder: Decoder | None = None,
+        from_beginning: bool = True,
+    ) -> None:
+        self._settings = settings
+        self._topics = list(topics or (settings.kafka_topic_success, settings.kafka_topic_failure))
+        self._decoder = decoder or default_decoder()
+        self._from_beginning = from_beginning
+        self._consumer: Consumer | None = None
+
+    async def __aenter__(self) -> Self:
+        self._consumer = await asyncio.to_thread(self._open)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await asyncio.to_thread(consumer.close)
+
+    def _open(self) -> Consumer:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException
+        from confluent_kafka.cimpl import TopicPartition
+
+        from bridge.sinks.kafka import client_config, to_sink_error
+
+        consumer = Consumer({
+            **client_config(self._settings),
+            "group.id": f"login-audit-tail-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        })
+        offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END
+        try:
+            metadata = consumer.list_topics(timeout=self._settings.publish_timeout_seconds)
+        except KafkaException as exc:
+            consumer.close()
+            raise to_sink_error(exc.args[0]) from exc
+        # Assigning partitions directly skips the group rebalance: reading starts at once.
+        consumer.assign([
+            TopicPartition(topic, partition, offset)
+            for topic in self._topics if topic in metadata.topics
+            for partition in metadata.topics[topic].partitions
+        ])
+        return consumer
+
+    async def events(
+        self, *, limit: int | None = None, idle_timeout: float | None = None
+    ) -> AsyncIterator[ConsumedEvent]:
+        """Yields events until ``limit`` were read or none came for ``idle_timeout`` seconds."""
+        consumer = self._require_open()
+        count, idle = 0, 0.0
+        while limit is None or count < limit:
+            message = await asyncio.to_thread(consumer.poll, POLL_SECONDS)
+            if message is None:
+                idle += POLL_SECONDS
+                if idle_timeout is not None and idle >= idle_timeout:
+                    return
+                continue
+            idle = 0.0
+            yield self._convert(message)
+            count += 1
+
+    def _convert(self, message: Message) -> ConsumedEvent:
+        from bridge.sinks.kafka import to_sink_error
+
+        err = message.error()
+        if err is not None:
+            raise to_sink_error(err)
+        record, error = _decode(self._decoder, message.value())
+        return ConsumedEvent(
+            destination=message.topic() or "",
+            record=record,
+            headers=_kafka_headers(message.headers()),
+            key=None if message.key() is None else _text(message.key()),
+            error=error,
+        )
+
+    def _require_open(self) -> Consumer:
+        if self._consumer is None:
+            raise SinkUnavailable("kafka reader is not open (use `async with`)")
+        return self._consumer
+
+
+class RabbitMQReader:
+    """Reads from a durable queue, or from a temporary exclusive queue bound to the exchange.
+
+    A temporary queue sees only what is published after the reader opened and takes nothing
+    from anyone. Reading a durable queue acknowledges, i.e. removes, what it reads.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queue: str | None = None,
+        binding_key: str = "#",
+        decoder: Decoder | None = None,
+    ) -> None:
+        self._settings = settings
+        self._queue_name = queue
+        self._binding_key = binding_key
+        self._decoder = decoder or default_decoder()
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._queue: aio_pika.abc.AbstractQueue | None = None
+
+    async def __aenter__(self) -> Self:
+        import aiormq.exceptions
+
+        from bridge.sinks.rabbitmq import to_sink_error
+
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_seconds):
+                self._queue = await self._open()
+        except (aiormq.exceptions.AMQPError, OSError, RuntimeError, TimeoutError) as exc:
+            await self.__aexit__(None, None, None)
+            raise to_sink_error(exc) from exc
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        connection, self._connection, self._queue = self._connection, None, None
+        if connection is not None:
+            await connection.close()
+
+    async def _open(self) -> aio_pika.abc.AbstractQueue:
+        import aio_pika
+
+        from bridge.sinks.rabbitmq import ssl_context
+
+        self._connection = await aio_pika.connect(
+            self._settings.rabbitmq_url.get_secret_value(), ssl_context=ssl_context(self._settings)
+        )
+        channel = await self._connection.channel()
+        if self._queue_name is not None:
+            return await channel.declare_queue(self._queue_name, durable=True)
+        exchange = await channel.declare_exchange(
+            self._settings.rabbitmq_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key=self._binding_key)
+        return queue
+
+    @property
+    def queue_name(self) -> str:
+        if self._queue is None:
+            raise SinkUnavailable("rabbitmq reader is not open (use `async with`)")
+        return self._queue.name
+
+    async def events(
+        self, *, limit: int | None = None, idle_timeout: float | None = None
+    ) -> AsyncIterator[ConsumedEvent]:
+        """Yields events until ``limit`` were read or none came for ``idle_timeout`` seconds."""
+
+        if self._queue is None:
+            raise SinkUnavailable("rabbitmq reader is not open (use `async with`)")
+        inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        tag = await self._queue.consume(inbox.put, no_ack=False)
+        try:
+            count = 0
+            while limit is None or count < limit:
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        message = await inbox.get()
+                except TimeoutError:
+                    return
+                yield self._convert(message)
+                await message.ack()
+                count += 1
+        finally:
+            with contextlib.suppress(Exception):  # the connection may already be gone
+                await self._queue.cancel(tag)
+
+    def _convert(self, message: aio_pika.abc.AbstractIncomingMessage) -> ConsumedEvent:
+        import aio_pika
+
+        record, error = _decode(self._decoder, message.body)
+        return ConsumedEvent(
+            destination=self.queue_name,
+            record=record,
+            headers={name: _text(value) for name, value in message.headers.items()},
+            routing_key=message.routing_key,
+            message_id=message.message_id,
+            content_type=message.content_type,
+            persistent=message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT,
+            error=error,
+        )
+
+
+async def tail(
+    settings: Settings,
+    *,
+    broker: BrokerName,
+    limit: int | None = None,
+    idle_timeout: float | None = None,
+    from_beginning: bool = True,
+    decoder: Decoder | None = None,
+) -> AsyncIterator[ConsumedEvent]:
+    """What ``login-audit-bridge tail --from kafka|rabbitmq`` prints.
+
+    Kafka: both status topics, from their beginning unless told otherwise. RabbitMQ: a temporary
+    queue bound to the exchange with ``#``, so only events published from now on, and nothing
+    is taken away from the durable queues.
+    """
+    reader: KafkaReader | RabbitMQReader
+    if broker == "kafka":
+        reader = KafkaReader(settings, decoder=decoder, from_beginning=from_beginning)
+    else:
+        reader = RabbitMQReader(settings, decoder=decoder)
+    async with reader:
+        async for event in reader.events(limit=limit, idle_timeout=idle_timeout):
+            yield event

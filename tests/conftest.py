@@ -1,0 +1,237 @@
+"""Fixtures shared by the whole suite: a clean environment, the shared vectors, a real bridge."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("LOGIN_AUDIT_SHARED", REPO.parent / "shared"))
+VECTORS = SHARED / "vectors"
+BIN = Path(sys.executable).parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read the developer's BRIDGE_* or hook settings."""
+    for name in list(os.environ):
+        if name.startswith(("BRIDGE_", "LOGIN_AUDIT_HOOK_", "SFTPGO_LOGIND_")):
+            monkeypatch.delenv(name)
+
+
+# -- the vectors in ../shared/vectors
+
+
+def sftpgo_vectors() -> list[dict[str, Any]]:
+    paths = sorted((VECTORS / "sftpgo").glob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no SFTPGo vectors under {VECTORS} (set LOGIN_AUDIT_SHARED)")
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+
+
+def mediawiki_observations() -> list[dict[str, Any]]:
+    path = VECTORS / "mediawiki" / "observed-1.39.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def vector_query(vector: dict[str, Any]) -> dict[str, str]:
+    """The hook's facts as HTTP query parameters, for either mode."""
+    if vector["mode"] == "http":
+        return dict(vector["query"])
+    env = vector["env"]
+    return {
+        "ip": env["SFTPGO_LOGIND_IP"],
+        "login_method": env["SFTPGO_LOGIND_METHOD"],
+        "protocol": env["SFTPGO_LOGIND_PROTOCOL"],
+        "status": env["SFTPGO_LOGIND_STATUS"],
+    }
+
+
+def vector_body(vector: dict[str, Any]) -> bytes:
+    """The user JSON exactly as SFTPGo sends it (Go-escaped, compact)."""
+    if vector["mode"] == "http":
+        return str(vector["raw_body"]).encode("utf-8")
+    return str(vector["env"]["SFTPGO_LOGIND_USER"]).encode("utf-8")
+
+
+def secret_strings(vector: dict[str, Any]) -> list[str]:
+    """Every string inside the vector's secret fields: none may appear in any output."""
+    user = json.loads(vector_body(vector))
+    found: list[str] = []
+    for path in vector["expected"]["secret_fields_present"]:
+        found.extend(_strings(_at_path(user, path)))
+    return [s for s in found if len(s) >= 8]
+
+
+def _at_path(value: Any, path: str) -> Any:
+    for part in path.replace("]", "").replace("[", ".").split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def mediawiki_payload(observation: dict[str, Any], *, invocation: int = 1) -> dict[str, Any]:
+    """What the extension posts for one observed hook call (docs/mediawiki-hook.md)."""
+    response = observation["response"]
+    user = observation["user"]
+    extra = observation["extra_data"] or {}
+    return {
+        "format": "login-audit-bridge.mediawiki.v1",
+        "status": response["status"],
+        "username": observation["username_param"],
+        "canonical_username": response["username"],
+        "user": {"id": user["id"], "name": user["name"]} if user else None,
+        "message_key": response["message_key"],
+        "message_params": response["message_params"] or [],
+        "app_id": extra.get("appId") if isinstance(extra, dict) else None,
+        "ip": observation["ip"],
+        "user_agent": observation["request"]["user_agent"],
+        "request_id": observation["request"]["request_id"],
+        "invocation": invocation,
+        "wiki_id": "my_wiki",
+        "server": "http://127.0.0.1:8089",
+        "entry_point": observation["entry_point"],
+        "time": 1795330677813,
+        "mw_version": observation["mw_version"],
+    }
+
+
+# -- a real bridge process on loopback
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class BridgeProcess:
+    """A `login-audit-bridge serve` child process; its stderr is kept for log checks."""
+
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_dir(self) -> Path:
+        return self.data_dir / "events"
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(BIN / "login-audit-bridge"), "serve"],
+            env=self.env, stdout=log, stderr=log, cwd=self.data_dir,
+        )
+        wait_until_healthy(self.url, self.process, timeout)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bridge exited with {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"bridge at {url} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def bridge_factory(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
+    """Makes bridge processes with extra BRIDGE_* settings; stops them all afterwards."""
+    started: list[BridgeProcess] = []
+
+    def make(start: bool = True, **settings: str) -> BridgeProcess:
+        data_dir = tmp_path / f"bridge{len(started)}"
+        data_dir.mkdir()
+        port = free_port()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "BRIDGE_PORT": str(port),
+            "BRIDGE_DATA_DIR": str(data_dir),
+            "BRIDGE_HOOK_SPOOL_INTERVAL_SECONDS": "0.2",
+            "BRIDGE_LOG_LEVEL": "debug",
+        }
+        env.update({f"BRIDGE_{k.upper()}": v for k, v in settings.items()})
+        bridge = BridgeProcess(
+            url=f"http://127.0.0.1:{port}", data_dir=data_dir, env=env,
+            log_path=data_dir / "bridge.log",
+        )
+        started.append(bridge)
+        if start:
+            bridge.start()
+        return bridge
+
+    yield make
+    for bridge in started:
+        if bridge.process is not None:
+            bridge.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def bridge(bridge_factory: Callable[..., BridgeProcess]) -> BridgeProcess:
+    """A running bridge on the file sink, token `test-token`."""
+    return bridge_factory(auth_tokens="test-token")
+
+
+def post(
+    url: str,
+    body: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    token: str | None = "test-token",
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POSTs and returns (status, JSON body, headers); never raises on HTTP errors."""
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read() or b"{}"), dict(reply.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}"), dict(exc.headers)

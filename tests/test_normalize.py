@@ -1,0 +1,254 @@
+"""Normalization of every shared vector, the allow-list, and the edge cases of the contract."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bridge.codec import AvroCodec
+from bridge.errors import InputError, InvalidField, MalformedInput
+from bridge.mediawiki import parse_mediawiki
+from bridge.normalize import Normalizer
+from conftest import (
+    mediawiki_observations,
+    mediawiki_payload,
+    secret_strings,
+    sftpgo_vectors,
+    vector_body,
+    vector_query,
+)
+
+CODEC = AvroCodec()
+SFTPGO = sftpgo_vectors()
+OBSERVED = mediawiki_observations()
+
+
+def _sftpgo_event(vector: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    event = Normalizer(**kwargs).sftpgo_from_http(vector_query(vector), vector_body(vector))
+    return event.record
+
+
+@pytest.mark.parametrize("vector", SFTPGO, ids=[v["name"] for v in SFTPGO])
+def test_sftpgo_vector_becomes_the_expected_event(vector: dict[str, Any]) -> None:
+    record = _sftpgo_event(vector)
+    expected = vector["expected"]
+    assert record["status"] == expected["status"].capitalize()
+    assert record["user"]["name"] == (expected["username"] or None)
+    assert record["src_endpoint"]["ip"] == expected["ip"]
+    assert record["dst_endpoint"]["svc_name"] == expected["protocol"]
+    assert record["unmapped"]["sftpgo.login_method"] == expected["login_method"]
+    assert (record["status_detail"] == "no_auth_tried") is expected["auth_timeout"]
+
+
+@pytest.mark.parametrize("vector", SFTPGO, ids=[v["name"] for v in SFTPGO])
+def test_sftpgo_vector_validates_and_round_trips(vector: dict[str, Any]) -> None:
+    record = _sftpgo_event(vector, sftpgo_user_fields=["email", "role", "groups"])
+    assert CODEC.validate(record)
+    decoded = CODEC.decode(CODEC.encode(record))
+    assert decoded["metadata"]["uid"] == record["metadata"]["uid"]
+    assert decoded["user"] == record["user"]
+    assert decoded["unmapped"] == record["unmapped"]
+    assert int(decoded["time"].timestamp() * 1000) == record["time"]
+
+
+@pytest.mark.parametrize("vector", SFTPGO, ids=[v["name"] for v in SFTPGO])
+def test_no_secret_of_a_vector_reaches_the_encoded_event(vector: dict[str, Any]) -> None:
+    every_field = ["email", "role", "groups", "filesystem", "virtual_folders", "filters"]
+    data = CODEC.encode(_sftpgo_event(vector, sftpgo_user_fields=every_field))
+    leaked = [s for s in secret_strings(vector) if s.encode() in data]
+    assert leaked == []
+
+
+def test_vectors_with_secrets_exist_so_the_secret_scan_means_something() -> None:
+    assert sum(len(secret_strings(v)) for v in SFTPGO) >= 5
+
+
+def test_by_default_only_name_and_id_of_the_user_are_kept() -> None:
+    full = next(v for v in SFTPGO if v["name"].startswith("01_"))
+    record = _sftpgo_event(full)
+    assert record["user"] == {"name": "alice", "uid": "42", "email_addr": None, "groups": []}
+    assert not any(k.startswith("sftpgo.user.") for k in record["unmapped"])
+    assert b"alice@example.com" not in CODEC.encode(record)
+
+
+def test_allow_listed_fields_are_kept_where_ocsf_puts_them() -> None:
+    full = next(v for v in SFTPGO if v["name"].startswith("01_"))
+    record = _sftpgo_event(full, sftpgo_user_fields=["email", "role", "groups"])
+    assert record["user"]["email_addr"] == "alice@example.com"
+    assert record["user"]["groups"][0] == {"name": "finance", "type": "primary"}
+    assert record["unmapped"]["sftpgo.user.role"] == "eu-admins"
+
+
+def test_nested_user_fields_are_never_copied_even_when_allow_listed() -> None:
+    user = {"username": "eve", "filesystem": {"s3config": {"access_secret": "TOPSECRET-1"}}}
+    record = Normalizer(sftpgo_user_fields=["filesystem"]).sftpgo(
+        {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": "1"}, user
+    ).record
+    assert b"TOPSECRET-1" not in CODEC.encode(record)
+
+
+def test_no_auth_tried_is_a_failure_that_says_the_client_never_authenticated() -> None:
+    query = {"ip": "192.0.2.44", "login_method": "no_auth_tried", "protocol": "SSH", "status": "1"}
+    record = Normalizer().sftpgo(query, {"username": ""}).record
+    assert record["status_id"] == 2
+    assert record["status_detail"] == "no_auth_tried"
+    assert "before any authentication attempt" in record["message"]
+    assert record["auth_protocol_id"] == 0
+
+
+def test_legacy_spelling_no_auth_tryed_is_normalized() -> None:
+    query = {"ip": "192.0.2.44", "login_method": "no_auth_tryed", "protocol": "FTP", "status": "0"}
+    record = Normalizer().sftpgo(query, {}).record
+    assert record["unmapped"]["sftpgo.login_method"] == "no_auth_tried"
+    assert record["status_detail"] == "no_auth_tried"
+
+
+def test_ipv6_and_unicode_survive_byte_for_byte() -> None:
+    query = {"ip": "2001:db8::1", "login_method": "password", "protocol": "DAV", "status": "1"}
+    name = "zoë-日本-\U0001f511"
+    decoded = CODEC.decode(CODEC.encode(Normalizer().sftpgo(query, {"username": name}).record))
+    assert decoded["src_endpoint"]["ip"] == "2001:db8::1"
+    assert decoded["user"]["name"].encode("utf-8") == name.encode("utf-8")
+
+
+def test_go_escaped_characters_in_the_user_json_are_decoded() -> None:
+    query = {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": "1"}
+    body = b'{"username":"a\\u003cb\\u003e\\u0026c"}'
+    assert Normalizer().sftpgo_from_http(query, body).record["user"]["name"] == "a<b>&c"
+
+
+def test_extra_hook_url_parameters_are_kept_as_unmapped() -> None:
+    eleven = next(v for v in SFTPGO if v["name"].startswith("11_"))
+    assert _sftpgo_event(eleven)["unmapped"]["sftpgo.param.source"] == "eu1"
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "error", "field"),
+    [
+        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "2"}, b"{}",
+         InvalidField, "status"),
+        ({"login_method": "password", "protocol": "SSH", "status": "1"}, b"{}", InvalidField, "ip"),
+        ({"ip": "not-an-ip", "login_method": "password", "protocol": "SSH", "status": "1"}, b"{}",
+         InvalidField, "ip"),
+        ({"ip": "1.2.3.4", "login_method": "pass word", "protocol": "SSH", "status": "1"}, b"{}",
+         InvalidField, "login_method"),
+        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "", "status": "1"}, b"{}",
+         InvalidField, "protocol"),
+        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+         b'{"username": 5}', InvalidField, "username"),
+        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+         b'{"username": "\\ud800"}', InvalidField, "username"),
+        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+         b"[1]", MalformedInput, None),
+        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+         b"\xff\xfe{}", MalformedInput, None),
+        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+         b"[" * 100000, MalformedInput, None),
+        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+         b'{"id": NaN}', MalformedInput, None),
+    ],
+    ids=["bad-status", "no-ip", "bad-ip", "bad-method", "no-protocol", "username-number",
+         "lone-surrogate", "not-object", "not-utf8", "too-deep", "nan"],
+)
+def test_bad_sftpgo_input_raises_an_input_error_naming_the_problem(
+    query: dict[str, str], body: bytes, error: type[InputError], field: str | None
+) -> None:
+    with pytest.raises(error) as caught:
+        Normalizer().sftpgo_from_http(query, body)
+    if field is not None:
+        assert caught.value.detail == field
+
+
+# -- MediaWiki
+
+
+def _mediawiki(observation: dict[str, Any], invocation: int = 1) -> dict[str, Any]:
+    body = json.dumps(mediawiki_payload(observation, invocation=invocation)).encode()
+    return Normalizer().mediawiki(parse_mediawiki(body)).record
+
+
+@pytest.mark.parametrize(
+    "observation", OBSERVED, ids=[f"{o['case']}-{i}" for i, o in enumerate(OBSERVED)]
+)
+def test_every_observed_mediawiki_login_becomes_a_valid_event(observation: dict[str, Any]) -> None:
+    record = _mediawiki(observation)
+    assert CODEC.validate(record)
+    assert record["status_id"] == (1 if observation["response"]["status"] == "PASS" else 2)
+    assert record["status_detail"] == observation["response"]["message_key"]
+    assert record["src_endpoint"]["ip"] == observation["ip"]
+    assert record["metadata"]["correlation_uid"] == observation["request"]["request_id"]
+    assert record["service"] == {"name": "MediaWiki", "uid": "my_wiki", "version": "1.39.17"}
+
+
+def _case(name: str) -> list[dict[str, Any]]:
+    return [o for o in OBSERVED if o["case"] == name]
+
+
+def test_failed_login_keeps_the_raw_name_and_success_the_canonical_one() -> None:
+    (ok,) = _case("clientlogin_ok")
+    (wrong,) = _case("clientlogin_wrongpass")
+    assert _mediawiki(ok)["user"] == {"name": "Alice", "uid": "3", "email_addr": None, "groups": []}
+    assert _mediawiki(wrong)["user"]["name"] == "Alice"
+    assert _mediawiki(wrong)["user"]["uid"] is None
+
+
+def test_blocked_user_fails_with_its_account_id() -> None:
+    (blocked,) = _case("clientlogin_blocked")
+    record = _mediawiki(blocked)
+    assert (record["status_detail"], record["user"]["uid"]) == ("login-userblocked", "4")
+    assert record["unmapped"]["mediawiki.message_params"] == '["Blocky"]'
+
+
+def test_throttled_login_carries_the_duration_parameter() -> None:
+    (throttled,) = _case("clientlogin_throttle_6")
+    record = _mediawiki(throttled)
+    assert record["status_detail"] == "login-throttled"
+    assert record["unmapped"]["mediawiki.message_params"] == '[{"duration":300}]'
+
+
+def test_bot_password_double_fire_is_kept_as_two_linked_events() -> None:
+    first, second = _case("botpw_wrongpass")
+    one, two = _mediawiki(first, 1), _mediawiki(second, 2)
+    assert one["metadata"]["uid"] != two["metadata"]["uid"]
+    assert one["metadata"]["correlation_uid"] == two["metadata"]["correlation_uid"]
+    assert (one["unmapped"]["mediawiki.invocation"], two["unmapped"]["mediawiki.invocation"]) == (
+        "1", "2",
+    )
+    assert one["unmapped"]["mediawiki.app_id"] == "Alice@harness"
+    assert two["user"]["name"] == "Alice@harness"
+
+
+def test_unknown_bot_password_user_with_id_zero_has_no_uid() -> None:
+    first, _ = _case("botpw_nosuchuser")
+    assert _mediawiki(first)["user"] == {
+        "name": "Ghost", "uid": None, "email_addr": None, "groups": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"status": "MAYBE"}, "status"),
+        ({"format": "v0"}, "format"),
+        ({"time": "yesterday"}, "time"),
+        ({"user": {"id": "3", "name": "A"}}, "user.id"),
+        ({"ip": "localhost"}, "ip"),
+        ({"username": "x" * 300}, "username"),
+    ],
+)
+def test_mediawiki_payload_with_a_bad_field_is_refused_naming_it(
+    change: dict[str, Any], field: str
+) -> None:
+    (ok,) = _case("clientlogin_ok")
+    body = json.dumps(mediawiki_payload(ok) | change).encode()
+    with pytest.raises(InvalidField) as caught:
+        Normalizer().mediawiki(parse_mediawiki(body))
+    assert caught.value.field == field
+
+
+def test_mediawiki_payload_ignores_unknown_fields_for_forward_compatibility() -> None:
+    (ok,) = _case("clientlogin_ok")
+    body = json.dumps(mediawiki_payload(ok) | {"added_in_v2": [1, 2]}).encode()
+    assert Normalizer().mediawiki(parse_mediawiki(body)).record["status"] == "Success"
