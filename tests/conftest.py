@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +146,11 @@ class BridgeProcess:
         return self.data_dir / "events"
 
     def start(self, timeout: float = 20.0) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(BIN / "login-audit-bridge"), "serve"],
-            env=self.env, stdout=log, stderr=log, cwd=self.data_dir,
-        )
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "login-audit-bridge"), "serve"],
+                env=self.env, stdout=log, stderr=log, cwd=self.data_dir,
+            )
         wait_until_healthy(self.url, self.process, timeout)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
@@ -222,7 +223,7 @@ def post(
     *,
     headers: dict[str, str] | None = None,
     token: str | None = "test-token",
-) -> tuple[int, dict[str, Any], dict[str, str]]:
+) -> tuple[int, dict[str, Any], Message]:
     """POSTs and returns (status, JSON body, headers); never raises on HTTP errors."""
     request = urllib.request.Request(url, data=body, method="POST")
     request.add_header("Content-Type", "application/json")
@@ -232,6 +233,6 @@ def post(
         request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read() or b"{}"), dict(reply.headers)
+            return reply.status, json.loads(reply.read() or b"{}"), reply.headers
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}"), dict(exc.headers)
+        return exc.code, json.loads(exc.read() or b"{}"), exc.headers
