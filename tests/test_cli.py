@@ -1,0 +1,81 @@
+"""The command line: help that helps, versions, named exit codes, settings and tail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from bridge import __version__
+from bridge.cli import Exit
+from conftest import BIN, BridgeProcess, post
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "login-audit-bridge"), *args], capture_output=True, text=True,
+        env=env, timeout=60, check=False,
+    )
+
+
+def test_version_of_both_commands() -> None:
+    assert _run("--version").stdout.strip() == f"login-audit-bridge {__version__}"
+    hook = subprocess.run([str(BIN / "login-audit-hook"), "--version"], capture_output=True,
+                          text=True, check=True)
+    assert hook.stdout.strip() == f"login-audit-hook {__version__}"
+
+
+def test_help_lists_commands_and_exit_codes() -> None:
+    text = _run("--help").stdout
+    for word in ("serve", "schema", "tail", "settings", "3 config"):
+        assert word in text
+    assert "BRIDGE_PORT" in _run("serve", "--help").stdout
+
+
+def test_python_dash_m_bridge_is_the_same_command() -> None:
+    run = subprocess.run([str(BIN / "python"), "-m", "bridge", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == f"login-audit-bridge {__version__}"
+
+
+def test_settings_lists_every_variable_with_its_meaning() -> None:
+    text = _run("settings").stdout
+    assert "BRIDGE_KAFKA_BOOTSTRAP_SERVERS" in text
+    assert "Accepted bearer tokens" in text
+
+
+def test_settings_current_masks_secrets() -> None:
+    env = {"BRIDGE_AUTH_TOKENS": "cli-SECRET", "PATH": "/usr/bin:/bin"}
+    text = _run("settings", "--current", env=env).stdout
+    assert "BRIDGE_AUTH_TOKENS=**********" in text
+    assert "cli-SECRET" not in text
+
+
+def test_bad_setting_exits_with_the_config_code_and_names_it() -> None:
+    run = _run("serve", env={"BRIDGE_PORT": "-1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == Exit.CONFIG
+    assert "BRIDGE_PORT" in run.stderr
+
+
+def test_port_in_use_exits_with_failure_and_says_why(
+    bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
+) -> None:
+    running = bridge_factory()
+    port = running.url.rsplit(":", 1)[1]
+    env = {"BRIDGE_PORT": port, "BRIDGE_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    run = _run("serve", env=env)
+    assert run.returncode == Exit.FAILURE
+    assert "cannot listen" in run.stderr
+
+
+def test_tail_prints_stored_events_as_json_lines(bridge: BridgeProcess) -> None:
+    for ip in ("192.0.2.1", "192.0.2.2"):
+        url = f"{bridge.url}/v1/hooks/sftpgo?ip={ip}&login_method=password&protocol=SSH&status=1"
+        assert post(url, b'{"username":"carol"}')[0] == 200
+    run = _run("tail", "--dir", str(bridge.events_dir))
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["src_endpoint"]["ip"] for line in lines] == ["192.0.2.1", "192.0.2.2"]
+    assert lines[0]["time"].endswith("+00:00")
+    limited = _run("tail", "--dir", str(bridge.events_dir), "-n", "1")
+    assert len(limited.stdout.splitlines()) == 1
