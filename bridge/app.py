@@ -135,7 +135,11 @@ class HookEndpoints:
         # The message names the problem, never the body: the body may carry secrets.
         log.warning(
             "rejected %s %s from %s: %s (%d)",
-            request.method, request.url.path, client, exc.message, exc.http_status,
+            request.method,
+            request.url.path,
+            client,
+            exc.message,
+            exc.http_status,
         )
         return error_response(exc.http_status, exc.reason, exc.message, exc.detail)
 

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser(
-        "serve", help="run the bridge (the default command)",
+        "serve",
+        help="run the bridge (the default command)",
         description="Serve the hook endpoints until SIGTERM, then drain and flush.",
     )
     _add_config_flag(serve)
@@ -62,26 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=field, help=f"{text} (BRIDGE_{field.upper()})")
 
     schema = commands.add_parser(
-        "schema", help="print the event schema (Avro) and its fingerprint",
+        "schema",
+        help="print the event schema (Avro) and its fingerprint",
         description="Print the Avro schema to stdout and its CRC-64-AVRO fingerprint to stderr.",
     )
     schema.add_argument("--fingerprint", action="store_true", help="print only the fingerprint")
 
     tail = commands.add_parser(
-        "tail", help="decode and print events as JSON lines",
+        "tail",
+        help="decode and print events as JSON lines",
         description="Decode events from the file sink (or a broker) and print one JSON per line.",
     )
     _add_config_flag(tail)
-    tail.add_argument("--from", dest="source", choices=("file", "kafka", "rabbitmq"),
-                      default="file", help="where to read (default: file)")
-    tail.add_argument("--dir", type=Path, help="file sink directory (default: BRIDGE_FILE_DIR "
-                      "or BRIDGE_DATA_DIR/events)")
+    tail.add_argument(
+        "--from",
+        dest="source",
+        choices=("file", "kafka", "rabbitmq"),
+        default="file",
+        help="where to read (default: file)",
+    )
+    tail.add_argument(
+        "--dir",
+        type=Path,
+        help="file sink directory (default: BRIDGE_FILE_DIR or BRIDGE_DATA_DIR/events)",
+    )
     tail.add_argument("--status", choices=("success", "failure"), help="only this status")
     tail.add_argument("-n", "--limit", type=int, help="stop after this many events")
     tail.add_argument("-f", "--follow", action="store_true", help="keep waiting for new events")
 
     settings = commands.add_parser(
-        "settings", help="list every setting with its variable, default and meaning",
+        "settings",
+        help="list every setting with its variable, default and meaning",
         description="List every setting; with --current, the values in effect (secrets masked).",
     )
     _add_config_flag(settings)
@@ -192,9 +204,7 @@ def _records(args: argparse.Namespace, settings: Any) -> Iterator[dict[str, Any]
     if args.source != "file":
         from bridge.consume import tail_broker
 
-        yield from tail_broker(
-            settings, source=args.source, status=args.status, follow=args.follow
-        )
+        yield from tail_broker(settings, source=args.source, status=args.status, follow=args.follow)
         return
     from bridge.sinks.file import event_files, read_file
 

@@ -1,13 +1,13 @@
-"""Avro encoding of login events: the schema file parsed once, single-object encoding on the wire."""
+"""Avro encoding of login events: the schema parsed once, single-object encoding on the wire."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import fastavro
@@ -30,11 +30,16 @@ def schema_text() -> str:
     return checkout.read_text(encoding="utf-8")
 
 
+def _load_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(schema_text())
+    return schema
+
+
 class AvroCodec:
     """Encodes and decodes events for one schema; build it once and share it."""
 
     def __init__(self, schema: dict[str, Any] | None = None) -> None:
-        self.schema: dict[str, Any] = schema if schema is not None else json.loads(schema_text())
+        self.schema: dict[str, Any] = schema if schema is not None else _load_schema()
         self.parsed = parse_schema(self.schema)
         self.canonical_form: str = to_parsing_canonical_form(self.parsed)
         # fastavro already spells the CRC-64-AVRO fingerprint in the little-endian byte order
@@ -58,7 +63,9 @@ class AvroCodec:
 
     def decode_datum(self, body: bytes, *, writer_schema: Any = None) -> dict[str, Any]:
         writer = writer_schema if writer_schema is not None else self.parsed
-        record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(body), writer, self.parsed)
+        record = fastavro.schemaless_reader(io.BytesIO(body), writer, self.parsed)
+        if not isinstance(record, dict):
+            raise MalformedInput("Avro body is not a login event record")
         return record
 
     def decode(self, data: bytes) -> dict[str, Any]:

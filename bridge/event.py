@@ -30,7 +30,7 @@ class LoginEvent:
 
     @property
     def protocol(self) -> str:
-        """The service logged in to, lower-cased for routing keys: ssh, ftp, dav, http, mediawiki."""
+        """The service logged in to, lower-cased for routing keys: ssh, ftp, …, mediawiki."""
         svc: str = self.record["dst_endpoint"]["svc_name"]
         return svc.lower()
 

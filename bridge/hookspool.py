@@ -70,15 +70,15 @@ class HookSpool:
 
     async def _take(self, path: Path) -> None:
         try:
-            spooled = _read(path)
+            spooled = await asyncio.to_thread(_read, path)
             event = self._normalizer.sftpgo(
                 spooled["query"], spooled["user"], received_ms=spooled["received_ms"]
             )
         except InputError as exc:
-            self._reject(path, exc)
+            await asyncio.to_thread(self._reject, path, exc)
             return
         await self._pipeline.publish(event)
-        path.unlink(missing_ok=True)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
 
     def _reject(self, path: Path, exc: InputError) -> None:
         self._metrics.spool_rejected.inc()
@@ -96,7 +96,7 @@ class HookSpool:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_bytes())
+        data: dict[str, Any] = json.loads(path.read_bytes())
     except (ValueError, RecursionError) as exc:
         raise MalformedInput(f"not a JSON spool file: {exc}") from None
     valid = (

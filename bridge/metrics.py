@@ -16,7 +16,7 @@ from prometheus_client import (
 from bridge import __version__
 
 # The *_created series double the exposition for no use on dashboards or alerts.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Publishing is an fsync or a broker round trip: from sub-millisecond to seconds when a broker
 # is failing over.
@@ -32,43 +32,52 @@ class Metrics:
         self.events_received = Counter(
             "login_audit_events_received_total",
             "Login events accepted from a source and normalized, before publishing.",
-            ["source", "status"], registry=r,
+            ["source", "status"],
+            registry=r,
         )
         self.events_published = Counter(
             "login_audit_events_published_total",
             "Login events made durable by a sink (fsync'd or acknowledged by the broker).",
-            ["sink", "status"], registry=r,
+            ["sink", "status"],
+            registry=r,
         )
         self.publish_errors = Counter(
             "login_audit_publish_errors_total",
             "Failed attempts to make an event durable, by sink and error reason.",
-            ["sink", "reason"], registry=r,
+            ["sink", "reason"],
+            registry=r,
         )
         self.requests_rejected = Counter(
             "login_audit_requests_rejected_total",
             "Hook requests answered with an error, by reason "
             "(malformed, invalid_field, too_large, media_type, unauthorized, overloaded, "
             "sink_unavailable, sink_rejected, not_found, method_not_allowed).",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self.publish_latency = Histogram(
             "login_audit_publish_duration_seconds",
             "Time from an accepted event to its durability in the sink.",
-            ["sink"], buckets=LATENCY_BUCKETS, registry=r,
+            ["sink"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.requests_in_flight = Gauge(
             "login_audit_requests_in_flight",
-            "Hook requests being processed now.", registry=r,
+            "Hook requests being processed now.",
+            registry=r,
         )
         self.spool_events = Gauge(
             "login_audit_spool_events",
             "Events waiting in a spool: 'hook' is the shim's directory, 'bridge' the bridge's own.",
-            ["spool"], registry=r,
+            ["spool"],
+            registry=r,
         )
         self.spool_oldest_age = Gauge(
             "login_audit_spool_oldest_age_seconds",
             "Age of the oldest event waiting in a spool (0 when empty).",
-            ["spool"], registry=r,
+            ["spool"],
+            registry=r,
         )
         self.spool_rejected = Counter(
             "login_audit_spool_rejected_total",
@@ -76,7 +85,9 @@ class Metrics:
             registry=r,
         )
         self.build_info = Info(
-            "login_audit_build", "Version of the bridge and of Python.", registry=r,
+            "login_audit_build",
+            "Version of the bridge and of Python.",
+            registry=r,
         )
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         for spool in ("hook", "bridge"):

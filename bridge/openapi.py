@@ -92,7 +92,11 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/healthz": {
-            "get": {"summary": "Liveness.", "security": [], "responses": {"200": {"description": "Up."}}}
+            "get": {
+                "summary": "Liveness.",
+                "security": [],
+                "responses": {"200": {"description": "Up."}},
+            }
         },
         "/readyz": {
             "get": {

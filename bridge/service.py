@@ -68,7 +68,9 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         server = uvicorn.Server(_uvicorn_config(app, settings))
         log.info(
             "login-audit-bridge %s serving on %s with the %s sink",
-            __version__, ", ".join(_describe(s, settings) for s in sockets), sink.name,
+            __version__,
+            ", ".join(_describe(s, settings) for s in sockets),
+            sink.name,
         )
         try:
             # uvicorn traps SIGINT/SIGTERM: it stops accepting, waits for in-flight requests
@@ -91,6 +93,7 @@ def _signals_return_here() -> Iterator[None]:
     installed before it started. The default handlers would end the process on the spot; these
     log it and let ``serve`` return normally.
     """
+
     def note(signum: int, frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
 

@@ -67,13 +67,15 @@ class Settings(BaseSettings):
 
     # -- authentication and TLS
     auth_tokens: SecretList = Field(
-        (), description="Accepted bearer tokens, comma-separated (several allow rotation). "
-        "Empty: no authentication (only sensible on 127.0.0.1)."
+        (),
+        description="Accepted bearer tokens, comma-separated (several allow rotation). "
+        "Empty: no authentication (only sensible on 127.0.0.1).",
     )
     auth_header: str = Field(
         "Authorization",
-        description="Header carrying the token. 'Authorization' expects 'Bearer <token>'; any other "
-        "header (e.g. X-Sftpgo-Hook-Token, set through SFTPGo's http.headers) holds the bare token.",
+        description="Header carrying the token. 'Authorization' expects 'Bearer <token>'; any "
+        "other header (e.g. X-Sftpgo-Hook-Token, set through SFTPGo's http.headers) holds the "
+        "bare token.",
     )
     tls_certfile: Path | None = Field(None, description="Server certificate (PEM): enables HTTPS.")
     tls_keyfile: Path | None = Field(None, description="Private key of tls_certfile (PEM).")
@@ -86,16 +88,21 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("login-audit-data"), description="Base directory for the file sink and the spools."
     )
-    file_dir: Path | None = Field(None, description="File sink directory (default data_dir/events).")
+    file_dir: Path | None = Field(
+        None, description="File sink directory (default data_dir/events)."
+    )
     file_rotate_bytes: int = Field(
         64 * 1024 * 1024, ge=65536, description="Start a new Avro file past this size."
     )
-    file_rotate_seconds: float = Field(3600.0, gt=0, description="Start a new Avro file past this age.")
+    file_rotate_seconds: float = Field(
+        3600.0, gt=0, description="Start a new Avro file past this age."
+    )
 
     # -- the hook shim's spool, taken in by the bridge
     hook_spool_dir: Path | None = Field(
-        None, description="Where the hook shim spools events when the bridge is down "
-        "(default data_dir/hook-spool); the bridge takes them in at start and periodically."
+        None,
+        description="Where the hook shim spools events when the bridge is down "
+        "(default data_dir/hook-spool); the bridge takes them in at start and periodically.",
     )
     hook_spool_interval_seconds: float = Field(
         5.0, gt=0, description="How often the bridge looks into hook_spool_dir."
@@ -125,14 +132,16 @@ class Settings(BaseSettings):
         "lz4", description="Producer compression codec."
     )
     kafka_linger_ms: float = Field(
-        2.0, ge=0, description="Producer linger: batches for this long; low, since each request waits."
+        2.0,
+        ge=0,
+        description="Producer linger: batches for this long; low, since each request waits.",
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security.protocol."
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = (
-        Field(None, description="SASL mechanism.")
-    )
+    kafka_sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None
+    ) = Field(None, description="SASL mechanism.")
     kafka_sasl_username: str | None = Field(None, description="SASL user (PLAIN, SCRAM).")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (PLAIN, SCRAM).")
     kafka_oauth_token_endpoint_url: str | None = Field(
@@ -182,7 +191,9 @@ class Settings(BaseSettings):
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
 
     # -- logs
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
     log_format: Literal["json", "text"] = Field("json", description="json lines or plain text.")
 
     _split = field_validator("auth_tokens", "sftpgo_user_fields", mode="before")(_split_commas)
@@ -208,7 +219,9 @@ class Settings(BaseSettings):
 
     @property
     def hook_spool_path(self) -> Path:
-        return self.hook_spool_dir if self.hook_spool_dir is not None else self.data_dir / "hook-spool"
+        return (
+            self.hook_spool_dir if self.hook_spool_dir is not None else self.data_dir / "hook-spool"
+        )
 
     @property
     def spool_path(self) -> Path:
@@ -250,13 +263,13 @@ def load_settings(*, config_file: Path | None = None, **overrides: Any) -> Setti
     unknown = _unknown_variables(os.environ)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)} (see --help for the list)")
-    config_file = os.environ.get(CONFIG_VARIABLE)
-    if config_file and not Path(config_file).is_file():
-        raise ConfigError(f"{CONFIG_VARIABLE}={config_file}: no such file")
+    config_path = os.environ.get(CONFIG_VARIABLE)
+    if config_path and not Path(config_path).is_file():
+        raise ConfigError(f"{CONFIG_VARIABLE}={config_path}: no such file")
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(_describe(err["loc"], err["msg"]) for err in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from exc
     except ValueError as exc:  # the TOML file itself does not parse
-        raise ConfigError(f"{CONFIG_VARIABLE}={config_file}: {exc}") from exc
+        raise ConfigError(f"{CONFIG_VARIABLE}={config_path}: {exc}") from exc

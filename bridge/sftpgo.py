@@ -51,10 +51,14 @@ def _project_groups(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         return []
     return [
-        {"name": group["name"], "type": group.get("type") if isinstance(group.get("type"), int) else None}
+        {
+            "name": group["name"],
+            "type": group.get("type") if isinstance(group.get("type"), int) else None,
+        }
         for group in value
         if isinstance(group, Mapping) and isinstance(group.get("name"), str)
     ]
+
 
 # The hook shim's spool: one JSON file per event, named so that names sort in arrival order:
 # <received ms, 13 digits>-<pid>-<random>.json, written as .tmp, fsync'd, then renamed.

@@ -13,11 +13,10 @@ hence ``_socket`` and the few lines of HTTP/1.1 below. ``json`` is loaded on the
 
 from __future__ import annotations
 
+import _socket
 import os
 import sys
 import time
-
-import _socket
 
 EXIT_OK = 0  # handed over or spooled
 EXIT_LOST = 1  # neither the bridge nor the spool took the event
@@ -150,14 +149,11 @@ def _hand_over(config: dict[str, str], query: list[tuple[str, str]], body: bytes
     """
     timeout = _number(config, "LOGIN_AUDIT_HOOK_TIMEOUT", 0.1, 10.0)
     deadline = time.monotonic() + timeout
-    target = _target(config["LOGIN_AUDIT_HOOK_URL"])
-    if target is None:
-        return False
-    family, address, host = target
+    url = config["LOGIN_AUDIT_HOOK_URL"]
     qs = "&".join(f"{name}={_quote(value)}" for name, value in query)
     head = [
         f"POST {HOOK_PATH}?{qs} HTTP/1.1",
-        f"Host: {host}",
+        f"Host: {_host_header(url)}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         "User-Agent: login-audit-hook",
@@ -167,35 +163,53 @@ def _hand_over(config: dict[str, str], query: list[tuple[str, str]], body: bytes
         head.append(f"Authorization: Bearer {config['LOGIN_AUDIT_HOOK_TOKEN']}")
     request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body
     try:
-        status = _exchange(family, address, request, deadline)
-    except (OSError, ValueError):
+        status = _exchange(url, request, deadline)
+    except (OSError, ValueError, IndexError):
         return False
     # 4xx other than 401/408/429 means the bridge will never take this event; it has counted
     # and logged it, and spooling it would only fail again.
     return 200 <= status < 300 or (400 <= status < 500 and status not in (401, 408, 429))
 
 
-def _target(url: str) -> tuple[int, object, str] | None:
+def _host_header(url: str) -> str:
     if url.startswith("unix://"):
-        return _socket.AF_UNIX, url[len("unix://") :], "localhost"
-    if not url.startswith("http://"):
-        return None  # TLS is not worth its import cost on loopback: use a unix socket
-    hostport = url[len("http://") :].split("/", 1)[0]
+        return "localhost"
+    return url.removeprefix("http://").split("/", 1)[0]
+
+
+def _split_host_port(hostport: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or a bare host (port 80)."""
     if hostport.startswith("["):
-        host, _, port = hostport[1:].partition("]:")
-        return _socket.AF_INET6, (host, int(port or 80)), hostport
+        host, _, rest = hostport[1:].partition("]")
+        return host, int(rest.removeprefix(":") or 80)
     host, _, port = hostport.partition(":")
-    return 0, (host, int(port or 80)), hostport
+    return host, int(port or 80)
 
 
-def _exchange(family: int, address: object, request: bytes, deadline: float) -> int:
-    if family == 0:
-        host, port = address  # type: ignore[misc]
+def _connect(url: str, deadline: float) -> _socket.socket:
+    """A connected socket to the bridge: unix:///path or http://host:port (no TLS on loopback)."""
+    address: tuple[object, ...] | str
+    if url.startswith("unix://"):
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        address = url.removeprefix("unix://")
+    elif url.startswith("http://"):
+        host, port = _split_host_port(_host_header(url))
         family, _, _, _, address = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)[0]
-    sock = _socket.socket(family, _socket.SOCK_STREAM)
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
+    else:
+        raise ValueError(f"unsupported bridge URL {url!r}: use http:// or unix://")
     try:
         sock.settimeout(_remaining(deadline))
         sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _exchange(url: str, request: bytes, deadline: float) -> int:
+    sock = _connect(url, deadline)
+    try:
         sock.settimeout(_remaining(deadline))
         sock.sendall(request)
         reply = b""
@@ -255,8 +269,10 @@ def _spool(
     document = {
         "format": SPOOL_FORMAT,
         "received_ms": received_ms,
-        "query": {name: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                  for name, value in query},
+        "query": {
+            name: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            for name, value in query
+        },
         # Only allow-listed fields reach the disk: the full user object carries secrets.
         "user": _projected(user, config),
     }

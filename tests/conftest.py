@@ -149,7 +149,10 @@ class BridgeProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [str(BIN / "login-audit-bridge"), "serve"],
-                env=self.env, stdout=log, stderr=log, cwd=self.data_dir,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                cwd=self.data_dir,
             )
         wait_until_healthy(self.url, self.process, timeout)
 
@@ -197,7 +200,9 @@ def bridge_factory(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
         }
         env.update({f"BRIDGE_{k.upper()}": v for k, v in settings.items()})
         bridge = BridgeProcess(
-            url=f"http://127.0.0.1:{port}", data_dir=data_dir, env=env,
+            url=f"http://127.0.0.1:{port}",
+            data_dir=data_dir,
+            env=env,
             log_path=data_dir / "bridge.log",
         )
         started.append(bridge)
@@ -222,7 +227,7 @@ def post(
     body: bytes,
     *,
     headers: dict[str, str] | None = None,
-    token: str | None = "test-token",
+    token: str | None = "test-token",  # noqa: S107 - the test bridge's throwaway token
 ) -> tuple[int, dict[str, Any], Message]:
     """POSTs and returns (status, JSON body, headers); never raises on HTTP errors."""
     request = urllib.request.Request(url, data=body, method="POST")

@@ -9,20 +9,26 @@ from pathlib import Path
 
 from bridge import __version__
 from bridge.cli import Exit
+
 from conftest import BIN, BridgeProcess, post
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "login-audit-bridge"), *args], capture_output=True, text=True,
-        env=env, timeout=60, check=False,
+        [str(BIN / "login-audit-bridge"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 
 def test_version_of_both_commands() -> None:
     assert _run("--version").stdout.strip() == f"login-audit-bridge {__version__}"
-    hook = subprocess.run([str(BIN / "login-audit-hook"), "--version"], capture_output=True,
-                          text=True, check=True)
+    hook = subprocess.run(
+        [str(BIN / "login-audit-hook"), "--version"], capture_output=True, text=True, check=True
+    )
     assert hook.stdout.strip() == f"login-audit-hook {__version__}"
 
 
@@ -34,8 +40,12 @@ def test_help_lists_commands_and_exit_codes() -> None:
 
 
 def test_python_dash_m_bridge_is_the_same_command() -> None:
-    run = subprocess.run([str(BIN / "python"), "-m", "bridge", "--version"],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [str(BIN / "python"), "-m", "bridge", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert run.stdout.strip() == f"login-audit-bridge {__version__}"
 
 

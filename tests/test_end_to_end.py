@@ -1,4 +1,4 @@
-"""Every SFTPGo vector through a real bridge process, both modes: right events, no secret anywhere."""
+"""Every SFTPGo vector through a real bridge, both modes: right events, no secret anywhere."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.sinks.file import read_events
+
 from conftest import BIN, BridgeProcess, post, secret_strings, sftpgo_vectors, vector_body
 
 VECTORS = sftpgo_vectors()
@@ -27,8 +28,13 @@ def _deliver(vector: dict[str, Any], bridge: BridgeProcess, token: str) -> None:
         "LOGIN_AUDIT_HOOK_SPOOL_DIR": str(bridge.data_dir / "hook-spool"),
     }
     run = subprocess.run(
-        [str(BIN / "login-audit-hook")], env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False,
+        [str(BIN / "login-audit-hook")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
     )
     assert run.returncode == 0
 

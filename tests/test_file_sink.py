@@ -21,7 +21,12 @@ def _events(n: int) -> list[LoginEvent]:
     normalizer = Normalizer()
     return [
         normalizer.sftpgo(
-            {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": str(i % 2)},
+            {
+                "ip": "192.0.2.1",
+                "login_method": "password",
+                "protocol": "SSH",
+                "status": str(i % 2),
+            },
             {"username": f"user{i}"},
         )
         for i in range(n)

@@ -15,15 +15,6 @@ from typing import Any
 import pytest
 import trustme
 import uvicorn
-from conftest import (
-    BridgeProcess,
-    free_port,
-    mediawiki_observations,
-    mediawiki_payload,
-    post,
-    sftpgo_vectors,
-    vector_body,
-)
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import TokenCheck, create_app
@@ -33,6 +24,16 @@ from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.file import read_events
 from bridge.sinks.memory import MemorySink
+
+from conftest import (
+    BridgeProcess,
+    free_port,
+    mediawiki_observations,
+    mediawiki_payload,
+    post,
+    sftpgo_vectors,
+    vector_body,
+)
 
 OK_QUERY = "ip=198.51.100.7&login_method=password&protocol=FTP&status=0"
 BOB = b'{"username":"bob","id":7}'
@@ -51,7 +52,9 @@ class LiveApp:
         families = text_string_to_metric_families(get(f"{self.url}/metrics")[1].decode())
         for family in families:
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     return float(sample.value)
         return 0.0
 
@@ -66,7 +69,9 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 def _serve(app: Any, port: int, **tls: Any) -> Iterator[None]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off", **tls)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="off", **tls
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
@@ -127,8 +132,11 @@ def test_malformed_json_is_a_400_naming_the_problem_and_counted(live: LiveApp) -
 
 
 def test_invalid_field_is_a_400_with_the_field_named(live: LiveApp) -> None:
-    status, body, _ = post(live.hook("ip=300.1.1.1&login_method=password&protocol=SSH&status=1"),
-                           BOB, token="new-token")
+    status, body, _ = post(
+        live.hook("ip=300.1.1.1&login_method=password&protocol=SSH&status=1"),
+        BOB,
+        token="new-token",
+    )
     assert (status, body["error"], body["field"]) == (400, "invalid_field", "ip")
 
 
@@ -143,11 +151,16 @@ def test_body_over_the_limit_is_a_413(live: LiveApp) -> None:
 
 
 def test_wrong_content_type_is_a_415(live: LiveApp) -> None:
-    status, body, _ = post(live.hook(), BOB, token="new-token",
-                           headers={"Content-Type": "text/plain"})
+    status, body, _ = post(
+        live.hook(), BOB, token="new-token", headers={"Content-Type": "text/plain"}
+    )
     assert (status, body["error"]) == (415, "media_type")
-    status, _, _ = post(live.hook(), BOB, token="new-token",
-                        headers={"Content-Type": "application/json; charset=latin-1"})
+    status, _, _ = post(
+        live.hook(),
+        BOB,
+        token="new-token",
+        headers={"Content-Type": "application/json; charset=latin-1"},
+    )
     assert status == 415
 
 
@@ -156,13 +169,17 @@ def test_sink_failure_is_a_503_with_retry_after_and_nothing_is_claimed(live: Liv
     status, body, headers = post(live.hook(), BOB, token="new-token")
     assert (status, body["error"]) == (503, "sink_unavailable")
     assert headers["Retry-After"] == "5"
-    assert live.metric("login_audit_publish_errors_total", sink="memory",
-                       reason="sink_unavailable") == 1
+    assert (
+        live.metric("login_audit_publish_errors_total", sink="memory", reason="sink_unavailable")
+        == 1
+    )
 
 
 def test_a_bad_request_next_to_good_ones_loses_none_of_them(live: LiveApp) -> None:
-    answers = [post(live.hook(), body, token="new-token")[0]
-               for body in (BOB, b"{broken", BOB, b"\xff", BOB)]
+    answers = [
+        post(live.hook(), body, token="new-token")[0]
+        for body in (BOB, b"{broken", BOB, b"\xff", BOB)
+    ]
     assert answers == [200, 400, 200, 400, 200]
     assert len(live.sink.events) == 3
 
@@ -177,7 +194,7 @@ def test_unknown_path_and_wrong_method_are_json_errors(live: LiveApp) -> None:
 def test_mediawiki_hook_accepts_the_documented_payload(live: LiveApp) -> None:
     observation = mediawiki_observations()[0]
     body = json.dumps(mediawiki_payload(observation)).encode()
-    status, answer, _ = post(f"{live.url}/v1/hooks/mediawiki", body, token="new-token")
+    status, _, _ = post(f"{live.url}/v1/hooks/mediawiki", body, token="new-token")
     assert status == 200
     assert live.sink.events[0].record["user"]["name"] == "Alice"
     assert live.sink.events[0].source == "mediawiki"
@@ -218,22 +235,26 @@ def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(tmp_path: Path
     asyncio.run(sink.start())
     port = free_port()
     app = _app(sink, metrics, tokens=[], header="Authorization")
-    tls = {"ssl_certfile": str(server_pem), "ssl_ca_certs": str(ca_pem),
-           "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    tls = {
+        "ssl_certfile": str(server_pem),
+        "ssl_ca_certs": str(ca_pem),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
     for _ in _serve(app, port, **tls):
         url = f"https://127.0.0.1:{port}/v1/hooks/sftpgo?{OK_QUERY}"
         with_cert = ssl.create_default_context()
         ca.configure_trust(with_cert)
         ca.issue_cert("sftpgo.example").configure_cert(with_cert)
-        request = urllib.request.Request(url, data=BOB, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=BOB, method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, context=with_cert) as reply:
             assert reply.status == 200
         without_cert = ssl.create_default_context()
         ca.configure_trust(without_cert)
-        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
-            with urllib.request.urlopen(request, context=without_cert) as reply:
-                reply.read()
+        refused = (ssl.SSLError, urllib.error.URLError, ConnectionError)
+        with pytest.raises(refused), urllib.request.urlopen(request, context=without_cert) as reply:
+            reply.read()
     assert len(sink.events) == 1
 
 
@@ -242,8 +263,9 @@ def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(tmp_path: Path
 
 def test_service_process_stores_a_vector_in_the_file_sink(bridge: BridgeProcess) -> None:
     vector = next(v for v in sftpgo_vectors() if v["mode"] == "http")
-    status, body, _ = post(f"{bridge.url}/v1/hooks/sftpgo?{vector['raw_query']}",
-                           vector_body(vector))
+    status, body, _ = post(
+        f"{bridge.url}/v1/hooks/sftpgo?{vector['raw_query']}", vector_body(vector)
+    )
     assert status == 200
     (record,) = list(read_events(bridge.events_dir))
     assert record["metadata"]["uid"] == body["event_id"]
@@ -257,8 +279,10 @@ def test_sigterm_drains_and_every_answered_event_is_on_disk(bridge: BridgeProces
     def client(n: int) -> None:
         for i in range(n):
             try:
-                status, body, _ = post(f"{bridge.url}/v1/hooks/sftpgo?{OK_QUERY}",
-                                       json.dumps({"username": f"u{i}"}).encode())
+                status, body, _ = post(
+                    f"{bridge.url}/v1/hooks/sftpgo?{OK_QUERY}",
+                    json.dumps({"username": f"u{i}"}).encode(),
+                )
             except OSError as exc:  # refused once the server stops accepting
                 errors.append(exc)
                 return

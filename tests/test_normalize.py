@@ -11,6 +11,7 @@ from bridge.codec import AvroCodec
 from bridge.errors import InputError, InvalidField, MalformedInput
 from bridge.mediawiki import parse_mediawiki
 from bridge.normalize import Normalizer
+
 from conftest import (
     mediawiki_observations,
     mediawiki_payload,
@@ -83,9 +84,13 @@ def test_allow_listed_fields_are_kept_where_ocsf_puts_them() -> None:
 
 def test_nested_user_fields_are_never_copied_even_when_allow_listed() -> None:
     user = {"username": "eve", "filesystem": {"s3config": {"access_secret": "TOPSECRET-1"}}}
-    record = Normalizer(sftpgo_user_fields=["filesystem"]).sftpgo(
-        {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": "1"}, user
-    ).record
+    record = (
+        Normalizer(sftpgo_user_fields=["filesystem"])
+        .sftpgo(
+            {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": "1"}, user
+        )
+        .record
+    )
     assert b"TOPSECRET-1" not in CODEC.encode(record)
 
 
@@ -127,30 +132,81 @@ def test_extra_hook_url_parameters_are_kept_as_unmapped() -> None:
 @pytest.mark.parametrize(
     ("query", "body", "error", "field"),
     [
-        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "2"}, b"{}",
-         InvalidField, "status"),
+        (
+            {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "2"},
+            b"{}",
+            InvalidField,
+            "status",
+        ),
         ({"login_method": "password", "protocol": "SSH", "status": "1"}, b"{}", InvalidField, "ip"),
-        ({"ip": "not-an-ip", "login_method": "password", "protocol": "SSH", "status": "1"}, b"{}",
-         InvalidField, "ip"),
-        ({"ip": "1.2.3.4", "login_method": "pass word", "protocol": "SSH", "status": "1"}, b"{}",
-         InvalidField, "login_method"),
-        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "", "status": "1"}, b"{}",
-         InvalidField, "protocol"),
-        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
-         b'{"username": 5}', InvalidField, "username"),
-        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
-         b'{"username": "\\ud800"}', InvalidField, "username"),
-        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
-         b"[1]", MalformedInput, None),
-        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
-         b"\xff\xfe{}", MalformedInput, None),
-        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
-         b"[" * 100000, MalformedInput, None),
-        ({"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
-         b'{"id": NaN}', MalformedInput, None),
+        (
+            {"ip": "not-an-ip", "login_method": "password", "protocol": "SSH", "status": "1"},
+            b"{}",
+            InvalidField,
+            "ip",
+        ),
+        (
+            {"ip": "1.2.3.4", "login_method": "pass word", "protocol": "SSH", "status": "1"},
+            b"{}",
+            InvalidField,
+            "login_method",
+        ),
+        (
+            {"ip": "1.2.3.4", "login_method": "password", "protocol": "", "status": "1"},
+            b"{}",
+            InvalidField,
+            "protocol",
+        ),
+        (
+            {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+            b'{"username": 5}',
+            InvalidField,
+            "username",
+        ),
+        (
+            {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+            b'{"username": "\\ud800"}',
+            InvalidField,
+            "username",
+        ),
+        (
+            {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+            b"[1]",
+            MalformedInput,
+            None,
+        ),
+        (
+            {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+            b"\xff\xfe{}",
+            MalformedInput,
+            None,
+        ),
+        (
+            {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+            b"[" * 100000,
+            MalformedInput,
+            None,
+        ),
+        (
+            {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
+            b'{"id": NaN}',
+            MalformedInput,
+            None,
+        ),
     ],
-    ids=["bad-status", "no-ip", "bad-ip", "bad-method", "no-protocol", "username-number",
-         "lone-surrogate", "not-object", "not-utf8", "too-deep", "nan"],
+    ids=[
+        "bad-status",
+        "no-ip",
+        "bad-ip",
+        "bad-method",
+        "no-protocol",
+        "username-number",
+        "lone-surrogate",
+        "not-object",
+        "not-utf8",
+        "too-deep",
+        "nan",
+    ],
 )
 def test_bad_sftpgo_input_raises_an_input_error_naming_the_problem(
     query: dict[str, str], body: bytes, error: type[InputError], field: str | None
@@ -214,7 +270,8 @@ def test_bot_password_double_fire_is_kept_as_two_linked_events() -> None:
     assert one["metadata"]["uid"] != two["metadata"]["uid"]
     assert one["metadata"]["correlation_uid"] == two["metadata"]["correlation_uid"]
     assert (one["unmapped"]["mediawiki.invocation"], two["unmapped"]["mediawiki.invocation"]) == (
-        "1", "2",
+        "1",
+        "2",
     )
     assert one["unmapped"]["mediawiki.app_id"] == "Alice@harness"
     assert two["user"]["name"] == "Alice@harness"
@@ -223,7 +280,10 @@ def test_bot_password_double_fire_is_kept_as_two_linked_events() -> None:
 def test_unknown_bot_password_user_with_id_zero_has_no_uid() -> None:
     first, _ = _case("botpw_nosuchuser")
     assert _mediawiki(first)["user"] == {
-        "name": "Ghost", "uid": None, "email_addr": None, "groups": [],
+        "name": "Ghost",
+        "uid": None,
+        "email_addr": None,
+        "groups": [],
     }
 
 

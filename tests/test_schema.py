@@ -15,6 +15,7 @@ from fastavro.schema import parse_schema
 from bridge.codec import AvroCodec, schema_text
 from bridge.errors import MalformedInput
 from bridge.normalize import Normalizer
+
 from conftest import BIN, REPO
 
 QUERY = {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": "0"}
@@ -61,7 +62,9 @@ def test_schema_command_prints_the_schema_and_its_fingerprint() -> None:
     assert f"CRC-64-AVRO fingerprint: {codec.fingerprint_hex}" in run.stderr
     only = subprocess.run(
         [str(BIN / "login-audit-bridge"), "schema", "--fingerprint"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert only.stdout.strip() == codec.fingerprint_hex
 

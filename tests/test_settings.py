@@ -52,7 +52,11 @@ def test_toml_file_is_read_and_environment_wins(
     monkeypatch.setenv("BRIDGE_CONFIG", str(config))
     monkeypatch.setenv("BRIDGE_PORT", "9001")
     settings = load_settings()
-    assert (settings.sink, settings.port, settings.sftpgo_user_fields) == ("rabbitmq", 9001, ("role",))
+    assert (settings.sink, settings.port, settings.sftpgo_user_fields) == (
+        "rabbitmq",
+        9001,
+        ("role",),
+    )
 
 
 def test_unknown_key_in_the_toml_file_is_an_error(tmp_path: Path) -> None:

@@ -1,0 +1,486 @@
+"""Properties of the normalizer, the encoder and the service under any input Hypothesis can find.
+
+Any input either becomes an event that validates against the schema and round-trips through the
+encoder, or is rejected with our own InputError (a 4xx on the wire); nothing else, ever.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from bridge.codec import AvroCodec
+from bridge.errors import InputError
+from bridge.event import LoginEvent
+from bridge.mediawiki import parse_mediawiki
+from bridge.normalize import Normalizer
+
+from conftest import BridgeProcess, free_port
+
+CODEC = AvroCodec()
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+METHODS = (
+    "password", "publickey", "keyboard-interactive", "publickey+password",
+    "publickey+keyboard-interactive", "TLSCertificate", "TLSCertificate+password", "IDP",
+    "no_auth_tried", "no_auth_tryed",
+)
+PROTOCOLS = ("SSH", "FTP", "DAV", "HTTP", "OIDC")
+NO_AUTH = ("no_auth_tried", "no_auth_tryed")
+# The autouse clean_environ fixture runs once per test, not per example; that is all it needs.
+PROPERTY = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+# -- strategies
+
+# Text as hostile as Python strings get: lone surrogates included (st.text() leaves them out).
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+any_text = st.text(st.characters(codec=None) | surrogates, max_size=40)
+huge_text = st.integers(257, 70_000).map(lambda n: "x" * n)
+hostile_text = any_text | huge_text | st.sampled_from(["", "1", "0", "::1", "fe80::1%eth0"])
+clean_text = st.text(st.characters(codec="utf-8"), max_size=40)
+
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats() | any_text
+    | st.integers(min_value=2**63, max_value=10**400)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
+    max_leaves=25,
+)
+# What a well-behaved JSON encoder can write: no NaN, no lone surrogates.
+safe_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False) | clean_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(clean_text, inner, max_size=4),
+    max_leaves=25,
+)
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON as a hostile client may write it: NaN literals, \\ud800 escapes, raw UTF-8."""
+    return json.dumps(value, ensure_ascii=True).encode("ascii")
+
+
+@st.composite
+def deeply_nested(draw: st.DrawFn) -> bytes:
+    depth = draw(st.integers(100, 100_000))
+    if draw(st.booleans()):
+        return b'{"username":' + b"[" * depth + b"]" * depth + b"}"
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+raw_bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(_dumps),
+    json_values.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+    deeply_nested(),
+    st.sampled_from([
+        b'{"username":"\\ud800"}', b'{"username":"a\\udfff"}', b'{"id":NaN}', b"NaN",
+        b'{"id":' + b"9" * 5000 + b"}", b'{"id":1e999}', b"\xef\xbb\xbf{}", b'{"a":1,"a":2}',
+    ]),
+)
+
+ip_addresses = (st.ip_addresses(v=4) | st.ip_addresses(v=6)).map(str)
+# Python accepts any text after % as an IPv6 scope id ("fe80::1%eth0").
+scoped_ipv6 = st.tuples(st.ip_addresses(v=6), any_text).map(lambda t: f"{t[0]}%{t[1]}")
+
+
+@st.composite
+def sftpgo_users(draw: st.DrawFn) -> dict[str, Any]:
+    """SFTPGo user objects that should always be accepted, with arbitrary extra nested fields."""
+    user: dict[str, Any] = draw(st.dictionaries(
+        st.text(max_size=12).filter(lambda k: k not in ("username", "id", "email", "groups")),
+        safe_json_values, max_size=6,
+    ))
+    user["username"] = draw(st.text(st.characters(codec="utf-8"), max_size=256))
+    user["id"] = draw(st.integers(-5, 2**53))
+    if draw(st.booleans()):
+        user["email"] = draw(st.emails().filter(lambda e: len(e) <= 256))
+    if draw(st.booleans()):
+        user["groups"] = draw(st.lists(
+            st.fixed_dictionaries({"name": clean_text, "type": st.integers(1, 3)}), max_size=4
+        ))
+    return user
+
+
+valid_queries = st.fixed_dictionaries({
+    "ip": ip_addresses,
+    "login_method": st.sampled_from(METHODS),
+    "protocol": st.sampled_from(PROTOCOLS),
+    "status": st.sampled_from(["0", "1"]),
+})
+
+hostile_queries = st.one_of(
+    st.dictionaries(hostile_text, hostile_text, max_size=20),
+    # Valid facts with one field spoiled, so each check is reached on its own.
+    st.tuples(
+        valid_queries,
+        st.sampled_from(["ip", "login_method", "protocol", "status", "extra"]),
+        hostile_text,
+    ).map(lambda t: {**t[0], t[1]: t[2]}),
+    st.tuples(valid_queries, scoped_ipv6).map(lambda t: {**t[0], "ip": t[1]}),
+    st.tuples(valid_queries, st.dictionaries(hostile_text, hostile_text, max_size=20)).map(
+        lambda t: {**t[1], **t[0]}
+    ),
+)
+
+
+# -- helpers
+
+
+def _millis(value: Any) -> Any:
+    """The decoded record with timestamp-millis datetimes turned back into epoch milliseconds."""
+    if isinstance(value, datetime):
+        return (value - EPOCH) // timedelta(milliseconds=1)
+    if isinstance(value, dict):
+        return {k: _millis(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_millis(v) for v in value]
+    return value
+
+
+def assert_encodes_and_round_trips(event: LoginEvent) -> bytes:
+    assert CODEC.validate(event.record)
+    encoded = CODEC.encode(event.record)
+    assert _millis(CODEC.decode(encoded)) == event.record
+    return encoded
+
+
+def sftpgo_event_or_input_error(
+    query: dict[str, str], body: bytes, normalizer: Normalizer | None = None
+) -> LoginEvent | None:
+    try:
+        return (normalizer or Normalizer()).sftpgo_from_http(query, body)
+    except InputError:
+        return None
+
+
+# -- (a) SFTPGo
+
+
+@PROPERTY
+@given(query=hostile_queries | valid_queries, body=raw_bodies | sftpgo_users().map(_dumps))
+def test_any_sftpgo_request_becomes_an_encodable_event_or_an_input_error(
+    query: dict[str, str], body: bytes
+) -> None:
+    event = sftpgo_event_or_input_error(query, body)
+    if event is not None:
+        assert_encodes_and_round_trips(event)
+
+
+@PROPERTY
+@given(query=valid_queries, user=sftpgo_users(), ensure_ascii=st.booleans())
+def test_a_valid_sftpgo_login_becomes_an_event_with_exactly_its_facts(
+    query: dict[str, str], user: dict[str, Any], ensure_ascii: bool
+) -> None:
+    body = json.dumps(user, ensure_ascii=ensure_ascii).encode("utf-8")
+    event = Normalizer().sftpgo_from_http(query, body)
+    assert_encodes_and_round_trips(event)
+    record = event.record
+    no_auth = query["login_method"] in NO_AUTH
+    assert record["src_endpoint"]["ip"] == query["ip"]
+    assert record["user"]["name"] == (user["username"] or None)
+    assert record["user"]["uid"] == (str(user["id"]) if user["id"] > 0 else None)
+    assert record["dst_endpoint"]["svc_name"] == query["protocol"]
+    assert record["unmapped"]["sftpgo.login_method"] == (
+        "no_auth_tried" if no_auth else query["login_method"]
+    )
+    assert record["status_id"] == (1 if query["status"] == "1" and not no_auth else 2)
+    assert event.source == "sftpgo"
+
+
+def test_a_json_true_group_type_is_not_read_as_group_type_1() -> None:
+    """In Python True == 1, but a JSON boolean is no SFTPGo group type."""
+    query = {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": "1"}
+    body = b'{"username":"bob","groups":[{"name":"staff","type":true}]}'
+    event = Normalizer(sftpgo_user_fields=["groups"]).sftpgo_from_http(query, body)
+    assert event.record["user"]["groups"] == [{"name": "staff", "type": None}]
+
+
+# -- (b) MediaWiki
+
+mediawiki_valid = st.fixed_dictionaries(
+    {
+        "format": st.just("login-audit-bridge.mediawiki.v1"),
+        "status": st.sampled_from(["PASS", "FAIL"]),
+        "username": st.text(max_size=256),
+        "ip": ip_addresses,
+        "request_id": st.text(st.characters(codec="ascii"), min_size=1, max_size=128),
+        "wiki_id": st.text(min_size=1, max_size=64),
+        "time": st.integers(0, 253402300799999),
+        "mw_version": st.sampled_from(["1.39.17", "1.43.0", "1.42.1"]),
+    },
+    optional={
+        "canonical_username": st.none() | st.text(max_size=256),
+        "user": st.none() | st.fixed_dictionaries(
+            {"id": st.integers(0, 2**31), "name": st.text(max_size=64)}
+        ),
+        "message_key": st.none() | st.sampled_from(
+            ["wrongpassword", "login-throttled", "login-userblocked", "nosuchuser"]
+        ),
+        "message_params": st.lists(safe_json_values, max_size=4),
+        "app_id": st.none() | st.text(max_size=64),
+        "performer": st.none() | st.text(max_size=64),
+        "user_agent": st.none() | st.text(max_size=200),
+        "invocation": st.integers(1, 1000),
+        "server": st.none() | st.sampled_from(
+            ["http://127.0.0.1:8089", "//wiki.example.org", "https://[2001:db8::1]:8443", "wiki"]
+        ) | st.text(max_size=60),
+        "entry_point": st.none() | st.sampled_from(["api", "index"]),
+        "unknown_future_field": safe_json_values,
+    },
+)
+
+
+@st.composite
+def mediawiki_spoiled(draw: st.DrawFn) -> dict[str, Any]:
+    payload: dict[str, Any] = draw(mediawiki_valid)
+    payload[draw(st.sampled_from([*payload, "user", "time", "invocation"]))] = draw(json_values)
+    return payload
+
+
+mediawiki_bodies = st.one_of(
+    raw_bodies,
+    mediawiki_valid.map(_dumps),
+    mediawiki_spoiled().map(_dumps),
+)
+
+
+def mediawiki_event_or_input_error(body: bytes) -> LoginEvent | None:
+    try:
+        return Normalizer().mediawiki(parse_mediawiki(body))
+    except InputError:
+        return None
+
+
+@PROPERTY
+@given(body=mediawiki_bodies)
+def test_any_mediawiki_body_becomes_an_encodable_event_or_an_input_error(body: bytes) -> None:
+    event = mediawiki_event_or_input_error(body)
+    if event is not None:
+        assert_encodes_and_round_trips(event)
+
+
+@PROPERTY
+@given(payload=mediawiki_valid)
+def test_a_valid_mediawiki_login_becomes_an_event_with_exactly_its_facts(
+    payload: dict[str, Any],
+) -> None:
+    assume(_server_is_a_url(payload.get("server")))
+    event = Normalizer().mediawiki(parse_mediawiki(_dumps(payload)))
+    assert_encodes_and_round_trips(event)
+    record = event.record
+    ok = payload["status"] == "PASS"
+    name = payload.get("canonical_username") if ok and payload.get("canonical_username") else (
+        payload["username"]
+    )
+    assert record["src_endpoint"]["ip"] == payload["ip"]
+    assert record["user"]["name"] == (name or None)
+    assert record["status_id"] == (1 if ok else 2)
+    assert record["time"] == payload["time"]
+    assert record["metadata"]["correlation_uid"] == payload["request_id"]
+    assert record["unmapped"]["mediawiki.raw_username"] == payload["username"]
+    assert event.source == "mediawiki"
+
+
+def _server_is_a_url(server: str | None) -> bool:
+    """Keeps the success-path test to servers that parse; any text is the next test's job."""
+    if server is None:
+        return True
+    try:
+        urlsplit(server if "//" in server else f"//{server}")
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("server", ["//[", "http://[2001:db8::1", "//wiki\uff03example"])
+def test_a_mediawiki_server_that_is_not_a_url_is_rejected_or_dropped_not_a_crash(
+    server: str,
+) -> None:
+    """$wgServer comes from the request body: an unparsable one is bad input or no hostname."""
+    payload = {
+        "format": "login-audit-bridge.mediawiki.v1", "status": "FAIL", "username": "alice_",
+        "ip": "192.0.2.7", "request_id": "r1", "wiki_id": "my_wiki", "time": 1,
+        "mw_version": "1.39.17", "server": server,
+    }
+    event = mediawiki_event_or_input_error(_dumps(payload))
+    assert event is None or event.record["dst_endpoint"]["hostname"] is None
+
+
+# -- (c) the allow-list
+
+MARKER = "SECRETMARKER"
+
+
+@st.composite
+def users_with_planted_secrets(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
+    """A user object, and the marker strings planted below its top level (depth >= 2)."""
+    user = draw(sftpgo_users())
+    markers: list[str] = []
+    for _ in range(draw(st.integers(1, 5))):
+        marker = f"{MARKER}{len(markers)}{draw(st.text('0123456789abcdef', min_size=8))}"
+        markers.append(marker)
+        top = draw(st.sampled_from(["username", "id", "email", "groups", "filesystem", "filters",
+                                    "virtual_folders", "status", "description"])
+                   | st.text(min_size=1, max_size=8))
+        user[top] = _plant(draw, user.get(top), marker, depth=draw(st.integers(1, 4)))
+    return user, markers
+
+
+def _plant(draw: st.DrawFn, container: Any, marker: str, depth: int) -> Any:
+    """Returns a dict or list holding the marker ``depth`` levels down, merged into container."""
+    if depth == 0:
+        return draw(st.sampled_from([marker, {"status": "Plain", "payload": marker}, [marker]]))
+    if isinstance(container, list) and container and draw(st.booleans()):
+        index = draw(st.integers(0, len(container) - 1))
+        container[index] = _plant(draw, container[index], marker, depth - 1)
+        return container
+    # "name" inside a group is what the allow-list keeps of "groups": plant beside it instead.
+    key = draw(
+        st.sampled_from(["payload", "secret", "password", "key"])
+        | st.text(max_size=6).filter(lambda k: k != "name")
+    )
+    inner = container if isinstance(container, dict) else {}
+    inner[key] = _plant(draw, inner.get(key), marker, depth - 1)
+    return inner if draw(st.booleans()) else [inner]
+
+
+@PROPERTY
+@given(
+    planted=users_with_planted_secrets(),
+    query=valid_queries,
+    data=st.data(),
+)
+def test_no_secret_below_the_top_level_of_the_user_ever_reaches_the_encoded_event(
+    planted: tuple[dict[str, Any], list[str]], query: dict[str, str], data: st.DataObject
+) -> None:
+    user, markers = planted
+    names = [*sorted(user), "groups", "filesystem", "filters"]
+    allowed = data.draw(st.lists(st.sampled_from(names), unique=True), label="allow-list")
+    event = sftpgo_event_or_input_error(
+        query, _dumps(user), Normalizer(sftpgo_user_fields=allowed)
+    )
+    if event is None:
+        return
+    encoded = assert_encodes_and_round_trips(event)
+    for marker in markers:
+        assert marker.encode() not in encoded
+
+
+# -- (d) the service
+
+
+@pytest.fixture(scope="module")
+def module_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
+    """One bridge for all examples: starting one per example would dominate the run."""
+    data_dir = tmp_path_factory.mktemp("bridge")
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "BRIDGE_PORT": str(port),
+        "BRIDGE_DATA_DIR": str(data_dir),
+        "BRIDGE_AUTH_TOKENS": "test-token",
+        "BRIDGE_SFTPGO_USER_FIELDS": "email,groups,status,description",
+        "BRIDGE_LOG_LEVEL": "warning",
+    }
+    bridge = BridgeProcess(
+        url=f"http://127.0.0.1:{port}", data_dir=data_dir, env=env,
+        log_path=data_dir / "bridge.log",
+    )
+    bridge.start()
+    yield bridge
+    bridge.stop(signal.SIGKILL)
+
+
+printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
+query_strings = st.one_of(
+    printable.map(lambda q: quote(q, safe="=&%+;/:@!$'()*,~")),
+    st.dictionaries(any_text, any_text, max_size=6).map(
+        lambda d: "&".join(f"{quote(k, errors='surrogatepass')}={quote(v, errors='surrogatepass')}"
+                           for k, v in d.items())
+    ),
+    valid_queries.map(lambda q: "&".join(f"{k}={quote(v)}" for k, v in q.items())),
+    valid_queries.map(lambda q: "&".join(f"{k}={quote(v)}" for k, v in q.items()) + "&ip=::1"),
+)
+content_types = st.sampled_from([
+    None, "application/json", "application/json; charset=utf-8", "application/JSON",
+    "application/json; charset=latin-1", "text/plain", "multipart/form-data; boundary=x",
+    "application/x-www-form-urlencoded", "",
+]) | printable
+request_bodies = st.one_of(
+    raw_bodies, sftpgo_users().map(_dumps), mediawiki_valid.map(_dumps),
+    mediawiki_spoiled().map(_dumps), st.just(b"{" + b" " * 70_000 + b"}"),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(["/v1/hooks/sftpgo", "/v1/hooks/mediawiki"])
+    | st.sampled_from(["/", "/v1/hooks", "/v1/hooks/other", "/healthz"]),
+    method=st.sampled_from(["POST"] * 6 + ["GET", "PUT", "DELETE"]),
+    query=query_strings,
+    content_type=content_types,
+    authorization=st.sampled_from(["Bearer test-token"] * 6 + ["Bearer nope", "test-token", ""]),
+    extra_headers=st.dictionaries(
+        st.sampled_from(["Content-Encoding", "X-Forwarded-For", "Accept"]), printable, max_size=2
+    ),
+    body=request_bodies,
+)
+def test_the_service_answers_any_request_with_200_or_a_4xx_json_error(
+    module_bridge: BridgeProcess,
+    path: str,
+    method: str,
+    query: str,
+    content_type: str | None,
+    authorization: str,
+    extra_headers: dict[str, str],
+    body: bytes,
+) -> None:
+    headers = dict(extra_headers)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if authorization:
+        headers["Authorization"] = authorization
+    status, reply = _request(module_bridge, method, f"{path}?{query}", body, headers)
+    assert status == 200 or 400 <= status < 500, (status, reply[:300])
+    answer = json.loads(reply)
+    if status >= 400:
+        assert {"error", "message"} <= answer.keys(), answer
+    elif path.startswith("/v1/hooks/"):
+        assert answer["status"] == "stored"
+
+
+def test_the_service_is_healthy_after_the_fuzzing(module_bridge: BridgeProcess) -> None:
+    """Runs after the fuzz test in this module (pytest keeps file order)."""
+    status, reply = _request(module_bridge, "GET", "/healthz", b"", {})
+    assert (status, json.loads(reply)) == (200, {"status": "ok"})
+    assert module_bridge.process is not None and module_bridge.process.poll() is None
+    assert "Traceback" not in module_bridge.logs()
+
+
+def _request(
+    bridge: BridgeProcess, method: str, target: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    parts = urlsplit(bridge.url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        connection.request(method, target, body=body, headers=headers)
+        reply = connection.getresponse()
+        return reply.status, reply.read()
+    finally:
+        connection.close()
+
