@@ -53,11 +53,16 @@ def _project_groups(value: Any) -> list[dict[str, Any]]:
     return [
         {
             "name": group["name"],
-            "type": group.get("type") if isinstance(group.get("type"), int) else None,
+            "type": _group_type(group.get("type")),
         }
         for group in value
         if isinstance(group, Mapping) and isinstance(group.get("name"), str)
     ]
+
+
+def _group_type(value: Any) -> int | None:
+    # JSON true is a Python int equal to 1; it is not SFTPGo's group type 1.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # The hook shim's spool: one JSON file per event, named so that names sort in arrival order:
