@@ -64,8 +64,12 @@ class Wiki:
 
     def script(self, *args: str) -> str:
         done = subprocess.run(
-            [str(SCRIPT), *args], env={**os.environ, **self._script_env()},
-            capture_output=True, text=True, check=True, timeout=300,
+            [str(SCRIPT), *args],
+            env={**os.environ, **self._script_env()},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
         )
         return done.stdout
 
@@ -78,10 +82,18 @@ class Wiki:
     def queued_jobs(self) -> list[str]:
         """The extension's jobs still in the wiki's job table (queued or claimed)."""
         listing = subprocess.run(
-            ["php", str(MW_CODE / "maintenance" / "showJobs.php"),
-             "--type", "loginAuditBridgeSend", "--list"],
+            [
+                "php",
+                str(MW_CODE / "maintenance" / "showJobs.php"),
+                "--type",
+                "loginAuditBridgeSend",
+                "--list",
+            ],
             env={**os.environ, "MW_CONFIG_FILE": self.env["MW_CONFIG_FILE"]},
-            capture_output=True, text=True, check=True, timeout=60,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
         ).stdout
         return [line for line in listing.splitlines() if line.startswith("loginAuditBridgeSend")]
 
@@ -112,14 +124,16 @@ def wiki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wiki]:
         "MW_FPM_PORT": str(_free_port()),
     }
     started = subprocess.run(
-        [str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900,
+        [str(SCRIPT), "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     try:
         if started.returncode != 0:
             pytest.fail(f"scripts/mediawiki start failed:\n{started.stderr}", pytrace=False)
-        values = dict(
-            line.split("=", 1) for line in started.stdout.splitlines() if "=" in line
-        )
+        values = dict(line.split("=", 1) for line in started.stdout.splitlines() if "=" in line)
         yield Wiki(env=values)
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=60)
@@ -137,26 +151,44 @@ class WikiClient:
         self.http.close()
 
     def _login_token(self) -> str:
-        reply = self.http.get("/api.php", params={
-            "action": "query", "meta": "tokens", "type": "login", "format": "json",
-        })
+        reply = self.http.get(
+            "/api.php",
+            params={
+                "action": "query",
+                "meta": "tokens",
+                "type": "login",
+                "format": "json",
+            },
+        )
         token: str = reply.json()["query"]["tokens"]["logintoken"]
         return token
 
     def clientlogin(self, username: str, password: str) -> dict[str, Any]:
-        reply = self.http.post("/api.php", data={
-            "action": "clientlogin", "username": username, "password": password,
-            "logintoken": self._login_token(), "loginreturnurl": f"{self.http.base_url}/",
-            "format": "json",
-        })
+        reply = self.http.post(
+            "/api.php",
+            data={
+                "action": "clientlogin",
+                "username": username,
+                "password": password,
+                "logintoken": self._login_token(),
+                "loginreturnurl": f"{self.http.base_url}/",
+                "format": "json",
+            },
+        )
         result: dict[str, Any] = reply.json()["clientlogin"]
         return result
 
     def botlogin(self, username: str, password: str) -> dict[str, Any]:
-        reply = self.http.post("/api.php", data={
-            "action": "login", "lgname": username, "lgpassword": password,
-            "lgtoken": self._login_token(), "format": "json",
-        })
+        reply = self.http.post(
+            "/api.php",
+            data={
+                "action": "login",
+                "lgname": username,
+                "lgpassword": password,
+                "lgtoken": self._login_token(),
+                "format": "json",
+            },
+        )
         result: dict[str, Any] = reply.json()["login"]
         return result
 
@@ -164,16 +196,29 @@ class WikiClient:
         form = self.http.get("/index.php", params={"title": "Special:UserLogin"})
         match = re.search(r'<input name="wpLoginToken"[^>]* value="([^"]+)"', form.text)
         assert match, "the login form carries no wpLoginToken"
-        return self.http.post("/index.php", params={"title": "Special:UserLogin"}, data={
-            "wpName": username, "wpPassword": password,
-            "wpLoginToken": html.unescape(match.group(1)),
-            "wploginattempt": "Log in", "authAction": "login", "title": "Special:UserLogin",
-        })
+        return self.http.post(
+            "/index.php",
+            params={"title": "Special:UserLogin"},
+            data={
+                "wpName": username,
+                "wpPassword": password,
+                "wpLoginToken": html.unescape(match.group(1)),
+                "wploginattempt": "Log in",
+                "authAction": "login",
+                "title": "Special:UserLogin",
+            },
+        )
 
     def user_id(self, name: str) -> int:
-        reply = self.http.get("/api.php", params={
-            "action": "query", "list": "users", "ususers": name, "format": "json",
-        })
+        reply = self.http.get(
+            "/api.php",
+            params={
+                "action": "query",
+                "list": "users",
+                "ususers": name,
+                "format": "json",
+            },
+        )
         user_id: int = reply.json()["query"]["users"][0]["userid"]
         return user_id
 

@@ -50,7 +50,8 @@ def test_logins_succeed_while_the_bridge_is_down_and_their_events_arrive_after_r
 
     events = events_of(wired, 2)
     assert sorted((e["status_id"], e["user"]["name"]) for e in events) == [
-        (1, "Alice"), (2, "Outage Probe"),
+        (1, "Alice"),
+        (2, "Outage Probe"),
     ]
     assert wiki.queued_jobs() == []
 

@@ -17,7 +17,8 @@ EventsOf = Callable[[Any, int], list[dict[str, Any]]]
 def test_clientlogin_success_is_a_success_event_with_the_account_id(
     wiki: Wiki, wired: Any, client: WikiClient, events_of: EventsOf
 ) -> None:
-    assert client.clientlogin(wiki.env["MW_ADMIN"], wiki.env["MW_ADMIN_PASSWORD"])["status"] == "PASS"
+    answer = client.clientlogin(wiki.env["MW_ADMIN"], wiki.env["MW_ADMIN_PASSWORD"])
+    assert answer["status"] == "PASS"
 
     [event] = events_of(wired, 1)
     assert event["status_id"] == 1
