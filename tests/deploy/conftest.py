@@ -1,0 +1,89 @@
+"""Fixtures of the deployment tests: the real helm, kubeconform, hadolint, promtool, Prometheus."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_support import (
+    ALERTS,
+    HOW_TO_INSTALL,
+    IN_CI,
+    PrometheusProcess,
+    Tools,
+    free_port,
+    render_text,
+    tool_paths,
+    wait_ready,
+)
+
+
+@pytest.fixture(scope="session")
+def tools() -> Tools:
+    """The installed tools; missing ones fail in CI and skip elsewhere."""
+    found = Tools(**{k: (v if "{{" in v else Path(v)) for k, v in tool_paths().items()})
+    missing = [str(p) for p in vars(found).values() if isinstance(p, Path) and not p.exists()]
+    if missing:
+        message = f"missing {', '.join(missing)}: {HOW_TO_INSTALL}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="session")
+def render(tools: Tools) -> Callable[..., list[dict[str, Any]]]:
+    """Renders the chart with values files and --set pairs into a list of objects."""
+
+    def _render(*values_files: Path, sets: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        return list(yaml.safe_load_all(render_text(tools, *values_files, sets=sets)))
+
+    return _render
+
+
+@pytest.fixture
+def prometheus_factory(
+    tools: Tools, tmp_path: Path
+) -> Iterator[Callable[[str], PrometheusProcess]]:
+    """Starts Debian's prometheus on 127.0.0.1 scraping one target every second; stops it by PID."""
+    started: list[PrometheusProcess] = []
+
+    def start(target: str) -> PrometheusProcess:
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [{
+                "job_name": "login-audit-bridge",
+                "static_configs": [{"targets": [target]}],
+            }],
+        }))
+        log_path = tmp_path / "prometheus.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [str(tools.prometheus), f"--config.file={config}",
+                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{port}",
+                 "--web.console.templates=/nonexistent", "--web.console.libraries=/nonexistent"],
+                stdout=log, stderr=log,
+            )
+        prometheus = PrometheusProcess(f"http://127.0.0.1:{port}", process, log_path)
+        started.append(prometheus)
+        wait_ready(prometheus)
+        return prometheus
+
+    yield start
+    for prometheus in started:
+        if prometheus.process.poll() is None:
+            prometheus.process.send_signal(signal.SIGTERM)
+            try:
+                prometheus.process.wait(20)
+            except subprocess.TimeoutExpired:
+                prometheus.process.kill()
+                prometheus.process.wait(5)

@@ -1,0 +1,410 @@
+"""The Helm chart, linted, rendered and validated by the real helm and kubeconform."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_support import (
+    CHART,
+    CI_VALUES,
+    CRD_SCHEMAS,
+    KUBE_VERSION,
+    Tools,
+    objects_of,
+    one,
+    render_text,
+    run,
+)
+
+pytestmark = pytest.mark.helm
+
+Render = Callable[..., list[dict[str, Any]]]
+CRD_LOCATION = (
+    f"{CRD_SCHEMAS}/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json"
+)
+OPTIONAL_KINDS = (
+    "Ingress", "ServiceMonitor", "PrometheusRule", "PodDisruptionBudget",
+    "HorizontalPodAutoscaler", "NetworkPolicy", "PersistentVolumeClaim",
+)
+
+
+def ci(name: str) -> Path:
+    return CHART / "ci" / f"{name}-values.yaml"
+
+
+def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["bridge"]
+    return containers[0]
+
+
+def config_data(objects: list[dict[str, Any]]) -> dict[str, str]:
+    data: dict[str, str] = one(objects, "ConfigMap")["data"]
+    return data
+
+
+def secret_data(objects: list[dict[str, Any]]) -> dict[str, str]:
+    raw = one(objects, "Secret")["data"]
+    return {key: base64.b64decode(value).decode() for key, value in raw.items()}
+
+
+def checksum(objects: list[dict[str, Any]]) -> str:
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    value: str = annotations["checksum/config"]
+    return value
+
+
+# -- every scenario passes the real tools
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_helm_lint_strict_passes_for_each_ci_scenario(tools: Tools, values: Path) -> None:
+    done = run(tools.helm, "lint", CHART, "--strict", "--values", values,
+               "--kube-version", KUBE_VERSION)
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_rendered_manifests_pass_kubeconform_strict(
+    tools: Tools, values: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(render_text(tools, values))
+    done = run(
+        tools.kubeconform, "-strict", "-summary", "-output", "text",
+        "-kubernetes-version", KUBE_VERSION,
+        "-schema-location", tools.kubeconform_schema_location,
+        # ServiceMonitor and PrometheusRule: prometheus-operator's CRDs, vendored as JSON schema.
+        "-schema-location", CRD_LOCATION,
+        manifest,
+    )
+    assert "Invalid: 0, Errors: 0, Skipped: 0" in done.stdout, done.stdout
+
+
+def test_kubeconform_rejects_an_unknown_field_so_the_validation_is_real(
+    tools: Tools, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "manifest.yaml"
+    rendered = render_text(tools, ci("default"))
+    manifest.write_text(rendered.replace("      enableServiceLinks: false",
+                                         "      enableServiceLinks: false\n      bogusField: 1"))
+    done = run(tools.kubeconform, "-strict", "-schema-location",
+               tools.kubeconform_schema_location, manifest, check=False)
+    assert done.returncode == 1
+    assert "additional properties 'bogusField' not allowed" in done.stdout
+
+
+def test_values_schema_rejects_an_unknown_key(tools: Tools) -> None:
+    message = render_text(tools, sets={"sink.kafka.bootstrapServer": "typo:9092"}, check=False)
+    assert "additional properties 'bootstrapServer' not allowed" in message
+
+
+def test_values_schema_rejects_an_unknown_sink(tools: Tools) -> None:
+    message = render_text(tools, sets={"sink.type": "s3"}, check=False)
+    assert "/sink/type" in message
+    assert "value must be one of 'file', 'kafka', 'rabbitmq'" in message
+
+
+def test_grace_period_not_longer_than_the_drain_is_refused(tools: Tools) -> None:
+    message = render_text(tools, sets={"terminationGracePeriodSeconds": 20}, check=False)
+    assert "terminationGracePeriodSeconds must exceed bridge.shutdownTimeoutSeconds" in message
+
+
+def test_persistent_spool_with_several_replicas_is_refused(tools: Tools) -> None:
+    message = render_text(tools, ci("pvc"), sets={"replicaCount": 2}, check=False)
+    assert "spool.persistence.enabled needs replicaCount 1" in message
+
+
+# -- the Deployment
+
+
+def test_probes_are_healthz_for_liveness_and_readyz_for_readiness(render: Render) -> None:
+    bridge = container(render(ci("default")))
+    assert bridge["livenessProbe"]["httpGet"] == {
+        "path": "/healthz", "port": "http", "scheme": "HTTP",
+    }
+    assert bridge["readinessProbe"]["httpGet"] == {
+        "path": "/readyz", "port": "http", "scheme": "HTTP",
+    }
+
+
+def test_probes_switch_to_https_when_the_bridge_serves_tls(render: Render) -> None:
+    bridge = container(render(ci("all-optional-objects-on")))
+    assert bridge["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert bridge["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
+def test_container_runs_non_root_read_only_without_capabilities(render: Render) -> None:
+    objects = render(ci("default"))
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    security = container(objects)["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] == 10001
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_data_dir_and_tmp_are_writable_volumes_on_the_read_only_root(render: Render) -> None:
+    objects = render(ci("default"))
+    mounts = {m["name"]: m["mountPath"] for m in container(objects)["volumeMounts"]}
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts == {"data": "/var/lib/login-audit-bridge", "tmp": "/tmp"}
+    assert volumes["data"]["emptyDir"] == {"sizeLimit": "2Gi"}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "64Mi"}
+    assert config_data(objects)["BRIDGE_DATA_DIR"] == "/var/lib/login-audit-bridge"
+    assert config_data(objects)["BRIDGE_HOST"] == "0.0.0.0"  # noqa: S104  (inside the pod)
+
+
+def test_grace_period_exceeds_the_drain_timeout(render: Render) -> None:
+    objects = render(ci("default"))
+    grace = one(objects, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    drain = float(config_data(objects)["BRIDGE_SHUTDOWN_TIMEOUT_SECONDS"])
+    assert (grace, drain) == (40, 20.0)
+
+
+def test_service_links_are_off_so_no_stray_bridge_variables_appear(render: Render) -> None:
+    pod = one(render(ci("default")), "Deployment")["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+
+
+def test_every_configmap_key_is_a_setting_of_the_bridge(render: Render) -> None:
+    """The bridge refuses unknown BRIDGE_* variables, so a typo here would stop every pod."""
+    from bridge.settings import Settings
+
+    known = {f"BRIDGE_{name.upper()}" for name in Settings.model_fields}
+    for values in CI_VALUES:
+        objects = render(values)
+        keys = set(config_data(objects))
+        keys |= set(one(objects, "Secret")["data"]) if objects_of(objects, "Secret") else set()
+        assert keys - known == set(), values.name
+
+
+def test_topology_spread_gets_the_selector_labels(render: Render) -> None:
+    pod = one(render(ci("default")), "Deployment")["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"] == [{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "login-audit-bridge", "app.kubernetes.io/instance": "audit",
+        }},
+    }]
+
+
+def test_selector_labels_carry_no_chart_version(render: Render) -> None:
+    deployment = one(render(ci("default")), "Deployment")
+    assert deployment["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "login-audit-bridge", "app.kubernetes.io/instance": "audit",
+    }
+    assert deployment["metadata"]["labels"]["helm.sh/chart"] == "login-audit-bridge-0.1.0"
+
+
+# -- the checksum annotation
+
+
+def test_checksum_annotation_is_a_sha256(render: Render) -> None:
+    value = checksum(render(ci("default")))
+    assert len(value) == 64
+    assert set(value) <= set("0123456789abcdef")
+
+
+def test_checksum_changes_when_a_setting_changes(render: Render) -> None:
+    before = checksum(render(ci("default")))
+    after = checksum(render(ci("default"), sets={"bridge.logLevel": "debug"}))
+    assert before != after
+
+
+def test_checksum_changes_when_a_token_changes(render: Render) -> None:
+    before = checksum(render(ci("rabbitmq")))
+    after = checksum(render(ci("rabbitmq"), sets={"auth.tokens[0]": "another-token-0123456789"}))
+    assert before != after
+
+
+def test_checksum_stays_when_only_the_replica_count_changes(render: Render) -> None:
+    scaled = render(ci("default"), sets={"replicaCount": 3})
+    assert checksum(render(ci("default"))) == checksum(scaled)
+
+
+# -- sinks, secrets and TLS
+
+
+def test_default_is_the_file_sink_with_no_secret(render: Render) -> None:
+    objects = render(ci("default"))
+    assert config_data(objects)["BRIDGE_SINK"] == "file"
+    assert objects_of(objects, "Secret") == []
+    assert container(objects)["envFrom"] == [{"configMapRef": {"name": "audit-login-audit-bridge"}}]
+
+
+def test_kafka_sasl_tls_puts_passwords_in_the_secret_and_files_on_a_mount(render: Render) -> None:
+    objects = render(ci("kafka-sasl-tls"))
+    config, secret = config_data(objects), secret_data(objects)
+    assert config["BRIDGE_SINK"] == "kafka"
+    assert config["BRIDGE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["BRIDGE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert config["BRIDGE_KAFKA_SSL_CA_LOCATION"] == "/etc/login-audit-bridge/kafka-tls/ca.crt"
+    assert config["BRIDGE_KAFKA_SSL_KEY_LOCATION"] == "/etc/login-audit-bridge/kafka-tls/tls.key"
+    assert config["BRIDGE_SCHEMA_REGISTRY_URL"] == "https://schema-registry:8081"
+    assert secret == {
+        "BRIDGE_AUTH_TOKENS": "ci-token-0123456789abcdef",
+        "BRIDGE_KAFKA_SASL_PASSWORD": "ci-sasl-password",
+        "BRIDGE_KAFKA_SSL_KEY_PASSWORD": "ci-key-password",
+        "BRIDGE_SCHEMA_REGISTRY_PASSWORD": "ci-registry-password",
+    }
+    assert not any("password" in value for value in config.values())
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    assert mounts["kafka-tls"] == {
+        "name": "kafka-tls", "mountPath": "/etc/login-audit-bridge/kafka-tls", "readOnly": True,
+    }
+
+
+def test_rabbitmq_url_with_credentials_is_only_in_the_secret(render: Render) -> None:
+    objects = render(ci("rabbitmq"))
+    assert secret_data(objects)["BRIDGE_RABBITMQ_URL"] == (
+        "amqps://login-audit:ci-password@rabbitmq:5671/audit"
+    )
+    assert "BRIDGE_RABBITMQ_URL" not in config_data(objects)
+    assert config_data(objects)["BRIDGE_RABBITMQ_SSL_CA_FILE"] == (
+        "/etc/login-audit-bridge/rabbitmq-tls/ca.crt"
+    )
+    assert not any(k.startswith("BRIDGE_KAFKA") for k in config_data(objects))
+
+
+def test_existing_secret_is_read_and_no_secret_is_made(render: Render) -> None:
+    objects = render(ci("existing-secret"))
+    assert objects_of(objects, "Secret") == []
+    assert container(objects)["envFrom"] == [
+        {"configMapRef": {"name": "audit-login-audit-bridge"}},
+        {"secretRef": {"name": "login-audit-bridge-secrets"}},
+    ]
+
+
+def test_tokens_are_joined_with_commas_for_rotation(render: Render) -> None:
+    secret = secret_data(render(ci("all-optional-objects-on")))
+    assert secret["BRIDGE_AUTH_TOKENS"] == (
+        "ci-token-0123456789abcdef,ci-token-next-fedcba9876543210"
+    )
+
+
+# -- optional objects
+
+
+def test_optional_objects_are_absent_by_default(render: Render) -> None:
+    kinds = sorted(o["kind"] for o in render(ci("default")))
+    assert kinds == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+
+
+def test_all_optional_objects_render_when_enabled(render: Render) -> None:
+    kinds = {o["kind"] for o in render(ci("all-optional-objects-on"))}
+    assert set(OPTIONAL_KINDS) - {"PersistentVolumeClaim"} <= kinds
+
+
+def test_hpa_replaces_the_fixed_replica_count(render: Render) -> None:
+    objects = render(ci("all-optional-objects-on"))
+    hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
+    assert hpa["scaleTargetRef"]["name"] == "audit-login-audit-bridge"
+    assert "replicas" not in one(objects, "Deployment")["spec"]
+
+
+def test_service_monitor_scrapes_metrics_as_the_job_the_alerts_expect(render: Render) -> None:
+    objects = render(ci("all-optional-objects-on"))
+    monitor = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "login-audit-bridge"
+
+
+def test_prometheus_rule_holds_the_alert_rules_file(render: Render) -> None:
+    from deploy_support import alert_rules
+
+    rule = one(render(ci("all-optional-objects-on")), "PrometheusRule")
+    rendered = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert rendered == alert_rules()
+
+
+def test_network_policy_admits_the_listed_peers_on_the_http_port(render: Render) -> None:
+    policy = one(render(ci("all-optional-objects-on")), "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert len(policy["ingress"][0]["from"]) == 2
+
+
+def test_ingress_routes_only_the_hook_paths(render: Render) -> None:
+    ingress = one(render(ci("all-optional-objects-on")), "Ingress")["spec"]
+    paths = [p["path"] for rule in ingress["rules"] for p in rule["http"]["paths"]]
+    assert paths == ["/v1/hooks"]
+
+
+def test_pdb_keeps_one_pod(render: Render) -> None:
+    pdb = one(render(ci("all-optional-objects-on")), "PodDisruptionBudget")["spec"]
+    assert pdb["minAvailable"] == 1
+    assert "maxUnavailable" not in pdb
+
+
+def test_pvc_spool_mounts_a_claim_and_recreates_pods(render: Render) -> None:
+    objects = render(ci("pvc"))
+    claim = one(objects, "PersistentVolumeClaim")
+    deployment = one(objects, "Deployment")["spec"]
+    volumes = {v["name"]: v for v in deployment["template"]["spec"]["volumes"]}
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert volumes["data"] == {
+        "name": "data", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+    }
+    assert deployment["strategy"] == {"type": "Recreate"}
+
+
+def rendered_notes(tools: Tools, tmp_path: Path, values: Path) -> str:
+    """NOTES.txt as `helm install` prints it.
+
+    Only `helm install` renders NOTES.txt, and it needs a cluster even with --dry-run, so a
+    copy of the chart wraps the same text in a template that `helm template` renders.
+    """
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text(encoding="utf-8")
+    (chart / "templates" / "_notes.tpl").write_text(
+        '{{- define "notes" }}' + notes + "{{- end }}", encoding="utf-8"
+    )
+    (chart / "templates" / "notes.yaml").write_text(
+        'notes: {{ include "notes" . | toJson }}\n', encoding="utf-8"
+    )
+    done = run(tools.helm, "template", "audit", chart, "--namespace", "security",
+               "--kube-version", KUBE_VERSION, "--values", values,
+               "--show-only", "templates/notes.yaml")
+    text: str = yaml.safe_load(done.stdout)["notes"]
+    return text
+
+
+def test_notes_print_the_sftpgo_hook_url_and_mediawiki_settings(
+    tools: Tools, tmp_path: Path
+) -> None:
+    notes = rendered_notes(tools, tmp_path, ci("kafka-sasl-tls"))
+    assert (
+        "common.post_login_hook = http://audit-login-audit-bridge.security.svc:8080/v1/hooks/sftpgo"
+        in notes
+    )
+    assert (
+        "$wgLoginAuditBridgeUrl = 'http://audit-login-audit-bridge.security.svc:8080"
+        "/v1/hooks/mediawiki';" in notes
+    )
+    assert "$wgLoginAuditBridgeToken = '<token>';" in notes
+    assert "WARNING" not in notes
+
+
+def test_notes_warn_when_no_token_protects_the_hooks(tools: Tools, tmp_path: Path) -> None:
+    notes = rendered_notes(tools, tmp_path, ci("default"))
+    assert "WARNING: auth.tokens is empty" in notes
+    assert "https://" not in notes
