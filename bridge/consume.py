@@ -185,14 +185,12 @@ class RabbitMQReader:
         self._queue: aio_pika.abc.AbstractQueue | None = None
 
     async def __aenter__(self) -> Self:
-        import aiormq.exceptions
-
-        from bridge.sinks.rabbitmq import to_sink_error
+        from bridge.sinks.rabbitmq import BROKER_ERRORS, to_sink_error
 
         try:
             async with asyncio.timeout(self._settings.publish_timeout_seconds):
                 self._queue = await self._open()
-        except (aiormq.exceptions.AMQPError, OSError, RuntimeError, TimeoutError) as exc:
+        except BROKER_ERRORS as exc:
             await self.__aexit__(None, None, None)
             raise to_sink_error(exc) from exc
         return self

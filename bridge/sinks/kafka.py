@@ -34,8 +34,8 @@ READINESS_STATISTICS_MS = 5000
 
 # The `reason` label of login_audit_publish_errors_total for this sink: a bounded set.
 Reason = Literal[
-    "timeout", "queue_full", "too_large", "unauthorized", "unknown_topic", "fatal",
-    "rejected", "transport", "not_started",
+    "timeout", "queue_full", "too_large", "unauthorized", "authentication", "unknown_topic",
+    "fatal", "rejected", "transport", "not_started",
 ]
 
 _TOO_LARGE = {
@@ -52,6 +52,7 @@ _REJECTED = _TOO_LARGE | _UNAUTHORIZED | {
     KafkaError.POLICY_VIOLATION, KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
     KafkaError._INVALID_ARG, KafkaError._KEY_SERIALIZATION, KafkaError._VALUE_SERIALIZATION,
 }
+_AUTHENTICATION = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _TIMEOUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
 _UNKNOWN_TOPIC = {
     KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION,
@@ -74,6 +75,8 @@ def failure_reason(err: KafkaError) -> Reason:
         return "too_large"
     if code in _UNAUTHORIZED:
         return "unauthorized"
+    if code in _AUTHENTICATION:
+        return "authentication"
     if code in _UNKNOWN_TOPIC:
         return "unknown_topic"
     if code == KafkaError._FATAL or err.fatal():
@@ -285,6 +288,7 @@ class KafkaSink(Sink):
         self._metrics = metrics
         self.statistics = KafkaStatistics()
         self._export_statistics = export_statistics
+        self._registered = False
         self._producer: Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -327,6 +331,7 @@ class KafkaSink(Sink):
             raise
         if self._export_statistics:
             self._metrics.registry.register(self.statistics)
+            self._registered = True
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
@@ -339,8 +344,9 @@ class KafkaSink(Sink):
         if left:
             log.warning("kafka: %d message(s) not acknowledged at stop; their sends failed", left)
         self._reachable = False
-        if self._export_statistics:
+        if self._registered:
             self._metrics.registry.unregister(self.statistics)
+            self._registered = False
 
     def ready(self) -> bool:
         return self._producer is not None and self._reachable and self._fatal is None

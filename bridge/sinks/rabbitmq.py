@@ -8,6 +8,7 @@ import ssl
 from typing import ClassVar, Literal
 
 import aio_pika
+import aio_pika.exceptions
 import aiormq.exceptions
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 from yarl import URL
@@ -28,6 +29,11 @@ FIRST_RETRY_SECONDS = 0.25
 
 _AUTHENTICATION_ERRORS = (
     aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError,
+)
+
+# What aio-pika itself treats as a broken connection (aiormq, pamqp, socket errors), and time-outs.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    *aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError,
 )
 
 # The `reason` label of login_audit_publish_errors_total for this sink: a bounded set.
@@ -165,7 +171,7 @@ class RabbitMQSink(Sink):
             raise SinkUnavailable(
                 f"rabbitmq: no connection to {redacted(self._url)} in {self._publish_timeout}s"
             ) from exc
-        except (aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+        except BROKER_ERRORS as exc:
             await self.stop()
             raise to_sink_error(exc) from exc
 
@@ -232,7 +238,7 @@ class RabbitMQSink(Sink):
             # its connection makes publish() wait until it is back.
             async with asyncio.timeout(self._publish_timeout):
                 await exchange.publish(message, routing_key=event.routing_key, mandatory=True)
-        except (aiormq.exceptions.AMQPError, OSError, RuntimeError, TimeoutError) as exc:
+        except BROKER_ERRORS as exc:
             raise self._failed(exc, event) from exc
 
     def _message(self, event: LoginEvent) -> aio_pika.Message:

@@ -1,0 +1,156 @@
+"""Every error the broker libraries raise becomes one of ours; retriable unless it never works."""
+
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+from typing import get_args
+
+import aio_pika.exceptions
+import aiormq.exceptions
+import pamqp.exceptions
+import pytest
+from aiormq.abc import DeliveredMessage
+from confluent_kafka import KafkaError
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
+
+from bridge.errors import SinkError, SinkRejected, SinkUnavailable
+from bridge.sinks import kafka, rabbitmq
+
+
+def librdkafka_codes() -> list[int]:
+    codes = {
+        value for name, value in vars(KafkaError).items()
+        if name.lstrip("_").isupper() and isinstance(value, int)
+    }
+    return sorted(codes - {KafkaError.NO_ERROR})
+
+
+def test_librdkafka_knows_more_than_a_hundred_error_codes() -> None:
+    """Guards the next test against passing vacuously on an empty list."""
+    assert len(librdkafka_codes()) > 100
+
+
+def test_every_librdkafka_error_becomes_sink_unavailable_or_sink_rejected() -> None:
+    labels = set(get_args(kafka.Reason))
+    for code in librdkafka_codes():
+        err = KafkaError(code)
+        ours = kafka.to_sink_error(err)
+        assert type(ours) in (SinkUnavailable, SinkRejected), err.name()
+        assert ours.detail == err.name()
+        assert kafka.failure_reason(err) in labels, err.name()
+
+
+@pytest.mark.parametrize(
+    ("code", "expected", "reason"),
+    [
+        (KafkaError.MSG_SIZE_TOO_LARGE, SinkRejected, "too_large"),
+        (KafkaError.RECORD_LIST_TOO_LARGE, SinkRejected, "too_large"),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, SinkRejected, "unauthorized"),
+        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, SinkRejected, "unauthorized"),
+        (KafkaError.INVALID_RECORD, SinkRejected, "rejected"),
+        (KafkaError._TRANSPORT, SinkUnavailable, "transport"),
+        (KafkaError._ALL_BROKERS_DOWN, SinkUnavailable, "transport"),
+        (KafkaError.NOT_ENOUGH_REPLICAS, SinkUnavailable, "transport"),
+        (KafkaError.NOT_LEADER_FOR_PARTITION, SinkUnavailable, "transport"),
+        (KafkaError._MSG_TIMED_OUT, SinkUnavailable, "timeout"),
+        (KafkaError.REQUEST_TIMED_OUT, SinkUnavailable, "timeout"),
+        (KafkaError._QUEUE_FULL, SinkUnavailable, "queue_full"),
+        (KafkaError.UNKNOWN_TOPIC_OR_PART, SinkUnavailable, "unknown_topic"),
+        (KafkaError.SASL_AUTHENTICATION_FAILED, SinkUnavailable, "authentication"),
+        (KafkaError._FATAL, SinkUnavailable, "fatal"),
+    ],
+)
+def test_librdkafka_error_maps_to_a_specific_error_and_label(
+    code: int, expected: type[SinkError], reason: str
+) -> None:
+    err = KafkaError(code)
+    assert type(kafka.to_sink_error(err)) is expected
+    assert kafka.failure_reason(err) == reason
+
+
+def exception_classes(*modules: ModuleType) -> list[type[BaseException]]:
+    found = {
+        obj for module in modules for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, BaseException)
+    }
+    return sorted(found, key=lambda cls: f"{cls.__module__}.{cls.__qualname__}")
+
+
+def returned_message() -> DeliveredMessage:
+    frame = Basic.Return(
+        reply_code=312, reply_text="NO_ROUTE", exchange="login-audit",
+        routing_key="failure.sftpgo.ssh",
+    )
+    return DeliveredMessage(delivery=frame, header=ContentHeader(), body=b"", channel=None)  # type: ignore[arg-type]
+
+
+def build(cls: type[BaseException]) -> BaseException:
+    """An instance as the library would raise it (two classes need their frames)."""
+    if issubclass(cls, aiormq.exceptions.PublishError):
+        message = returned_message()
+        return cls(message, message.delivery)
+    if issubclass(cls, aiormq.exceptions.DeliveryError):
+        return cls(None, Basic.Nack(delivery_tag=1))
+    try:
+        return cls("broker said no")
+    except TypeError:
+        return cls.__new__(cls)
+
+
+RABBITMQ_EXCEPTIONS = exception_classes(aiormq.exceptions, aio_pika.exceptions, pamqp.exceptions)
+
+
+def test_the_amqp_libraries_define_more_than_twenty_exceptions() -> None:
+    assert len(RABBITMQ_EXCEPTIONS) > 20
+
+
+@pytest.mark.parametrize("cls", RABBITMQ_EXCEPTIONS, ids=lambda cls: cls.__qualname__)
+def test_every_amqp_exception_becomes_sink_unavailable_or_sink_rejected(
+    cls: type[BaseException],
+) -> None:
+    exc = build(cls)
+    ours = rabbitmq.to_sink_error(exc)
+    assert type(ours) in (SinkUnavailable, SinkRejected)
+    assert ours.message.startswith("rabbitmq: ")
+    assert ours.detail == cls.__name__
+    assert rabbitmq.classify(exc)[1] in set(get_args(rabbitmq.Reason))
+
+
+def test_every_amqp_exception_is_caught_by_the_sink() -> None:
+    """send() and start() catch BROKER_ERRORS; nothing the libraries raise slips past it."""
+    libraries = ("aio_pika", "aiormq", "pamqp")
+    uncaught = [
+        c for c in RABBITMQ_EXCEPTIONS
+        if c.__module__.split(".")[0] in libraries and not issubclass(c, rabbitmq.BROKER_ERRORS)
+    ]
+    assert uncaught == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected", "reason"),
+    [
+        (build(aiormq.exceptions.PublishError), SinkUnavailable, "unroutable"),
+        (build(aiormq.exceptions.DeliveryError), SinkUnavailable, "nacked"),
+        (build(aiormq.exceptions.ChannelAccessRefused), SinkRejected, "unauthorized"),
+        (build(aiormq.exceptions.ChannelPreconditionFailed), SinkRejected, "rejected"),
+        (build(aiormq.exceptions.ChannelNotFoundEntity), SinkUnavailable, "not_found"),
+        (build(aiormq.exceptions.ConnectionClosed), SinkUnavailable, "transport"),
+        (build(aiormq.exceptions.ChannelInvalidStateError), SinkUnavailable, "transport"),
+        (build(aiormq.exceptions.ProbableAuthenticationError), SinkUnavailable, "unauthorized"),
+        (ConnectionRefusedError(111, "Connection refused"), SinkUnavailable, "transport"),
+        (TimeoutError(), SinkUnavailable, "timeout"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_amqp_exception_maps_to_a_specific_error_and_label(
+    exc: BaseException, expected: type[SinkError], reason: str
+) -> None:
+    assert rabbitmq.classify(exc) == (expected, reason)
+
+
+def test_an_unroutable_message_error_names_the_routing_key() -> None:
+    error = rabbitmq.to_sink_error(build(aiormq.exceptions.PublishError))
+    assert "NO_ROUTE" in error.message
+    assert "failure.sftpgo.ssh" in error.message

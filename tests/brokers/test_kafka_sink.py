@@ -1,0 +1,220 @@
+"""The Kafka sink against a real broker: topics, keys, headers, refusals and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.cimpl import NewTopic
+
+from bridge.codec import CONTENT_TYPE, AvroCodec, SingleObjectEncoder
+from bridge.consume import ConsumedEvent, KafkaReader, tail
+from bridge.errors import SinkRejected, SinkUnavailable
+from bridge.event import LoginEvent
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+from bridge.sinks.kafka import KafkaSink
+
+# The `kafka_topics` fixture (conftest.KafkaTopics): the test's own topic names and an admin client.
+KafkaTopics = Any
+
+pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
+
+WAIT_SECONDS = 15.0
+
+
+def kafka_settings(bootstrap: str, topics: KafkaTopics, **overrides: Any) -> Settings:
+    return Settings(
+        sink="kafka",
+        kafka_bootstrap_servers=bootstrap,
+        kafka_topic_success=topics.success,
+        kafka_topic_failure=topics.failure,
+        **overrides,
+    )
+
+
+def kafka_sink(settings: Settings, metrics: Metrics, codec: AvroCodec) -> KafkaSink:
+    return KafkaSink.from_settings(settings, encoder=SingleObjectEncoder(codec), metrics=metrics)
+
+
+async def read_all(settings: Settings, count: int) -> list[ConsumedEvent]:
+    async with KafkaReader(settings) as reader:
+        return [e async for e in reader.events(limit=count, idle_timeout=WAIT_SECONDS)]
+
+
+def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return metrics.registry.get_sample_value(name, labels or {})
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Waits up to WAIT_SECONDS for a condition that librdkafka makes true in the background."""
+    for _ in range(int(WAIT_SECONDS / 0.1)):
+        if condition():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still false after {WAIT_SECONDS}s")
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_each_message_is_keyed_by_event_id_and_carries_the_headers(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    settings = kafka_settings(kafka_bootstrap, kafka_topics)
+    events = make_events(6)
+    async with kafka_sink(settings, metrics, codec) as sink:
+        for event in events:
+            await sink.send(event)
+
+    by_id = {e.event_id: e for e in events}
+    found = await read_all(settings, len(events))
+    assert sorted(m.key or "" for m in found) == sorted(by_id)
+    for message in found:
+        event = by_id[message.key or ""]
+        topic = kafka_topics.success if event.status == "success" else kafka_topics.failure
+        assert message.destination == topic
+        assert message.headers == {
+            "source": event.source,
+            "content-type": CONTENT_TYPE,
+            "schema": f"CRC-64-AVRO:{codec.fingerprint_hex}",
+            "event-status": event.status,
+        }
+
+
+async def test_messages_are_keyed_by_user_name_when_configured_and_by_event_id_without_one(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_key="user")
+    nameless, named = make_events(2)  # the first one is an SFTPGo no_auth_tried: no user name
+    assert nameless.user_name is None
+    async with kafka_sink(settings, metrics, codec) as sink:
+        await sink.send(nameless)
+        await sink.send(named)
+
+    keys = {m.record["metadata"]["uid"]: m.key for m in await read_all(settings, 2) if m.record}
+    assert keys == {nameless.event_id: nameless.event_id, named.event_id: "user1"}
+
+
+async def test_start_creates_missing_topics_with_the_configured_partitions(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+) -> None:
+    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_partitions=3)
+    async with kafka_sink(settings, metrics, codec):
+        pass
+    metadata = kafka_topics.admin.list_topics(timeout=10).topics
+    assert len(metadata[kafka_topics.success].partitions) == 3
+    assert len(metadata[kafka_topics.failure].partitions) == 3
+
+
+async def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    small = NewTopic(kafka_topics.success, num_partitions=1, replication_factor=1,
+                     config={"max.message.bytes": "1024"})
+    for future in kafka_topics.admin.create_topics([small]).values():
+        future.result()
+    event = make_events(2)[1]
+    assert event.status == "success"
+    record = copy.deepcopy(event.record)
+    record["user"]["name"] = os.urandom(4096).hex()  # random: compression cannot shrink it enough
+    too_large = LoginEvent(record=record, source=event.source)
+
+    async with kafka_sink(kafka_settings(kafka_bootstrap, kafka_topics), metrics, codec) as sink:
+        with pytest.raises(SinkRejected, match="MSG_SIZE_TOO_LARGE") as caught:
+            await sink.send(too_large)
+        await sink.send(event)  # the producer goes on with the next event
+
+    assert isinstance(caught.value.__cause__, KafkaException)
+    assert metrics.registry.get_sample_value(
+        "login_audit_publish_errors_total", {"sink": "kafka", "reason": "too_large"}
+    ) == 1
+
+
+async def test_an_event_for_a_missing_topic_fails_as_unavailable_within_the_publish_timeout(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    """The broker does not create topics on demand; the event must go to the spool, not vanish."""
+    settings = kafka_settings(
+        kafka_bootstrap, kafka_topics, kafka_create_topics=False, publish_timeout_seconds=2
+    )
+    async with kafka_sink(settings, metrics, codec) as sink:
+        with pytest.raises(SinkUnavailable, match="_MSG_TIMED_OUT"):
+            await sink.send(make_events(2)[1])
+    assert metrics.registry.get_sample_value(
+        "login_audit_publish_errors_total", {"sink": "kafka", "reason": "timeout"}
+    ) == 1
+
+
+async def test_start_fails_as_unavailable_when_no_broker_answers(
+    metrics: Metrics, codec: AvroCodec,
+) -> None:
+    settings = Settings(
+        sink="kafka", kafka_bootstrap_servers=f"127.0.0.1:{unused_port()}",
+        publish_timeout_seconds=1,
+    )
+    sink = kafka_sink(settings, metrics, codec)
+    with pytest.raises(SinkUnavailable, match=r"no answer from 127\.0\.0\.1"):
+        await sink.start()
+    assert not sink.ready()
+    assert {"transport", "all_brokers_down"} <= _error_types(sink)
+
+
+def _error_types(sink: KafkaSink) -> set[str]:
+    return {
+        sample.labels["type"]
+        for family in sink.statistics.collect() if family.name == "login_audit_kafka_errors"
+        for sample in family.samples
+    }
+
+
+async def test_librdkafka_statistics_are_served_while_started_and_withdrawn_at_stop(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_statistics_interval_ms=100)
+    broker = {"broker": kafka_bootstrap}
+    async with kafka_sink(settings, metrics, codec) as sink:
+        await sink.send(make_events(2)[1])
+        # A statistics snapshot taken while the event was in flight may still be the latest.
+        await eventually(lambda: sample(metrics, "login_audit_kafka_queue_messages") == 0)
+        assert sample(metrics, "login_audit_kafka_broker_up", broker) == 1
+        assert sample(metrics, "login_audit_kafka_queue_bytes") == 0
+    assert sample(metrics, "login_audit_kafka_broker_up", broker) is None
+    assert sample(metrics, "login_audit_kafka_queue_messages") is None
+
+
+async def test_tail_reads_both_status_topics_from_the_beginning(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+    decoded: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    settings = kafka_settings(kafka_bootstrap, kafka_topics)
+    events = make_events(4)
+    async with kafka_sink(settings, metrics, codec) as sink:
+        await asyncio.gather(*(sink.send(e) for e in events))
+
+    tailed = [e async for e in tail(settings, broker="kafka", limit=4, idle_timeout=WAIT_SECONDS)]
+    assert sorted((e.record for e in tailed), key=_uid) == sorted(
+        (decoded(e.record) for e in events), key=_uid
+    )
+
+
+def _uid(record: dict[str, Any] | None) -> str:
+    assert record is not None
+    uid: str = record["metadata"]["uid"]
+    return uid

@@ -1,0 +1,169 @@
+"""The RabbitMQ sink against a real broker: routing keys, message properties, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+import pytest
+from yarl import URL
+
+from bridge.codec import CONTENT_TYPE, AvroCodec, SingleObjectEncoder
+from bridge.consume import RabbitMQReader
+from bridge.errors import SinkUnavailable
+from bridge.event import LoginEvent
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+from bridge.sinks.rabbitmq import RabbitMQSink
+
+pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
+
+WAIT_SECONDS = 10.0
+
+
+def rabbitmq_settings(url: str, exchange: str, **overrides: Any) -> Settings:
+    return Settings(sink="rabbitmq", rabbitmq_url=url, rabbitmq_exchange=exchange, **overrides)
+
+
+def rabbitmq_sink(settings: Settings, metrics: Metrics, codec: AvroCodec) -> RabbitMQSink:
+    return RabbitMQSink.from_settings(settings, encoder=SingleObjectEncoder(codec), metrics=metrics)
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_each_message_is_persistent_and_routed_by_status_source_and_protocol(
+    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+    decoded: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names)
+    events = make_events(6)  # no_auth_tried over SSH, SFTPGo FTP/DAV/HTTP/SSH, one MediaWiki
+    async with rabbitmq_sink(settings, metrics, codec) as sink, RabbitMQReader(settings) as reader:
+        for event in events:
+            await sink.send(event)
+        found = [m async for m in reader.events(limit=len(events), idle_timeout=WAIT_SECONDS)]
+
+    assert [m.routing_key for m in found] == [
+        "failure.sftpgo.ssh", "success.sftpgo.ftp", "success.sftpgo.dav",
+        "failure.sftpgo.http", "success.sftpgo.ssh", "success.mediawiki.mediawiki",
+    ]
+    for message, event in zip(found, events, strict=True):
+        assert message.message_id == event.event_id
+        assert message.content_type == CONTENT_TYPE
+        assert message.persistent is True
+        assert message.headers == {
+            "source": event.source,
+            "schema": f"CRC-64-AVRO:{codec.fingerprint_hex}",
+            "event-status": event.status,
+        }
+        assert message.record == decoded(event.record)
+
+
+async def test_an_unroutable_event_fails_as_unavailable_so_it_is_spooled_and_counted(
+    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    """No queue is bound to the exchange: the broker returns the mandatory message."""
+    settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names, rabbitmq_declare_queues=False)
+    async with rabbitmq_sink(settings, metrics, codec) as sink:
+        with pytest.raises(SinkUnavailable, match=r"unroutable.*NO_ROUTE") as caught:
+            await sink.send(make_events(1)[0])
+        assert sink.ready()  # a returned message does not break the channel
+
+    assert isinstance(caught.value.__cause__, aiormq.exceptions.PublishError)
+    assert metrics.registry.get_sample_value(
+        "login_audit_publish_errors_total", {"sink": "rabbitmq", "reason": "unroutable"}
+    ) == 1
+
+
+async def test_declared_queues_take_only_their_status(
+    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    settings = rabbitmq_settings(
+        rabbitmq_url, rabbitmq_names, rabbitmq_declare_queues=True,
+        rabbitmq_queue_success=f"{rabbitmq_names}.success",
+        rabbitmq_queue_failure=f"{rabbitmq_names}.failure",
+    )
+    events = make_events(7)
+    async with rabbitmq_sink(settings, metrics, codec) as sink:
+        await asyncio.gather(*(sink.send(e) for e in events))
+
+    connection = await aio_pika.connect(rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        counts = {}
+        for status in ("success", "failure"):
+            queue = await channel.declare_queue(f"{rabbitmq_names}.{status}", passive=True)
+            counts[status] = queue.declaration_result.message_count
+    assert counts == {"success": 4, "failure": 3}
+
+
+async def test_a_temporary_reader_sees_only_its_binding_key(
+    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names)
+    events = make_events(7)
+    async with (
+        rabbitmq_sink(settings, metrics, codec) as sink,
+        RabbitMQReader(settings, binding_key="success.#") as successes,
+        RabbitMQReader(settings, binding_key="failure.#") as failures,
+    ):
+        await asyncio.gather(*(sink.send(e) for e in events))
+        found = {
+            status: [m async for m in reader.events(limit=5, idle_timeout=2.0)]
+            for status, reader in (("success", successes), ("failure", failures))
+        }
+    for status, messages in found.items():
+        assert sorted(m.message_id or "" for m in messages) == sorted(
+            e.event_id for e in events if e.status == status
+        )
+    assert (len(found["success"]), len(found["failure"])) == (4, 3)
+
+
+async def test_a_message_that_does_not_decode_is_yielded_with_the_reason(
+    rabbitmq_url: str, rabbitmq_names: str,
+) -> None:
+    settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names)
+    async with RabbitMQReader(settings) as reader:
+        connection = await aio_pika.connect(rabbitmq_url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(rabbitmq_names)
+            await exchange.publish(aio_pika.Message(b"not avro"), routing_key="failure.x.y")
+        found = [m async for m in reader.events(limit=1, idle_timeout=WAIT_SECONDS)]
+    assert len(found) == 1
+    assert found[0].record is None
+    assert found[0].error == "MalformedInput: not Avro single-object encoding (no C3 01 marker)"
+
+
+async def test_start_fails_as_unavailable_when_the_broker_is_unreachable(
+    metrics: Metrics, codec: AvroCodec,
+) -> None:
+    settings = Settings(
+        sink="rabbitmq", rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{unused_port()}/",
+        publish_timeout_seconds=1,
+    )
+    sink = rabbitmq_sink(settings, metrics, codec)
+    with pytest.raises(SinkUnavailable, match=r"no connection to amqp://guest:\*\*\*@127.0.0.1"):
+        await sink.start()
+    assert not sink.ready()
+
+
+async def test_wrong_credentials_fail_start_as_unavailable_without_retrying(
+    rabbitmq_url: str, metrics: Metrics, codec: AvroCodec,
+) -> None:
+    wrong = str(URL(rabbitmq_url).with_user("login-audit-nobody").with_password("wrong"))
+    sink = rabbitmq_sink(Settings(sink="rabbitmq", rabbitmq_url=wrong), metrics, codec)
+    with pytest.raises(SinkUnavailable, match=r"unauthorized.*ACCESS_REFUSED"):
+        await sink.start()
