@@ -159,3 +159,37 @@ def wait_ready(prometheus: PrometheusProcess, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"prometheus not ready in {timeout} s:\n{prometheus.logs()}")
+
+
+# -- a live bridge's /metrics
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def post_sftpgo_login(url: str, *, ok: bool, token: str) -> int:
+    """Posts one login the way SFTPGo's HTTP hook does; returns the status code."""
+    query = urllib.parse.urlencode({
+        "ip": "192.0.2.10", "login_method": "password", "protocol": "SSH",
+        "status": "1" if ok else "0",
+    })
+    request = urllib.request.Request(
+        f"{url}/v1/hooks/sftpgo?{query}", data=b'{"username":"alice","id":7}', method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        status: int = reply.status
+        return status
+
+
+def exported_names(url: str) -> set[str]:
+    """Every sample name /metrics can carry, samples or not yet (histograms expanded)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            names |= {name + s for s in HISTOGRAM_SUFFIXES} if kind == "histogram" else {name}
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
