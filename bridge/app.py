@@ -200,9 +200,17 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        if pipeline.sink.ready():
-            return JSONResponse({"status": "ready", "sink": pipeline.sink.name})
-        return error_response(503, "sink_unavailable", f"{pipeline.sink.name} sink is not ready")
+        sink = pipeline.sink
+        if pipeline.ready():
+            return JSONResponse(
+                {
+                    "status": "ready",
+                    "sink": sink.name,
+                    "sink_ready": sink.ready(),
+                    "spooled": pipeline.spool.depth if pipeline.spool is not None else 0,
+                }
+            )
+        return error_response(503, "sink_unavailable", f"{sink.name} sink is not ready")
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flag(settings)
     settings.add_argument("--current", action="store_true", help="show the values in effect")
+    settings.add_argument(
+        "--markdown", action="store_true", help="print the reference as a Markdown table"
+    )
     return parser
 
 
@@ -171,6 +174,8 @@ def _settings(args: argparse.Namespace) -> int:
 
     from bridge.settings import ENV_PREFIX, Settings
 
+    if args.markdown:
+        print("| variable | default | meaning |\n|---|---|---|")
     current = _load(args) if args.current else None
     for name, field in Settings.model_fields.items():
         variable = f"{ENV_PREFIX}{name.upper()}"
@@ -180,6 +185,10 @@ def _settings(args: argparse.Namespace) -> int:
             print(f"{variable}={shown}")
             continue
         default = field.default if not isinstance(field.default, SecretStr) else "(secret)"
+        if args.markdown:
+            shown = f"`{_plain(default)}`" if _plain(default) else ""
+            print(f"| `{variable}` | {shown} | {field.description} |")
+            continue
         print(f"{variable}\n    {field.description} [default: {_plain(default)}]")
     return Exit.OK
 

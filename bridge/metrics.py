@@ -84,6 +84,11 @@ class Metrics:
             "Spooled hook files that could not be parsed, moved aside to the spool's rejected/.",
             registry=r,
         )
+        self.spool_dead_letters = Counter(
+            "login_audit_spool_dead_letters_total",
+            "Spooled events the sink refused for good, kept in the spool's dead_letters table.",
+            registry=r,
+        )
         self.build_info = Info(
             "login_audit_build",
             "Version of the bridge and of Python.",

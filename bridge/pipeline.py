@@ -1,8 +1,15 @@
-"""Hands normalized events to the sink and reports, per event, when it is durable."""
+"""Makes each accepted event durable: in the sink, or in the spool until the sink takes it.
+
+``publish`` returns (and the caller answers 2xx) only once the event is acknowledged by the
+sink or committed to the spool. While the spool holds a backlog, new events queue behind it so
+the sink receives them in arrival order; the replayer drains it oldest first and deletes each
+event only after the sink acknowledged it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -10,35 +17,152 @@ from bridge.errors import SinkError, SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
 from bridge.sinks.base import Sink
+from bridge.spool import Spool, Spooled
 
 log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 500
+RETRY_MIN_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
 
 
 class Pipeline:
     """The one path from a normalized event to a durable one; every source goes through it."""
 
-    def __init__(self, *, sink: Sink, metrics: Metrics, publish_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        sink: Sink,
+        metrics: Metrics,
+        spool: Spool | None = None,
+        spool_after: float = 2.0,
+        publish_timeout: float = 10.0,
+    ) -> None:
         self.sink = sink
+        self.spool = spool
         self._metrics = metrics
-        self._timeout = publish_timeout
+        # Without a spool, wait as long as a client may; with one, hand over to it sooner.
+        self._wait = spool_after if spool is not None else publish_timeout
+        self._wake = asyncio.Event()
+        self._late: set[asyncio.Task[None]] = set()
+
+    # -- accepting
 
     async def publish(self, event: LoginEvent) -> None:
-        """Returns once the event is durable; raises a SinkError (retriable or not) otherwise."""
+        """Returns once the event is durable; raises SinkError or Overloaded (spool full) if not."""
         self._metrics.events_received.labels(event.source, event.status).inc()
-        started = time.perf_counter()
+        if self.spool is not None and self.spool.busy:
+            await self._to_spool(event)  # behind the backlog, to keep arrival order
+            return
+        send = asyncio.ensure_future(self._send(event))
         try:
-            await asyncio.wait_for(self.sink.send(event), self._timeout)
+            await asyncio.wait_for(asyncio.shield(send), self._wait)
         except TimeoutError:
             self._failed("timeout")
-            raise SinkUnavailable(
-                f"{self.sink.name} sink did not confirm the event within {self._timeout:g} s"
-            ) from None
+            if self.spool is None:
+                send.cancel()
+                raise SinkUnavailable(
+                    f"{self.sink.name} sink did not confirm the event within {self._wait:g} s"
+                ) from None
+            self._watch_late_acknowledgement(send, event)
+            await self._to_spool(event)
         except SinkError as exc:
             self._failed(exc.reason)
-            log.warning("%s sink failed event %s: %s", self.sink.name, event.event_id, exc)
-            raise
+            if self.spool is None:
+                raise
+            log.warning("%s sink failed, spooling %s: %s", self.sink.name, event.event_id, exc)
+            await self._to_spool(event)
+
+    async def _send(self, event: LoginEvent) -> None:
+        started = time.perf_counter()
+        await self.sink.send(event)
         self._metrics.publish_latency.labels(self.sink.name).observe(time.perf_counter() - started)
         self._metrics.events_published.labels(self.sink.name, event.status).inc()
 
+    async def _to_spool(self, event: LoginEvent) -> None:
+        assert self.spool is not None  # noqa: S101 - callers checked
+        await self.spool.put(event)
+        self._metrics.spool_events.labels("bridge").set(self.spool.depth)
+        self._wake.set()
+
+    def _watch_late_acknowledgement(self, send: asyncio.Future[None], event: LoginEvent) -> None:
+        """A send that times out may still succeed; then the spooled copy is dropped again."""
+
+        async def forget_if_acknowledged() -> None:
+            with contextlib.suppress(Exception):
+                await send
+                assert self.spool is not None  # noqa: S101
+                await self.spool.remove_event(event.event_id)
+
+        task = asyncio.create_task(forget_if_acknowledged())
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
     def _failed(self, reason: str) -> None:
         self._metrics.publish_errors.labels(self.sink.name, reason).inc()
+
+    def ready(self) -> bool:
+        """Can an event be made durable now: by the sink, or by a spool with room."""
+        return self.sink.ready() or (self.spool is not None and not self.spool.full)
+
+    # -- replaying
+
+    async def replay_forever(self) -> None:
+        """Drains the spool into the sink whenever it holds events, backing off while it fails."""
+        assert self.spool is not None  # noqa: S101 - only started with a spool
+        delay = RETRY_MIN_SECONDS
+        while True:
+            await self._update_spool_gauges()
+            if self.spool.depth == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 5.0)
+                continue
+            if await self.replay_once():
+                delay = RETRY_MIN_SECONDS
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def replay_once(self) -> bool:
+        """Sends the oldest batch; True if every event in it was acknowledged or buried."""
+        assert self.spool is not None  # noqa: S101
+        batch = await self.spool.head(REPLAY_BATCH)
+        results = await asyncio.gather(
+            *(self._replay(item) for item in batch), return_exceptions=True
+        )
+        done = [item.seq for item, result in zip(batch, results, strict=True) if result is None]
+        await self.spool.remove(done)
+        self._metrics.spool_events.labels("bridge").set(self.spool.depth)
+        if len(done) < len(batch):
+            return False
+        if batch:
+            log.info("replayed %d spooled event(s) into the %s sink", len(done), self.sink.name)
+        return True
+
+    async def _replay(self, item: Spooled) -> None:
+        try:
+            await asyncio.wait_for(self._send(item.event), self._wait * 5)
+        except TimeoutError:
+            self._failed("timeout")
+            raise
+        except SinkError as exc:
+            self._failed(exc.reason)
+            if exc.retriable:
+                raise
+            # Refused for good (e.g. too large for the broker): keep it aside, do not block the
+            # events behind it. Counted, and kept in the spool's dead_letters table.
+            assert self.spool is not None  # noqa: S101
+            log.error(
+                "%s sink refused spooled event %s for good: %s; moved to dead letters",
+                self.sink.name,
+                item.event.event_id,
+                exc,
+            )
+            await self.spool.bury(item, str(exc))
+            self._metrics.spool_dead_letters.inc()
+
+    async def _update_spool_gauges(self) -> None:
+        assert self.spool is not None  # noqa: S101
+        self._metrics.spool_events.labels("bridge").set(self.spool.depth)
+        self._metrics.spool_oldest_age.labels("bridge").set(await self.spool.oldest_age_seconds())

@@ -9,20 +9,24 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from bridge import __version__
 from bridge.app import TokenCheck, create_app
 from bridge.codec import AvroCodec, SingleObjectEncoder, WireEncoder
+from bridge.errors import SinkError
 from bridge.hookspool import HookSpool
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.settings import Settings
 from bridge.sinks import build_sink
+from bridge.sinks.base import Sink
+from bridge.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -39,50 +43,105 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     """Runs until SIGINT or SIGTERM; returns once in-flight requests are answered and flushed."""
     metrics = metrics if metrics is not None else Metrics()
     codec = AvroCodec()
-    sink = build_sink(
-        settings, codec=codec, encoder=build_encoder(settings, codec), metrics=metrics
+    encoder = build_encoder(settings, codec)
+    sink = build_sink(settings, codec=codec, encoder=encoder, metrics=metrics)
+    spool = None
+    if settings.spool_enabled:
+        spool = Spool(
+            settings.spool_path,
+            codec,
+            max_bytes=settings.spool_max_bytes,
+            max_events=settings.spool_max_events,
+        )
+        await spool.open()
+        log.info("spool %s holds %d event(s)", spool.path, spool.depth)
+    pipeline = Pipeline(
+        sink=sink,
+        metrics=metrics,
+        spool=spool,
+        spool_after=settings.spool_after_seconds,
+        publish_timeout=settings.publish_timeout_seconds,
     )
     normalizer = Normalizer(sftpgo_user_fields=settings.sftpgo_user_fields)
-    async with sink:
-        pipeline = Pipeline(
-            sink=sink, metrics=metrics, publish_timeout=settings.publish_timeout_seconds
-        )
-        tokens = TokenCheck(
-            [t.get_secret_value() for t in settings.auth_tokens], header=settings.auth_header
-        )
-        if not tokens.enabled:
-            log.warning("no BRIDGE_AUTH_TOKENS: hook requests are not authenticated")
-        app = create_app(
-            pipeline=pipeline,
-            normalizer=normalizer,
-            metrics=metrics,
-            tokens=tokens,
-            max_body_bytes=settings.max_body_bytes,
-            max_in_flight=settings.max_in_flight,
-        )
-        spool = HookSpool(
-            settings.hook_spool_path, normalizer=normalizer, pipeline=pipeline, metrics=metrics
-        )
-        spool_task = asyncio.create_task(spool.run(settings.hook_spool_interval_seconds))
-        sockets = _bind(settings)
-        server = uvicorn.Server(_uvicorn_config(app, settings))
-        log.info(
-            "login-audit-bridge %s serving on %s with the %s sink",
-            __version__,
-            ", ".join(_describe(s, settings) for s in sockets),
-            sink.name,
-        )
-        try:
-            # uvicorn traps SIGINT/SIGTERM: it stops accepting, waits for in-flight requests
-            # (up to timeout_graceful_shutdown), then returns; the sink is flushed on exit.
-            with _signals_return_here():
-                await server.serve(sockets=sockets)
-        finally:
-            spool_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await spool_task
-            _unlink_socket(settings.uds)
+    sink_started = asyncio.Event()
+    background = [asyncio.create_task(_start_sink(sink, sink_started, retry=spool is not None))]
+    if spool is not None:
+        background.append(asyncio.create_task(_after(sink_started, pipeline.replay_forever())))
+    hook_spool = HookSpool(
+        settings.hook_spool_path, normalizer=normalizer, pipeline=pipeline, metrics=metrics
+    )
+    background.append(asyncio.create_task(hook_spool.run(settings.hook_spool_interval_seconds)))
+    try:
+        if spool is None:
+            await background[0]  # without a spool there is nowhere to put events: wait for the sink
+        await _serve_http(settings, pipeline, normalizer, metrics)
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if sink_started.is_set():
+            await sink.stop()
+        if spool is not None:
+            await spool.close()
+            if spool.depth:
+                log.info("%d event(s) stay spooled for the next start", spool.depth)
     log.info("login-audit-bridge stopped")
+
+
+async def _start_sink(sink: Sink, started: asyncio.Event, *, retry: bool) -> None:
+    """Starts the sink; with a spool to fall back on, keeps trying while the broker is away."""
+    delay = 0.5
+    while True:
+        try:
+            await sink.start()
+        except SinkError as exc:
+            if not retry:
+                raise
+            log.warning("%s sink not started, spooling meanwhile: %s", sink.name, exc.message)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
+            continue
+        started.set()
+        log.info("%s sink started", sink.name)
+        return
+
+
+async def _after(event: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    await event.wait()
+    await work
+
+
+async def _serve_http(
+    settings: Settings, pipeline: Pipeline, normalizer: Normalizer, metrics: Metrics
+) -> None:
+    tokens = TokenCheck(
+        [t.get_secret_value() for t in settings.auth_tokens], header=settings.auth_header
+    )
+    if not tokens.enabled:
+        log.warning("no BRIDGE_AUTH_TOKENS: hook requests are not authenticated")
+    app = create_app(
+        pipeline=pipeline,
+        normalizer=normalizer,
+        metrics=metrics,
+        tokens=tokens,
+        max_body_bytes=settings.max_body_bytes,
+        max_in_flight=settings.max_in_flight,
+    )
+    sockets = _bind(settings)
+    server = uvicorn.Server(_uvicorn_config(app, settings))
+    log.info(
+        "login-audit-bridge %s serving on %s with the %s sink",
+        __version__,
+        ", ".join(_describe(s, settings) for s in sockets),
+        pipeline.sink.name,
+    )
+    try:
+        # uvicorn traps SIGINT/SIGTERM: it stops accepting, waits for in-flight requests
+        # (up to timeout_graceful_shutdown), then returns; the caller then flushes the sink.
+        with _signals_return_here():
+            await server.serve(sockets=sockets)
+    finally:
+        _unlink_socket(settings.uds)
 
 
 @contextlib.contextmanager

@@ -59,7 +59,16 @@ class Settings(BaseSettings):
         65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted (413)."
     )
     publish_timeout_seconds: float = Field(
-        10.0, gt=0, description="How long a request waits for its event to become durable (503)."
+        10.0,
+        gt=0,
+        description="How long a sink may take to acknowledge one event before the "
+        "send counts as failed (Kafka's message.timeout.ms, RabbitMQ's confirm wait).",
+    )
+    spool_after_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How long a request waits for the sink before its event goes to "
+        "the bridge's spool instead (and is answered once fsync'd there).",
     )
     shutdown_timeout_seconds: float = Field(
         20.0, gt=0, description="On SIGTERM, how long to wait for in-flight requests to finish."
@@ -181,6 +190,9 @@ class Settings(BaseSettings):
     schema_registry_password: SecretStr | None = Field(None, description="Registry password.")
 
     # -- the bridge's own spool, used when the broker is down or slow
+    spool_enabled: bool = Field(
+        True, description="Spool events the sink cannot take now; off: answer 503 instead."
+    )
     spool_max_bytes: int = Field(
         1024 * 1024 * 1024, ge=1024 * 1024, description="Spool size limit; past it: 503."
     )

@@ -18,12 +18,14 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import TokenCheck, create_app
+from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.file import read_events
 from bridge.sinks.memory import MemorySink
+from bridge.spool import Spool
 
 from conftest import (
     BridgeProcess,
@@ -300,3 +302,29 @@ def test_sigterm_drains_and_every_answered_event_is_on_disk(bridge: BridgeProces
     assert stored, "no request was answered before the stop"
     assert set(stored) <= on_disk
     assert "login-audit-bridge stopped" in bridge.logs()
+
+
+def test_full_spool_answers_503_with_retry_after(tmp_path: Path) -> None:
+    sink, metrics = MemorySink(), Metrics()
+    spool = Spool(tmp_path / "spool.sqlite3", AvroCodec(), max_bytes=1 << 20, max_events=1)
+
+    async def prepare() -> None:
+        await sink.start()
+        await spool.open()
+
+    asyncio.run(prepare())
+    sink.fail_with = SinkUnavailable("broker down")
+    app = create_app(
+        pipeline=Pipeline(sink=sink, metrics=metrics, spool=spool, spool_after=1),
+        normalizer=Normalizer(),
+        metrics=metrics,
+        tokens=TokenCheck([], header="Authorization"),
+        max_body_bytes=4096,
+    )
+    port = free_port()
+    for _ in _serve(app, port):
+        url = f"http://127.0.0.1:{port}/v1/hooks/sftpgo?{OK_QUERY}"
+        assert post(url, BOB, token=None)[0] == 200  # spooled
+        status, body, headers = post(url, BOB, token=None)
+        assert (status, body["error"], headers["Retry-After"]) == (503, "overloaded", "5")
+    assert spool.depth == 1
