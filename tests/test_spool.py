@@ -1,4 +1,4 @@
-"""The bridge's spool and the pipeline around it: nothing accepted is lost while the sink is away."""
+"""The spool and the pipeline around it: nothing accepted is lost while the sink is away."""
 
 from __future__ import annotations
 
