@@ -21,8 +21,7 @@ from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaSink
 
-# The `kafka_topics` fixture (conftest.KafkaTopics): the test's own topic names and an admin client.
-KafkaTopics = Any
+from .conftest import KafkaTopics
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
