@@ -36,7 +36,8 @@ class MediaWikiLogin(BaseModel):
     message_params: Annotated[list[Any], Field(max_length=32)] = Field(default_factory=list)
     app_id: ShortText | None = None
     performer: ShortText | None = None
-    ip: Annotated[str, Field(min_length=1, max_length=64)]
+    # "" when WebRequest::getIP() failed (command-line or faux requests): the event still counts.
+    ip: Annotated[str, Field(max_length=64)]
     user_agent: Text | None = None
     request_id: Annotated[str, Field(min_length=1, max_length=128)]
     invocation: int = Field(1, ge=1, le=1000)

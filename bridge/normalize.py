@@ -132,7 +132,7 @@ class Normalizer:
 
     def mediawiki(self, login: MediaWikiLogin) -> LoginEvent:
         ok = login.status == "PASS"
-        ip = _ip(login.ip)
+        ip = _ip(login.ip) if login.ip else None
         raw_name = login.username
         name = _optional_name(
             "username", login.canonical_username if ok and login.canonical_username else raw_name
@@ -160,7 +160,8 @@ class Normalizer:
             ok=ok,
             status_detail=login.message_key,
             message=(
-                f"MediaWiki login {'succeeded' if ok else 'failed'} for {_who(name)} from {ip}"
+                f"MediaWiki login {'succeeded' if ok else 'failed'} for {_who(name)}"
+                f" from {ip or 'an unknown address'}"
                 + ("" if ok or not login.message_key else f" ({login.message_key})")
             ),
             user={"name": name, "uid": uid, "email_addr": None, "groups": []},
@@ -213,7 +214,7 @@ def _record(
     status_detail: str | None,
     message: str,
     user: dict[str, Any],
-    ip: str,
+    ip: str | None,
     svc_name: str,
     hostname: str | None,
     service: dict[str, Any],

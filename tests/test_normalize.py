@@ -312,3 +312,11 @@ def test_mediawiki_payload_ignores_unknown_fields_for_forward_compatibility() ->
     (ok,) = _case("clientlogin_ok")
     body = json.dumps(mediawiki_payload(ok) | {"added_in_v2": [1, 2]}).encode()
     assert Normalizer().mediawiki(parse_mediawiki(body)).record["status"] == "Success"
+
+
+def test_mediawiki_login_without_a_known_ip_keeps_the_event_with_a_null_ip() -> None:
+    (ok,) = _case("clientlogin_ok")
+    body = json.dumps(mediawiki_payload(ok) | {"ip": ""}).encode()
+    record = Normalizer().mediawiki(parse_mediawiki(body)).record
+    assert record["src_endpoint"]["ip"] is None
+    assert record["message"].endswith("from an unknown address")
