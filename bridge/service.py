@@ -184,7 +184,9 @@ def _uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
 
 def _bind(settings: Settings) -> list[socket.socket]:
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    tcp = socket.create_server((settings.host, settings.port), family=family, reuse_port=False)
+    tcp = socket.create_server(
+        (settings.host, settings.port), family=family, reuse_port=settings.reuse_port
+    )
     sockets = [tcp]
     if settings.uds is not None:
         _unlink_socket(settings.uds)
