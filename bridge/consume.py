@@ -92,7 +92,9 @@ class KafkaReader:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         consumer, self._consumer = self._consumer, None
@@ -105,11 +107,13 @@ class KafkaReader:
 
         from bridge.sinks.kafka import client_config, to_sink_error
 
-        consumer = Consumer({
-            **client_config(self._settings),
-            "group.id": f"login-audit-tail-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-        })
+        consumer = Consumer(
+            {
+                **client_config(self._settings),
+                "group.id": f"login-audit-tail-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+            }
+        )
         offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END
         try:
             metadata = consumer.list_topics(timeout=self._settings.publish_timeout_seconds)
@@ -117,11 +121,14 @@ class KafkaReader:
             consumer.close()
             raise to_sink_error(exc.args[0]) from exc
         # Assigning partitions directly skips the group rebalance: reading starts at once.
-        consumer.assign([
-            TopicPartition(topic, partition, offset)
-            for topic in self._topics if topic in metadata.topics
-            for partition in metadata.topics[topic].partitions
-        ])
+        consumer.assign(
+            [
+                TopicPartition(topic, partition, offset)
+                for topic in self._topics
+                if topic in metadata.topics
+                for partition in metadata.topics[topic].partitions
+            ]
+        )
         return consumer
 
     async def events(
@@ -196,7 +203,9 @@ class RabbitMQReader:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         connection, self._connection, self._queue = self._connection, None, None
