@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from bridge.codec import AvroCodec
 from bridge.errors import BridgeError, SinkUnavailable
+from bridge.event import Status
 from bridge.settings import Settings
 
 if TYPE_CHECKING:  # the broker libraries load only when a reader is opened
@@ -21,6 +23,10 @@ if TYPE_CHECKING:  # the broker libraries load only when a reader is opened
 Decoder = Callable[[bytes], dict[str, Any]]
 BrokerName = Literal["kafka", "rabbitmq"]
 POLL_SECONDS = 0.5
+# `tail` without --follow stops after this long without an event.
+TAIL_IDLE_SECONDS = 2.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,22 +286,65 @@ async def tail(
     settings: Settings,
     *,
     broker: BrokerName,
+    status: Status | None = None,
     limit: int | None = None,
     idle_timeout: float | None = None,
     from_beginning: bool = True,
     decoder: Decoder | None = None,
-) -> AsyncIterator[ConsumedEvent]:
-    """What ``login-audit-bridge tail --from kafka|rabbitmq`` prints.
+) -> AsyncGenerator[ConsumedEvent, None]:
+    """Events of one status, or both, from a broker.
 
-    Kafka: both status topics, from their beginning unless told otherwise. RabbitMQ: a temporary
-    queue bound to the exchange with ``#``, so only events published from now on, and nothing
-    is taken away from the durable queues.
+    Kafka: the status topics, from their beginning unless told otherwise. RabbitMQ: a temporary
+    queue bound to the exchange with ``<status>.#`` (or ``#``), so only events published from
+    now on, and nothing is taken away from the durable queues.
     """
     reader: KafkaReader | RabbitMQReader
     if broker == "kafka":
-        reader = KafkaReader(settings, decoder=decoder, from_beginning=from_beginning)
+        topics = {"success": settings.kafka_topic_success, "failure": settings.kafka_topic_failure}
+        chosen = [topics[status]] if status is not None else list(topics.values())
+        reader = KafkaReader(
+            settings, topics=chosen, decoder=decoder, from_beginning=from_beginning
+        )
     else:
-        reader = RabbitMQReader(settings, decoder=decoder)
+        binding_key = f"{status}.#" if status is not None else "#"
+        reader = RabbitMQReader(settings, binding_key=binding_key, decoder=decoder)
     async with reader:
         async for event in reader.events(limit=limit, idle_timeout=idle_timeout):
             yield event
+
+
+def tail_broker(
+    settings: Settings,
+    *,
+    source: BrokerName,
+    status: Status | None = None,
+    follow: bool = False,
+    idle_seconds: float = TAIL_IDLE_SECONDS,
+) -> Iterator[dict[str, Any]]:
+    """What ``login-audit-bridge tail --from kafka|rabbitmq`` prints: decoded records.
+
+    Without ``follow`` it ends once no event came for ``idle_seconds``: for Kafka, after the
+    topics were read to their end; for RabbitMQ, which keeps no history for a new queue, after
+    the events published in that window. Messages that do not decode are logged and skipped.
+    """
+    events = tail(
+        settings, broker=source, status=status, idle_timeout=None if follow else idle_seconds
+    )
+    # One loop for the whole iteration: the broker connection belongs to it.
+    with asyncio.Runner() as runner:
+        try:
+            while True:
+                try:
+                    event = runner.run(_next(events))
+                except StopAsyncIteration:
+                    return
+                if event.record is None:
+                    log.warning("skipped a message in %s: %s", event.destination, event.error)
+                    continue
+                yield event.record
+        finally:
+            runner.run(events.aclose())
+
+
+async def _next(events: AsyncGenerator[ConsumedEvent, None]) -> ConsumedEvent:
+    return await anext(events)

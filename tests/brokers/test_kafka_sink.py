@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.cimpl import NewTopic
 
 from bridge.codec import CONTENT_TYPE, AvroCodec, SingleObjectEncoder
-from bridge.consume import ConsumedEvent, KafkaReader, tail
+from bridge.consume import ConsumedEvent, KafkaReader, tail, tail_broker
 from bridge.errors import SinkRejected, SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
@@ -211,6 +211,24 @@ async def test_tail_reads_both_status_topics_from_the_beginning(
     assert sorted((e.record for e in tailed), key=_uid) == sorted(
         (decoded(e.record) for e in events), key=_uid
     )
+
+
+async def test_cli_tail_of_one_status_prints_its_records_and_ends_without_follow(
+    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    settings = kafka_settings(kafka_bootstrap, kafka_topics)
+    events = make_events(7)
+    async with kafka_sink(settings, metrics, codec) as sink:
+        await asyncio.gather(*(sink.send(e) for e in events))
+
+    # tail_broker runs its own event loop, as the CLI calls it: keep it off this test's loop.
+    records = await asyncio.to_thread(
+        lambda: list(tail_broker(settings, source="kafka", status="failure"))
+    )
+    expected = sorted(e.event_id for e in events if e.status == "failure")
+    assert sorted(r["metadata"]["uid"] for r in records) == expected
+    assert len(records) == 3
 
 
 def _uid(record: dict[str, Any] | None) -> str:

@@ -13,7 +13,7 @@ import pytest
 from yarl import URL
 
 from bridge.codec import CONTENT_TYPE, AvroCodec, SingleObjectEncoder
-from bridge.consume import RabbitMQReader
+from bridge.consume import RabbitMQReader, tail_broker
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
@@ -145,6 +145,39 @@ async def test_a_message_that_does_not_decode_is_yielded_with_the_reason(
     assert len(found) == 1
     assert found[0].record is None
     assert found[0].error == "MalformedInput: not Avro single-object encoding (no C3 01 marker)"
+
+
+async def test_cli_tail_follows_only_the_chosen_status(
+    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    settings = rabbitmq_settings(
+        rabbitmq_url, rabbitmq_names, rabbitmq_declare_queues=True,
+        rabbitmq_queue_success=f"{rabbitmq_names}.success",
+        rabbitmq_queue_failure=f"{rabbitmq_names}.failure",
+    )
+
+    def tail_three() -> list[dict[str, Any]]:
+        stream = tail_broker(settings, source="rabbitmq", status="failure", follow=True)
+        return [record for record, _ in zip(stream, range(3), strict=False)]
+
+    sent: list[LoginEvent] = []
+    async with rabbitmq_sink(settings, metrics, codec) as sink:
+        # tail binds its temporary queue in its own thread and sees only later events, so
+        # events keep coming (each round: successes and failures) until it has three.
+        tailing = asyncio.ensure_future(asyncio.to_thread(tail_three))
+        async with asyncio.timeout(WAIT_SECONDS):
+            while not tailing.done():
+                round_ = make_events(4)  # one failure (no_auth_tried), then user1..user3
+                await asyncio.gather(*(sink.send(e) for e in round_))
+                sent.extend(round_)
+                await asyncio.sleep(0.05)
+        records = tailing.result()
+
+    failures = {e.event_id for e in sent if e.status == "failure"}
+    assert len(records) == 3
+    assert {r["metadata"]["uid"] for r in records} <= failures
+    assert {r["status"] for r in records} == {"Failure"}
 
 
 async def test_start_fails_as_unavailable_when_the_broker_is_unreachable(
