@@ -1,0 +1,284 @@
+"""Confluent Schema Registry wire format: schema registered per topic, messages framed by its id.
+
+A message is ``00`` + the schema id (4 bytes, big-endian) + the Avro binary body, and the
+schema lives under the subject ``<topic>-value`` (TopicNameStrategy). The registry is asked
+once per topic in ``prepare()``; ``encode()`` only looks the id up, so the hot path never
+touches the network. HTTP goes through ``urllib`` in a worker thread: it happens at start-up
+only, and the bridge takes on no HTTP client dependency for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Any
+
+from bridge.codec import AvroCodec
+from bridge.errors import BridgeError, ConfigError, MalformedInput, SinkUnavailable
+
+if TYPE_CHECKING:
+    from bridge.settings import Settings
+
+MAGIC = b"\x00"
+HEADER = struct.Struct(">bI")  # magic byte, schema id
+# Not a registered media type: the payload is Avro binary behind a 5-byte Confluent frame, so
+# it must not claim to be plain `application/vnd.apache.avro+binary`.
+CONTENT_TYPE = "application/vnd.confluent.avro"
+REGISTRY_MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
+# Confluent's error codes for "no such subject" and "schema not under this subject": a lookup
+# that gets either simply means "not registered yet".
+NOT_REGISTERED = frozenset({40401, 40403})
+
+
+def subject_for(topic: str) -> str:
+    """TopicNameStrategy: the value schema of ``topic`` lives under ``<topic>-value``."""
+    return f"{topic}-value"
+
+
+def frame(schema_id: int, body: bytes) -> bytes:
+    return HEADER.pack(0, schema_id) + body
+
+
+def unframe(data: bytes) -> tuple[int, bytes]:
+    """The schema id and the Avro body of a Confluent-framed message."""
+    if len(data) < HEADER.size or data[:1] != MAGIC:
+        raise MalformedInput("not the Confluent wire format (no magic byte 0 + 4-byte schema id)")
+    _, schema_id = HEADER.unpack_from(data)
+    return schema_id, data[HEADER.size :]
+
+
+def decode_confluent(
+    data: bytes, fetch_schema_by_id: Callable[[int], Any], *, codec: AvroCodec | None = None
+) -> dict[str, Any]:
+    """Decodes one message written with the schema the registry holds under its id.
+
+    ``fetch_schema_by_id`` returns that writer schema, parsed (``AvroCodec(...).parsed``); pass
+    a cached one, as ``registry_decoder`` does, so each id is fetched once. The record comes
+    out in the shape of ``codec``'s schema (default: the shipped one), so events written by an
+    older bridge read like new ones.
+    """
+    schema_id, body = unframe(data)
+    reader = codec if codec is not None else _shipped_codec()
+    return reader.decode_datum(body, writer_schema=fetch_schema_by_id(schema_id))
+
+
+@cache
+def _shipped_codec() -> AvroCodec:
+    return AvroCodec()
+
+
+# -- talking to the registry
+
+
+def registry_message(body: bytes) -> str:
+    """The registry's own explanation from an error body, or the body itself, shortened."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:300] or "(empty body)"
+    if isinstance(parsed, dict) and "message" in parsed:
+        return str(parsed["message"])
+    return json.dumps(parsed)[:300]
+
+
+def registry_error(status: int, body: bytes, *, url: str) -> BridgeError:
+    """Our error for a registry's non-2xx answer: retriable only when the registry is at fault."""
+    message = registry_message(body)
+    if status >= 500:
+        return SinkUnavailable(f"schema registry {url} failed ({status}): {message}")
+    if status in (401, 403):
+        return ConfigError(
+            f"schema registry {url} refused the credentials ({status}): {message}; "
+            "check BRIDGE_SCHEMA_REGISTRY_USERNAME / BRIDGE_SCHEMA_REGISTRY_PASSWORD"
+        )
+    if status == 409:
+        return ConfigError(
+            f"schema registry {url} rejected the event schema as incompatible with the "
+            f"versions already registered (409): {message}"
+        )
+    if status == 422:
+        return ConfigError(f"schema registry {url} rejected the event schema (422): {message}")
+    if status == 404:
+        return ConfigError(
+            f"schema registry {url} answered 404 ({message}); is the URL the registry's "
+            "Confluent-compatible API (e.g. http://host:8080/apis/ccompat/v7 for Apicurio)?"
+        )
+    return ConfigError(f"schema registry {url} refused the request ({status}): {message}")
+
+
+class RegistryClient:
+    """The few calls of the Confluent Schema Registry API the bridge needs; blocking."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        scheme = urllib.parse.urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"schema registry URL must be http:// or https://, not {url!r}")
+        self.url = url.rstrip("/")
+        self._timeout = timeout
+        self._headers = {"Accept": f"{REGISTRY_MEDIA_TYPE}, application/json"}
+        if username is not None:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
+            self._headers["Authorization"] = f"Basic {token}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistryClient:
+        if not settings.schema_registry_url:
+            raise ConfigError("no schema registry configured (BRIDGE_SCHEMA_REGISTRY_URL)")
+        password = settings.schema_registry_password
+        return cls(
+            settings.schema_registry_url,
+            username=settings.schema_registry_username,
+            password=password.get_secret_value() if password is not None else None,
+            timeout=settings.publish_timeout_seconds,
+        )
+
+    def __repr__(self) -> str:
+        # The Authorization header stays out of logs and tracebacks.
+        return f"RegistryClient({self.url!r})"
+
+    def lookup(self, subject: str, schema: str) -> int | None:
+        """The id of ``schema`` under ``subject``, or None when it is not registered there."""
+        try:
+            answer = self._call("POST", f"/subjects/{_quote(subject)}", _schema_body(schema))
+        except _NotRegistered:
+            return None
+        return _schema_id(answer, self.url)
+
+    def register(self, subject: str, schema: str) -> int:
+        """Registers ``schema`` under ``subject`` (a no-op when it is already there)."""
+        path = f"/subjects/{_quote(subject)}/versions"
+        return _schema_id(self._call("POST", path, _schema_body(schema)), self.url)
+
+    def schema_by_id(self, schema_id: int) -> str:
+        schema = self._call("GET", f"/schemas/ids/{schema_id}", None).get("schema")
+        if not isinstance(schema, str):
+            raise ConfigError(f"schema registry {self.url} sent no schema for id {schema_id}")
+        return schema
+
+    def _call(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
+        """The JSON answer, or one of our errors (``_NotRegistered`` for an unknown subject)."""
+        request = urllib.request.Request(  # noqa: S310  (scheme checked in __init__)
+            self.url + path, data=body, method=method, headers=self._headers
+        )
+        if body is not None:
+            request.add_header("Content-Type", REGISTRY_MEDIA_TYPE)
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                return _json_object(response.read(), self.url)
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            if exc.code == 404 and _error_code(payload) in NOT_REGISTERED:
+                raise _NotRegistered(registry_message(payload)) from exc
+            raise registry_error(exc.code, payload, url=self.url) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SinkUnavailable(f"schema registry {self.url} unreachable: {reason}") from exc
+
+
+class _NotRegistered(ConfigError):
+    """The subject, or this schema under it, is unknown; a lookup turns it into None."""
+
+
+def _quote(subject: str) -> str:
+    return urllib.parse.quote(subject, safe="")
+
+
+def _schema_body(schema: str) -> bytes:
+    return json.dumps({"schema": schema, "schemaType": "AVRO"}).encode()
+
+
+def _json_object(payload: bytes, url: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"schema registry {url} did not answer with a JSON object")
+    return parsed
+
+
+def _error_code(payload: bytes) -> object:
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        return None
+    return parsed.get("error_code") if isinstance(parsed, dict) else None
+
+
+def _schema_id(answer: dict[str, Any], url: str) -> int:
+    schema_id = answer.get("id")
+    if not isinstance(schema_id, int) or not 0 <= schema_id <= 0xFFFFFFFF:
+        raise ConfigError(f"schema registry {url} answered without a schema id: {answer}")
+    return schema_id
+
+
+# -- the WireEncoder
+
+
+class ConfluentRegistryEncoder:
+    """``WireEncoder`` for the Confluent wire format; ``prepare()`` must run before ``encode()``."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self, codec: AvroCodec, client: RegistryClient) -> None:
+        self.codec = codec
+        self.client = client
+        # The schema as written in the .avsc, compact: not the Parsing Canonical Form, which
+        # drops defaults and logical types that the registry's compatibility checks and
+        # consumers need.
+        self.schema_json = json.dumps(codec.schema, separators=(",", ":"))
+        self._ids: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, codec: AvroCodec) -> ConfluentRegistryEncoder:
+        return cls(codec, RegistryClient.from_settings(settings))
+
+    async def prepare(self, topics: Sequence[str]) -> None:
+        for topic in topics:
+            if topic not in self._ids:
+                self._ids[topic] = await asyncio.to_thread(self._resolve, subject_for(topic))
+
+    def _resolve(self, subject: str) -> int:
+        """Looks up first, so a registry that forbids registration still works once the
+        schema has been registered by someone allowed to."""
+        known = self.client.lookup(subject, self.schema_json)
+        return known if known is not None else self.client.register(subject, self.schema_json)
+
+    def schema_id(self, topic: str) -> int:
+        try:
+            return self._ids[topic]
+        except KeyError:
+            raise ConfigError(
+                f"no schema id for topic {topic!r}: prepare() was not called with it"
+            ) from None
+
+    def schema_ref(self, topic: str) -> str:
+        return f"registry-id:{self.schema_id(topic)}"
+
+    def encode(self, record: dict[str, Any], topic: str) -> bytes:
+        return frame(self.schema_id(topic), self.codec.encode_datum(record))
+
+
+def registry_decoder(settings: Settings) -> Callable[[bytes], dict[str, Any]]:
+    """A ``bytes -> record`` decoder for readers (``tail``): fetches each writer schema once."""
+    client = RegistryClient.from_settings(settings)
+
+    @lru_cache(maxsize=64)
+    def fetch(schema_id: int) -> Any:
+        return AvroCodec(json.loads(client.schema_by_id(schema_id))).parsed
+
+    return lambda data: decode_confluent(data, fetch)

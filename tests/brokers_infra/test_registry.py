@@ -1,0 +1,296 @@
+"""The Confluent wire format and the registry client, framing alone and against a real Apicurio.
+
+The registry tests talk to Apicurio Registry started by `LOGIN_AUDIT_REGISTRY=1 scripts/brokers
+start` (or `scripts/brokers start-registry`); they skip without it, and fail in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+
+from bridge.codec import AvroCodec
+from bridge.errors import ConfigError, MalformedInput, SinkUnavailable
+from bridge.normalize import Normalizer
+from bridge.registry import (
+    CONTENT_TYPE,
+    ConfluentRegistryEncoder,
+    RegistryClient,
+    decode_confluent,
+    frame,
+    registry_decoder,
+    registry_error,
+    subject_for,
+    unframe,
+)
+from bridge.settings import load_settings
+
+# Read at import: the suite's autouse fixture scrubs BRIDGE_* before each test.
+REGISTRY_URL = os.environ.get(
+    "BRIDGE_TEST_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081/apis/ccompat/v7"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def codec() -> AvroCodec:
+    return AvroCodec()
+
+
+@pytest.fixture(scope="module")
+def record() -> dict[str, Any]:
+    normalizer = Normalizer(sftpgo_user_fields=("username", "id"))
+    query = {"ip": "192.0.2.10", "login_method": "password", "protocol": "SSH", "status": "0"}
+    return normalizer.sftpgo(query, {"username": "alice", "id": 7}).record
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- framing, no registry needed
+
+
+def test_a_frame_is_magic_zero_then_the_id_big_endian_then_the_body() -> None:
+    assert frame(258, b"avro") == b"\x00\x00\x00\x01\x02avro"
+
+
+def test_unframe_returns_the_id_and_the_body() -> None:
+    assert unframe(b"\x00\x00\x00\x01\x02avro") == (258, b"avro")
+
+
+def test_single_object_encoding_is_not_taken_for_the_confluent_format(
+    codec: AvroCodec, record: dict[str, Any]
+) -> None:
+    with pytest.raises(MalformedInput, match="magic byte 0"):
+        unframe(codec.encode(record))
+
+
+def test_a_message_shorter_than_the_header_is_malformed() -> None:
+    with pytest.raises(MalformedInput):
+        unframe(b"\x00\x00\x01")
+
+
+def test_decode_asks_for_the_schema_of_the_id_in_the_frame(
+    codec: AvroCodec, record: dict[str, Any]
+) -> None:
+    asked: list[int] = []
+
+    def fetch(schema_id: int) -> Any:
+        asked.append(schema_id)
+        return codec.parsed
+
+    decoded = decode_confluent(frame(41, codec.encode_datum(record)), fetch)
+
+    assert asked == [41]
+    assert decoded["user"]["name"] == "alice"
+    assert decoded["status_id"] == 2
+    assert decoded["metadata"]["uid"] == record["metadata"]["uid"]
+
+
+def test_encoding_for_a_topic_that_was_not_prepared_is_a_config_error(
+    codec: AvroCodec, record: dict[str, Any]
+) -> None:
+    encoder = ConfluentRegistryEncoder(codec, RegistryClient("http://127.0.0.1:9"))
+    with pytest.raises(ConfigError, match="'login-audit.failure'"):
+        encoder.encode(record, "login-audit.failure")
+
+
+def test_the_subject_follows_the_topic_name_strategy() -> None:
+    assert subject_for("login-audit.success") == "login-audit.success-value"
+
+
+def test_the_registered_schema_keeps_defaults_and_logical_types(codec: AvroCodec) -> None:
+    encoder = ConfluentRegistryEncoder(codec, RegistryClient("http://127.0.0.1:9"))
+    assert json.loads(encoder.schema_json) == codec.schema
+    assert '"logicalType":"timestamp-millis"' in encoder.schema_json
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "words"),
+    [
+        (401, ConfigError, "refused the credentials (401): Unauthorized user"),
+        (403, ConfigError, "refused the credentials (403): Unauthorized user"),
+        (409, ConfigError, "incompatible with the versions already registered (409)"),
+        (422, ConfigError, "rejected the event schema (422): Unauthorized user"),
+        (404, ConfigError, "apis/ccompat/v7"),
+        (500, SinkUnavailable, "failed (500): Unauthorized user"),
+        (503, SinkUnavailable, "failed (503): Unauthorized user"),
+    ],
+)
+def test_a_refusal_becomes_our_error_with_the_registrys_message(
+    status: int, error: type[Exception], words: str
+) -> None:
+    body = json.dumps({"error_code": status, "message": "Unauthorized user"}).encode()
+    mapped = registry_error(status, body, url="http://127.0.0.1:1/apis/ccompat/v7")
+    assert type(mapped) is error
+    assert words in str(mapped)
+
+
+def test_only_a_failing_registry_is_worth_retrying() -> None:
+    url = "http://127.0.0.1:1"
+    assert registry_error(503, b"", url=url).retriable is True
+    assert registry_error(409, b"{}", url=url).retriable is False
+    assert registry_error(401, b"{}", url=url).retriable is False
+
+
+def test_a_registry_url_that_is_not_http_is_refused() -> None:
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        RegistryClient("file:///etc/passwd")
+
+
+def test_the_client_repr_shows_no_credentials() -> None:
+    client = RegistryClient("http://127.0.0.1:1", username="bridge", password="hunter2")
+    assert "hunter2" not in repr(client)
+    assert "aHVudGVyMg" not in repr(client)  # nor its base64
+
+
+async def test_an_unreachable_registry_is_a_retriable_sink_error(codec: AvroCodec) -> None:
+    # A port nobody listens on, on loopback: the real connection refusal, no stand-in server.
+    url = f"http://127.0.0.1:{_free_port()}/apis/ccompat/v7"
+    encoder = ConfluentRegistryEncoder(codec, RegistryClient(url, timeout=2))
+    with pytest.raises(SinkUnavailable, match="unreachable") as caught:
+        await encoder.prepare(["login-audit.success"])
+    assert caught.value.retriable is True
+
+
+# -- against the real Apicurio Registry
+
+
+@pytest.fixture(scope="module")
+def registry_url() -> str:
+    parts = urllib.parse.urlsplit(REGISTRY_URL)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 2):
+            pass
+    except OSError:
+        message = (
+            f"no Schema Registry at {REGISTRY_URL}: run `scripts/brokers start-registry` "
+            '(or LOGIN_AUDIT_REGISTRY=1 scripts/brokers start) and eval "$(scripts/brokers env)"'
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return REGISTRY_URL
+
+
+@pytest.fixture
+def topics() -> list[str]:
+    unique = f"test-{uuid.uuid4().hex[:12]}"
+    return [f"{unique}.success", f"{unique}.failure"]
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  (loopback test URL)
+        return json.loads(response.read())
+
+
+def _put(url: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(  # noqa: S310  (loopback test URL)
+        url,
+        data=json.dumps(payload).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+    )
+    urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
+
+
+def _latest(registry_url: str, subject: str) -> dict[str, Any]:
+    latest: dict[str, Any] = _get(f"{registry_url}/subjects/{subject}/versions/latest")
+    return latest
+
+
+@pytest.mark.kafka
+async def test_prepare_registers_the_schema_under_each_topics_value_subject(
+    registry_url: str, topics: list[str], codec: AvroCodec
+) -> None:
+    encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+
+    await encoder.prepare(topics)
+
+    for topic in topics:
+        latest = _latest(registry_url, f"{topic}-value")
+        assert latest["version"] == 1
+        assert json.loads(latest["schema"]) == codec.schema
+        assert encoder.schema_ref(topic) == f"registry-id:{latest['id']}"
+
+
+@pytest.mark.kafka
+async def test_a_restarted_bridge_finds_the_schema_and_adds_no_version(
+    registry_url: str, topics: list[str], codec: AvroCodec
+) -> None:
+    first = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+    await first.prepare(topics)
+    second = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+
+    await second.prepare(topics)
+
+    assert second.schema_id(topics[0]) == first.schema_id(topics[0])
+    assert _get(f"{registry_url}/subjects/{topics[0]}-value/versions") == [1]
+
+
+@pytest.mark.kafka
+async def test_a_message_reads_back_through_the_registry_decoder(
+    registry_url: str, topics: list[str], codec: AvroCodec, record: dict[str, Any]
+) -> None:
+    encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+    await encoder.prepare(topics)
+    message = encoder.encode(record, topics[1])
+    decode = registry_decoder(load_settings(schema_registry_url=registry_url))
+
+    decoded = decode(message)
+
+    assert message[:5] == frame(encoder.schema_id(topics[1]), b"")
+    assert decoded == codec.decode_datum(codec.encode_datum(record))
+    assert encoder.content_type == CONTENT_TYPE
+
+
+@pytest.mark.kafka
+async def test_an_incompatible_subject_stops_start_up_with_the_registrys_reason(
+    registry_url: str, topics: list[str], codec: AvroCodec
+) -> None:
+    subject = f"{topics[0]}-value"
+    other = {"type": "record", "name": "Other", "fields": [{"name": "y", "type": "string"}]}
+    RegistryClient(registry_url).register(subject, json.dumps(other))
+    _put(f"{registry_url}/config/{subject}", {"compatibility": "BACKWARD"})
+    encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+
+    with pytest.raises(ConfigError, match=r"incompatible .*\(409\): .*Incompatible") as caught:
+        await encoder.prepare(topics[:1])
+
+    assert caught.value.retriable is False
+
+
+@pytest.mark.kafka
+def test_a_schema_the_registry_cannot_parse_is_refused_with_422(
+    registry_url: str, topics: list[str]
+) -> None:
+    with pytest.raises(ConfigError, match=r"\(422\)"):
+        RegistryClient(registry_url).register(f"{topics[0]}-value", "{not json")
+
+
+@pytest.mark.kafka
+async def test_a_url_without_the_confluent_api_path_is_explained(
+    registry_url: str, topics: list[str], codec: AvroCodec
+) -> None:
+    root = registry_url.split("/apis/")[0]
+    encoder = ConfluentRegistryEncoder(codec, RegistryClient(root))
+    with pytest.raises(ConfigError, match="Confluent-compatible API"):
+        await encoder.prepare(topics[:1])
