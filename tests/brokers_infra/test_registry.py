@@ -109,7 +109,7 @@ def test_encoding_for_a_topic_that_was_not_prepared_is_a_config_error(
     codec: AvroCodec, record: dict[str, Any]
 ) -> None:
     encoder = ConfluentRegistryEncoder(codec, RegistryClient("http://127.0.0.1:9"))
-    with pytest.raises(ConfigError, match="'login-audit.failure'"):
+    with pytest.raises(ConfigError, match=r"'login-audit\.failure'"):
         encoder.encode(record, "login-audit.failure")
 
 
@@ -198,18 +198,18 @@ def topics() -> list[str]:
 
 
 def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  (loopback test URL)
+    with urllib.request.urlopen(url, timeout=10) as response:  # loopback test URL
         return json.loads(response.read())
 
 
 def _put(url: str, payload: dict[str, Any]) -> None:
-    request = urllib.request.Request(  # noqa: S310  (loopback test URL)
+    request = urllib.request.Request(
         url,
         data=json.dumps(payload).encode(),
         method="PUT",
         headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
     )
-    urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
+    urllib.request.urlopen(request, timeout=10).close()
 
 
 def _latest(registry_url: str, subject: str) -> dict[str, Any]:
