@@ -41,8 +41,9 @@ class Pipeline:
         self.sink = sink
         self.spool = spool
         self._metrics = metrics
-        # Without a spool, wait as long as a client may; with one, hand over to it sooner.
-        self._wait = spool_after if spool is not None else publish_timeout
+        # With a spool, hand over to it early. Without one, wait a little longer than the sink's
+        # own acknowledgement timeout, so that the sink's more specific error wins the race.
+        self._wait = spool_after if spool is not None else publish_timeout + 1.0
         self._wake = asyncio.Event()
         self._late: set[asyncio.Task[None]] = set()
 
@@ -67,7 +68,6 @@ class Pipeline:
             self._watch_late_acknowledgement(send, event)
             await self._to_spool(event)
         except SinkError as exc:
-            self._failed(exc.reason)
             if self.spool is None:
                 raise
             log.warning("%s sink failed, spooling %s: %s", self.sink.name, event.event_id, exc)
@@ -99,6 +99,8 @@ class Pipeline:
         task.add_done_callback(self._late.discard)
 
     def _failed(self, reason: str) -> None:
+        # Sinks count their own failures with their specific reason; the pipeline counts only
+        # the waits it gave up on itself.
         self._metrics.publish_errors.labels(self.sink.name, reason).inc()
 
     def ready(self) -> bool:
@@ -147,7 +149,6 @@ class Pipeline:
             self._failed("timeout")
             raise
         except SinkError as exc:
-            self._failed(exc.reason)
             if exc.retriable:
                 raise
             # Refused for good (e.g. too large for the broker): keep it aside, do not block the

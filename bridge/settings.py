@@ -27,6 +27,7 @@ from bridge.errors import ConfigError
 
 ENV_PREFIX = "BRIDGE_"
 CONFIG_VARIABLE = "BRIDGE_CONFIG"
+TEST_PREFIX = "BRIDGE_TEST_"
 
 SinkName = Literal["file", "kafka", "rabbitmq", "memory"]
 CommaList = Annotated[tuple[str, ...], NoDecode]
@@ -261,7 +262,12 @@ class Settings(BaseSettings):
 
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_VARIABLE}
-    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    # BRIDGE_TEST_* point the test suite at brokers (scripts/brokers env); not settings.
+    return sorted(
+        k
+        for k in environ
+        if k.startswith(ENV_PREFIX) and not k.startswith(TEST_PREFIX) and k not in known
+    )
 
 
 def _describe(loc: tuple[int | str, ...], msg: str) -> str:

@@ -171,10 +171,7 @@ def test_sink_failure_is_a_503_with_retry_after_and_nothing_is_claimed(live: Liv
     status, body, headers = post(live.hook(), BOB, token="new-token")
     assert (status, body["error"]) == (503, "sink_unavailable")
     assert headers["Retry-After"] == "5"
-    assert (
-        live.metric("login_audit_publish_errors_total", sink="memory", reason="sink_unavailable")
-        == 1
-    )
+    assert live.metric("login_audit_requests_rejected_total", reason="sink_unavailable") == 1
 
 
 def test_a_bad_request_next_to_good_ones_loses_none_of_them(live: LiveApp) -> None:

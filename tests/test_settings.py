@@ -81,3 +81,10 @@ def test_sasl_mechanism_needs_a_sasl_protocol(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("BRIDGE_KAFKA_SASL_MECHANISM", "PLAIN")
     with pytest.raises(ConfigError, match="SASL"):
         load_settings()
+
+
+def test_test_suite_broker_variables_are_not_mistaken_for_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    assert load_settings().sink == "file"

@@ -34,4 +34,5 @@ def build_sink(
         codec,
         rotate_bytes=settings.file_rotate_bytes,
         rotate_seconds=settings.file_rotate_seconds,
+        metrics=metrics,
     )

@@ -23,6 +23,7 @@ from fastavro.write import Writer
 from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent, Status
+from bridge.metrics import Metrics
 from bridge.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,10 @@ class FileSink(Sink):
         *,
         rotate_bytes: int = 64 * 1024 * 1024,
         rotate_seconds: float = 3600.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.directory = directory
+        self._metrics = metrics
         self._codec = codec
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
@@ -101,6 +104,8 @@ class FileSink(Sink):
             try:
                 await asyncio.to_thread(self._write_batch, [event for event, _ in batch])
             except OSError as exc:
+                if self._metrics is not None:
+                    self._metrics.publish_errors.labels(self.name, "io").inc()
                 error = SinkUnavailable(f"cannot write events: {exc.strerror or exc}")
                 for _, future in batch:
                     if not future.done():
