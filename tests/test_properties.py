@@ -221,7 +221,7 @@ mediawiki_valid = st.fixed_dictionaries(
         "format": st.just("login-audit-bridge.mediawiki.v1"),
         "status": st.sampled_from(["PASS", "FAIL"]),
         "username": st.text(max_size=256),
-        "ip": ip_addresses,
+        "ip": ip_addresses | st.just(""),  # "" when MediaWiki could not read the client's IP
         "request_id": st.text(st.characters(codec="ascii"), min_size=1, max_size=128),
         "wiki_id": st.text(min_size=1, max_size=64),
         "time": st.integers(0, 253402300799999),
@@ -292,7 +292,7 @@ def test_a_valid_mediawiki_login_becomes_an_event_with_exactly_its_facts(
     name = payload.get("canonical_username") if ok and payload.get("canonical_username") else (
         payload["username"]
     )
-    assert record["src_endpoint"]["ip"] == payload["ip"]
+    assert record["src_endpoint"]["ip"] == (payload["ip"] or None)
     assert record["user"]["name"] == (name or None)
     assert record["status_id"] == (1 if ok else 2)
     assert record["time"] == payload["time"]
@@ -411,6 +411,15 @@ def module_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgePr
     bridge.stop(signal.SIGKILL)
 
 
+# uvicorn refuses a request line over 64 KiB with a plain-text 400 before the app sees it; SFTPGo
+# sends a few hundred bytes. Longer values are the in-process properties' job.
+MAX_TARGET = 60_000
+
+
+def _target(path: str, query: str) -> str:
+    return f"{path}?{query}"[:MAX_TARGET]
+
+
 def _query_string(query: dict[str, str]) -> str:
     return "&".join(
         f"{quote(k, errors='surrogatepass')}={quote(v, errors='surrogatepass')}"
@@ -449,9 +458,10 @@ class HookRequest:
     body: bytes
 
     def __repr__(self) -> str:
-        # A 70 kB body would make Hypothesis's failure report unreadable (and warn).
+        # 60 kB would make Hypothesis's failure report unreadable (and warn, which is an error).
+        target = self.target if len(self.target) <= 300 else self.target[:300] + "..."
         body = self.body if len(self.body) <= 300 else self.body[:300] + b"..."
-        return f"HookRequest({self.method} {self.target!r} {self.headers!r} body={body!r})"
+        return f"HookRequest({self.method} {target!r} {self.headers!r} body={body!r})"
 
 
 @st.composite
@@ -461,7 +471,7 @@ def well_formed_requests(draw: st.DrawFn) -> HookRequest:
     if draw(st.booleans()):
         query = draw(st.one_of(valid_queries, valid_queries, hostile_queries))
         body = draw(st.one_of(sftpgo_users().map(_dumps), raw_bodies))
-        return HookRequest("POST", f"/v1/hooks/sftpgo?{_query_string(query)}", headers, body)
+        return HookRequest("POST", _target("/v1/hooks/sftpgo", _query_string(query)), headers, body)
     body = draw(st.one_of(mediawiki_valid.map(_dumps), mediawiki_spoiled().map(_dumps)))
     return HookRequest("POST", "/v1/hooks/mediawiki", headers, body)
 
@@ -482,12 +492,13 @@ def arbitrary_requests(draw: st.DrawFn) -> HookRequest:
         headers["Authorization"] = "Bearer test-token"
     return HookRequest(
         draw(st.sampled_from(["POST", "POST", "GET", "PUT", "DELETE"])),
-        f"{path}?{draw(query_strings)}",
+        _target(path, draw(query_strings)),
         headers,
         draw(request_bodies),
     )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -504,6 +515,7 @@ def test_the_service_answers_any_request_with_200_or_a_4xx_json_error(
         assert answer["status"] == "stored"
 
 
+@pytest.mark.slow
 def test_the_service_is_healthy_after_the_fuzzing(module_bridge: BridgeProcess) -> None:
     """Runs after the fuzz test in this module (pytest keeps file order)."""
     status, reply = _request(module_bridge, HookRequest("GET", "/healthz", {}, b""))
