@@ -19,6 +19,7 @@ from pathlib import Path
 from bridge.codec import AvroCodec
 from bridge.errors import Overloaded, SinkUnavailable
 from bridge.event import LoginEvent, Source
+from bridge.groupcommit import GroupCommit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -60,8 +61,11 @@ class Spool:
         self._max_events = max_events
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._pending: list[tuple[LoginEvent, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._commits = GroupCommit(
+            self._insert,
+            failures=(sqlite3.Error,),
+            fail=lambda exc: SinkUnavailable(f"spool cannot store events: {exc}"),
+        )
         self.depth = 0
         self.size_bytes = 0
 
@@ -81,8 +85,7 @@ class Spool:
         self._db = db
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
+        await self._commits.idle()
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
@@ -96,11 +99,7 @@ class Spool:
     @property
     def busy(self) -> bool:
         """True while events are spooled or on their way into the spool."""
-        return (
-            self.depth > 0
-            or bool(self._pending)
-            or (self._writer is not None and not self._writer.done())
-        )
+        return self.depth > 0 or self._commits.busy
 
     @property
     def full(self) -> bool:
@@ -112,26 +111,7 @@ class Spool:
             raise Overloaded(
                 f"spool is full ({self.depth} events, {self.size_bytes} bytes); retry later"
             )
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending())
-        await future
-
-    async def _write_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await asyncio.to_thread(self._insert, [event for event, _ in batch])
-            except sqlite3.Error as exc:
-                error = SinkUnavailable(f"spool cannot store events: {exc}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+        await self._commits.submit(event)
 
     def _insert(self, events: Sequence[LoginEvent]) -> None:
         now = int(time.time() * 1000)

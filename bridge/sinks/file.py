@@ -7,7 +7,6 @@ to after a restart, so a block torn by a crash can only be the last one of an ol
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from fastavro.write import Writer
 from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent, Status
+from bridge.groupcommit import GroupCommit
 from bridge.metrics import Metrics
 from bridge.sinks.base import Sink
 
@@ -65,8 +65,7 @@ class FileSink(Sink):
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
         self._streams: dict[Status, _Stream] = {}
-        self._pending: list[tuple[LoginEvent, asyncio.Future[None]]] = []
-        self._writer_task: asyncio.Task[None] | None = None
+        self._commits = GroupCommit(self._write_batch, failures=(OSError,), fail=self._io_failure)
         self._open = False
 
     async def start(self) -> None:
@@ -80,8 +79,7 @@ class FileSink(Sink):
 
     async def stop(self) -> None:
         self._open = False
-        if self._writer_task is not None:
-            await asyncio.shield(self._writer_task)
+        await self._commits.idle()
         for stream in self._streams.values():
             stream.handle.close()
         self._streams.clear()
@@ -92,28 +90,13 @@ class FileSink(Sink):
     async def send(self, event: LoginEvent) -> None:
         if not self._open:
             raise SinkUnavailable("file sink is not started")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
-        if self._writer_task is None or self._writer_task.done():
-            self._writer_task = asyncio.create_task(self._drain())
-        await future
+        await self._commits.submit(event)
 
-    async def _drain(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await asyncio.to_thread(self._write_batch, [event for event, _ in batch])
-            except OSError as exc:
-                if self._metrics is not None:
-                    self._metrics.publish_errors.labels(self.name, "io").inc()
-                error = SinkUnavailable(f"cannot write events: {exc.strerror or exc}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+    def _io_failure(self, exc: Exception) -> Exception:
+        if self._metrics is not None:
+            self._metrics.publish_errors.labels(self.name, "io").inc()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return SinkUnavailable(f"cannot write events: {reason}")
 
     def _write_batch(self, events: list[LoginEvent]) -> None:
         """Runs in a worker thread; only one batch is ever in flight."""
