@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.codec import AvroCodec
@@ -177,6 +177,10 @@ def sftpgo_event_or_input_error(
     # Mostly user objects, so most examples get past parsing to the checks after it.
     body=st.one_of(raw_bodies, *[sftpgo_users().map(_dumps)] * 3),
 )
+@example(  # found by this test: an IPv6 scope id may hold a lone surrogate
+    query={"ip": "fe80::1%\ud800", "login_method": "password", "protocol": "SSH", "status": "0"},
+    body=b"{}",
+)
 def test_any_sftpgo_request_becomes_an_encodable_event_or_an_input_error(
     query: dict[str, str], body: bytes
 ) -> None:
@@ -273,6 +277,9 @@ def mediawiki_event_or_input_error(body: bytes) -> LoginEvent | None:
 
 @PROPERTY
 @given(body=mediawiki_bodies)
+@example(body=b'{"format":"login-audit-bridge.mediawiki.v1","status":"FAIL","username":"a",'
+         b'"ip":"192.0.2.7","request_id":"r1","wiki_id":"w","time":1,"mw_version":"1.39.17",'
+         b'"server":"//["}')  # found by this test: urlsplit raises ValueError
 def test_any_mediawiki_body_becomes_an_encodable_event_or_an_input_error(body: bytes) -> None:
     event = mediawiki_event_or_input_error(body)
     if event is not None:
@@ -312,16 +319,19 @@ def _server_is_a_url(server: str | None) -> bool:
     return True
 
 
+MEDIAWIKI_FAILED_LOGIN = {
+    "format": "login-audit-bridge.mediawiki.v1", "status": "FAIL", "username": "alice_",
+    "ip": "192.0.2.7", "request_id": "r1", "wiki_id": "my_wiki", "time": 1,
+    "mw_version": "1.39.17",
+}
+
+
 @pytest.mark.parametrize("server", ["//[", "http://[2001:db8::1", "//wiki\uff03example"])
 def test_a_mediawiki_server_that_is_not_a_url_is_rejected_or_dropped_not_a_crash(
     server: str,
 ) -> None:
     """$wgServer comes from the request body: an unparsable one is bad input or no hostname."""
-    payload = {
-        "format": "login-audit-bridge.mediawiki.v1", "status": "FAIL", "username": "alice_",
-        "ip": "192.0.2.7", "request_id": "r1", "wiki_id": "my_wiki", "time": 1,
-        "mw_version": "1.39.17", "server": server,
-    }
+    payload = {**MEDIAWIKI_FAILED_LOGIN, "server": server}
     event = mediawiki_event_or_input_error(_dumps(payload))
     assert event is None or event.record["dst_endpoint"]["hostname"] is None
 
@@ -503,6 +513,12 @@ def arbitrary_requests(draw: st.DrawFn) -> HookRequest:
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(request=well_formed_requests() | arbitrary_requests())
+# Found by this test once; kept so that every run tries it, not only a lucky one.
+@example(request=HookRequest(
+    "POST", "/v1/hooks/mediawiki",
+    {"Content-Type": "application/json", "Authorization": "Bearer test-token"},
+    _dumps({**MEDIAWIKI_FAILED_LOGIN, "server": "http://[2001:db8::1"}),
+))
 def test_the_service_answers_any_request_with_200_or_a_4xx_json_error(
     module_bridge: BridgeProcess, request: HookRequest
 ) -> None:
