@@ -424,6 +424,9 @@ class KafkaSink(Sink):
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._reachable = False
             log.warning("kafka: all brokers are down")
+        elif err.code() == KafkaError._TRANSPORT:
+            # Repeated on every reconnect attempt while a broker is away; counted in metrics.
+            log.debug("kafka: %s: %s", err.name(), err.str())
         else:
             log.info("kafka: %s: %s", err.name(), err.str())
 
