@@ -327,8 +327,17 @@ def tail_broker(
     topics were read to their end; for RabbitMQ, which keeps no history for a new queue, after
     the events published in that window. Messages that do not decode are logged and skipped.
     """
+    decoder = None
+    if settings.schema_registry_url:
+        from bridge.registry import registry_decoder
+
+        decoder = registry_decoder(settings)
     events = tail(
-        settings, broker=source, status=status, idle_timeout=None if follow else idle_seconds
+        settings,
+        broker=source,
+        status=status,
+        idle_timeout=None if follow else idle_seconds,
+        decoder=decoder,
     )
     # One loop for the whole iteration: the broker connection belongs to it.
     with asyncio.Runner() as runner:
