@@ -265,6 +265,7 @@ def _ip(value: str | None) -> str:
     """Checks that the value is an IP address and returns it exactly as sent."""
     if not value:
         raise InvalidField("ip", "is missing")
+    _check_unicode("ip", value)  # an IPv6 scope id ("fe80::1%eth0") may be any text
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -360,4 +361,7 @@ def _host(server: str | None) -> str | None:
     if not server:
         return None
     # $wgServer may be protocol-relative ("//wiki.example.org").
-    return urlsplit(server if "//" in server else f"//{server}").hostname
+    try:
+        return urlsplit(server if "//" in server else f"//{server}").hostname
+    except ValueError:
+        return None  # not a URL ("//[", NFKC tricks): the login still counts, without a host

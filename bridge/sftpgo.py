@@ -5,8 +5,12 @@ Standard library only and cheap to import: the hook shim loads it on its spool p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from _collections_abc import Mapping  # loaded at interpreter start; collections.abc is not
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the hook more than the rest of its spool path
+    from collections.abc import Iterable
+    from typing import Any
 
 # Program mode passes the facts as environment variables; HTTP mode as these query parameters.
 # The shim turns the first into the second, so the bridge has one code path for both.

@@ -86,11 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     config = _settings(environ)
     query = [(name, environ.get(variable, "")) for variable, name in ENV_TO_QUERY]
     user = os.environb.get(b"SFTPGO_LOGIND_USER") or b"{}"
-    if len(user) > _number(config, "LOGIN_AUDIT_HOOK_MAX_BODY_BYTES", 1024, 16 << 20):
-        user = _projected_json(user, config)
-    if _hand_over(config, query, user):
+    reduced = len(user) > _number(config, "LOGIN_AUDIT_HOOK_MAX_BODY_BYTES", 1024, 16 << 20)
+    body = _projected_json(user, config) if reduced else user
+    status = _hand_over(config, query, body)
+    if status == 413 and not reduced:
+        # The bridge's limit is lower than ours: the allow-listed fields are all it keeps anyway.
+        status = _hand_over(config, query, _projected_json(user, config))
+    if _decided(status):
         return EXIT_OK
     return _spool(config, received_ms, query, user)
+
+
+def _decided(status: int | None) -> bool:
+    """A 2xx (durable there), or a 4xx that no retry can change (the bridge logged it)."""
+    if status is None:
+        return False
+    return 200 <= status < 300 or (400 <= status < 500 and status not in (401, 408, 413, 429))
 
 
 def _flags(args: list[str]) -> int:
@@ -142,11 +153,8 @@ def _number(config: dict[str, str], key: str, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-def _hand_over(config: dict[str, str], query: list[tuple[str, str]], body: bytes) -> bool:
-    """Posts the login to the bridge; True once the bridge has decided on it for good.
-
-    That is a 2xx (the event is durable there), or a 4xx that no retry can change.
-    """
+def _hand_over(config: dict[str, str], query: list[tuple[str, str]], body: bytes) -> int | None:
+    """Posts the login to the bridge; its HTTP status, or None when it could not be reached."""
     timeout = _number(config, "LOGIN_AUDIT_HOOK_TIMEOUT", 0.1, 10.0)
     deadline = time.monotonic() + timeout
     url = config["LOGIN_AUDIT_HOOK_URL"]
@@ -163,12 +171,9 @@ def _hand_over(config: dict[str, str], query: list[tuple[str, str]], body: bytes
         head.append(f"Authorization: Bearer {config['LOGIN_AUDIT_HOOK_TOKEN']}")
     request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body
     try:
-        status = _exchange(url, request, deadline)
+        return _exchange(url, request, deadline)
     except (OSError, ValueError, IndexError):
-        return False
-    # 4xx other than 401/408/429 means the bridge will never take this event; it has counted
-    # and logged it, and spooling it would only fail again.
-    return 200 <= status < 300 or (400 <= status < 500 and status not in (401, 408, 429))
+        return None
 
 
 def _host_header(url: str) -> str:
@@ -194,7 +199,10 @@ def _connect(url: str, deadline: float) -> _socket.socket:
         address = url.removeprefix("unix://")
     elif url.startswith("http://"):
         host, port = _split_host_port(_host_header(url))
-        family, _, _, _, address = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)[0]
+        # A str host makes getaddrinfo import the idna codec (and with it re, enum, functools):
+        # more than the rest of a run. Bytes skip it; only a non-ASCII name needs IDNA.
+        name = host.encode("ascii") if host.isascii() else host
+        family, _, _, _, address = _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM)[0]
         sock = _socket.socket(family, _socket.SOCK_STREAM)
     else:
         raise ValueError(f"unsupported bridge URL {url!r}: use http:// or unix://")
@@ -245,6 +253,8 @@ def _projected_json(user: bytes, config: dict[str, str]) -> bytes:
 
 
 def _projected(user: bytes, config: dict[str, str]) -> dict[str, object]:
+    # json costs about as much as the rest of a run; only this path (a large body, or the
+    # bridge away) pays it.
     import json
 
     from bridge.sftpgo import project_user

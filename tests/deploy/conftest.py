@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import (
+
+from .deploy_support import (
     ALERTS,
     HOW_TO_INSTALL,
     IN_CI,

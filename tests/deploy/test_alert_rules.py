@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import ALERT_TESTS, ALERTS, CHART, Tools, alert_rules, run
+
+from .deploy_support import ALERT_TESTS, ALERTS, CHART, Tools, alert_rules, run
 
 pytestmark = pytest.mark.helm
 

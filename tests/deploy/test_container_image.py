@@ -10,7 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from deploy_support import REPO, Tools, run
+
+from .deploy_support import REPO, Tools, run
 
 pytestmark = pytest.mark.helm
 

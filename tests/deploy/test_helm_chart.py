@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import (
+
+from .deploy_support import (
     CHART,
     CI_VALUES,
     CRD_SCHEMAS,
@@ -327,7 +328,7 @@ def test_service_monitor_scrapes_metrics_as_the_job_the_alerts_expect(render: Re
 
 
 def test_prometheus_rule_holds_the_alert_rules_file(render: Render) -> None:
-    from deploy_support import alert_rules
+    from .deploy_support import alert_rules
 
     rule = one(render(ci("all-optional-objects-on")), "PrometheusRule")
     rendered = [r for g in rule["spec"]["groups"] for r in g["rules"]]

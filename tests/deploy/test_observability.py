@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from deploy_support import (
+
+from .deploy_support import (
     IN_CI,
     PrometheusProcess,
     alert_rules,
