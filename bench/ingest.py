@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -509,6 +510,21 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
+def parse_wrk(out: str) -> Closed:
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    data = json.loads(line.removeprefix("WRKJSON "))
+    seconds = data["duration_us"] / 1e6
+    errors = data["status"] + data["connect"] + data["read"] + data["write"] + data["timeout"]
+    ok = data["requests"] - data["status"]
+    return Closed(ok / seconds, ok, errors, seconds, data["p50_us"] / 1e3, data["p99_us"] / 1e3)
+
+
+def stop_child(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 class Load:
     """Both load generators, aimed at one port."""
 
@@ -524,35 +540,39 @@ class Load:
     def closed(self, port: int, seconds: float, connections: int = WRK_CONNECTIONS) -> Closed:
         return self._wrk(port, ["-d", f"{seconds:g}s", "-s", str(self.timed)], connections)
 
-    def count(self, port: int, events: int, connections: int = 64) -> Closed:
-        """Sends until `events` answers came back (give or take one per connection)."""
+    def count(
+        self, port: int, events: int, finished: Callable[[], bool], connections: int = 64
+    ) -> Closed:
+        """Sends `events` requests (each connection stops after its share) until `finished()`.
+
+        wrk sleeps for its whole -d even when every thread has stopped; SIGINT ends the sleep,
+        and it then prints its summary as usual.
+        """
         per_thread = max(1, events // WRK_THREADS)
-        options = ["-d", "600s", "-s", str(self.counted)]
-        return self._wrk(port, options, connections, script_args=[str(per_thread)])
+        options = ["-d", "3600s", "-s", str(self.counted)]
+        argv = self._argv(port, options, connections, script_args=[str(per_thread)])
+        wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            while wrk.poll() is None and not finished():
+                time.sleep(0.05)
+            wrk.send_signal(signal.SIGINT)
+            out, _ = wrk.communicate(timeout=30)
+        finally:
+            stop_child(wrk)
+        return parse_wrk(out)
 
     def _wrk(
         self, port: int, options: list[str], connections: int, script_args: list[str] | None = None
     ) -> Closed:
-        argv = [
-            self.wrk,
-            "-t",
-            str(WRK_THREADS),
-            "-c",
-            str(connections),
-            "--timeout",
-            "10s",
-            *options,
-            f"http://127.0.0.1:{port}{HOOK_PATH}",
-        ]
-        if script_args:
-            argv += ["--", *script_args]
-        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
-        data = json.loads(line.removeprefix("WRKJSON "))
-        seconds = data["duration_us"] / 1e6
-        errors = data["status"] + data["connect"] + data["read"] + data["write"] + data["timeout"]
-        ok = data["requests"] - data["status"]
-        return Closed(ok / seconds, ok, errors, seconds, data["p50_us"] / 1e3, data["p99_us"] / 1e3)
+        argv = self._argv(port, options, connections, script_args)
+        return parse_wrk(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+    def _argv(
+        self, port: int, options: list[str], connections: int, script_args: list[str] | None
+    ) -> list[str]:
+        argv = [self.wrk, "-t", str(WRK_THREADS), "-c", str(connections), "--timeout", "10s"]
+        argv += [*options, f"http://127.0.0.1:{port}{HOOK_PATH}"]
+        return argv + (["--", *script_args] if script_args else [])
 
     def open(self, port: int, rate: float, seconds: float) -> dict[str, Any]:
         argv = [
@@ -610,8 +630,10 @@ def fmt_rate(value: float) -> str:
 
 def latency_text(result: dict[str, Any]) -> str:
     text = f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms"
-    bad = result["non_2xx"] + result["failures"]
-    return text + (f" ({bad} not 2xx)" if bad else "")
+    other = {k: v for k, v in result["statuses"].items() if not k.startswith("2")}
+    if result["failures"]:
+        other["no answer"] = result["failures"]
+    return text + "".join(f"; {n} {status}" for status, n in other.items())
 
 
 def measure_floor(ctx: Context) -> None:
@@ -693,8 +715,13 @@ def measure_spool(ctx: Context) -> None:
     print("  stopping Kafka (scripts/brokers stop-kafka)", flush=True)
     brokers("stop-kafka")
     try:
-        ctx.load.count(server.port, 200, connections=16)  # the hand-over: the first wait 2 s
-        take = ctx.load.count(server.port, ctx.plan.spool_events)
+        # The hand-over: the first requests wait spool_after_seconds, then all go to the spool.
+        ctx.load.count(server.port, 200, received_at_least(server, 200), connections=16)
+        take = ctx.load.count(
+            server.port,
+            ctx.plan.spool_events,
+            received_at_least(server, 200 + ctx.plan.spool_events),
+        )
         depth = metric(server, "login_audit_spool_events", 'spool="bridge"')
         ctx.report.add(
             f"Spool: taken while Kafka is down ({ctx.plan.spool_events:,} events, "
@@ -723,6 +750,13 @@ def measure_spool(ctx: Context) -> None:
         )
     ctx.rss_notes["spool run: peak, kafka worker"] = ctx.rss.peak_mib(server.pid)
     ctx.lab.stop([server])
+
+
+def received_at_least(server: Server, events: int) -> Callable[[], bool]:
+    def finished() -> bool:
+        return metric(server, "login_audit_events_received_total") >= events
+
+    return finished
 
 
 def watch_drain(server: Server, depth: float, timeout: float = 600.0) -> tuple[float, float | None]:
