@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from bridge.settings import Settings
+
 from conftest import REPO
 
 
