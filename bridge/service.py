@@ -187,6 +187,11 @@ def _bind(settings: Settings) -> list[socket.socket]:
     tcp = socket.create_server(
         (settings.host, settings.port), family=family, reuse_port=settings.reuse_port
     )
+    # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and create_server
+    # leaves it 0. Without it, a response written as headers then body waits ~40 ms for the
+    # client's delayed ACK on every reused connection (SFTPGo reuses them). Accepted sockets
+    # inherit the option on Linux.
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sockets = [tcp]
     if settings.uds is not None:
         _unlink_socket(settings.uds)
