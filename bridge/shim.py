@@ -288,10 +288,12 @@ def _spool(
     }
     name = f"{received_ms:013d}-{os.getpid()}-{os.urandom(4).hex()}"
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Group access: the bridge, usually another user in a shared group, reads and deletes
+        # these files. They hold only allow-listed fields, never the secrets of the user JSON.
+        os.makedirs(directory, mode=0o770, exist_ok=True)
         temporary = os.path.join(directory, name + ".tmp")
         final = os.path.join(directory, name + SPOOL_SUFFIX)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
         try:
             os.write(fd, json.dumps(document, ensure_ascii=False).encode("utf-8"))
             os.fsync(fd)
