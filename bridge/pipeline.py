@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -45,6 +46,11 @@ class Pipeline:
         # With a spool, hand over to it early. Without one, wait a little longer than the sink's
         # own acknowledgement timeout, so that the sink's more specific error wins the race.
         self._wait = spool_after if spool is not None else publish_timeout + 1.0
+        # .labels() takes a lock and builds a key on every call: 4.5 % of a worker's CPU under
+        # load (py-spy). The label values here come from small fixed sets, so cache the children.
+        self._received = functools.cache(metrics.events_received.labels)
+        self._published = functools.cache(metrics.events_published.labels)
+        self._latency = metrics.publish_latency.labels(sink.name)
         self._wake = asyncio.Event()
         self._late: set[asyncio.Task[None]] = set()
 
@@ -52,7 +58,7 @@ class Pipeline:
 
     async def publish(self, event: LoginEvent) -> None:
         """Returns once the event is durable; raises SinkError or Overloaded (spool full) if not."""
-        self._metrics.events_received.labels(event.source, event.status).inc()
+        self._received(event.source, event.status).inc()
         if self.spool is not None and self.spool.busy:
             await self._to_spool(event)  # behind the backlog, to keep arrival order
             return
@@ -77,8 +83,8 @@ class Pipeline:
     async def _send(self, event: LoginEvent) -> None:
         started = time.perf_counter()
         await self.sink.send(event)
-        self._metrics.publish_latency.labels(self.sink.name).observe(time.perf_counter() - started)
-        self._metrics.events_published.labels(self.sink.name, event.status).inc()
+        self._latency.observe(time.perf_counter() - started)
+        self._published(self.sink.name, event.status).inc()
 
     async def _to_spool(self, event: LoginEvent) -> None:
         assert self.spool is not None  # noqa: S101 - callers checked
