@@ -139,15 +139,18 @@ def _wait_drained(bridge: BridgeProcess) -> None:
         time.sleep(0.5)
 
 
-def _report(scenario: str, tally: Tally, delivered: list[str]) -> tuple[int, int]:
+def _report(
+    scenario: str, tally: Tally, delivered: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, int]:
     counts = Counter(delivered)
     lost = sorted(set(tally.acknowledged) - set(counts))
     duplicated = sum(n - 1 for n in counts.values() if n > 1)
-    print(
-        f"\nfault scenario | sent | acknowledged | delivered | lost | duplicated\n"
-        f"{scenario} | {tally.sent} | {len(tally.acknowledged)} | {len(counts)} | "
-        f"{len(lost)} | {duplicated}"
-    )
+    with capsys.disabled():  # the fault table belongs in the test run's output, CI's too
+        print(
+            f"\nfault scenario | sent | acknowledged | delivered | lost | duplicated\n"
+            f"{scenario} | {tally.sent} | {len(tally.acknowledged)} | {len(counts)} | "
+            f"{len(lost)} | {duplicated}"
+        )
     return len(lost), duplicated
 
 
@@ -212,14 +215,16 @@ def _run_scenario(
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_kafka_stopped_and_started_mid_stream_loses_nothing(
-    bridge_factory: Callable[..., BridgeProcess], names: list[str]
+    bridge_factory: Callable[..., BridgeProcess],
+    names: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = f"fault-kafka-{uuid.uuid4().hex[:8]}"
     bridge = _kafka_bridge(bridge_factory, topic)
     start = _once(lambda: brokers("start-kafka"))
     faults = {N_EVENTS // 3: lambda: brokers("stop-kafka"), 2 * N_EVENTS // 3: start}
     tally = _run_scenario(bridge, names, faults, recover=start)
-    lost, _ = _report("kafka stopped mid-stream", tally, _kafka_names(topic, len(names)))
+    lost, _ = _report("kafka stopped mid-stream", tally, _kafka_names(topic, len(names)), capsys)
     assert len(tally.acknowledged) == N_EVENTS  # the spool took every event while Kafka was away
     assert lost == 0
 
@@ -227,7 +232,9 @@ def test_kafka_stopped_and_started_mid_stream_loses_nothing(
 @pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(
-    bridge_factory: Callable[..., BridgeProcess], names: list[str]
+    bridge_factory: Callable[..., BridgeProcess],
+    names: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = uuid.uuid4().hex[:8]
     queues = [f"fault-{run}.success", f"fault-{run}.failure"]
@@ -245,7 +252,7 @@ def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(
     start = _once(lambda: brokers("start-rabbitmq"))
     faults = {N_EVENTS // 3: lambda: brokers("stop-rabbitmq"), 2 * N_EVENTS // 3: start}
     tally = _run_scenario(bridge, names, faults, recover=start)
-    lost, _ = _report("rabbitmq stopped mid-stream", tally, _rabbitmq_names(run, queues))
+    lost, _ = _report("rabbitmq stopped mid-stream", tally, _rabbitmq_names(run, queues), capsys)
     assert len(tally.acknowledged) == N_EVENTS
     assert lost == 0
 
@@ -268,7 +275,9 @@ def _rabbitmq_names(run: str, queues: list[str]) -> list[str]:
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_bridge_killed_with_sigkill_mid_stream_loses_nothing_it_acknowledged(
-    bridge_factory: Callable[..., BridgeProcess], names: list[str]
+    bridge_factory: Callable[..., BridgeProcess],
+    names: list[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = f"fault-kill-{uuid.uuid4().hex[:8]}"
     bridge = _kafka_bridge(bridge_factory, topic)
@@ -285,6 +294,6 @@ def test_bridge_killed_with_sigkill_mid_stream_loses_nothing_it_acknowledged(
         3 * N_EVENTS // 4: start,
     }
     tally = _run_scenario(bridge, names, faults, recover=start)
-    lost, _ = _report("bridge SIGKILL mid-stream", tally, _kafka_names(topic, len(names)))
+    lost, _ = _report("bridge SIGKILL mid-stream", tally, _kafka_names(topic, len(names)), capsys)
     assert len(tally.acknowledged) >= N_EVENTS - CLIENTS * 2  # only requests cut by the kill
     assert lost == 0
