@@ -21,6 +21,7 @@ from bridge.errors import (
     BridgeError,
     InvalidField,
     MalformedInput,
+    MethodNotAllowed,
     Overloaded,
     Unauthorized,
     UnsupportedMediaType,
@@ -104,10 +105,14 @@ class HookEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         normalize = self._routes.get(scope["path"]) if scope["type"] == "http" else None
-        if normalize is None or scope["method"] != "POST":
-            await self._fallback(scope, receive, send)  # other routes; 405 for GET on a hook
+        if normalize is None:
+            await self._fallback(scope, receive, send)
             return
-        status, body, extra = await self._handle(scope, receive, normalize)
+        if scope["method"] == "POST":
+            status, body, extra = await self._handle(scope, receive, normalize)
+        else:
+            status, body, extra = self._reject(scope, MethodNotAllowed("only POST is accepted"))
+            extra.append((b"allow", b"POST"))
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers + extra})
         await send({"type": "http.response.body", "body": body})
@@ -263,9 +268,6 @@ def create_app(
         return error_response(exc.status_code, reason, str(exc.detail), None)
 
     routes = [
-        # POSTs to the hooks never reach these two: HookEndpoints answers them first.
-        Route(SFTPGO_PATH, _method_not_allowed, methods=["POST"]),
-        Route(MEDIAWIKI_PATH, _method_not_allowed, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -281,7 +283,3 @@ def create_app(
         max_in_flight=max_in_flight,
         fallback=others,
     )
-
-
-async def _method_not_allowed(request: Request) -> Response:
-    raise HTTPException(405)

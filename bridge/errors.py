@@ -5,7 +5,8 @@
     │   ├── MalformedInput           no         400   not JSON, not UTF-8, wrong shape
     │   ├── InvalidField             no         400   a field is missing or has the wrong type
     │   ├── BodyTooLarge             no         413
-    │   └── UnsupportedMediaType     no         415
+    │   ├── UnsupportedMediaType     no         415
+    │   └── MethodNotAllowed         no         405   a hook asked with anything but POST
     ├── Unauthorized                 no         401
     ├── ConfigError                  no          -    settings that cannot work; the CLI exits
     ├── Overloaded                   yes        503   the bridge cannot store more right now
@@ -57,6 +58,11 @@ class BodyTooLarge(InputError):
 class UnsupportedMediaType(InputError):
     http_status = 415
     reason = "media_type"
+
+
+class MethodNotAllowed(InputError):
+    http_status = 405
+    reason = "method_not_allowed"
 
 
 class Unauthorized(BridgeError):
