@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(
         20.0, gt=0, description="On SIGTERM, how long to wait for in-flight requests to finish."
     )
+    max_in_flight: int = Field(
+        4096, ge=1, description="Hook requests processed at once; past it: 503 with Retry-After."
+    )
+    access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
 
     # -- authentication and TLS
     auth_tokens: SecretList = Field(
@@ -202,11 +206,6 @@ class Settings(BaseSettings):
         1024 * 1024 * 1024, ge=1024 * 1024, description="Spool size limit; past it: 503."
     )
     spool_max_events: int = Field(2_000_000, ge=1, description="Spool event limit; past it: 503.")
-    max_in_flight: int = Field(
-        4096, ge=1, description="Hook requests processed at once; past it: 503 with Retry-After."
-    )
-    access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
-
     # -- logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
