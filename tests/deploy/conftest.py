@@ -17,11 +17,11 @@ from .deploy_support import (
     IN_CI,
     PrometheusProcess,
     Tools,
-    free_port,
     render_text,
     tool_paths,
     wait_ready,
 )
+from conftest import free_port
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -112,13 +111,6 @@ def metric_names(expression: str) -> set[str]:
 
 
 # -- a real Prometheus on loopback
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
