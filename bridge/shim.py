@@ -18,6 +18,9 @@ import os
 import sys
 import time
 
+# One table of SFTPGo's variables for the hook and the bridge; the module costs ~0.3 ms to load.
+from bridge.sftpgo import ENV_TO_QUERY, SPOOL_FORMAT, SPOOL_SUFFIX, USER_ENV, project_user
+
 EXIT_OK = 0  # handed over or spooled
 EXIT_LOST = 1  # neither the bridge nor the spool took the event
 EXIT_USAGE = 2  # not started by SFTPGo, or a bad flag
@@ -32,13 +35,6 @@ DEFAULTS = {
     "LOGIN_AUDIT_HOOK_MAX_BODY_BYTES": "49152",
 }
 HOOK_PATH = "/v1/hooks/sftpgo"
-# Query parameters in the order SFTPGo's HTTP mode sends them (sorted by key).
-ENV_TO_QUERY = (
-    ("SFTPGO_LOGIND_IP", "ip"),
-    ("SFTPGO_LOGIND_METHOD", "login_method"),
-    ("SFTPGO_LOGIND_PROTOCOL", "protocol"),
-    ("SFTPGO_LOGIND_STATUS", "status"),
-)
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 HELP = """\
@@ -85,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     received_ms = time.time_ns() // 1_000_000
     config = _settings(environ)
     query = [(name, environ.get(variable, "")) for variable, name in ENV_TO_QUERY]
-    user = os.environb.get(b"SFTPGO_LOGIND_USER") or b"{}"
+    user = os.environb.get(USER_ENV.encode()) or b"{}"
     reduced = len(user) > _number(config, "LOGIN_AUDIT_HOOK_MAX_BODY_BYTES", 1024, 16 << 20)
     body = _projected_json(user, config) if reduced else user
     status = _hand_over(config, query, body)
@@ -257,8 +253,6 @@ def _projected(user: bytes, config: dict[str, str]) -> dict[str, object]:
     # bridge away) pays it.
     import json
 
-    from bridge.sftpgo import project_user
-
     fields = [f.strip() for f in config["LOGIN_AUDIT_HOOK_USER_FIELDS"].split(",") if f.strip()]
     try:
         parsed = json.loads(user)
@@ -272,8 +266,6 @@ def _spool(
 ) -> int:
     """Writes the event durably: temp file, fsync, rename, fsync the directory."""
     import json
-
-    from bridge.sftpgo import SPOOL_FORMAT, SPOOL_SUFFIX
 
     directory = config["LOGIN_AUDIT_HOOK_SPOOL_DIR"]
     document = {

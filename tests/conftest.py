@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from bridge.sftpgo import ENV_TO_QUERY
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("LOGIN_AUDIT_SHARED", REPO.parent / "shared"))
 VECTORS = SHARED / "vectors"
@@ -52,13 +54,7 @@ def vector_query(vector: dict[str, Any]) -> dict[str, str]:
     """The hook's facts as HTTP query parameters, for either mode."""
     if vector["mode"] == "http":
         return dict(vector["query"])
-    env = vector["env"]
-    return {
-        "ip": env["SFTPGO_LOGIND_IP"],
-        "login_method": env["SFTPGO_LOGIND_METHOD"],
-        "protocol": env["SFTPGO_LOGIND_PROTOCOL"],
-        "status": env["SFTPGO_LOGIND_STATUS"],
-    }
+    return {name: vector["env"][variable] for variable, name in ENV_TO_QUERY}
 
 
 def vector_body(vector: dict[str, Any]) -> bytes:
