@@ -218,9 +218,14 @@ def _records(args: argparse.Namespace, settings: Any) -> Iterator[dict[str, Any]
     from bridge.sinks.file import event_files, read_file
 
     directory = args.dir or settings.events_dir
-    seen: dict[Path, int] = {}
+    seen: dict[Path, int] = {}  # records already printed, per file
+    sizes: dict[Path, int] = {}  # with --follow, only files that grew are read again
     while True:
         for path in event_files(directory, args.status):
+            size = path.stat().st_size
+            if sizes.get(path) == size:
+                continue
+            sizes[path] = size
             for index, record in enumerate(read_file(path)):
                 if index >= seen.get(path, 0):
                     seen[path] = index + 1

@@ -89,3 +89,28 @@ def test_tail_prints_stored_events_as_json_lines(bridge: BridgeProcess) -> None:
     assert lines[0]["time"].endswith("+00:00")
     limited = _run("tail", "--dir", str(bridge.events_dir), "-n", "1")
     assert len(limited.stdout.splitlines()) == 1
+
+
+def test_tail_follow_prints_events_that_arrive_later(bridge: BridgeProcess) -> None:
+    def store(ip: str) -> None:
+        url = f"{bridge.url}/v1/hooks/sftpgo?ip={ip}&login_method=password&protocol=SSH&status=1"
+        assert post(url, b'{"username":"dan"}')[0] == 200
+
+    store("192.0.2.10")
+    follower = subprocess.Popen(
+        [str(BIN / "login-audit-bridge"), "tail", "-f", "--dir", str(bridge.events_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        store("192.0.2.11")
+        second = json.loads(follower.stdout.readline())
+    finally:
+        follower.kill()
+        follower.wait(10)
+        if follower.stdout is not None:
+            follower.stdout.close()
+    assert [first["src_endpoint"]["ip"], second["src_endpoint"]["ip"]] == [
+        "192.0.2.10", "192.0.2.11",
+    ]
