@@ -36,6 +36,7 @@ from bridge.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
+RETRY_STATUSES = (429, 503)  # the answers that tell a client to come back later
 SFTPGO_PATH = "/v1/hooks/sftpgo"
 MEDIAWIKI_PATH = "/v1/hooks/mediawiki"
 _CLIENT_REASONS = {404: "not_found", 405: "method_not_allowed"}
@@ -176,7 +177,7 @@ class HookEndpoints:
             exc.http_status,
         )
         body = _error_body(exc.reason, exc.message, exc.detail)
-        retry = exc.http_status in (429, 503)
+        retry = exc.http_status in RETRY_STATUSES
         extra = [(b"retry-after", RETRY_AFTER_SECONDS.encode())] if retry else []
         return exc.http_status, body, extra
 
@@ -189,7 +190,7 @@ def _error_body(reason: str, message: str, detail: str | None) -> bytes:
 
 
 def error_response(status: int, reason: str, message: str, detail: str | None = None) -> Response:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in (429, 503) else None
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in RETRY_STATUSES else None
     return Response(
         _error_body(reason, message, detail),
         status_code=status,

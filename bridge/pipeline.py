@@ -51,6 +51,7 @@ class Pipeline:
         self._received = functools.cache(metrics.events_received.labels)
         self._published = functools.cache(metrics.events_published.labels)
         self._latency = metrics.publish_latency.labels(sink.name)
+        self._spool_depth = metrics.spool_events.labels("bridge")
         self._wake = asyncio.Event()
         self._late: set[asyncio.Task[None]] = set()
 
@@ -89,7 +90,7 @@ class Pipeline:
     async def _to_spool(self, event: LoginEvent) -> None:
         assert self.spool is not None  # noqa: S101 - callers checked
         await self.spool.put(event)
-        self._metrics.spool_events.labels("bridge").set(self.spool.depth)
+        self._spool_depth.set(self.spool.depth)
         self._wake.set()
 
     def _watch_late_acknowledgement(self, send: asyncio.Future[None], event: LoginEvent) -> None:
@@ -142,7 +143,7 @@ class Pipeline:
         )
         done = [item.seq for item, result in zip(batch, results, strict=True) if result is None]
         await self.spool.remove(done)
-        self._metrics.spool_events.labels("bridge").set(self.spool.depth)
+        self._spool_depth.set(self.spool.depth)
         if len(done) < len(batch):
             return False
         if batch:
@@ -172,5 +173,5 @@ class Pipeline:
 
     async def _update_spool_gauges(self) -> None:
         assert self.spool is not None  # noqa: S101
-        self._metrics.spool_events.labels("bridge").set(self.spool.depth)
+        self._spool_depth.set(self.spool.depth)
         self._metrics.spool_oldest_age.labels("bridge").set(await self.spool.oldest_age_seconds())
