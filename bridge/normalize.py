@@ -91,7 +91,7 @@ class Normalizer:
         if no_attempt:
             ok = False  # a client that never tried to authenticate cannot have logged in
         kept = project_user(user, self.sftpgo_user_fields)
-        name = _optional_name("username", kept.get("username"))
+        name = _optional_text("username", kept.get("username"))
         unmapped = {"sftpgo.login_method": method}
         unmapped.update(_extra_params(query))
         unmapped.update(_user_extras(kept))
@@ -112,7 +112,7 @@ class Normalizer:
             user={
                 "name": name,
                 "uid": _positive_id(kept.get("id")),
-                "email_addr": _optional_name("email", kept.get("email")),
+                "email_addr": _optional_text("email", kept.get("email")),
                 "groups": _groups(kept.get("groups", [])),
             },
             ip=ip,
@@ -134,7 +134,7 @@ class Normalizer:
         ok = login.status == "PASS"
         ip = _ip(login.ip) if login.ip else None
         raw_name = login.username
-        name = _optional_name(
+        name = _optional_text(
             "username", login.canonical_username if ok and login.canonical_username else raw_name
         )
         uid = str(login.user.id) if login.user is not None and login.user.id > 0 else None
@@ -281,7 +281,7 @@ def _token(field: str, value: str | None) -> str:
     return value
 
 
-def _optional_name(field: str, value: Any) -> str | None:
+def _optional_text(field: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -310,7 +310,7 @@ def _groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if len(groups) > MAX_GROUPS:
         raise InvalidField("groups", f"has more than {MAX_GROUPS} entries")
     return [
-        {"name": _optional_name("groups.name", g["name"]) or "", "type": GROUP_TYPES.get(g["type"])}
+        {"name": _optional_text("groups.name", g["name"]) or "", "type": GROUP_TYPES.get(g["type"])}
         for g in groups
     ]
 
