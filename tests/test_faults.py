@@ -10,6 +10,7 @@ sent / acknowledged / delivered / lost / duplicated. Lost must be 0; duplicates 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -103,7 +104,8 @@ def _post_like_sftpgo(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
     for wait in (0.5, 1.0, 2.0, None):
         try:
             status, answer, _ = post(url, body)
-        except OSError:
+        except (OSError, http.client.HTTPException):
+            # Refused, or cut off mid-answer by the kill: SFTPGo sees a connection error too.
             status, answer = 0, {}
         if status == 200 or (400 <= status < 500 and status != 429) or wait is None:
             return status, answer
