@@ -41,8 +41,10 @@ WARM_UP_ROUNDS = 5
 
 # A realistic SFTPGo login when the shared vectors are not beside the checkout.
 FALLBACK_ENV = {
-    "SFTPGO_LOGIND_USER": json.dumps({"id": 42, "status": 1, "username": "alice",
-                                      "filesystem": {"provider": 0}}, separators=(",", ":")),
+    "SFTPGO_LOGIND_USER": json.dumps(
+        {"id": 42, "status": 1, "username": "alice", "filesystem": {"provider": 0}},
+        separators=(",", ":"),
+    ),
     "SFTPGO_LOGIND_IP": "203.0.113.10",
     "SFTPGO_LOGIND_METHOD": "password",
     "SFTPGO_LOGIND_STATUS": "1",
@@ -62,16 +64,18 @@ class Command:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         code = subprocess.call(
-            self.argv, env=self.env, cwd="/", stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            self.argv,
+            env=self.env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if code != 0:
             raise SystemExit(f"{self.name} exited with {code}")
-        self.cpu.append(
-            (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        )
+        self.cpu.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
         self.wall.append(wall)
 
 
@@ -106,8 +110,9 @@ def running_bridge(data_dir: Path) -> Iterator[str]:
         "BRIDGE_LOG_LEVEL": "warning",
     }
     log = (data_dir / "bridge.log").open("wb")
-    process = subprocess.Popen([str(BIN / "login-audit-bridge"), "serve"], env=env,
-                               stdout=log, stderr=log, cwd=data_dir)
+    process = subprocess.Popen(
+        [str(BIN / "login-audit-bridge"), "serve"], env=env, stdout=log, stderr=log, cwd=data_dir
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, process)
@@ -191,8 +196,10 @@ def verdict(cmds: list[Command]) -> str:
     worst = max(cmds[2:], key=lambda c: statistics.median(c.cpu))
     ratio = statistics.median(worst.cpu) / base
     outcome = "met" if ratio <= AIM else "NOT met"
-    return (f"Aim (hook CPU median at most {AIM}x `python -c pass`): {outcome}; "
-            f"worst is `{worst.name}` at {ratio:.2f}x.")
+    return (
+        f"Aim (hook CPU median at most {AIM}x `python -c pass`): {outcome}; "
+        f"worst is `{worst.name}` at {ratio:.2f}x."
+    )
 
 
 def importtime(command: Command, top: int = 12) -> str:
@@ -210,8 +217,14 @@ def importtime(command: Command, top: int = 12) -> str:
 def import_lines(argv: list[str], env: dict[str, str]) -> list[tuple[str, int, bool]]:
     """(module, cumulative microseconds, imported by another module) for each import."""
     completed = subprocess.run(
-        [PYTHON, "-X", "importtime", *argv], env=env, cwd="/", stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+        [PYTHON, "-X", "importtime", *argv],
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
     )
     found = []
     for line in completed.stderr.splitlines():
@@ -226,8 +239,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="rounds to measure (default 200)")
     parser.add_argument("--vector", type=Path, help="an SFTPGo program-mode vector file")
-    parser.add_argument("--importtime", action="store_true",
-                        help="also list what the hook imports beyond the bare interpreter")
+    parser.add_argument(
+        "--importtime",
+        action="store_true",
+        help="also list what the hook imports beyond the bare interpreter",
+    )
     args = parser.parse_args()
     source, login = vector_env(args.vector)
     scratch = Path(tempfile.mkdtemp(prefix="shim-bench-"))
@@ -240,9 +256,11 @@ def main() -> int:
             # Only the bridge-down command may spool: anything more means the bridge failed.
             spooled = len(list(spool.glob("*.json")))
             details = [importtime(c) for c in cmds[2:]] if args.importtime else []
-        print(f"{args.runs} rounds, round-robin, {WARM_UP_ROUNDS} warm-up rounds; login from "
-              f"{source}; interpreter {PYTHON} ({sys.version.split()[0]}); "
-              f"{os.cpu_count()} CPUs\n")
+        print(
+            f"{args.runs} rounds, round-robin, {WARM_UP_ROUNDS} warm-up rounds; login from "
+            f"{source}; interpreter {PYTHON} ({sys.version.split()[0]}); "
+            f"{os.cpu_count()} CPUs\n"
+        )
         print(table(cmds))
         print(f"\n{verdict(cmds)}")
         expected = args.runs + WARM_UP_ROUNDS

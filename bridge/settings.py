@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0: any free).")
     reuse_port: bool = Field(
-        False, description="Set SO_REUSEPORT so several bridge processes share one port (one "
-        "worker per process; give each its own data_dir)."
+        False,
+        description="Set SO_REUSEPORT so several bridge processes share one port (one "
+        "worker per process; give each its own data_dir).",
     )
     uds: Path | None = Field(
         None, description="Also listen on this Unix socket (for the hook shim on the same host)."

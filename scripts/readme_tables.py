@@ -46,10 +46,14 @@ def metrics_table() -> str:
 
 def render(text: str) -> str:
     text = re.sub(
-        r"(<!-- settings-table -->\n)(?:\|.*\n)*", lambda m: m.group(1) + settings_rows() + "\n", text
+        r"(<!-- settings-table -->\n)(?:\|.*\n)*",
+        lambda m: m.group(1) + settings_rows() + "\n",
+        text,
     )
     return re.sub(
-        r"(<!-- metrics-table -->\n)(?:\|.*\n)*", lambda m: m.group(1) + metrics_table() + "\n", text
+        r"(<!-- metrics-table -->\n)(?:\|.*\n)*",
+        lambda m: m.group(1) + metrics_table() + "\n",
+        text,
     )
 
 

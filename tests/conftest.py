@@ -21,8 +21,8 @@ import pytest
 from bridge.sftpgo import ENV_TO_QUERY
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("LOGIN_AUDIT_SHARED", REPO.parent / "shared"))
-VECTORS = SHARED / "vectors"
+# The contract's vectors, carried in the repo (tests/data/README.md says where they came from).
+VECTORS = Path(__file__).resolve().parent / "data"
 BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -35,13 +35,13 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-# -- the vectors in ../shared/vectors
+# -- the contract's vectors, in tests/data
 
 
 def sftpgo_vectors() -> list[dict[str, Any]]:
     paths = sorted((VECTORS / "sftpgo").glob("*.json"))
     if not paths:
-        raise FileNotFoundError(f"no SFTPGo vectors under {VECTORS} (set LOGIN_AUDIT_SHARED)")
+        raise FileNotFoundError(f"no SFTPGo vectors under {VECTORS}")
     return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
 
 

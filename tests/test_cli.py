@@ -99,7 +99,8 @@ def test_tail_follow_prints_events_that_arrive_later(bridge: BridgeProcess) -> N
     store("192.0.2.10")
     follower = subprocess.Popen(
         [str(BIN / "login-audit-bridge"), "tail", "-f", "--dir", str(bridge.events_dir)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert follower.stdout is not None
@@ -112,5 +113,6 @@ def test_tail_follow_prints_events_that_arrive_later(bridge: BridgeProcess) -> N
         if follower.stdout is not None:
             follower.stdout.close()
     assert [first["src_endpoint"]["ip"], second["src_endpoint"]["ip"]] == [
-        "192.0.2.10", "192.0.2.11",
+        "192.0.2.10",
+        "192.0.2.11",
     ]

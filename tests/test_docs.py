@@ -13,7 +13,9 @@ from conftest import REPO
 def test_readme_settings_and_metrics_tables_match_the_code() -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts/readme_tables.py"), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
 

@@ -30,9 +30,16 @@ from conftest import BridgeProcess, free_port
 CODEC = AvroCodec()
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 METHODS = (
-    "password", "publickey", "keyboard-interactive", "publickey+password",
-    "publickey+keyboard-interactive", "TLSCertificate", "TLSCertificate+password", "IDP",
-    "no_auth_tried", "no_auth_tryed",
+    "password",
+    "publickey",
+    "keyboard-interactive",
+    "publickey+password",
+    "publickey+keyboard-interactive",
+    "TLSCertificate",
+    "TLSCertificate+password",
+    "IDP",
+    "no_auth_tried",
+    "no_auth_tryed",
 )
 PROTOCOLS = ("SSH", "FTP", "DAV", "HTTP", "OIDC")
 NO_AUTH = ("no_auth_tried", "no_auth_tryed")
@@ -52,7 +59,11 @@ hostile_text = any_text | huge_text | st.sampled_from(["", "1", "0", "::1", "fe8
 clean_text = st.text(st.characters(codec="utf-8"), max_size=40)
 
 json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats() | any_text
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | any_text
     | st.integers(min_value=2**63, max_value=10**400)
 )
 json_values = st.recursive(
@@ -62,8 +73,11 @@ json_values = st.recursive(
 )
 # What a well-behaved JSON encoder can write: no NaN, no lone surrogates.
 safe_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**30), 10**30)
-    | st.floats(allow_nan=False, allow_infinity=False) | clean_text,
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | clean_text,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(clean_text, inner, max_size=4),
     max_leaves=25,
 )
@@ -87,10 +101,18 @@ raw_bodies = st.one_of(
     json_values.map(_dumps),
     json_values.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
     deeply_nested(),
-    st.sampled_from([
-        b'{"username":"\\ud800"}', b'{"username":"a\\udfff"}', b'{"id":NaN}', b"NaN",
-        b'{"id":' + b"9" * 5000 + b"}", b'{"id":1e999}', b"\xef\xbb\xbf{}", b'{"a":1,"a":2}',
-    ]),
+    st.sampled_from(
+        [
+            b'{"username":"\\ud800"}',
+            b'{"username":"a\\udfff"}',
+            b'{"id":NaN}',
+            b"NaN",
+            b'{"id":' + b"9" * 5000 + b"}",
+            b'{"id":1e999}',
+            b"\xef\xbb\xbf{}",
+            b'{"a":1,"a":2}',
+        ]
+    ),
 )
 
 ip_addresses = (st.ip_addresses(v=4) | st.ip_addresses(v=6)).map(str)
@@ -101,27 +123,34 @@ scoped_ipv6 = st.tuples(st.ip_addresses(v=6), any_text).map(lambda t: f"{t[0]}%{
 @st.composite
 def sftpgo_users(draw: st.DrawFn) -> dict[str, Any]:
     """SFTPGo user objects that should always be accepted, with arbitrary extra nested fields."""
-    user: dict[str, Any] = draw(st.dictionaries(
-        st.text(max_size=12).filter(lambda k: k not in ("username", "id", "email", "groups")),
-        safe_json_values, max_size=6,
-    ))
+    user: dict[str, Any] = draw(
+        st.dictionaries(
+            st.text(max_size=12).filter(lambda k: k not in ("username", "id", "email", "groups")),
+            safe_json_values,
+            max_size=6,
+        )
+    )
     user["username"] = draw(st.text(st.characters(codec="utf-8"), max_size=256))
     user["id"] = draw(st.integers(-5, 2**53))
     if draw(st.booleans()):
         user["email"] = draw(st.emails().filter(lambda e: len(e) <= 256))
     if draw(st.booleans()):
-        user["groups"] = draw(st.lists(
-            st.fixed_dictionaries({"name": clean_text, "type": st.integers(1, 3)}), max_size=4
-        ))
+        user["groups"] = draw(
+            st.lists(
+                st.fixed_dictionaries({"name": clean_text, "type": st.integers(1, 3)}), max_size=4
+            )
+        )
     return user
 
 
-valid_queries = st.fixed_dictionaries({
-    "ip": ip_addresses,
-    "login_method": st.sampled_from(METHODS),
-    "protocol": st.sampled_from(PROTOCOLS),
-    "status": st.sampled_from(["0", "1"]),
-})
+valid_queries = st.fixed_dictionaries(
+    {
+        "ip": ip_addresses,
+        "login_method": st.sampled_from(METHODS),
+        "protocol": st.sampled_from(PROTOCOLS),
+        "status": st.sampled_from(["0", "1"]),
+    }
+)
 
 hostile_queries = st.one_of(
     st.dictionaries(hostile_text, hostile_text, max_size=20),
@@ -233,21 +262,27 @@ mediawiki_valid = st.fixed_dictionaries(
     },
     optional={
         "canonical_username": st.none() | st.text(max_size=256),
-        "user": st.none() | st.fixed_dictionaries(
-            {"id": st.integers(0, 2**31), "name": st.text(max_size=64)}
-        ),
-        "message_key": st.none() | st.sampled_from(
-            ["wrongpassword", "login-throttled", "login-userblocked", "nosuchuser"]
-        ),
+        "user": st.none()
+        | st.fixed_dictionaries({"id": st.integers(0, 2**31), "name": st.text(max_size=64)}),
+        "message_key": st.none()
+        | st.sampled_from(["wrongpassword", "login-throttled", "login-userblocked", "nosuchuser"]),
         "message_params": st.lists(safe_json_values, max_size=4),
         "app_id": st.none() | st.text(max_size=64),
         "performer": st.none() | st.text(max_size=64),
         "user_agent": st.none() | st.text(max_size=200),
         "invocation": st.integers(1, 1000),
-        "server": st.none() | st.sampled_from([
-            "http://127.0.0.1:8089", "//wiki.example.org", "https://[2001:db8::1]:8443", "wiki",
-            "http://[2001:db8::1", "//wiki\uff03example",
-        ]) | st.text(max_size=60),
+        "server": st.none()
+        | st.sampled_from(
+            [
+                "http://127.0.0.1:8089",
+                "//wiki.example.org",
+                "https://[2001:db8::1]:8443",
+                "wiki",
+                "http://[2001:db8::1",
+                "//wiki\uff03example",
+            ]
+        )
+        | st.text(max_size=60),
         "entry_point": st.none() | st.sampled_from(["api", "index"]),
         "unknown_future_field": safe_json_values,
     },
@@ -277,9 +312,11 @@ def mediawiki_event_or_input_error(body: bytes) -> LoginEvent | None:
 
 @PROPERTY
 @given(body=mediawiki_bodies)
-@example(body=b'{"format":"login-audit-bridge.mediawiki.v1","status":"FAIL","username":"a",'
-         b'"ip":"192.0.2.7","request_id":"r1","wiki_id":"w","time":1,"mw_version":"1.39.17",'
-         b'"server":"//["}')  # found by this test: urlsplit raises ValueError
+@example(
+    body=b'{"format":"login-audit-bridge.mediawiki.v1","status":"FAIL","username":"a",'
+    b'"ip":"192.0.2.7","request_id":"r1","wiki_id":"w","time":1,"mw_version":"1.39.17",'
+    b'"server":"//["}'
+)  # found by this test: urlsplit raises ValueError
 def test_any_mediawiki_body_becomes_an_encodable_event_or_an_input_error(body: bytes) -> None:
     event = mediawiki_event_or_input_error(body)
     if event is not None:
@@ -296,8 +333,10 @@ def test_a_valid_mediawiki_login_becomes_an_event_with_exactly_its_facts(
     assert_encodes_and_round_trips(event)
     record = event.record
     ok = payload["status"] == "PASS"
-    name = payload.get("canonical_username") if ok and payload.get("canonical_username") else (
-        payload["username"]
+    name = (
+        payload.get("canonical_username")
+        if ok and payload.get("canonical_username")
+        else (payload["username"])
     )
     assert record["src_endpoint"]["ip"] == (payload["ip"] or None)
     assert record["user"]["name"] == (name or None)
@@ -320,8 +359,13 @@ def _server_is_a_url(server: str | None) -> bool:
 
 
 MEDIAWIKI_FAILED_LOGIN = {
-    "format": "login-audit-bridge.mediawiki.v1", "status": "FAIL", "username": "alice_",
-    "ip": "192.0.2.7", "request_id": "r1", "wiki_id": "my_wiki", "time": 1,
+    "format": "login-audit-bridge.mediawiki.v1",
+    "status": "FAIL",
+    "username": "alice_",
+    "ip": "192.0.2.7",
+    "request_id": "r1",
+    "wiki_id": "my_wiki",
+    "time": 1,
     "mw_version": "1.39.17",
 }
 
@@ -349,9 +393,22 @@ def users_with_planted_secrets(draw: st.DrawFn) -> tuple[dict[str, Any], list[st
     for _ in range(draw(st.integers(1, 5))):
         marker = f"{MARKER}{len(markers)}{draw(st.text('0123456789abcdef', min_size=8))}"
         markers.append(marker)
-        top = draw(st.sampled_from(["username", "id", "email", "groups", "filesystem", "filters",
-                                    "virtual_folders", "status", "description"])
-                   | st.text(min_size=1, max_size=8))
+        top = draw(
+            st.sampled_from(
+                [
+                    "username",
+                    "id",
+                    "email",
+                    "groups",
+                    "filesystem",
+                    "filters",
+                    "virtual_folders",
+                    "status",
+                    "description",
+                ]
+            )
+            | st.text(min_size=1, max_size=8)
+        )
         user[top] = _plant(draw, user.get(top), marker, depth=draw(st.integers(1, 4)))
     return user, markers
 
@@ -386,9 +443,7 @@ def test_no_secret_below_the_top_level_of_the_user_ever_reaches_the_encoded_even
     user, markers = planted
     names = [*sorted(user), "groups", "filesystem", "filters"]
     allowed = data.draw(st.lists(st.sampled_from(names), unique=True), label="allow-list")
-    event = sftpgo_event_or_input_error(
-        query, _dumps(user), Normalizer(sftpgo_user_fields=allowed)
-    )
+    event = sftpgo_event_or_input_error(query, _dumps(user), Normalizer(sftpgo_user_fields=allowed))
     if event is None:
         return
     encoded = assert_encodes_and_round_trips(event)
@@ -413,7 +468,9 @@ def module_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgePr
         "BRIDGE_LOG_LEVEL": "warning",
     }
     bridge = BridgeProcess(
-        url=f"http://127.0.0.1:{port}", data_dir=data_dir, env=env,
+        url=f"http://127.0.0.1:{port}",
+        data_dir=data_dir,
+        env=env,
         log_path=data_dir / "bridge.log",
     )
     bridge.start()
@@ -449,14 +506,28 @@ query_strings = st.one_of(
     valid_queries.map(_query_string),
     valid_queries.map(lambda q: _query_string(q) + "&ip=::1"),
 )
-content_types = st.sampled_from([
-    None, "application/json", "application/json; charset=utf-8", "application/JSON",
-    "application/json; charset=latin-1", "text/plain", "multipart/form-data; boundary=x",
-    "application/x-www-form-urlencoded", "",
-]) | printable
+content_types = (
+    st.sampled_from(
+        [
+            None,
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/JSON",
+            "application/json; charset=latin-1",
+            "text/plain",
+            "multipart/form-data; boundary=x",
+            "application/x-www-form-urlencoded",
+            "",
+        ]
+    )
+    | printable
+)
 request_bodies = st.one_of(
-    raw_bodies, sftpgo_users().map(_dumps), mediawiki_valid.map(_dumps),
-    mediawiki_spoiled().map(_dumps), st.just(b"{" + b" " * 70_000 + b"}"),
+    raw_bodies,
+    sftpgo_users().map(_dumps),
+    mediawiki_valid.map(_dumps),
+    mediawiki_spoiled().map(_dumps),
+    st.just(b"{" + b" " * 70_000 + b"}"),
 )
 
 
@@ -488,13 +559,25 @@ def well_formed_requests(draw: st.DrawFn) -> HookRequest:
 
 @st.composite
 def arbitrary_requests(draw: st.DrawFn) -> HookRequest:
-    path = draw(st.sampled_from([
-        "/v1/hooks/sftpgo", "/v1/hooks/mediawiki", "/", "/v1/hooks", "/v1/hooks/other", "/healthz",
-    ]))
-    headers = draw(st.dictionaries(
-        st.sampled_from(["Content-Encoding", "X-Forwarded-For", "Accept", "Authorization"]),
-        printable, max_size=3,
-    ))
+    path = draw(
+        st.sampled_from(
+            [
+                "/v1/hooks/sftpgo",
+                "/v1/hooks/mediawiki",
+                "/",
+                "/v1/hooks",
+                "/v1/hooks/other",
+                "/healthz",
+            ]
+        )
+    )
+    headers = draw(
+        st.dictionaries(
+            st.sampled_from(["Content-Encoding", "X-Forwarded-For", "Accept", "Authorization"]),
+            printable,
+            max_size=3,
+        )
+    )
     content_type = draw(content_types)
     if content_type is not None:
         headers["Content-Type"] = content_type
@@ -514,11 +597,14 @@ def arbitrary_requests(draw: st.DrawFn) -> HookRequest:
 )
 @given(request=well_formed_requests() | arbitrary_requests())
 # Found by this test once; kept so that every run tries it, not only a lucky one.
-@example(request=HookRequest(
-    "POST", "/v1/hooks/mediawiki",
-    {"Content-Type": "application/json", "Authorization": "Bearer test-token"},
-    _dumps({**MEDIAWIKI_FAILED_LOGIN, "server": "http://[2001:db8::1"}),
-))
+@example(
+    request=HookRequest(
+        "POST",
+        "/v1/hooks/mediawiki",
+        {"Content-Type": "application/json", "Authorization": "Bearer test-token"},
+        _dumps({**MEDIAWIKI_FAILED_LOGIN, "server": "http://[2001:db8::1"}),
+    )
+)
 def test_the_service_answers_any_request_with_200_or_a_4xx_json_error(
     module_bridge: BridgeProcess, request: HookRequest
 ) -> None:
@@ -551,4 +637,3 @@ def _request(bridge: BridgeProcess, request: HookRequest) -> tuple[int, bytes]:
         return reply.status, reply.read()
     finally:
         connection.close()
-

@@ -60,8 +60,14 @@ def hook_env(vector: dict[str, Any], tmp_path: Path, **settings: str) -> dict[st
 def run_hook(env: dict[str, str], *, timeout: float = 2.0) -> int:
     """Runs the hook as SFTPGo does; ``timeout`` is LOGIN_AUDIT_HOOK_TIMEOUT's value."""
     completed = subprocess.run(
-        [str(HOOK)], env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, timeout=timeout + START_UP_MARGIN, check=False,
+        [str(HOOK)],
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=timeout + START_UP_MARGIN,
+        check=False,
     )
     return completed.returncode
 
@@ -275,8 +281,12 @@ def test_a_bridge_that_never_answers_costs_at_most_the_timeout_and_the_login_is_
         silent.listen(8)
         port = silent.getsockname()[1]
         env = hook_env(
-            vector, tmp_path, url=f"http://127.0.0.1:{port}", token=TOKEN,
-            spool_dir=str(spool), timeout="1",
+            vector,
+            tmp_path,
+            url=f"http://127.0.0.1:{port}",
+            token=TOKEN,
+            spool_dir=str(spool),
+            timeout="1",
         )
 
         assert run_hook(env, timeout=1.0) == 0  # raises TimeoutExpired if the hook hangs
@@ -304,9 +314,7 @@ def test_a_rejected_token_is_spooled_not_lost(
 # -- settings
 
 
-def test_settings_come_from_the_config_file(
-    bridge_factory: BridgeFactory, tmp_path: Path
-) -> None:
+def test_settings_come_from_the_config_file(bridge_factory: BridgeFactory, tmp_path: Path) -> None:
     vector = PROGRAM_VECTORS[0]
     bridge = bridge_factory(auth_tokens=TOKEN)
     spool = tmp_path / "spool"
@@ -314,7 +322,7 @@ def test_settings_come_from_the_config_file(
     config.write_text(
         "# written by the operator\n"
         f"LOGIN_AUDIT_HOOK_URL={bridge.url}\n"
-        f"export LOGIN_AUDIT_HOOK_TOKEN=\"{TOKEN}\"\n"
+        f'export LOGIN_AUDIT_HOOK_TOKEN="{TOKEN}"\n'
         f"LOGIN_AUDIT_HOOK_SPOOL_DIR = {spool}\n",
         encoding="utf-8",
     )
@@ -380,7 +388,12 @@ def imported_modules(stderr: str) -> set[str]:
 def test_importing_the_shim_module_loads_nothing_heavy() -> None:
     completed = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import bridge.shim"],
-        env={}, cwd="/", capture_output=True, text=True, timeout=30, check=True,
+        env={},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     loaded = imported_modules(completed.stderr)
     assert "bridge" in loaded  # the parse saw the import at all
@@ -396,13 +409,18 @@ def test_handing_a_login_to_the_bridge_loads_nothing_heavy(
     spool = tmp_path / "spool"
     env = hook_env(vector, tmp_path, url=bridge.url, token=TOKEN, spool_dir=str(spool))
     completed = subprocess.run(
-        [sys.executable, "-X", "importtime", str(HOOK)], env=env, cwd="/",
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, timeout=30, check=False,
+        [sys.executable, "-X", "importtime", str(HOOK)],
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
     assert completed.returncode == 0
     assert len(events(bridge)) == 1
     loaded = imported_modules(completed.stderr)
     assert sorted(loaded & set(HEAVY_MODULES)) == []
-

@@ -28,17 +28,25 @@ RECONNECT_INTERVAL_SECONDS = 2.0
 FIRST_RETRY_SECONDS = 0.25
 
 _AUTHENTICATION_ERRORS = (
-    aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
 )
 
 # What aio-pika itself treats as a broken connection (aiormq, pamqp, socket errors), and time-outs.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
-    *aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError,
+    *aio_pika.exceptions.CONNECTION_EXCEPTIONS,
+    TimeoutError,
 )
 
 # The `reason` label of login_audit_publish_errors_total for this sink: a bounded set.
 Reason = Literal[
-    "unroutable", "nacked", "timeout", "unauthorized", "rejected", "not_found", "transport",
+    "unroutable",
+    "nacked",
+    "timeout",
+    "unauthorized",
+    "rejected",
+    "not_found",
+    "transport",
     "not_started",
 ]
 
@@ -86,7 +94,9 @@ def _describe(exc: BaseException) -> str:
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """A TLS context for amqps:// built from the CA, certificate and key settings."""
     ca, cert, key = (
-        settings.rabbitmq_ssl_ca_file, settings.rabbitmq_ssl_certfile, settings.rabbitmq_ssl_keyfile
+        settings.rabbitmq_ssl_ca_file,
+        settings.rabbitmq_ssl_certfile,
+        settings.rabbitmq_ssl_keyfile,
     )
     if URL(settings.rabbitmq_url.get_secret_value()).scheme != "amqps":
         if ca is not None or cert is not None or key is not None:
@@ -203,8 +213,12 @@ class RabbitMQSink(Sink):
             except _AUTHENTICATION_ERRORS:
                 raise  # retrying will not make the credentials right
             except (aiormq.exceptions.AMQPConnectionError, OSError) as exc:
-                log.info("rabbitmq: %s unreachable (%s); retrying in %.2fs",
-                         redacted(self._url), _describe(exc), delay)
+                log.info(
+                    "rabbitmq: %s unreachable (%s); retrying in %.2fs",
+                    redacted(self._url),
+                    _describe(exc),
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_INTERVAL_SECONDS)
 
@@ -259,6 +273,9 @@ class RabbitMQSink(Sink):
         _, reason = classify(exc)
         self._metrics.publish_errors.labels(self.name, reason).inc()
         if reason == "unroutable":
-            log.warning("rabbitmq: no queue is bound for %s on exchange %s",
-                        event.routing_key, self._exchange_name)
+            log.warning(
+                "rabbitmq: no queue is bound for %s on exchange %s",
+                event.routing_key,
+                self._exchange_name,
+            )
         return to_sink_error(exc)

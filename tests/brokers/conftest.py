@@ -116,8 +116,12 @@ def mediawiki_event(normalizer: Normalizer, *, ok: bool, number: int) -> LoginEv
 
 def no_auth_tried_event(normalizer: Normalizer) -> LoginEvent:
     """An SFTPGo client that disconnected before authenticating: a failure without a user name."""
-    query = {"ip": "198.51.100.7", "login_method": "no_auth_tried", "protocol": "SSH",
-             "status": "0"}
+    query = {
+        "ip": "198.51.100.7",
+        "login_method": "no_auth_tried",
+        "protocol": "SSH",
+        "status": "0",
+    }
     return normalizer.sftpgo(query, {"username": ""})
 
 
@@ -132,8 +136,9 @@ def login_events(count: int) -> list[LoginEvent]:
         else:
             protocol = PROTOCOLS[number % len(PROTOCOLS)]
             events.append(
-                sftpgo_event(normalizer, ok=ok, protocol=protocol, name=f"user{number}",
-                             number=number)
+                sftpgo_event(
+                    normalizer, ok=ok, protocol=protocol, name=f"user{number}", number=number
+                )
             )
     return events
 

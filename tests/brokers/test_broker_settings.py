@@ -84,7 +84,8 @@ def test_oauthbearer_uses_librdkafkas_oidc_client_credentials_flow() -> None:
 
 def test_plain_sasl_without_a_password_is_a_config_error() -> None:
     settings = Settings(
-        kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
         kafka_sasl_username="bridge",
     )
     with pytest.raises(ConfigError, match="kafka_sasl_password"):
@@ -93,8 +94,10 @@ def test_plain_sasl_without_a_password_is_a_config_error() -> None:
 
 def test_oauthbearer_without_a_token_endpoint_is_a_config_error() -> None:
     settings = Settings(
-        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="OAUTHBEARER",
-        kafka_oauth_client_id="bridge", kafka_oauth_client_secret="x",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="OAUTHBEARER",
+        kafka_oauth_client_id="bridge",
+        kafka_oauth_client_secret="x",
     )
     with pytest.raises(ConfigError, match="kafka_oauth_token_endpoint_url"):
         producer_config(settings)
@@ -105,15 +108,17 @@ def test_default_settings_are_accepted_by_librdkafka() -> None:
 
 
 def test_rabbitmq_tls_files_without_amqps_are_a_config_error() -> None:
-    settings = Settings(rabbitmq_url="amqp://guest:guest@127.0.0.1:5672/",
-                        rabbitmq_ssl_ca_file=SYSTEM_CA)
+    settings = Settings(
+        rabbitmq_url="amqp://guest:guest@127.0.0.1:5672/", rabbitmq_ssl_ca_file=SYSTEM_CA
+    )
     with pytest.raises(ConfigError, match="amqps://"):
         ssl_context(settings)
 
 
 def test_rabbitmq_amqps_verifies_the_broker_against_the_configured_ca() -> None:
-    settings = Settings(rabbitmq_url="amqps://guest:guest@127.0.0.1:5671/",
-                        rabbitmq_ssl_ca_file=SYSTEM_CA)
+    settings = Settings(
+        rabbitmq_url="amqps://guest:guest@127.0.0.1:5671/", rabbitmq_ssl_ca_file=SYSTEM_CA
+    )
     context = ssl_context(settings)
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED
@@ -142,12 +147,24 @@ STATS = {
     "msg_cnt": 7,
     "msg_size": 2048,
     "brokers": {
-        "127.0.0.1:19092/bootstrap": {"nodeid": -1, "nodename": "127.0.0.1:19092",
-                                      "state": "UP", "rtt": {"avg": 0}},
-        "127.0.0.1:19092/1": {"nodeid": 1, "nodename": "127.0.0.1:19092", "state": "UP",
-                              "rtt": {"avg": 2500}},
-        "127.0.0.1:19094/2": {"nodeid": 2, "nodename": "127.0.0.1:19094", "state": "DOWN",
-                              "rtt": {"avg": 0}},
+        "127.0.0.1:19092/bootstrap": {
+            "nodeid": -1,
+            "nodename": "127.0.0.1:19092",
+            "state": "UP",
+            "rtt": {"avg": 0},
+        },
+        "127.0.0.1:19092/1": {
+            "nodeid": 1,
+            "nodename": "127.0.0.1:19092",
+            "state": "UP",
+            "rtt": {"avg": 2500},
+        },
+        "127.0.0.1:19094/2": {
+            "nodeid": 2,
+            "nodename": "127.0.0.1:19094",
+            "state": "DOWN",
+            "rtt": {"avg": 0},
+        },
     },
 }
 

@@ -21,7 +21,8 @@ from bridge.sinks import kafka, rabbitmq
 
 def librdkafka_codes() -> list[int]:
     codes = {
-        value for name, value in vars(KafkaError).items()
+        value
+        for name, value in vars(KafkaError).items()
         if name.lstrip("_").isupper() and isinstance(value, int)
     }
     return sorted(codes - {KafkaError.NO_ERROR})
@@ -72,7 +73,9 @@ def test_librdkafka_error_maps_to_a_specific_error_and_label(
 
 def exception_classes(*modules: ModuleType) -> list[type[BaseException]]:
     found = {
-        obj for module in modules for obj in vars(module).values()
+        obj
+        for module in modules
+        for obj in vars(module).values()
         if inspect.isclass(obj) and issubclass(obj, BaseException)
     }
     return sorted(found, key=lambda cls: f"{cls.__module__}.{cls.__qualname__}")
@@ -80,7 +83,9 @@ def exception_classes(*modules: ModuleType) -> list[type[BaseException]]:
 
 def returned_message() -> DeliveredMessage:
     frame = Basic.Return(
-        reply_code=312, reply_text="NO_ROUTE", exchange="login-audit",
+        reply_code=312,
+        reply_text="NO_ROUTE",
+        exchange="login-audit",
         routing_key="failure.sftpgo.ssh",
     )
     return DeliveredMessage(delivery=frame, header=ContentHeader(), body=b"", channel=None)  # type: ignore[arg-type]
@@ -122,7 +127,8 @@ def test_every_amqp_exception_is_caught_by_the_sink() -> None:
     """send() and start() catch BROKER_ERRORS; nothing the libraries raise slips past it."""
     libraries = ("aio_pika", "aiormq", "pamqp")
     uncaught = [
-        c for c in RABBITMQ_EXCEPTIONS
+        c
+        for c in RABBITMQ_EXCEPTIONS
         if c.__module__.split(".")[0] in libraries and not issubclass(c, rabbitmq.BROKER_ERRORS)
     ]
     assert uncaught == []

@@ -68,7 +68,10 @@ def unused_port() -> int:
 
 
 async def test_each_message_is_keyed_by_event_id_and_carries_the_headers(
-    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     settings = kafka_settings(kafka_bootstrap, kafka_topics)
@@ -93,7 +96,10 @@ async def test_each_message_is_keyed_by_event_id_and_carries_the_headers(
 
 
 async def test_messages_are_keyed_by_user_name_when_configured_and_by_event_id_without_one(
-    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_key="user")
@@ -108,7 +114,10 @@ async def test_messages_are_keyed_by_user_name_when_configured_and_by_event_id_w
 
 
 async def test_start_creates_missing_topics_with_the_configured_partitions(
-    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
 ) -> None:
     settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_partitions=3)
     async with kafka_sink(settings, metrics, codec):
@@ -119,11 +128,18 @@ async def test_start_creates_missing_topics_with_the_configured_partitions(
 
 
 async def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(
-    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
-    small = NewTopic(kafka_topics.success, num_partitions=1, replication_factor=1,
-                     config={"max.message.bytes": "1024"})
+    small = NewTopic(
+        kafka_topics.success,
+        num_partitions=1,
+        replication_factor=1,
+        config={"max.message.bytes": "1024"},
+    )
     for future in kafka_topics.admin.create_topics([small]).values():
         future.result()
     event = make_events(2)[1]
@@ -138,13 +154,19 @@ async def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(
         await sink.send(event)  # the producer goes on with the next event
 
     assert isinstance(caught.value.__cause__, KafkaException)
-    assert metrics.registry.get_sample_value(
-        "login_audit_publish_errors_total", {"sink": "kafka", "reason": "too_large"}
-    ) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "login_audit_publish_errors_total", {"sink": "kafka", "reason": "too_large"}
+        )
+        == 1
+    )
 
 
 async def test_an_event_for_a_missing_topic_fails_as_unavailable_within_the_publish_timeout(
-    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     """The broker does not create topics on demand; the event must go to the spool, not vanish."""
@@ -154,16 +176,21 @@ async def test_an_event_for_a_missing_topic_fails_as_unavailable_within_the_publ
     async with kafka_sink(settings, metrics, codec) as sink:
         with pytest.raises(SinkUnavailable, match="_MSG_TIMED_OUT"):
             await sink.send(make_events(2)[1])
-    assert metrics.registry.get_sample_value(
-        "login_audit_publish_errors_total", {"sink": "kafka", "reason": "timeout"}
-    ) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "login_audit_publish_errors_total", {"sink": "kafka", "reason": "timeout"}
+        )
+        == 1
+    )
 
 
 async def test_start_fails_as_unavailable_when_no_broker_answers(
-    metrics: Metrics, codec: AvroCodec,
+    metrics: Metrics,
+    codec: AvroCodec,
 ) -> None:
     settings = Settings(
-        sink="kafka", kafka_bootstrap_servers=f"127.0.0.1:{unused_port()}",
+        sink="kafka",
+        kafka_bootstrap_servers=f"127.0.0.1:{unused_port()}",
         publish_timeout_seconds=1,
     )
     sink = kafka_sink(settings, metrics, codec)
@@ -176,13 +203,17 @@ async def test_start_fails_as_unavailable_when_no_broker_answers(
 def _error_types(sink: KafkaSink) -> set[str]:
     return {
         sample.labels["type"]
-        for family in sink.statistics.collect() if family.name == "login_audit_kafka_errors"
+        for family in sink.statistics.collect()
+        if family.name == "login_audit_kafka_errors"
         for sample in family.samples
     }
 
 
 async def test_librdkafka_statistics_are_served_while_started_and_withdrawn_at_stop(
-    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_statistics_interval_ms=100)
@@ -198,7 +229,10 @@ async def test_librdkafka_statistics_are_served_while_started_and_withdrawn_at_s
 
 
 async def test_tail_reads_both_status_topics_from_the_beginning(
-    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
     decoded: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> None:
@@ -214,7 +248,10 @@ async def test_tail_reads_both_status_topics_from_the_beginning(
 
 
 async def test_cli_tail_of_one_status_prints_its_records_and_ends_without_follow(
-    kafka_bootstrap: str, kafka_topics: KafkaTopics, metrics: Metrics, codec: AvroCodec,
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     settings = kafka_settings(kafka_bootstrap, kafka_topics)

@@ -41,7 +41,10 @@ def unused_port() -> int:
 
 
 async def test_each_message_is_persistent_and_routed_by_status_source_and_protocol(
-    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
     decoded: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> None:
@@ -53,8 +56,12 @@ async def test_each_message_is_persistent_and_routed_by_status_source_and_protoc
         found = [m async for m in reader.events(limit=len(events), idle_timeout=WAIT_SECONDS)]
 
     assert [m.routing_key for m in found] == [
-        "failure.sftpgo.ssh", "success.sftpgo.ftp", "success.sftpgo.dav",
-        "failure.sftpgo.http", "success.sftpgo.ssh", "success.mediawiki.mediawiki",
+        "failure.sftpgo.ssh",
+        "success.sftpgo.ftp",
+        "success.sftpgo.dav",
+        "failure.sftpgo.http",
+        "success.sftpgo.ssh",
+        "success.mediawiki.mediawiki",
     ]
     for message, event in zip(found, events, strict=True):
         assert message.message_id == event.event_id
@@ -69,7 +76,10 @@ async def test_each_message_is_persistent_and_routed_by_status_source_and_protoc
 
 
 async def test_an_unroutable_event_fails_as_unavailable_so_it_is_spooled_and_counted(
-    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     """No queue is bound to the exchange: the broker returns the mandatory message."""
@@ -80,17 +90,25 @@ async def test_an_unroutable_event_fails_as_unavailable_so_it_is_spooled_and_cou
         assert sink.ready()  # a returned message does not break the channel
 
     assert isinstance(caught.value.__cause__, aiormq.exceptions.PublishError)
-    assert metrics.registry.get_sample_value(
-        "login_audit_publish_errors_total", {"sink": "rabbitmq", "reason": "unroutable"}
-    ) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "login_audit_publish_errors_total", {"sink": "rabbitmq", "reason": "unroutable"}
+        )
+        == 1
+    )
 
 
 async def test_declared_queues_take_only_their_status(
-    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     settings = rabbitmq_settings(
-        rabbitmq_url, rabbitmq_names, rabbitmq_declare_queues=True,
+        rabbitmq_url,
+        rabbitmq_names,
+        rabbitmq_declare_queues=True,
         rabbitmq_queue_success=f"{rabbitmq_names}.success",
         rabbitmq_queue_failure=f"{rabbitmq_names}.failure",
     )
@@ -109,7 +127,10 @@ async def test_declared_queues_take_only_their_status(
 
 
 async def test_a_temporary_reader_sees_only_its_binding_key(
-    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names)
@@ -132,7 +153,8 @@ async def test_a_temporary_reader_sees_only_its_binding_key(
 
 
 async def test_a_message_that_does_not_decode_is_yielded_with_the_reason(
-    rabbitmq_url: str, rabbitmq_names: str,
+    rabbitmq_url: str,
+    rabbitmq_names: str,
 ) -> None:
     settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names)
     async with RabbitMQReader(settings) as reader:
@@ -148,11 +170,16 @@ async def test_a_message_that_does_not_decode_is_yielded_with_the_reason(
 
 
 async def test_cli_tail_follows_only_the_chosen_status(
-    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec,
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    metrics: Metrics,
+    codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     settings = rabbitmq_settings(
-        rabbitmq_url, rabbitmq_names, rabbitmq_declare_queues=True,
+        rabbitmq_url,
+        rabbitmq_names,
+        rabbitmq_declare_queues=True,
         rabbitmq_queue_success=f"{rabbitmq_names}.success",
         rabbitmq_queue_failure=f"{rabbitmq_names}.failure",
     )
@@ -181,10 +208,12 @@ async def test_cli_tail_follows_only_the_chosen_status(
 
 
 async def test_start_fails_as_unavailable_when_the_broker_is_unreachable(
-    metrics: Metrics, codec: AvroCodec,
+    metrics: Metrics,
+    codec: AvroCodec,
 ) -> None:
     settings = Settings(
-        sink="rabbitmq", rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{unused_port()}/",
+        sink="rabbitmq",
+        rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{unused_port()}/",
         publish_timeout_seconds=1,
     )
     sink = rabbitmq_sink(settings, metrics, codec)
@@ -194,7 +223,9 @@ async def test_start_fails_as_unavailable_when_the_broker_is_unreachable(
 
 
 async def test_wrong_credentials_fail_start_as_unavailable_without_retrying(
-    rabbitmq_url: str, metrics: Metrics, codec: AvroCodec,
+    rabbitmq_url: str,
+    metrics: Metrics,
+    codec: AvroCodec,
 ) -> None:
     wrong = str(URL(rabbitmq_url).with_user("login-audit-nobody").with_password("wrong"))
     sink = rabbitmq_sink(Settings(sink="rabbitmq", rabbitmq_url=wrong), metrics, codec)

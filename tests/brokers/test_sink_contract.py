@@ -47,8 +47,9 @@ class MemoryBackend(Backend):
 
     async def arrivals(self, expected: int) -> Arrivals:
         assert isinstance(self.sink, MemorySink)
-        return [(e.status, self._codec.decode(self._codec.encode(e.record)))
-                for e in self.sink.events]
+        return [
+            (e.status, self._codec.decode(self._codec.encode(e.record))) for e in self.sink.events
+        ]
 
 
 class FileBackend(Backend):
@@ -75,8 +76,10 @@ class KafkaBackend(Backend):
         )
 
     async def arrivals(self, expected: int) -> Arrivals:
-        status_of = {self.settings.kafka_topic_success: "success",
-                     self.settings.kafka_topic_failure: "failure"}
+        status_of = {
+            self.settings.kafka_topic_success: "success",
+            self.settings.kafka_topic_failure: "failure",
+        }
         found: Arrivals = []
         async with KafkaReader(self.settings) as reader:
             async for event in reader.events(limit=expected + 1, idle_timeout=QUIET_SECONDS):
@@ -97,8 +100,10 @@ class RabbitMQBackend(Backend):
         )
 
     async def arrivals(self, expected: int) -> Arrivals:
-        queues = {"success": self.settings.rabbitmq_queue_success,
-                  "failure": self.settings.rabbitmq_queue_failure}
+        queues = {
+            "success": self.settings.rabbitmq_queue_success,
+            "failure": self.settings.rabbitmq_queue_failure,
+        }
         found: Arrivals = []
         for status, queue in queues.items():
             async with RabbitMQReader(self.settings, queue=queue) as reader:

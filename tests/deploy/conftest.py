@@ -57,22 +57,33 @@ def prometheus_factory(
     def start(target: str) -> PrometheusProcess:
         port = free_port()
         config = tmp_path / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [{
-                "job_name": "login-audit-bridge",
-                "static_configs": [{"targets": [target]}],
-            }],
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(ALERTS)],
+                    "scrape_configs": [
+                        {
+                            "job_name": "login-audit-bridge",
+                            "static_configs": [{"targets": [target]}],
+                        }
+                    ],
+                }
+            )
+        )
         log_path = tmp_path / "prometheus.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [str(tools.prometheus), f"--config.file={config}",
-                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}",
-                 "--web.console.templates=/nonexistent", "--web.console.libraries=/nonexistent"],
-                stdout=log, stderr=log,
+                [
+                    str(tools.prometheus),
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--web.console.templates=/nonexistent",
+                    "--web.console.libraries=/nonexistent",
+                ],
+                stdout=log,
+                stderr=log,
             )
         prometheus = PrometheusProcess(f"http://127.0.0.1:{port}", process, log_path)
         started.append(prometheus)

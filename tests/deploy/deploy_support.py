@@ -71,8 +71,16 @@ def run(*args: str | Path, check: bool = True, **kwargs: Any) -> subprocess.Comp
 def render_text(
     tools: Tools, *values_files: Path, sets: dict[str, str] | None = None, check: bool = True
 ) -> str:
-    args: list[str | Path] = [tools.helm, "template", "audit", CHART, "--namespace", "security",
-                              "--kube-version", KUBE_VERSION]
+    args: list[str | Path] = [
+        tools.helm,
+        "template",
+        "audit",
+        CHART,
+        "--namespace",
+        "security",
+        "--kube-version",
+        KUBE_VERSION,
+    ]
     for values in values_files:
         args += ["--values", values]
     for key, value in (sets or {}).items():
@@ -92,6 +100,7 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 # -- the expressions of the dashboard and the alerts
+
 
 def dashboard_expressions() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
@@ -160,12 +169,18 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 def post_sftpgo_login(url: str, *, ok: bool, token: str) -> int:
     """Posts one login the way SFTPGo's HTTP hook does; returns the status code."""
-    query = urllib.parse.urlencode({
-        "ip": "192.0.2.10", "login_method": "password", "protocol": "SSH",
-        "status": "1" if ok else "0",
-    })
+    query = urllib.parse.urlencode(
+        {
+            "ip": "192.0.2.10",
+            "login_method": "password",
+            "protocol": "SSH",
+            "status": "1" if ok else "0",
+        }
+    )
     request = urllib.request.Request(
-        f"{url}/v1/hooks/sftpgo?{query}", data=b'{"username":"alice","id":7}', method="POST",
+        f"{url}/v1/hooks/sftpgo?{query}",
+        data=b'{"username":"alice","id":7}',
+        method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(request, timeout=30) as reply:

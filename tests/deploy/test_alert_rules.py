@@ -43,7 +43,9 @@ def test_every_alert_has_a_firing_unit_test() -> None:
     tests = yaml.safe_load(ALERT_TESTS.read_text(encoding="utf-8"))["tests"]
     fired = {
         case["alertname"]
-        for test in tests for case in test.get("alert_rule_test", []) if case["exp_alerts"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case["exp_alerts"]
     }
     assert fired == {rule["alert"] for rule in alert_rules()}
 

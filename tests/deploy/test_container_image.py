@@ -45,7 +45,8 @@ def test_image_runs_as_a_fixed_non_root_uid_with_exec_form_command() -> None:
 def docker_context(tmp_path: Path) -> Path:
     """The files .dockerignore lets into the build context, copied to tmp_path."""
     patterns = [
-        line for line in (REPO / ".dockerignore").read_text().splitlines()
+        line
+        for line in (REPO / ".dockerignore").read_text().splitlines()
         if line and not line.startswith("#")
     ]
     allowed = [p[1:].rstrip("/") for p in patterns if p.startswith("!")]
@@ -66,9 +67,21 @@ def docker_context(tmp_path: Path) -> Path:
 def test_build_context_builds_a_wheel_with_both_commands_and_the_schema(tmp_path: Path) -> None:
     context = docker_context(tmp_path)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(tmp_path / "dist"), str(context)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(context),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = (tmp_path / "dist").glob("login_audit_bridge-*.whl")
     with zipfile.ZipFile(wheel) as archive:

@@ -30,8 +30,13 @@ CRD_LOCATION = (
     f"{CRD_SCHEMAS}/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json"
 )
 OPTIONAL_KINDS = (
-    "Ingress", "ServiceMonitor", "PrometheusRule", "PodDisruptionBudget",
-    "HorizontalPodAutoscaler", "NetworkPolicy", "PersistentVolumeClaim",
+    "Ingress",
+    "ServiceMonitor",
+    "PrometheusRule",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "NetworkPolicy",
+    "PersistentVolumeClaim",
 )
 
 
@@ -66,8 +71,9 @@ def checksum(objects: list[dict[str, Any]]) -> str:
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
 def test_helm_lint_strict_passes_for_each_ci_scenario(tools: Tools, values: Path) -> None:
-    done = run(tools.helm, "lint", CHART, "--strict", "--values", values,
-               "--kube-version", KUBE_VERSION)
+    done = run(
+        tools.helm, "lint", CHART, "--strict", "--values", values, "--kube-version", KUBE_VERSION
+    )
     assert "0 chart(s) failed" in done.stdout
 
 
@@ -78,11 +84,18 @@ def test_rendered_manifests_pass_kubeconform_strict(
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(render_text(tools, values))
     done = run(
-        tools.kubeconform, "-strict", "-summary", "-output", "text",
-        "-kubernetes-version", KUBE_VERSION,
-        "-schema-location", tools.kubeconform_schema_location,
+        tools.kubeconform,
+        "-strict",
+        "-summary",
+        "-output",
+        "text",
+        "-kubernetes-version",
+        KUBE_VERSION,
+        "-schema-location",
+        tools.kubeconform_schema_location,
         # ServiceMonitor and PrometheusRule: prometheus-operator's CRDs, vendored as JSON schema.
-        "-schema-location", CRD_LOCATION,
+        "-schema-location",
+        CRD_LOCATION,
         manifest,
     )
     assert "Invalid: 0, Errors: 0, Skipped: 0" in done.stdout, done.stdout
@@ -93,10 +106,20 @@ def test_kubeconform_rejects_an_unknown_field_so_the_validation_is_real(
 ) -> None:
     manifest = tmp_path / "manifest.yaml"
     rendered = render_text(tools, ci("default"))
-    manifest.write_text(rendered.replace("      enableServiceLinks: false",
-                                         "      enableServiceLinks: false\n      bogusField: 1"))
-    done = run(tools.kubeconform, "-strict", "-schema-location",
-               tools.kubeconform_schema_location, manifest, check=False)
+    manifest.write_text(
+        rendered.replace(
+            "      enableServiceLinks: false",
+            "      enableServiceLinks: false\n      bogusField: 1",
+        )
+    )
+    done = run(
+        tools.kubeconform,
+        "-strict",
+        "-schema-location",
+        tools.kubeconform_schema_location,
+        manifest,
+        check=False,
+    )
     assert done.returncode == 1
     assert "additional properties 'bogusField' not allowed" in done.stdout
 
@@ -128,10 +151,14 @@ def test_persistent_spool_with_several_replicas_is_refused(tools: Tools) -> None
 def test_probes_are_healthz_for_liveness_and_readyz_for_readiness(render: Render) -> None:
     bridge = container(render(ci("default")))
     assert bridge["livenessProbe"]["httpGet"] == {
-        "path": "/healthz", "port": "http", "scheme": "HTTP",
+        "path": "/healthz",
+        "port": "http",
+        "scheme": "HTTP",
     }
     assert bridge["readinessProbe"]["httpGet"] == {
-        "path": "/readyz", "port": "http", "scheme": "HTTP",
+        "path": "/readyz",
+        "port": "http",
+        "scheme": "HTTP",
     }
 
 
@@ -193,19 +220,26 @@ def test_every_configmap_key_is_a_setting_of_the_bridge(render: Render) -> None:
 
 def test_topology_spread_gets_the_selector_labels(render: Render) -> None:
     pod = one(render(ci("default")), "Deployment")["spec"]["template"]["spec"]
-    assert pod["topologySpreadConstraints"] == [{
-        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-        "whenUnsatisfiable": "ScheduleAnyway",
-        "labelSelector": {"matchLabels": {
-            "app.kubernetes.io/name": "login-audit-bridge", "app.kubernetes.io/instance": "audit",
-        }},
-    }]
+    assert pod["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "login-audit-bridge",
+                    "app.kubernetes.io/instance": "audit",
+                }
+            },
+        }
+    ]
 
 
 def test_selector_labels_carry_no_chart_version(render: Render) -> None:
     deployment = one(render(ci("default")), "Deployment")
     assert deployment["spec"]["selector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "login-audit-bridge", "app.kubernetes.io/instance": "audit",
+        "app.kubernetes.io/name": "login-audit-bridge",
+        "app.kubernetes.io/instance": "audit",
     }
     assert deployment["metadata"]["labels"]["helm.sh/chart"] == "login-audit-bridge-0.1.0"
 
@@ -264,7 +298,9 @@ def test_kafka_sasl_tls_puts_passwords_in_the_secret_and_files_on_a_mount(render
     assert not any("password" in value for value in config.values())
     mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
     assert mounts["kafka-tls"] == {
-        "name": "kafka-tls", "mountPath": "/etc/login-audit-bridge/kafka-tls", "readOnly": True,
+        "name": "kafka-tls",
+        "mountPath": "/etc/login-audit-bridge/kafka-tls",
+        "readOnly": True,
     }
 
 
@@ -362,7 +398,8 @@ def test_pvc_spool_mounts_a_claim_and_recreates_pods(render: Render) -> None:
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert volumes["data"] == {
-        "name": "data", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
     }
     assert deployment["strategy"] == {"type": "Recreate"}
 
@@ -382,9 +419,20 @@ def rendered_notes(tools: Tools, tmp_path: Path, values: Path) -> str:
     (chart / "templates" / "notes.yaml").write_text(
         'notes: {{ include "notes" . | toJson }}\n', encoding="utf-8"
     )
-    done = run(tools.helm, "template", "audit", chart, "--namespace", "security",
-               "--kube-version", KUBE_VERSION, "--values", values,
-               "--show-only", "templates/notes.yaml")
+    done = run(
+        tools.helm,
+        "template",
+        "audit",
+        chart,
+        "--namespace",
+        "security",
+        "--kube-version",
+        KUBE_VERSION,
+        "--values",
+        values,
+        "--show-only",
+        "templates/notes.yaml",
+    )
     text: str = yaml.safe_load(done.stdout)["notes"]
     return text
 

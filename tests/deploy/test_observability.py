@@ -64,7 +64,9 @@ def test_every_kafka_metric_of_the_dashboard_is_exported_by_the_kafka_sink(
     host, _, port = KAFKA_BOOTSTRAP.split(",")[0].rpartition(":")
     _require_kafka(host, int(port))
     bridge = bridge_factory(
-        auth_tokens=TOKEN, sink="kafka", kafka_bootstrap_servers=KAFKA_BOOTSTRAP,
+        auth_tokens=TOKEN,
+        sink="kafka",
+        kafka_bootstrap_servers=KAFKA_BOOTSTRAP,
         kafka_statistics_interval_ms="1000",
     )
     assert post_sftpgo_login(bridge.url, ok=True, token=TOKEN) == 200
