@@ -218,6 +218,28 @@ def bridge(bridge_factory: Callable[..., BridgeProcess]) -> BridgeProcess:
     return bridge_factory(auth_tokens="test-token")
 
 
+def print_fault_row(
+    scenario: str,
+    *,
+    sent: int,
+    acknowledged: int,
+    delivered: int,
+    lost: int,
+    duplicated: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One row of the fault table that every run prints (README: what a 2xx promises).
+
+    ``delivered`` counts acknowledged events read back from where they went (topic, queue or
+    file); ``lost`` counts acknowledged events that were not, or that could not be decoded.
+    """
+    with capsys.disabled():  # the fault table belongs in the test run's output, CI's too
+        print(
+            f"\nfault scenario | sent | acknowledged | delivered | lost | duplicated\n"
+            f"{scenario} | {sent} | {acknowledged} | {delivered} | {lost} | {duplicated}"
+        )
+
+
 def post(
     url: str,
     body: bytes,

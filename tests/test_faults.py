@@ -29,7 +29,7 @@ import pytest
 from bridge.consume import KafkaReader, RabbitMQReader
 from bridge.settings import Settings
 
-from conftest import IN_CI, REPO, BridgeProcess, post
+from conftest import IN_CI, REPO, BridgeProcess, post, print_fault_row
 
 N_EVENTS = 300
 CLIENTS = 4
@@ -147,12 +147,15 @@ def _report(
     counts = Counter(delivered)
     lost = sorted(set(tally.acknowledged) - set(counts))
     duplicated = sum(n - 1 for n in counts.values() if n > 1)
-    with capsys.disabled():  # the fault table belongs in the test run's output, CI's too
-        print(
-            f"\nfault scenario | sent | acknowledged | delivered | lost | duplicated\n"
-            f"{scenario} | {tally.sent} | {len(tally.acknowledged)} | {len(counts)} | "
-            f"{len(lost)} | {duplicated}"
-        )
+    print_fault_row(
+        scenario,
+        sent=tally.sent,
+        acknowledged=len(tally.acknowledged),
+        delivered=len(counts),
+        lost=len(lost),
+        duplicated=duplicated,
+        capsys=capsys,
+    )
     return len(lost), duplicated
 
 
