@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from bridge.errors import MalformedInput
+from bridge.errors import MalformedInput, UnencodableEvent
 
 SCHEMA_FILE = "login_audit.avsc"
 # Avro single-object encoding: https://avro.apache.org/docs/1.11.1/specification/#single-object-encoding
@@ -56,6 +56,18 @@ class AvroCodec:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self.parsed, record)
         return buf.getvalue()
+
+    def check_encodable(self, record: dict[str, Any]) -> None:
+        """Raises UnencodableEvent unless ``record`` encodes with this schema.
+
+        Run on each event on its own before it reaches a writer shared with other events: a
+        record that fails half-way through a shared buffer would tear its neighbours too.
+        """
+        try:
+            self.encode_datum(record)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # fastavro's messages name the value, never a secret: the record is allow-listed.
+            raise UnencodableEvent(f"the event cannot be encoded: {exc}"[:300]) from exc
 
     def encode(self, record: dict[str, Any]) -> bytes:
         """Avro single-object encoding: ``C3 01`` + 8-byte fingerprint + body."""

@@ -6,6 +6,7 @@
     │   ├── InvalidField             no         400   a field is missing or has the wrong type
     │   ├── BodyTooLarge             no         413
     │   ├── UnsupportedMediaType     no         415
+    │   ├── UnencodableEvent         no         400   valid input, but the event cannot be encoded
     │   └── MethodNotAllowed         no         405   a hook asked with anything but POST
     ├── Unauthorized                 no         401
     ├── ConfigError                  no          -    settings that cannot work; the CLI exits
@@ -58,6 +59,12 @@ class BodyTooLarge(InputError):
 class UnsupportedMediaType(InputError):
     http_status = 415
     reason = "media_type"
+
+
+class UnencodableEvent(InputError):
+    """The normalized event does not fit the Avro schema (e.g. a time beyond a long's range)."""
+
+    reason = "unencodable"
 
 
 class MethodNotAllowed(InputError):

@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 
+from bridge.codec import AvroCodec
 from bridge.errors import SinkError, SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
@@ -37,10 +38,12 @@ class Pipeline:
         sink: Sink,
         metrics: Metrics,
         spool: Spool | None = None,
+        codec: AvroCodec | None = None,
         spool_after: float = 2.0,
         publish_timeout: float = 10.0,
     ) -> None:
         self.sink = sink
+        self._codec = codec if codec is not None else AvroCodec()
         self.spool = spool
         self._metrics = metrics
         # With a spool, hand over to it early. Without one, wait a little longer than the sink's
@@ -58,8 +61,13 @@ class Pipeline:
     # -- accepting
 
     async def publish(self, event: LoginEvent) -> None:
-        """Returns once the event is durable; raises SinkError or Overloaded (spool full) if not."""
+        """Returns once the event is durable; raises SinkError or Overloaded (spool full) if not.
+
+        Raises UnencodableEvent (bad input, 4xx) for an event that does not fit the schema, before
+        any sink or the spool sees it, so that it can only fail alone.
+        """
         self._received(event.source, event.status).inc()
+        self._codec.check_encodable(event.record)
         if self.spool is not None and self.spool.busy:
             await self._to_spool(event)  # behind the backlog, to keep arrival order
             return

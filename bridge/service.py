@@ -59,6 +59,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         sink=sink,
         metrics=metrics,
         spool=spool,
+        codec=codec,
         spool_after=settings.spool_after_seconds,
         publish_timeout=settings.publish_timeout_seconds,
     )
