@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
+
+log = logging.getLogger(__name__)
 
 
 class GroupCommit(Generic[Item]):
@@ -14,7 +17,10 @@ class GroupCommit(Generic[Item]):
 
     ``write`` runs in a worker thread and must make the whole batch durable before returning
     (one fsync for the batch instead of one per item); only one batch is in flight at a time.
-    When it raises one of ``failures``, every item of that batch gets ``fail(exc)`` instead.
+    When it raises, every item of that batch gets ``fail(exc)`` instead; an exception outside
+    ``failures`` is a bug, logged with its traceback, but it fails the batch the same way. Every
+    submitted item's future is resolved whatever happens, even when the drain is cancelled, so a
+    caller never waits forever.
     """
 
     def __init__(
@@ -49,16 +55,35 @@ class GroupCommit(Generic[Item]):
             await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await asyncio.to_thread(self._write, [item for item, _ in batch])
-            except self._failures as exc:
-                error = self._fail(exc)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+        batch: list[tuple[Item, asyncio.Future[None]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                error = await self._write_one(batch)
+                _resolve(batch, error)
+        finally:
+            # Futures are left unresolved here only when the drain itself is cancelled.
+            leftover = [entry for entry in batch + self._pending if not entry[1].done()]
+            self._pending = []
+            if leftover:
+                _resolve(leftover, self._fail(RuntimeError("the write was cancelled")))
+
+    async def _write_one(self, batch: list[tuple[Item, asyncio.Future[None]]]) -> Exception | None:
+        try:
+            await asyncio.to_thread(self._write, [item for item, _ in batch])
+        except self._failures as exc:
+            return self._fail(exc)
+        except Exception as exc:
+            log.exception("group commit of %d item(s) failed unexpectedly", len(batch))
+            return self._fail(exc)
+        return None
+
+
+def _resolve(batch: list[tuple[Item, asyncio.Future[None]]], error: Exception | None) -> None:
+    for _, future in batch:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
