@@ -1,12 +1,14 @@
 """The embedded default sink: Avro object container files, one stream per status, fsync'd.
 
 Layout: ``<directory>/<status>/login-audit-<status>-<UTC time>.avro``. A file is never appended
-to after a restart, so a block torn by a crash can only be the last one of an older file, and
-:func:`read_events` stops there (it was never acknowledged). Any Avro tool reads the files.
+to after a restart or after a failed write, so a block torn by a crash can only be the last one
+of an older file, and :func:`read_events` stops there (it was never acknowledged). Any Avro tool
+reads the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -33,11 +35,12 @@ STATUSES: tuple[Status, ...] = ("success", "failure")
 
 @dataclass
 class _Stream:
-    """The open file of one status."""
+    """The open file of one status; ``good`` is its length after the last fsync that held."""
 
     path: Path
     handle: IO[bytes]
     writer: Writer
+    good: int
     opened: float = field(default_factory=time.monotonic)
 
 
@@ -99,30 +102,65 @@ class FileSink(Sink):
         return SinkUnavailable(f"cannot write events: {reason}")
 
     def _write_batch(self, events: list[LoginEvent]) -> None:
-        """Runs in a worker thread; only one batch is ever in flight."""
-        touched: set[Status] = set()
-        for event in events:
-            stream = self._stream(event.status)
-            stream.writer.write(event.record)
-            touched.add(event.status)
-        for status in touched:
-            stream = self._streams[status]
-            stream.writer.flush()
-            stream.handle.flush()
-            os.fsync(stream.handle.fileno())
+        """Runs in a worker thread; only one batch is ever in flight.
+
+        If anything fails (a full disk, a file-size limit, a record the writer chokes on), the
+        files this batch touched are cut back to their last fsync'd length and closed before the
+        batch's sends fail: later events go to new files, never after a torn block.
+        """
+        touched: dict[Status, _Stream] = {}
+        try:
+            for event in events:
+                stream = touched.get(event.status) or self._stream(event.status)
+                touched[event.status] = stream
+                stream.writer.write(event.record)
+            for stream in touched.values():
+                _sync(stream)
+        except BaseException:
+            for status in touched:
+                self._discard(status)
+            raise
 
     def _stream(self, status: Status) -> _Stream:
         stream = self._streams.get(status)
         if stream is not None and not self._due_for_rotation(stream):
             return stream
         if stream is not None:
-            stream.writer.flush()
-            stream.handle.flush()
-            os.fsync(stream.handle.fileno())
-            stream.handle.close()
+            del self._streams[status]
+            stream.handle.close()  # every batch ends fsync'd, so nothing is left to write
         stream = self._open_stream(status)
         self._streams[status] = stream
         return stream
+
+    def _discard(self, status: Status) -> None:
+        stream = self._streams.pop(status, None)
+        if stream is None:
+            return
+        # Closing first: a buffered handle would otherwise write its leftovers past the cut.
+        with contextlib.suppress(OSError, ValueError):
+            stream.handle.close()
+        try:
+            fd = os.open(stream.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, stream.good)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error(
+                "cannot cut %s back to %d bytes after a failed write (%s); readers stop at its "
+                "torn end, and new events go to a new file",
+                stream.path,
+                stream.good,
+                exc.strerror,
+            )
+            return
+        log.warning(
+            "cut %s back to its last good length (%d bytes) after a failed write; new events go "
+            "to a new file",
+            stream.path,
+            stream.good,
+        )
 
     def _due_for_rotation(self, stream: _Stream) -> bool:
         return (
@@ -135,12 +173,27 @@ class FileSink(Sink):
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         path = folder / f"login-audit-{status}-{stamp}.avro"
         handle = path.open("xb")
-        # Each flush writes one block; sync_interval only caps how large a batch's block grows.
-        writer = Writer(handle, self._codec.parsed, codec="null", sync_interval=1024 * 1024)
-        writer.flush()
-        _fsync_directory(folder)
+        try:
+            # Each flush writes one block; sync_interval only caps how large a batch's block grows.
+            writer = Writer(handle, self._codec.parsed, codec="null", sync_interval=1024 * 1024)
+            writer.flush()
+            handle.flush()
+            _fsync_directory(folder)
+        except BaseException:
+            # A file whose header did not make it holds nothing acknowledged: leave no trace.
+            with contextlib.suppress(OSError, ValueError):
+                handle.close()
+            path.unlink(missing_ok=True)
+            raise
         log.info("file sink opened %s", path)
-        return _Stream(path=path, handle=handle, writer=writer)
+        return _Stream(path=path, handle=handle, writer=writer, good=handle.tell())
+
+
+def _sync(stream: _Stream) -> None:
+    stream.writer.flush()
+    stream.handle.flush()
+    os.fsync(stream.handle.fileno())
+    stream.good = stream.handle.tell()
 
 
 def _fsync_directory(folder: Path) -> None:
