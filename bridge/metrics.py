@@ -35,6 +35,12 @@ class Metrics:
             ["source", "status"],
             registry=r,
         )
+        self.file_sink_files_deleted = Counter(
+            "login_audit_file_sink_files_deleted_total",
+            "Closed event files the file sink deleted under its retention limits.",
+            ["reason"],
+            registry=r,
+        )
         self.events_published = Counter(
             "login_audit_events_published_total",
             "Login events made durable by a sink (fsync'd or acknowledged by the broker).",

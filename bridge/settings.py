@@ -116,6 +116,16 @@ class Settings(BaseSettings):
     file_rotate_seconds: float = Field(
         3600.0, gt=0, description="Start a new Avro file past this age."
     )
+    file_retain_bytes: int = Field(
+        0,
+        ge=0,
+        description="Delete the oldest closed event files once all files together pass this "
+        "size (0: keep every file). Set it below the volume's size, or a full volume stops "
+        "the sink (and on an emptyDir the pod is evicted with every file).",
+    )
+    file_retain_seconds: float = Field(
+        0, ge=0, description="Delete closed event files older than this (0: keep every file)."
+    )
 
     # -- the hook shim's spool, taken in by the bridge
     hook_spool_dir: Path | None = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import fastavro
@@ -11,13 +12,14 @@ import pytest
 from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent
+from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.sinks.file import FileSink, event_files, read_events
 
 CODEC = AvroCodec()
 
 
-def _events(n: int) -> list[LoginEvent]:
+def _events(n: int, *, offset: int = 0) -> list[LoginEvent]:
     normalizer = Normalizer()
     return [
         normalizer.sftpgo(
@@ -29,7 +31,7 @@ def _events(n: int) -> list[LoginEvent]:
             },
             {"username": f"user{i}"},
         )
-        for i in range(n)
+        for i in range(offset, offset + n)
     ]
 
 
@@ -124,3 +126,38 @@ def test_unwritable_directory_is_refused_at_start(tmp_path: Path) -> None:
             await FileSink(blocker / "events", CODEC).start()
 
     asyncio.run(scenario())
+
+
+def test_retention_deletes_the_oldest_closed_files_past_the_size_limit(tmp_path: Path) -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        sink = FileSink(tmp_path, CODEC, rotate_bytes=65536, retain_bytes=200_000, metrics=metrics)
+        async with sink:
+            for batch in range(40):  # one fsync'd block per batch; rotation past 64 KiB
+                await asyncio.gather(*(sink.send(e) for e in _events(40, offset=batch * 40)))
+
+    asyncio.run(scenario())
+    files = event_files(tmp_path)
+    # Each file is rotated just past 64 KiB, so the limit leaves at most 3 full ones plus the
+    # newest, and the newest events are the ones kept.
+    assert sum(p.stat().st_size for p in files) <= 200_000 + 2 * 70_000
+    deleted = metrics.registry.get_sample_value(
+        "login_audit_file_sink_files_deleted_total", {"reason": "size"}
+    )
+    assert deleted is not None and deleted >= 5
+    names = [r["user"]["name"] for r in read_events(tmp_path)]
+    assert f"user{40 * 40 - 1}" in names and "user0" not in names
+
+
+def test_retention_deletes_closed_files_older_than_the_age_limit(tmp_path: Path) -> None:
+    old = tmp_path / "success" / "login-audit-success-20200101T000000000000Z.avro"
+    old.parent.mkdir(parents=True)
+    asyncio.run(_write(tmp_path, _events(4)))
+    (kept,) = event_files(tmp_path, "success")
+    old.write_bytes(kept.read_bytes())
+    os.utime(old, (0, 0))
+
+    asyncio.run(_write(tmp_path, _events(2), retain_seconds=3600))
+    assert not old.exists()
+    assert kept.exists()

@@ -34,5 +34,7 @@ def build_sink(
         codec,
         rotate_bytes=settings.file_rotate_bytes,
         rotate_seconds=settings.file_rotate_seconds,
+        retain_bytes=settings.file_retain_bytes,
+        retain_seconds=settings.file_retain_seconds,
         metrics=metrics,
     )

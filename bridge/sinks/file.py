@@ -8,6 +8,7 @@ reads the files.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -60,6 +61,8 @@ class FileSink(Sink):
         *,
         rotate_bytes: int = 64 * 1024 * 1024,
         rotate_seconds: float = 3600.0,
+        retain_bytes: int = 0,
+        retain_seconds: float = 0,
         metrics: Metrics | None = None,
     ) -> None:
         self.directory = directory
@@ -67,6 +70,8 @@ class FileSink(Sink):
         self._codec = codec
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
+        self._retain_bytes = retain_bytes
+        self._retain_seconds = retain_seconds
         self._streams: dict[Status, _Stream] = {}
         self._commits = GroupCommit(self._write_batch, failures=(OSError,), fail=self._io_failure)
         self._open = False
@@ -77,6 +82,7 @@ class FileSink(Sink):
                 (self.directory / status).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkUnavailable(f"cannot create {self.directory}: {exc.strerror}") from exc
+        await asyncio.to_thread(self._apply_retention)
         self._open = True
         log.info("file sink writing to %s", self.directory)
 
@@ -130,7 +136,40 @@ class FileSink(Sink):
             stream.handle.close()  # every batch ends fsync'd, so nothing is left to write
         stream = self._open_stream(status)
         self._streams[status] = stream
+        self._apply_retention()
         return stream
+
+    def _apply_retention(self) -> None:
+        """Deletes the oldest closed files past the size or age limit; open files stay.
+
+        A failure here is logged and never fails the writes that triggered it.
+        """
+        if not self._retain_bytes and not self._retain_seconds:
+            return
+        try:
+            self._delete_past_retention()
+        except OSError as exc:
+            log.error("file sink retention could not run: %s", exc)
+
+    def _delete_past_retention(self) -> None:
+        open_files = {stream.path for stream in self._streams.values()}
+        files = [(path, path.stat()) for path in event_files(self.directory)]
+        total = sum(info.st_size for _, info in files)
+        now = time.time()
+        for path, info in files:  # oldest first
+            if path in open_files:
+                continue
+            if self._retain_bytes and total > self._retain_bytes:
+                reason = "size"
+            elif self._retain_seconds and now - info.st_mtime > self._retain_seconds:
+                reason = "age"
+            else:
+                continue
+            path.unlink(missing_ok=True)
+            total -= info.st_size
+            log.warning("file sink deleted %s under its retention limit (%s)", path, reason)
+            if self._metrics is not None:
+                self._metrics.file_sink_files_deleted.labels(reason).inc()
 
     def _discard(self, status: Status) -> None:
         stream = self._streams.pop(status, None)

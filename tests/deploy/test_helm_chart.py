@@ -457,3 +457,14 @@ def test_notes_warn_when_no_token_protects_the_hooks(tools: Tools, tmp_path: Pat
     notes = rendered_notes(tools, tmp_path, ci("default"))
     assert "WARNING: auth.tokens is empty" in notes
     assert "https://" not in notes
+
+
+def test_default_file_sink_retention_stays_below_the_data_volume_size(render: Render) -> None:
+    """An emptyDir past its sizeLimit gets the pod evicted with every file: never let it fill."""
+    objects = render()
+    retain = int(config_data(objects)["BRIDGE_FILE_RETAIN_BYTES"])
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    (data,) = [v for v in volumes if "emptyDir" in v and v["name"] != "tmp"]
+    size_limit = data["emptyDir"]["sizeLimit"]
+    assert size_limit.endswith("Gi")
+    assert 0 < retain <= 0.6 * int(size_limit[:-2]) * 1024**3
