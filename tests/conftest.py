@@ -27,6 +27,13 @@ BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a bridge process is slow: scripts/check leaves it to scripts/test."""
+    for item in items:
+        if {"bridge", "bridge_factory"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the developer's BRIDGE_* or hook settings."""
