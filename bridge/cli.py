@@ -32,12 +32,17 @@ local Avro files (the default), Kafka or RabbitMQ.
 Every setting is a BRIDGE_<NAME> environment variable, or a key in the TOML file named by
 BRIDGE_CONFIG / --config; `login-audit-bridge settings` lists them all."""
 
+# Where the bridge keeps its files: the same flags, meaning the same, for every command.
+DATA_FLAGS = (
+    ("--data-dir", "data_dir", "file sink and spool directory"),
+    ("--file-dir", "file_dir", "file sink directory (default: DATA_DIR/events)"),
+)
 SERVE_FLAGS = (
     ("--host", "host", "address to listen on"),
     ("--port", "port", "TCP port"),
     ("--uds", "uds", "also listen on this Unix socket"),
     ("--sink", "sink", "file, kafka or rabbitmq"),
-    ("--data-dir", "data_dir", "file sink and spool directory"),
+    *DATA_FLAGS,
     ("--log-format", "log_format", "json or text"),
     ("--log-level", "log_level", "debug, info, warning or error"),
 )
@@ -59,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the hook endpoints until SIGTERM, then drain and flush.",
     )
     _add_config_flag(serve)
-    for flag, field, text in SERVE_FLAGS:
-        serve.add_argument(flag, dest=field, help=f"{text} (BRIDGE_{field.upper()})")
+    _add_flags(serve, SERVE_FLAGS)
 
     schema = commands.add_parser(
         "schema",
@@ -82,11 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="file",
         help="where to read (default: file)",
     )
-    tail.add_argument(
-        "--dir",
-        type=Path,
-        help="file sink directory (default: BRIDGE_FILE_DIR or BRIDGE_DATA_DIR/events)",
-    )
+    _add_flags(tail, DATA_FLAGS)
     tail.add_argument("--status", choices=("success", "failure"), help="only this status")
     tail.add_argument("-n", "--limit", type=int, help="stop after this many events")
     tail.add_argument("-f", "--follow", action="store_true", help="keep waiting for new events")
@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML settings file (BRIDGE_CONFIG)")
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: Sequence[tuple[str, str, str]]) -> None:
+    for flag, field, text in flags:
+        parser.add_argument(flag, dest=field, help=f"{text} (BRIDGE_{field.upper()})")
+
+
+def _overrides(args: argparse.Namespace, flags: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """The settings given as flags; they win over the environment and the config file."""
+    return {field: getattr(args, field) for _, field, _ in flags if getattr(args, field, None)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,12 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
     from bridge.logs import configure_logging
     from bridge.service import serve
 
-    overrides = {
-        field: getattr(args, field)
-        for _, field, _ in SERVE_FLAGS
-        if getattr(args, field, None) is not None
-    }
-    settings = _load(args, overrides)
+    settings = _load(args, _overrides(args, SERVE_FLAGS))
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
         asyncio.run(serve(settings))
@@ -200,7 +205,7 @@ def _plain(value: Any) -> str:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    settings = _load(args)
+    settings = _load(args, _overrides(args, DATA_FLAGS))
     records = _records(args, settings)
     for count, record in enumerate(records, start=1):
         print(json.dumps(record, default=_json_default, ensure_ascii=False), flush=True)
@@ -217,7 +222,7 @@ def _records(args: argparse.Namespace, settings: Any) -> Iterator[dict[str, Any]
         return
     from bridge.sinks.file import event_files, read_file
 
-    directory = args.dir or settings.events_dir
+    directory = settings.events_dir
     seen: dict[Path, int] = {}  # records already printed, per file
     sizes: dict[Path, int] = {}  # with --follow, only files that grew are read again
     while True:

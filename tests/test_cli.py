@@ -83,11 +83,11 @@ def test_tail_prints_stored_events_as_json_lines(bridge: BridgeProcess) -> None:
     for ip in ("192.0.2.1", "192.0.2.2"):
         url = f"{bridge.url}/v1/hooks/sftpgo?ip={ip}&login_method=password&protocol=SSH&status=1"
         assert post(url, b'{"username":"carol"}')[0] == 200
-    run = _run("tail", "--dir", str(bridge.events_dir))
+    run = _run("tail", "--data-dir", str(bridge.data_dir))
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [line["src_endpoint"]["ip"] for line in lines] == ["192.0.2.1", "192.0.2.2"]
     assert lines[0]["time"].endswith("+00:00")
-    limited = _run("tail", "--dir", str(bridge.events_dir), "-n", "1")
+    limited = _run("tail", "--file-dir", str(bridge.events_dir), "-n", "1")
     assert len(limited.stdout.splitlines()) == 1
 
 
@@ -98,7 +98,7 @@ def test_tail_follow_prints_events_that_arrive_later(bridge: BridgeProcess) -> N
 
     store("192.0.2.10")
     follower = subprocess.Popen(
-        [str(BIN / "login-audit-bridge"), "tail", "-f", "--dir", str(bridge.events_dir)],
+        [str(BIN / "login-audit-bridge"), "tail", "-f", "--data-dir", str(bridge.data_dir)],
         stdout=subprocess.PIPE,
         text=True,
     )
