@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from . import podman_support
 from .deploy_support import (
     ALERTS,
     HOW_TO_INSTALL,
@@ -35,6 +36,21 @@ def tools() -> Tools:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture(scope="session")
+def image() -> podman_support.Image:
+    """The image scripts/image builds from the Dockerfile; no podman: fails in CI, else skips."""
+    try:
+        built = podman_support.build_image()
+    except (OSError, RuntimeError) as exc:
+        message = f"{exc}\n{podman_support.HOW_TO_INSTALL}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    megabytes, seconds = built.size_bytes / 1e6, built.build_seconds
+    print(f"\nimage {built.ref}: {megabytes:.1f} MB, built in {seconds:.1f} s")
+    return built
 
 
 @pytest.fixture(scope="session")

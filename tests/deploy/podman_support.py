@@ -1,0 +1,166 @@
+"""Helpers of the image tests: podman with this host's settings, the built image, HTTP checks."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .deploy_support import REPO
+
+SCRIPT = REPO / "scripts" / "image"
+# What scripts/image needs on a cold machine: Debian packages, a debootstrap, a build from PyPI.
+COLD_BUILD_SECONDS = 900
+HOW_TO_INSTALL = "run scripts/image ensure as root (installs podman, buildah, runc, debootstrap)"
+
+
+@functools.cache
+def containers_env() -> dict[str, str]:
+    """CONTAINERS_CONF and the rest of the environment podman is run with."""
+    line = subprocess.run(
+        [str(SCRIPT), "env"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    name, _, value = line.removeprefix("export ").partition("=")
+    return {**os.environ, name: value}
+
+
+def podman(
+    *args: str | Path, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Runs podman with this host's containers.conf; on failure the assertion shows its output."""
+    done = subprocess.run(
+        ["podman", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=containers_env(),
+    )
+    if check:
+        assert done.returncode == 0, (
+            f"podman {' '.join(map(str, args))} failed ({done.returncode}):\n"
+            f"{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+def unique_name(prefix: str) -> str:
+    """A name no other test run on this machine uses: pods, volumes and secrets are global."""
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Image:
+    ref: str
+    size_bytes: int
+    build_seconds: float
+
+
+def build_image() -> Image:
+    """Builds the Dockerfile with scripts/image (cached: seconds when nothing changed)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(SCRIPT), "build"],
+        capture_output=True,
+        text=True,
+        timeout=COLD_BUILD_SECONDS,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/image build failed:\n{done.stderr[-4000:]}")
+    ref = done.stdout.strip().splitlines()[-1]
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout)
+    return Image(ref, size, seconds)
+
+
+# -- HTTP, as SFTPGo and the kubelet use it
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    url: str,
+    *,
+    method: str = "GET",
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> Answer:
+    """One request; HTTP errors are answers too. TLS is not verified (the kubelet does not)."""
+    context = ssl._create_unverified_context() if url.startswith("https:") else None  # noqa: S323
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as reply:
+            return Answer(reply.status, reply.read().decode())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, exc.read().decode())
+
+
+def wait_for(url: str, *, timeout: float = 60, what: str = "") -> Answer:
+    """Polls url until it answers 200; a process that exited says so in `what` (its logs)."""
+    deadline = time.monotonic() + timeout
+    last: Answer | OSError | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = request(url, timeout=2)
+            if last.status == 200:
+                return last
+        except OSError as exc:
+            last = exc
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer 200 in {timeout} s (last: {last!r})\n{what}")
+
+
+def post_sftpgo_login(base: str, *, user: str, token: str | None) -> Answer:
+    """One successful login posted the way SFTPGo's HTTP hook does."""
+    query = urllib.parse.urlencode(
+        {"ip": "192.0.2.44", "login_method": "password", "protocol": "SSH", "status": "1"}
+    )
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return request(
+        f"{base}/v1/hooks/sftpgo?{query}",
+        method="POST",
+        data=json.dumps({"username": user, "id": 7}).encode(),
+        headers=headers,
+    )
+
+
+def tail_events(container: str) -> list[dict[str, Any]]:
+    """The stored events, decoded by `login-audit-bridge tail` inside the container."""
+    done = podman("exec", container, "login-audit-bridge", "tail")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def process_status(container: str) -> dict[str, str]:
+    """/proc/1/status of the container's main process: its uid and capabilities as it runs."""
+    done = podman("exec", container, "cat", "/proc/1/status")
+    return dict(line.split(":\t", 1) for line in done.stdout.splitlines() if ":\t" in line)
+
+
+def exit_code(container: str) -> int:
+    return int(podman("inspect", "--format", "{{.State.ExitCode}}", container).stdout)
+
+
+def logs(container: str) -> str:
+    done = podman("logs", container, check=False)
+    return (done.stdout + done.stderr)[-6000:]
