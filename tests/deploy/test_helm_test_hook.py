@@ -1,0 +1,85 @@
+"""The chart's `helm test` pod, as rendered: what it checks, where, and with which privileges.
+
+tests/deploy/test_chart_pods.py runs it for real against a pod played from the chart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .deploy_support import CHART, objects_of, one
+
+pytestmark = pytest.mark.helm
+
+Render = Callable[..., list[dict[str, Any]]]
+
+
+def ci(name: str) -> Path:
+    return CHART / "ci" / f"{name}-values.yaml"
+
+
+def helm_test_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (pod,) = objects_of(objects, "Pod")
+    return pod
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    (container,) = pod["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_helm_test_pod_is_a_test_hook_that_runs_once(render: Render) -> None:
+    pod = helm_test_pod(render(ci("default")))
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_helm_test_pod_reads_readiness_and_metrics_and_never_posts_a_login(
+    render: Render,
+) -> None:
+    (container,) = helm_test_pod(render(ci("default")))["spec"]["containers"]
+    script = container["args"][0]
+    compile(script, "helm-test", "exec")
+    assert container["command"] == ["python3", "-c"]
+    assert 'get("/readyz")' in script
+    assert 'get("/metrics")' in script
+    assert "/v1/hooks" not in script
+    assert "data=" not in script
+    assert "POST" not in script
+
+
+def test_helm_test_pod_asks_the_service_the_way_sftpgo_would(render: Render) -> None:
+    objects = render(ci("default"))
+    service = one(objects, "Service")
+    assert env_of(helm_test_pod(objects))["LOGIN_AUDIT_TEST_URL"] == (
+        f"http://{service['metadata']['name']}.security.svc:{service['spec']['ports'][0]['port']}"
+    )
+    tls = render(ci("all-optional-objects-on"))
+    assert env_of(helm_test_pod(tls))["LOGIN_AUDIT_TEST_URL"].startswith("https://")
+
+
+def test_helm_test_pod_is_not_taken_for_a_bridge_by_the_service(render: Render) -> None:
+    """A pod matching the Service's selector would get hook traffic it cannot answer."""
+    objects = render(ci("all-optional-objects-on"))
+    labels = helm_test_pod(objects)["metadata"]["labels"]
+    selector = one(objects, "Service")["spec"]["selector"]
+    assert not selector.items() <= labels.items()
+    budget = one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+    assert not budget.items() <= labels.items()
+
+
+def test_helm_test_pod_runs_with_the_bridges_image_and_restrictions(render: Render) -> None:
+    objects = render(ci("default"))
+    pod = helm_test_pod(objects)
+    bridge_pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["spec"]["containers"]
+    (bridge,) = bridge_pod["containers"]
+    assert container["image"] == bridge["image"]
+    assert container["securityContext"] == bridge["securityContext"]
+    assert pod["spec"]["securityContext"] == bridge_pod["securityContext"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
