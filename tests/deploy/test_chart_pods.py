@@ -307,7 +307,7 @@ def test_helm_test_pod_passes_against_the_pod_and_posts_nothing(played: Played) 
 
 
 def test_helm_test_pod_fails_when_the_bridge_does_not_answer(played: Played) -> None:
-    code, output = hook_pod(played, f"http://{played.pod_ip()}:9", ready_seconds="3")
+    code, output = hook_pod(played, f"http://{played.pod_ip()}:9", ready_seconds="1")
     assert code == 1, output
     assert "FAIL: http" in output and "/readyz did not answer 200 in time" in output
 
