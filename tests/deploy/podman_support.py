@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -143,6 +144,34 @@ def post_sftpgo_login(base: str, *, user: str, token: str | None) -> Answer:
         data=json.dumps({"username": user, "id": 7}).encode(),
         headers=headers,
     )
+
+
+def pod_environment(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The environment the Deployment's container gets, as the kubelet builds it: envFrom
+    (ConfigMaps, Secrets decoded) in order, then env (values and key references)."""
+    (container,) = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    data: dict[tuple[str, str], dict[str, str]] = {}
+    for o in objects:
+        if o["kind"] == "ConfigMap":
+            data["configMap", o["metadata"]["name"]] = dict(o.get("data", {}))
+        elif o["kind"] == "Secret":
+            decoded = {k: base64.b64decode(v).decode() for k, v in o.get("data", {}).items()}
+            data["secret", o["metadata"]["name"]] = decoded | o.get("stringData", {})
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        kind = "configMap" if "configMapRef" in source else "secret"
+        env |= data.get((kind, source[f"{kind}Ref"]["name"]), {})
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        for kind in ("configMap", "secret"):
+            ref = item.get("valueFrom", {}).get(f"{kind}KeyRef")
+            if ref and ref["key"] in data.get((kind, ref["name"]), {}):
+                env[item["name"]] = data[kind, ref["name"]][ref["key"]]
+    return env
 
 
 def tail_events(container: str) -> list[dict[str, Any]]:

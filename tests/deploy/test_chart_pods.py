@@ -11,7 +11,6 @@ The tests of a scenario run in file order against one pod; the last one stops it
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import re
@@ -29,6 +28,7 @@ from .podman_support import (
     Image,
     exit_code,
     logs,
+    pod_environment,
     podman,
     post_sftpgo_login,
     process_status,
@@ -109,23 +109,9 @@ class Played:
 
 
 def rendered_token(objects: list[dict[str, Any]]) -> str | None:
-    """The first of BRIDGE_AUTH_TOKENS as the bridge container gets it (envFrom or env), if any."""
-    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    secrets = {s["metadata"]["name"]: s.get("data", {}) for s in objects_of(objects, "Secret")}
-    refs = [
-        (e["secretRef"]["name"], "BRIDGE_AUTH_TOKENS")
-        for e in container.get("envFrom", [])
-        if "secretRef" in e
-    ]
-    refs += [
-        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
-        for e in container.get("env", [])
-        if e["name"] == "BRIDGE_AUTH_TOKENS" and "secretKeyRef" in e.get("valueFrom", {})
-    ]
-    for secret, key in refs:
-        if key in secrets.get(secret, {}):
-            return base64.b64decode(secrets[secret][key]).decode().split(",")[0]
-    return None
+    """The first of BRIDGE_AUTH_TOKENS as the bridge container gets it, if it gets any."""
+    tokens = pod_environment(objects).get("BRIDGE_AUTH_TOKENS")
+    return tokens.split(",")[0] if tokens else None
 
 
 def helm_test_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:

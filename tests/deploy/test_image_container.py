@@ -7,7 +7,6 @@ The tests run in file order against one container; the last one stops it.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from .podman_support import (
     Image,
     exit_code,
     logs,
+    pod_environment,
     podman,
     post_sftpgo_login,
     process_status,
@@ -52,14 +52,6 @@ class Container:
     grace_seconds: int
 
 
-def chart_environment(objects: list[dict[str, Any]]) -> dict[str, str]:
-    """What the pod's envFrom gives the bridge: the ConfigMap, then the Secret (decoded)."""
-    env = dict(one(objects, "ConfigMap")["data"])
-    for secret in (o for o in objects if o["kind"] == "Secret"):
-        env |= {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    return env
-
-
 @pytest.fixture(scope="module")
 def container(
     image: Image,
@@ -67,7 +59,7 @@ def container(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Container]:
     objects = render(SCENARIO)
-    env = chart_environment(objects)
+    env = pod_environment(objects)
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     # The token goes through a file, not the command line other users can read.
     env_file = tmp_path_factory.mktemp("env") / "bridge.env"
