@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # login-audit-bridge: the service (`login-audit-bridge serve`) and the SFTPGo hook shim
-# (`login-audit-hook`) in one image. Build: docker build -t login-audit-bridge:0.1.0 .
+# (`login-audit-hook`) in one image. Build: docker build -t login-audit-bridge:0.1.0 . (or, with
+# podman on a debootstrapped Debian base where no Docker runs: scripts/image build).
 # Runs as UID/GID 10001 with a read-only root filesystem: only BRIDGE_DATA_DIR and /tmp
 # need to be writable (the Helm chart mounts volumes there).
 
