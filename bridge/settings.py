@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError
+from bridge.sftpgo import secret_fields
 
 ENV_PREFIX = "BRIDGE_"
 CONFIG_VARIABLE = "BRIDGE_CONFIG"
@@ -214,6 +215,17 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="json lines or plain text.")
 
     _split = field_validator("auth_tokens", "sftpgo_user_fields", mode="before")(_split_commas)
+
+    @field_validator("sftpgo_user_fields")
+    @classmethod
+    def _no_secret_fields(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        secrets = secret_fields(value)
+        if secrets:
+            raise ValueError(
+                f"names {', '.join(secrets)}, where SFTPGo's user JSON keeps secrets: "
+                "remove it (only plain fields such as email, role, groups may be listed)"
+            )
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
