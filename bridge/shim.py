@@ -60,6 +60,9 @@ DEFAULTS = {
 }
 HOOK_PATH = "/v1/hooks/sftpgo"
 MAX_REPLY_BYTES = 65536  # the bridge's answers are a few hundred bytes; stop reading past this
+# After a final 413, what is sent again: username and id, a name cut to this many characters
+# (SFTPGo takes a failed login's name from the client; the bridge keeps 256 and flags the cut).
+MAX_RESENT_TEXT = 1024
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _IDENTITY = IDENTITY_HEADER.lower().encode()
 
@@ -76,7 +79,8 @@ settings (SFTPGo's command.env, or KEY=VALUE lines in {config}, or the file
 named by LOGIN_AUDIT_HOOK_CONFIG; the environment wins):
   LOGIN_AUDIT_HOOK_URL          the bridge: unix:///path/to.sock (same host, preferred),
                                 http://127.0.0.1:port (loopback only: plain HTTP to another
-                                host is refused) or https://host:port (default {url})
+                                host is refused) or https://host:port
+                                (default {url})
   LOGIN_AUDIT_HOOK_TOKEN        bearer token, one of the bridge's BRIDGE_AUTH_TOKENS
   LOGIN_AUDIT_HOOK_SPOOL_DIR    spool directory, the bridge's BRIDGE_HOOK_SPOOL_DIR
                                 (default {spool})
@@ -153,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     answer = _hand_over(config, document, deadline)
     if answer.status == 413 and answer.final:
         # The bridge's body limit is below even the allow-listed fields: username and id are
-        # what it needs most, and they always fit.
-        document["user"] = {k: v for k, v in document["user"].items() if k in ALWAYS_KEPT}
+        # what it needs most, and cut like this they fit any limit it accepts (1 KiB or more).
+        document["user"] = _essentials(document["user"])
         answer = _hand_over(config, document, deadline)
     if answer.stored:
         return EXIT_OK
@@ -315,6 +319,11 @@ def _projected(user: bytes, fields: list[str]) -> dict[str, Any]:
     kept = project_user(_loads(user), fields)
     # JSON has no infinity: a number like 1e999 would make the body unreadable to the bridge.
     return {k: v for k, v in kept.items() if not (isinstance(v, float) and v - v != 0)}
+
+
+def _essentials(user: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in user.items() if k in ALWAYS_KEPT}
+    return {k: v[:MAX_RESENT_TEXT] if isinstance(v, str) else v for k, v in kept.items()}
 
 
 class _JSONSettings:

@@ -248,6 +248,29 @@ def test_allow_listed_fields_over_the_bridges_body_limit_are_cut_to_username_and
     assert "(413)" in bridge.logs()  # the first, whole attempt was refused as too large
 
 
+def test_an_attackers_huge_user_name_is_cut_for_the_resend_and_the_login_is_never_lost(
+    bridge_factory: BridgeFactory, tmp_path: Path
+) -> None:
+    """SFTPGo takes a failed login's user name from the client: 3,000 characters are over a
+    1 KiB body limit on their own. The resend cuts the name; the bridge then stores the event
+    (flagging the cut) or refuses it for good, and then it is kept in rejected/: never lost."""
+    vector = with_username(PROGRAM_VECTORS[0], "m" * 3000)
+    spool = tmp_path / "spool"
+    bridge = bridge_factory(
+        auth_tokens=TOKEN, max_body_bytes="1024", hook_spool_dir=str(tmp_path / "not-read")
+    )
+    port = int(bridge.url.rsplit(":", 1)[1])
+    with Relay(port) as relay:
+        env = hook_env(vector, tmp_path, url=relay.url, token=TOKEN, spool_dir=str(spool))
+        assert run_hook(env) == 0
+
+    [first, resent] = [r.partition(b"\r\n\r\n")[2] for r in relay.requests]
+    assert len(json.loads(first)["username"]) == 3000
+    assert json.loads(resent) == {"username": "m" * 1024, "id": 42}
+    assert spooled(spool) == []
+    assert len(events(bridge)) + len(list((spool / "rejected").glob("*.json"))) == 1
+
+
 # -- no secret leaves the host
 
 
