@@ -133,7 +133,8 @@ class Settings(BaseSettings):
         ("username", "id"),
         description="Allow-list of top-level SFTPGo user fields copied into events. username and "
         "id are always used; add e.g. email, role, groups, description. Only text and number "
-        "values are copied (groups: names and types only); nothing nested ever is.",
+        "values are copied (groups: names and types only); nothing nested ever is. Names that "
+        "hold secrets (password, filesystem, filters, ...) are refused.",
     )
 
     # -- Kafka
