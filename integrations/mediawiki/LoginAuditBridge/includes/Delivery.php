@@ -85,8 +85,8 @@ class Delivery {
 			$jobs->push( SendJob::newSpec( $payload, $eventId, 1, $delay ) );
 		} catch ( Throwable $e ) {
 			self::logger()->error(
-				'Could not queue the login event of request {request_id}: {exception}',
-				[ 'request_id' => $payload['request_id'] ?? '', 'exception' => $e ]
+				'Could not queue the login event {event_id} of request {request_id}: {exception}',
+				[ 'request_id' => $payload['request_id'] ?? '', 'event_id' => $eventId, 'exception' => $e ]
 			);
 		}
 	}
