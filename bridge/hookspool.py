@@ -72,7 +72,11 @@ class HookSpool:
         try:
             spooled = await asyncio.to_thread(_read, path)
             event = self._normalizer.sftpgo(
-                spooled["query"], spooled["user"], received_ms=spooled["received_ms"]
+                spooled["query"],
+                spooled["user"],
+                received_ms=spooled["received_ms"],
+                # The id the shim sent, if it did (files from older shims carry none).
+                event_id=spooled.get("event_id"),
             )
         except InputError as exc:
             await asyncio.to_thread(self._reject, path, exc)
