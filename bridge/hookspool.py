@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import InputError, MalformedInput, Overloaded, SinkError
+from bridge.errors import BridgeError, MalformedInput, Overloaded, SinkError
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
@@ -94,11 +94,12 @@ class HookSpool:
                 spooled["query"], spooled["user"], received_ms=spooled["received_ms"]
             )
             await self._pipeline.publish(event)
-        except InputError as exc:
+        except BridgeError as exc:
+            if exc.retriable:  # the sink or the spool cannot take it now: pause, keep the file
+                raise
+            # Bad input, or an event the sink refuses for good (without a spool to keep it).
             await asyncio.to_thread(self._reject, path, exc.message)
             return 0
-        except (SinkError, Overloaded):
-            raise
         except Exception as exc:
             await self._unexpected(path, exc)
             return 0

@@ -20,6 +20,7 @@ import pytest
 
 from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
+from bridge.event import LoginEvent
 from bridge.hookspool import HookSpool
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
@@ -230,3 +231,34 @@ def test_a_full_bridge_spool_pauses_the_intake_which_keeps_running_and_resumes(
     assert len(waiting) == 2
     assert sorted(users) == ["user0", "user1", "user2"]
     assert not (directory / "rejected").exists()
+
+
+class BuggySink(MemorySink):
+    """Raises something no sink should (a bug) for one user's events."""
+
+    async def send(self, event: LoginEvent) -> None:
+        if event.record["user"]["name"] == "trips-a-bug":
+            raise RuntimeError("a bug in the sink")
+        await super().send(event)
+
+
+def test_an_unexpected_error_on_one_file_is_logged_counted_and_set_aside_after_three(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "hook-spool"
+    buggy = write_spool_file(directory, 1, spool_document("trips-a-bug"))
+    intake = Intake(directory)
+    intake.sink = BuggySink()
+    intake.pipeline.sink = intake.sink
+    for round_ in range(3):
+        write_spool_file(directory, 10 + round_, spool_document(f"fine{round_}"))
+        assert intake.drain() == 1  # the file behind it goes through every time
+    assert intake.users == ["fine0", "fine1", "fine2"]
+    assert rejected_names(directory) == [buggy.name]
+    failures = intake.metrics.registry.get_sample_value(
+        "login_audit_background_task_failures_total", {"task": "hook-spool"}
+    )
+    assert failures == 3
+    logged = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(logged) == 3
+    assert all(r.exc_info is not None and r.exc_info[0] is RuntimeError for r in logged)
