@@ -107,10 +107,20 @@ class Pipeline:
         """A send that times out may still succeed; then the spooled copy is dropped again."""
 
         async def forget_if_acknowledged() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 await send
-                assert self.spool is not None  # noqa: S101
+            except Exception:
+                return  # not acknowledged after all: the spooled copy is the one that counts
+            assert self.spool is not None  # noqa: S101
+            try:
                 await self.spool.remove_event(event.event_id)
+            except Exception as exc:
+                log.warning(
+                    "event %s was acknowledged late, but its spooled copy stays and will be "
+                    "sent again: %s",
+                    event.event_id,
+                    exc,
+                )
 
         task = asyncio.create_task(forget_if_acknowledged())
         self._late.add(task)
