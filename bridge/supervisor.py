@@ -74,8 +74,13 @@ class Supervisor:
             try:
                 await work()
             except ConfigError as exc:
-                self._failed(name, exc)
-                log.error("%s: %s; fix the settings and start again", name, exc.message)
+                self._count(name, exc.message)
+                log.error(
+                    "background task %s stopped on a configuration error: %s; fix the settings "
+                    "and start again (the bridge exits with code 3)",
+                    name,
+                    exc.message,
+                )
                 future = self._fatal_future()
                 if not future.done():
                     future.set_result(exc)
@@ -95,13 +100,16 @@ class Supervisor:
 
     def _failed(self, name: str, exc: Exception) -> None:
         why = exc.message if isinstance(exc, BridgeError) else f"{type(exc).__name__}: {exc}"
-        self._down[name] = why
-        self._metrics.background_task_failures.labels(name).inc()
-        self._metrics.background_task_up.labels(name).set(0)
+        self._count(name, why)
         if isinstance(exc, EXPECTED):
             log.error("background task %s failed: %s", name, why)
         else:
             log.error("background task %s failed unexpectedly: %s", name, why, exc_info=exc)
+
+    def _count(self, name: str, why: str) -> None:
+        self._down[name] = why
+        self._metrics.background_task_failures.labels(name).inc()
+        self._metrics.background_task_up.labels(name).set(0)
 
     def _mark_up(self, name: str) -> None:
         if self._down.pop(name, None) is not None:
