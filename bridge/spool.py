@@ -122,6 +122,7 @@ class Spool:
         self.dead_letters = 0
         self.size_bytes = 0  # on disk: pages in use plus the write-ahead log
         self._oldest_ms: int | None = None
+        self._shrink_at = 0
 
     # -- lifecycle
 
@@ -141,6 +142,7 @@ class Spool:
         wal_pages = max(16, min(1000, self._max_bytes // page_size // _WAL_SHARE))
         db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
         db.execute(f"PRAGMA journal_size_limit={wal_pages * page_size}")
+        self._shrink_at = wal_pages  # free pages worth giving back
         db.executescript(_SCHEMA)
         self._writers = self._load_writer_schemas(db)
         self._db = db
@@ -336,7 +338,11 @@ class Spool:
             raise
 
     def _shrink(self, db: sqlite3.Connection) -> None:
-        """Gives a drained spool's pages and log back to the file system (best effort)."""
+        """Gives a drained spool's pages and log back to the file system (best effort), when
+        there is enough to give: not after every late acknowledgement of a lone event."""
+        free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+        if free < self._shrink_at:
+            return
         try:
             # executescript steps each statement to the end; execute() would free one page only.
             db.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
