@@ -271,7 +271,8 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         sink = pipeline.sink
-        if pipeline.ready():
+        unready = pipeline.unready()
+        if unready is None:
             return JSONResponse(
                 {
                     "status": "ready",
@@ -280,7 +281,7 @@ def create_app(
                     "spooled": pipeline.spool.depth if pipeline.spool is not None else 0,
                 }
             )
-        return error_response(503, "sink_unavailable", f"{sink.name} sink is not ready")
+        return error_response(503, *unready)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

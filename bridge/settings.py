@@ -216,9 +216,16 @@ class Settings(BaseSettings):
         True, description="Spool events the sink cannot take now; off: answer 503 instead."
     )
     spool_max_bytes: int = Field(
-        1024 * 1024 * 1024, ge=1024 * 1024, description="Spool size limit; past it: 503."
+        1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Disk space the spool may use (its SQLite file with the write-ahead log, "
+        "dead letters included); past it: 503.",
     )
-    spool_max_events: int = Field(2_000_000, ge=1, description="Spool event limit; past it: 503.")
+    spool_max_events: int = Field(
+        2_000_000,
+        ge=1,
+        description="Events the spool may hold, dead letters included; past it: 503.",
+    )
     # -- logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
