@@ -129,6 +129,7 @@ class RegistryClient:
             raise ConfigError(f"schema registry URL must be http:// or https://, not {url!r}")
         self.url = url.rstrip("/")
         self._timeout = timeout
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
         self._headers = {"Accept": f"{REGISTRY_MEDIA_TYPE}, application/json"}
         if username is not None:
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
@@ -177,16 +178,35 @@ class RegistryClient:
         if body is not None:
             request.add_header("Content-Type", REGISTRY_MEDIA_TYPE)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with self._opener.open(request, timeout=self._timeout) as response:
                 return _json_object(response.read(), self.url)
         except urllib.error.HTTPError as exc:
             payload = exc.read()
+            if 300 <= exc.code < 400:
+                raise _redirect_error(exc.code, exc.headers.get("Location"), url=self.url) from exc
             if exc.code == 404 and _error_code(payload) in NOT_REGISTERED:
                 raise _NotRegistered(registry_message(payload)) from exc
             raise registry_error(exc.code, payload, url=self.url) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SinkUnavailable(f"schema registry {self.url} unreachable: {reason}") from exc
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follows a redirect: urllib would resend the Authorization header to the new host
+    (and turn a POST into a GET), then trust whatever schema id that host answers."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+def _redirect_error(status: int, location: str | None, *, url: str) -> ConfigError:
+    target = location or "(no Location)"
+    return ConfigError(
+        f"schema registry {url} answered with a redirect ({status}) to {target}; "
+        "the bridge does not follow redirects, which would carry its credentials elsewhere: "
+        "set BRIDGE_SCHEMA_REGISTRY_URL to the registry's own URL"
+    )
 
 
 class _NotRegistered(ConfigError):

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -169,6 +172,87 @@ async def test_an_unreachable_registry_is_a_retriable_sink_error(codec: AvroCode
     with pytest.raises(SinkUnavailable, match="unreachable") as caught:
         await encoder.prepare(["login-audit.success"])
     assert caught.value.retriable is True
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every request with ``server.answer`` and keeps what it was asked."""
+
+    server: _RecordingServer
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.server.seen.append(
+            (self.command, self.path, dict(self.headers), self.rfile.read(length))
+        )
+        status, headers, body = self.server.answer
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+class _RecordingServer(ThreadingHTTPServer):
+    def __init__(self, answer: tuple[int, dict[str, str], bytes]) -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.answer = answer
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def http_server() -> Iterator[Any]:
+    """Starts loopback HTTP servers with a fixed answer; all are shut down afterwards."""
+    servers: list[_RecordingServer] = []
+
+    def start(status: int, headers: dict[str, str], body: bytes = b"") -> _RecordingServer:
+        server = _RecordingServer((status, headers, body))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("call", ["register", "schema_by_id"])
+def test_a_redirect_is_a_config_error_naming_the_location_and_nothing_is_sent_there(
+    http_server: Any, status: int, call: str
+) -> None:
+    """A registry (or whoever answers at its URL) that redirects gets neither the credentials
+    nor the schema, and cannot hand the bridge a schema id of its choosing."""
+    elsewhere = http_server(
+        200, {"Content-Type": "application/json"}, b'{"id": 1, "schema": "\\"string\\""}'
+    )
+    location = f"{elsewhere.url}/apis/ccompat/v7/subjects/x-value/versions"
+    redirecting = http_server(status, {"Location": location})
+    client = RegistryClient(redirecting.url, username="bridge", password="hunter2", timeout=5)
+
+    with pytest.raises(ConfigError, match=rf"redirect.*\({status}\).*{location}") as caught:
+        if call == "register":
+            client.register("x-value", '"string"')
+        else:
+            client.schema_by_id(1)
+
+    assert elsewhere.seen == []
+    assert len(redirecting.seen) == 1
+    assert caught.value.retriable is False
 
 
 # -- against the real Apicurio Registry
