@@ -202,3 +202,16 @@ async def _delete_rabbitmq_names(url: str, name: str) -> None:
         await channel.exchange_delete(name)
         for queue in (f"{name}.success", f"{name}.failure"):
             await channel.queue_delete(queue)
+
+
+SCHEMA_REGISTRY_URL = os.environ.get(
+    "BRIDGE_TEST_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081/apis/ccompat/v7"
+)
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """The Apicurio Registry of `scripts/brokers start-registry`, its Confluent-compatible API."""
+    url = URL(SCHEMA_REGISTRY_URL)
+    require_broker("The Schema Registry", url.host or "127.0.0.1", url.port or 80)
+    return SCHEMA_REGISTRY_URL

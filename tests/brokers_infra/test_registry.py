@@ -24,8 +24,10 @@ from bridge.errors import ConfigError, MalformedInput, SinkUnavailable
 from bridge.normalize import Normalizer
 from bridge.registry import (
     CONTENT_TYPE,
+    MAX_WRITER_SCHEMA_CHARS,
     ConfluentRegistryEncoder,
     RegistryClient,
+    bounded_writer_schema,
     decode_confluent,
     frame,
     registry_decoder,
@@ -106,6 +108,48 @@ def test_decode_asks_for_the_schema_of_the_id_in_the_frame(
     assert decoded["user"]["name"] == "alice"
     assert decoded["status_id"] == 2
     assert decoded["metadata"]["uid"] == record["metadata"]["uid"]
+
+
+def test_the_shipped_schema_is_an_acceptable_writer_schema(codec: AvroCodec) -> None:
+    assert bounded_writer_schema(json.dumps(codec.schema))["name"] == codec.parsed["name"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        ({"type": "array", "items": "null"}, "items that take no bytes"),
+        (
+            {"type": "array", "items": {"type": "record", "name": "E", "fields": []}},
+            "items that take no bytes",
+        ),
+        ({"type": "array", "items": {"type": "fixed", "name": "F", "size": 0}}, "no bytes"),
+        (
+            {"type": "record", "name": "R", "fields": [{"name": "r", "type": ["null", "R"]}]},
+            "type R is recursive",
+        ),
+        ({"type": "array", "items": "string", "doc": "x" * MAX_WRITER_SCHEMA_CHARS}, "too large"),
+        ({"type": "array", "items": {"type": "no-such-type"}}, "does not parse"),
+        ("[" * 100 + "]" * 100, "nests deeper"),
+    ],
+    ids=["null-items", "empty-record-items", "empty-fixed", "recursive", "huge", "bad", "deep"],
+)
+def test_a_writer_schema_that_could_make_decoding_spin_is_refused(schema: Any, why: str) -> None:
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    with pytest.raises(MalformedInput, match=why):
+        bounded_writer_schema(text)
+
+
+def test_a_message_of_a_schema_that_does_not_resolve_names_the_id_not_the_schemas(
+    codec: AvroCodec,
+) -> None:
+    fields = [{"name": "y", "type": "string"}]
+    other = AvroCodec({"type": "record", "name": "Other", "fields": fields})
+    message = frame(9, other.encode_datum({"y": "not a login"}))
+    with pytest.raises(MalformedInput) as caught:
+        decode_confluent(message, lambda _: other.parsed)
+    assert caught.value.message == (
+        "written with schema id 9, which does not resolve to the login event schema"
+    )
 
 
 def test_encoding_for_a_topic_that_was_not_prepared_is_a_config_error(
