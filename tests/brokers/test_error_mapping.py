@@ -139,12 +139,13 @@ def test_every_amqp_exception_is_caught_by_the_sink() -> None:
     [
         (build(aiormq.exceptions.PublishError), SinkUnavailable, "unroutable"),
         (build(aiormq.exceptions.DeliveryError), SinkUnavailable, "nacked"),
-        (build(aiormq.exceptions.ChannelAccessRefused), SinkRejected, "unauthorized"),
+        # A permission an operator can grant: the events wait in the spool for it.
+        (build(aiormq.exceptions.ChannelAccessRefused), SinkUnavailable, "unauthorized"),
         (build(aiormq.exceptions.ChannelPreconditionFailed), SinkRejected, "rejected"),
         (build(aiormq.exceptions.ChannelNotFoundEntity), SinkUnavailable, "not_found"),
         (build(aiormq.exceptions.ConnectionClosed), SinkUnavailable, "transport"),
         (build(aiormq.exceptions.ChannelInvalidStateError), SinkUnavailable, "transport"),
-        (build(aiormq.exceptions.ProbableAuthenticationError), SinkUnavailable, "unauthorized"),
+        (build(aiormq.exceptions.ProbableAuthenticationError), SinkUnavailable, "authentication"),
         (ConnectionRefusedError(111, "Connection refused"), SinkUnavailable, "transport"),
         (TimeoutError(), SinkUnavailable, "timeout"),
     ],
