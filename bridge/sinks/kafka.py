@@ -51,27 +51,27 @@ _TOO_LARGE = {
     KafkaError.INVALID_MSG_SIZE,
     KafkaError.RECORD_LIST_TOO_LARGE,
 }
+# A missing ACL: retriable, because an operator can grant it; the events wait in the spool,
+# counted as reason="unauthorized", instead of being buried as dead letters.
 _UNAUTHORIZED = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED,
     KafkaError.CLUSTER_AUTHORIZATION_FAILED,
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.DELEGATION_TOKEN_AUTHORIZATION_FAILED,
 }
 # The broker or client refuses this very message, or this topic, for good: replaying it from
 # the spool would fail the same way forever.
-_REJECTED = (
-    _TOO_LARGE
-    | _UNAUTHORIZED
-    | {
-        KafkaError.INVALID_RECORD,
-        KafkaError.INVALID_TIMESTAMP,
-        KafkaError.TOPIC_EXCEPTION,
-        KafkaError.POLICY_VIOLATION,
-        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
-        KafkaError._INVALID_ARG,
-        KafkaError._KEY_SERIALIZATION,
-        KafkaError._VALUE_SERIALIZATION,
-    }
-)
+_REJECTED = _TOO_LARGE | {
+    KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_TIMESTAMP,
+    KafkaError.TOPIC_EXCEPTION,
+    KafkaError.POLICY_VIOLATION,
+    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    KafkaError._INVALID_ARG,
+    KafkaError._KEY_SERIALIZATION,
+    KafkaError._VALUE_SERIALIZATION,
+}
 _AUTHENTICATION = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _TIMEOUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
 _UNKNOWN_TOPIC = {
@@ -79,9 +79,10 @@ _UNKNOWN_TOPIC = {
     KafkaError._UNKNOWN_TOPIC,
     KafkaError._UNKNOWN_PARTITION,
 }
-# Creating topics fails this way only when the settings cannot work on this cluster.
+# Creating topics fails this way only when the settings cannot work on this cluster. Not
+# INVALID_REPLICATION_FACTOR: a cluster with a broker away (a rolling restart) answers it too,
+# so it is retried, with a hint in the message for a cluster that is simply too small.
 _BAD_TOPIC_SETTINGS = {
-    KafkaError.INVALID_REPLICATION_FACTOR,
     KafkaError.INVALID_PARTITIONS,
     KafkaError.INVALID_CONFIG,
     KafkaError.POLICY_VIOLATION,
@@ -439,6 +440,11 @@ class KafkaSink(Sink):
         text = f"kafka: cannot create topic {topic}: {err.str()}"
         if err.code() in _BAD_TOPIC_SETTINGS:
             raise ConfigError(text) from exc
+        if err.code() == KafkaError.INVALID_REPLICATION_FACTOR:
+            text += (
+                f" (replication factor {self._replication}: retrying, as a broker may be "
+                "restarting; if the cluster has fewer brokers, lower kafka_topic_replication)"
+            )
         raise SinkUnavailable(text, detail=err.name()) from exc
 
     # -- librdkafka callbacks, run on the poll thread

@@ -127,6 +127,24 @@ async def test_start_creates_missing_topics_with_the_configured_partitions(
     assert len(metadata[kafka_topics.failure].partitions) == 3
 
 
+async def test_a_replication_factor_the_cluster_cannot_honour_now_is_retried_not_fatal(
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
+) -> None:
+    """INVALID_REPLICATION_FACTOR also comes from a cluster with a broker down (a rolling
+    restart): start() fails as SinkUnavailable, so the service keeps trying (and spooling)."""
+    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_replication=3)
+    sink = kafka_sink(settings, metrics, codec)  # the test cluster has one broker
+
+    with pytest.raises(SinkUnavailable, match="replication") as caught:
+        await sink.start()
+
+    assert caught.value.detail == "INVALID_REPLICATION_FACTOR"
+    assert not sink.ready()
+
+
 async def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
