@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.codec import AvroCodec
 from bridge.consume import RabbitMQReader
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ConfigError, SinkUnavailable
 from bridge.metrics import Metrics
 from bridge.registry import ConfluentRegistryEncoder, RegistryClient
 from bridge.settings import Settings
@@ -170,9 +170,11 @@ async def test_a_sink_that_fails_to_prepare_closes_its_connection_every_time(
     encoder = ConfluentRegistryEncoder(codec, RegistryClient(url, timeout=2))
     sink = RabbitMQSink.from_settings(settings, encoder=encoder, metrics=metrics)
 
+    expected = {"down": SinkUnavailable, "wrong-path": ConfigError}[registry]
     for _ in range(3):
-        with pytest.raises(BridgeError, match="schema registry"):
+        with pytest.raises(BridgeError, match="schema registry") as caught:
             await sink.start()
+        assert type(caught.value) is expected  # a ConfigError stays one: the operator must act
 
     assert await asyncio.to_thread(rabbitmq_user.connections_once_settled, 0) == 0
     assert not sink.ready()
