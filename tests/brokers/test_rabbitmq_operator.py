@@ -80,6 +80,7 @@ async def read_queue(url: str, queue: str, count: int) -> list[str]:
         return [m.message_id or "" async for m in reader.events(limit=count, idle_timeout=5.0)]
 
 
+@pytest.mark.slow
 async def test_a_missing_write_permission_keeps_events_spooled_until_it_is_granted(
     rabbitmq_url: str,
     rabbitmq_names: str,
