@@ -331,9 +331,11 @@ class _Client:
         while True:
             try:
                 return self.producer.flush(max(0.0, deadline - time.monotonic()))
-            except KafkaException:  # a fatal error raised out of flush(): it stops serving
+            except Exception:  # the fatal error raised out of flush(), or a callback's failure
+                log.debug("kafka: flush interrupted; flushing on", exc_info=True)
                 if time.monotonic() >= deadline:
                     return len(self.producer)
+                time.sleep(POLL_SECONDS)
 
 
 class KafkaSink(Sink):

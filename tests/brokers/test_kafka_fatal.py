@@ -122,7 +122,17 @@ async def test_a_fatal_producer_error_rebuilds_the_producer_and_loses_no_event(
             "a new producer",
         )
         await eventually(sink.ready, "the sink ready again")
-        assert producer_of(sink) is not first
+        second = producer_of(sink)
+        assert second is not first
+
+        # The new one fails at once too, before any delivery: rebuilt again, after a pause.
+        inject_fatal_error(second)
+        await eventually(
+            lambda: sample(metrics, "login_audit_kafka_producer_rebuilds_total") == 2,
+            "a third producer",
+        )
+        await eventually(sink.ready, "the sink ready again")
+        assert producer_of(sink) not in (first, second)
         await asyncio.gather(*(pipeline.publish(e) for e in after))
         for _ in range(10):
             if spool.depth == 0:
