@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -156,6 +157,7 @@ class RabbitMQSink(Sink):
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._in_flight: dict[str, _Publish] = {}  # by event id
+        self._repair: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
@@ -203,6 +205,10 @@ class RabbitMQSink(Sink):
             raise
 
     async def stop(self) -> None:
+        if self._repair is not None:
+            self._repair.cancel()
+            await asyncio.gather(self._repair, return_exceptions=True)
+            self._repair = None
         connection = self._connection
         self._connection = self._channel = self._exchange = None
         if connection is not None:
@@ -277,7 +283,56 @@ class RabbitMQSink(Sink):
             async with asyncio.timeout(self._publish_timeout):
                 await self._publish_alone(exchange, message, event)
         except BROKER_ERRORS as exc:
+            if self._channel_stuck():
+                self._repair_later(exchange)
             raise self._failed(exc, event) from exc
+
+    def _channel_stuck(self) -> bool:
+        """The channel is closed while its connection is up, or the connection closed for good:
+        neither comes back by itself."""
+        connection, channel = self._connection, self._channel
+        if connection is None or channel is None:
+            return False
+        return connection.is_closed or (connection.connected.is_set() and channel.is_closed)
+
+    def _repair_later(self, broken: AbstractExchange) -> None:
+        if self._repair is None or self._repair.done():
+            self._repair = asyncio.create_task(self._reconnect(broken))
+
+    async def _reconnect(self, broken: AbstractExchange) -> None:
+        """If the channel is still closed a moment later, connects anew, declares the exchange,
+        and only then retires the old connection.
+
+        The broker closes a channel on a refusal (403, 404, 406), and aio-pika reopens it and
+        declares the exchange again. When that declaration is refused too (the user lost its
+        configure permission as well, or another refused publish slipped into the reopening),
+        aio-pika gives up while the connection stays up: the channel stayed closed for good,
+        and every later send failed although the permissions had long been restored. A new
+        connection is used only once the exchange is declared on it.
+        """
+        await asyncio.sleep(RECONNECT_INTERVAL_SECONDS)  # aio-pika's own reopening goes first
+        old = self._connection
+        if old is None or self._exchange is not broken or not self._channel_stuck():
+            return  # stopped, replaced, or reopened by aio-pika after all
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                connection = await self._connect()
+                try:
+                    channel = await self._open_channel(connection)
+                    exchange = await self._declare(channel)
+                except BaseException:
+                    await connection.close()
+                    raise
+        except BROKER_ERRORS as exc:
+            log.warning(
+                "rabbitmq: no new connection yet (%s); the next failing send tries again",
+                _describe(exc),
+            )
+            return
+        self._connection, self._channel, self._exchange = connection, channel, exchange
+        log.warning("rabbitmq: the channel stayed closed; replaced it with a new connection")
+        with contextlib.suppress(*BROKER_ERRORS):
+            await old.close()
 
     async def _publish_alone(
         self, exchange: AbstractExchange, message: aio_pika.Message, event: LoginEvent

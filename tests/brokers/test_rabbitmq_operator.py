@@ -17,9 +17,10 @@ import aio_pika
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.codec import AvroCodec
+from bridge.codec import AvroCodec, SingleObjectEncoder
 from bridge.consume import RabbitMQReader
 from bridge.errors import BridgeError, ConfigError, SinkUnavailable
+from bridge.event import LoginEvent
 from bridge.metrics import Metrics
 from bridge.registry import ConfluentRegistryEncoder, RegistryClient
 from bridge.settings import Settings
@@ -145,6 +146,48 @@ async def test_a_missing_write_permission_keeps_events_spooled_until_it_is_grant
         duplicated=len(delivered) - len(set(delivered)),
         capsys=capsys,
     )
+
+
+async def test_a_channel_left_closed_by_refusals_is_replaced_once_permissions_return(
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    rabbitmq_user: RabbitMQUser,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    """A refused publish closes the channel; aio-pika reopens it and declares the exchange
+    again, and when that is refused too (the user lost its configure permission as well, or a
+    second refused publish slipped into the reopening) it gives up, with the connection still
+    up: nothing would reopen the channel, and every send failed for good."""
+    queue = f"{rabbitmq_names}.failure"
+    await declare_exchange_and_queue(rabbitmq_url, rabbitmq_names, queue)
+    exchange_only = f"^{rabbitmq_names}$"
+    rabbitmq_user.permit(configure=exchange_only, write="^$", read="^$")  # may not publish
+    settings = Settings(
+        sink="rabbitmq",
+        rabbitmq_url=rabbitmq_user.url,
+        rabbitmq_exchange=rabbitmq_names,
+        publish_timeout_seconds=2,
+    )
+    sink = RabbitMQSink.from_settings(settings, encoder=SingleObjectEncoder(codec), metrics=metrics)
+    events = make_events(4)
+    async with sink:
+        rabbitmq_user.permit(configure="^$", write="^$", read="^$")  # nor declare, now
+        refused = await asyncio.gather(*(sink.send(e) for e in events), return_exceptions=True)
+        assert all(isinstance(r, SinkUnavailable) for r in refused)
+        await asyncio.sleep(1.0)  # aio-pika's reopening is refused meanwhile
+
+        rabbitmq_user.permit(configure=exchange_only, write=exchange_only, read="^$")
+        for _ in range(20):  # as the replayer does: try again a little later
+            outcomes = await asyncio.gather(*(sink.send(e) for e in events), return_exceptions=True)
+            if all(o is None for o in outcomes):
+                break
+            await asyncio.sleep(0.5)
+        assert [o for o in outcomes if o is not None] == []
+        # The connection given up on is closed, not left behind.
+        assert await asyncio.to_thread(rabbitmq_user.connections_once_settled, 1) == 1
+    assert len(set(await read_queue(rabbitmq_url, queue, 4))) == 4
 
 
 @pytest.mark.parametrize("registry", ["down", "wrong-path"])
