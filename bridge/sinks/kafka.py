@@ -489,13 +489,12 @@ class KafkaSink(Sink):
         await asyncio.sleep(self._rebuild_delay)  # stop() may cancel it: `old` is still current
         self._rebuild_delay = min(max(2 * self._rebuild_delay, 1.0), MAX_REBUILD_DELAY_SECONDS)
         try:
-            self._client = self._new_client()
+            new = self._new_client()
         except ConfigError:
-            log.exception("kafka: cannot build a new producer; sends keep failing")
+            log.exception("kafka: no new producer; trying again in %.0fs", self._rebuild_delay)
+            self._recovery = asyncio.create_task(self._rebuild(old))
             return
-        finally:
-            self._recovery = None
-        self._fatal = None
+        self._client, self._recovery, self._fatal = new, None, None
         self._metrics.kafka_producer_rebuilds.inc()
         log.warning("kafka: a new producer replaced the one that hit the fatal error")
         # The old one's queued messages were failed by librdkafka (their sends spool them);
