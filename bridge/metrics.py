@@ -134,6 +134,11 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.kafka_producer_rebuilds = Counter(
+            "login_audit_kafka_producer_rebuilds_total",
+            "Kafka producers replaced after a fatal error (the old one could never send again).",
+            registry=r,
+        )
         self.build_info = Info(
             "login_audit_build",
             "Version of the bridge and of Python.",
