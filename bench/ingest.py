@@ -1,54 +1,81 @@
-"""Measures ingest throughput, latency, spool drain and memory of the bridge against baselines.
+"""Measures the bridge's CPU per event and throughput against the serving floor, in one run.
 
 One command starts everything on 127.0.0.1 (Kafka and RabbitMQ through ``scripts/brokers``,
-bridge processes through ``login-audit-bridge serve``, a bare ASGI app as the serving floor),
-runs each measurement, stops what it started by PID, prints one Markdown table and writes it to
-``bench/results/<date>.md``. Load: ``wrk`` (closed loop, for the most a server sustains) and
-``bench/openloop.py`` (open loop, for latency at a fixed offered rate), both posting SFTPGo's
-HTTP-mode request bodies from the shared vectors. Nothing here asserts a speed.
+bridge workers through ``login-audit-bridge serve``, the serving floor through
+``bench/floor_app.py``, which follows the bridge's own ``serve`` code path), measures, stops
+what it started by PID, prints Markdown and writes it to ``bench/results/``. Sections:
 
-    .venv/bin/python bench/ingest.py [--quick] [--no-profile] [--keep-brokers]
+- ``cpu``: the floor and one worker into Kafka (acks=all), RabbitMQ and the file sink, measured
+  in interleaved rounds with ``wrk`` (closed loop): events/s and process CPU per event (user +
+  sys from /proc over 2xx answers), each as a ratio to the floor in the same round; per-thread
+  CPU of the Kafka worker.
+- ``workers``: 1 vs N workers into Kafka, in the same rounds (N processes sharing the port
+  with BRIDGE_REUSE_PORT, or one ``serve --workers N`` with ``--workers-mode flag``).
+- ``latency``: p50/p99 into Kafka at a fixed 200 events/s and at 50 % of the measured maximum,
+  from vegeta (constant rate, Go; built by ``scripts/tools vegeta``).
+- ``profile``: py-spy ``--native --gil`` on the Kafka worker under load (top frames), and
+  ``perf trace -s`` (syscalls per event) when perf is installed.
+- ``checks``: what must not regress: shim CPU (bench/shim_startup.py), spool drain rate,
+  RSS per worker (sampled over every run).
+
+``--baseline DIR`` measures another checkout (its bridge package first on PYTHONPATH, its own
+floor) in the same rounds, for a before/after table on a noisy machine. Nothing here asserts a
+speed: the issue's targets are printed with a yes/no each.
+
+    .venv/bin/python bench/ingest.py [--quick] [--only SECTIONS] [--baseline DIR] [--source DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import json
 import os
+import random
+import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("LOGIN_AUDIT_SHARED", REPO.parent / "shared"))
+VECTORS = REPO / "tests" / "data" / "sftpgo"
 CACHE = Path(os.environ.get("LOGIN_AUDIT_CACHE", Path.home() / ".cache" / "login-audit-bridge"))
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 BROKERS = REPO / "scripts" / "brokers"
+TOOLS = REPO / "scripts" / "tools"
+RESULTS = REPO / "bench" / "results"
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for loopback-only processes
 HOOK_PATH = "/v1/hooks/sftpgo"
 WRK_THREADS = 1  # one wrk thread drives >50k req/s on loopback; the rest of the CPU is the server's
 WRK_CONNECTIONS = 128
-LATENCY_FRACTIONS = (0.25, 0.50, 0.90)
+SECTIONS = ("cpu", "workers", "latency", "profile", "checks")
+TICKS = os.sysconf("SC_CLK_TCK")
 
-# The issue's targets.
-KAFKA_MIN_EPS = 8000
-KAFKA_MIN_FLOOR_RATIO = 0.2
-P99_AT_HALF_MAX_MS = 20.0
+# Issue 11's targets.
+CPU_MAX_FLOOR_RATIO = 3.0
+CPU_STRETCH_FLOOR_RATIO = 2.0
+RATE_MIN_FLOOR_RATIO = 0.3
+FIXED_RATE = 200
+P50_MAX_MS = 5.0
+P99_MAX_MS = 20.0
 SHIM_MAX_RATIO = 1.3
 DRAIN_MIN_EPS = 5000
 RSS_MAX_MIB = 120.0
@@ -56,45 +83,159 @@ RSS_MAX_MIB = 120.0
 
 @dataclass(frozen=True)
 class Plan:
-    """How long and how much: the full run, or --quick."""
+    """How long and how much: the full run, or --quick; --rounds and --seconds override."""
 
+    rounds: int
     seconds: float
+    warm_up: float
+    latency_rounds: int
+    latency_seconds: float
+    profile_seconds: float
     spool_events: int
     shim_runs: int
     shim_logins: int
 
     @classmethod
-    def choose(cls, quick: bool) -> Plan:
-        if quick:
-            return cls(seconds=3.0, spool_events=20_000, shim_runs=30, shim_logins=30)
-        return cls(seconds=10.0, spool_events=100_000, shim_runs=100, shim_logins=200)
+    def choose(cls, args: argparse.Namespace) -> Plan:
+        if args.quick:
+            plan = cls(2, 3.0, 1.0, 1, 3.0, 3.0, 20_000, 30, 30)
+        else:
+            plan = cls(7, 10.0, 3.0, 3, 20.0, 20.0, 100_000, 100, 200)
+        return dataclasses.replace(
+            plan, rounds=args.rounds or plan.rounds, seconds=args.seconds or plan.seconds
+        )
 
 
-@dataclass
-class Row:
-    measurement: str
-    result: str
-    target: str = "-"
-    verdict: str = ""
+# ---------------------------------------------------------------- statistics and the report
 
 
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+def spread(values: list[float], spec: str = ",.0f", unit: str = "") -> str:
+    """'median{unit} [min-max]' of the rounds (just the median when there is one value)."""
+    if not values:
+        return "-"
+    mid = f"{statistics.median(values):{spec}}{unit}"
+    if len(values) == 1:
+        return mid
+    return f"{mid} [{min(values):{spec}}-{max(values):{spec}}]"
 
-    def add(self, measurement: str, result: str, target: str = "-", verdict: str = "") -> None:
-        self.rows.append(Row(measurement, result, target, verdict))
-        print(f"  {measurement}: {result}" + (f" [{verdict}]" if verdict else ""), flush=True)
 
-    def markdown(self) -> str:
-        lines = ["| measurement | result | target | met |", "|---|---|---|---|"]
-        lines += [f"| {r.measurement} | {r.result} | {r.target} | {r.verdict} |" for r in self.rows]
-        return "\n".join(lines)
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def met(ok: bool) -> str:
     return "yes" if ok else "**no**"
+
+
+@dataclass
+class Report:
+    targets: list[tuple[str, str, str]] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def target(self, what: str, result: str, verdict: str) -> None:
+        self.targets.append((what, result, verdict))
+        print(f"  target: {what}: {result} [{verdict}]", flush=True)
+
+    def block(self, text: str) -> None:
+        self.blocks.append(text)
+        print("\n" + text + "\n", flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  note: {text}", flush=True)
+
+    def markdown(self) -> str:
+        parts = []
+        if self.targets:
+            rows = [
+                "| target (issue 11) | result: median [range] | met (median) |",
+                "|---|---|---|",
+            ]
+            rows += [f"| {a} | {b} | {c} |" for a, b, c in self.targets]
+            parts.append("\n".join(rows))
+        parts += self.blocks
+        if self.notes:
+            parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in self.notes))
+        return "\n\n".join(parts)
+
+
+def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
+    align = align or "l" + "r" * (len(header) - 1)
+    marks = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- /proc
+
+
+def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (all its threads) or of one thread; 0 once it is gone."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    try:
+        fields = Path(path).read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of proc(5)'s stat; [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def thread_ids(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
+def comm(pid: int, tid: int | None = None) -> str:
+    path = f"/proc/{pid}/task/{tid}/comm" if tid is not None else f"/proc/{pid}/comm"
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "?"
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """The roots and all their descendants (a `serve --workers N` forks its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        if Path(f"/proc/{pid}").exists():
+            found.append(pid)
+            todo += children.get(pid, [])
+    return sorted(found)
+
+
+def machine_idle_seconds() -> float:
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()
+    return (int(cpu[4]) + int(cpu[5])) / TICKS  # idle + iowait
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def uvloop_loaded(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()
+    return False
 
 
 # ---------------------------------------------------------------- processes
@@ -116,19 +257,7 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], *, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args!r} exited with {process.returncode} during start-up")
-        with contextlib.suppress(OSError):
-            if http_get(url, timeout=1.0)[0] == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer 200 within {timeout} s")
-
-
-def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+def stop_process(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     """SIGTERM by PID, then SIGKILL if it does not stop within the grace period."""
     if process.poll() is not None:
         return
@@ -141,33 +270,57 @@ def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
 
 
 @dataclass
+class Variant:
+    """Which bridge package runs: this checkout's (source None) or another one's."""
+
+    name: str
+    source: Path | None
+
+    def env(self) -> dict[str, str]:
+        # The other checkout's bridge package ahead of the editable install.
+        return {"PYTHONPATH": str(self.source)} if self.source else {}
+
+    def describe(self) -> str:
+        where = self.source or REPO
+        rev = subprocess.run(
+            ["git", "-C", str(where), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        return f"{where} ({rev or 'not a git checkout'})"
+
+
+@dataclass
 class Server:
-    """A started HTTP server process (bridge worker or floor) on 127.0.0.1."""
+    """One port and the processes behind it (bridge workers, or the floor)."""
 
     name: str
     port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    processes: list[subprocess.Popen[bytes]]
+    log: Path
+    sink: str = "floor"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        return process_tree([p.pid for p in self.processes if p.poll() is None])
 
 
 @dataclass
 class Brokers:
     kafka: str
     rabbitmq: str
+    own: bool
     started_here: bool
 
 
-# The bench runs its own brokers (own run directory, own ports): it stops and starts Kafka, which
-# must not disturb a test run using the default ones, nor be disturbed by it. The ports sit below
-# Linux's ephemeral range (32768+), where wrk's outgoing connections could take them.
-BROKER_ENV = {
+# The bench's own brokers (own run directory, own ports): the spool check stops and starts
+# Kafka, which must not disturb a test run using the shared ones, nor be disturbed by it. The
+# ports sit below Linux's ephemeral range (32768+), where wrk's outgoing connections could land.
+OWN_BROKER_ENV = {
     "LOGIN_AUDIT_RUN": str(CACHE / "bench-run"),
     "LOGIN_AUDIT_KAFKA_PORT": "19192",
     "LOGIN_AUDIT_KAFKA_CONTROLLER_PORT": "19193",
@@ -177,12 +330,14 @@ BROKER_ENV = {
 }
 
 
-def brokers(command: str) -> str:
-    """Runs scripts/brokers for the bench's own brokers; returns what it printed."""
+def brokers(command: str, own: bool) -> str:
+    """Runs scripts/brokers for the bench's own brokers or the shared ones; returns its output."""
+    if command.startswith("stop") and not own:
+        raise AssertionError("never stop the shared brokers")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_TEST_")}
     done = subprocess.run(
         [str(BROKERS), command],
-        env={**env, **BROKER_ENV},
+        env={**env, **(OWN_BROKER_ENV if own else {})},
         capture_output=True,
         text=True,
         check=False,
@@ -192,11 +347,12 @@ def brokers(command: str) -> str:
     return done.stdout
 
 
-def start_brokers() -> Brokers:
-    before = brokers("env")
+def start_brokers(own: bool) -> Brokers:
+    before = brokers("env", own)
     already = "KAFKA" in before and "RABBITMQ" in before
-    print("brokers: " + ("already running" if already else "starting (scripts/brokers start)"))
-    out = brokers("start")
+    which = "own (ports 19192, 5773)" if own else "shared"
+    print(f"brokers: {which}, " + ("already running" if already else "starting"), flush=True)
+    out = brokers("start", own)
     env = dict(
         line.removeprefix("export ").split("=", 1)
         for line in out.splitlines()
@@ -205,37 +361,37 @@ def start_brokers() -> Brokers:
     return Brokers(
         kafka=env["BRIDGE_TEST_KAFKA_BOOTSTRAP"],
         rabbitmq=env["BRIDGE_TEST_RABBITMQ_URL"],
+        own=own,
         started_here=not already,
     )
 
 
 class Lab:
-    """Starts bridge workers and the floor app in a scratch directory; stops all it started."""
+    """Starts bridge workers and floors in a scratch directory; stops all it started."""
 
-    def __init__(self, scratch: Path, brokers: Brokers, source: Path | None = None) -> None:
+    def __init__(self, scratch: Path, brokers: Brokers, workers_mode: str) -> None:
         self.scratch = scratch
-        self.source = source
         self.brokers = brokers
+        self.workers_mode = workers_mode
         self.run_id = uuid.uuid4().hex[:8]
         self.topics = (f"bench-{self.run_id}.success", f"bench-{self.run_id}.failure")
         self.queues = (f"bench-{self.run_id}.success", f"bench-{self.run_id}.failure")
         self.exchange = f"bench-{self.run_id}"
-        self._started: list[Server] = []
+        self.started: list[Server] = []
         self._count = 0
 
-    def bridge_env(self, sink: str, port: int, *, reuse_port: bool) -> dict[str, str]:
+    def data_dir(self, name: str) -> Path:
         self._count += 1
-        data_dir = self.scratch / f"bridge-{self._count}"
-        data_dir.mkdir()
-        # --source: another checkout's bridge package, ahead of the editable install, to
-        # compare a change with the code it changes.
-        source = {"PYTHONPATH": str(self.source)} if self.source else {}
+        path = self.scratch / f"{self._count:02d}-{name.replace(' ', '_')}"
+        path.mkdir()
+        return path
+
+    def bridge_env(self, variant: Variant, sink: str, port: int, data_dir: Path) -> dict[str, str]:
         return {
-            **source,
+            **variant.env(),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "BRIDGE_HOST": "127.0.0.1",
             "BRIDGE_PORT": str(port),
-            "BRIDGE_REUSE_PORT": "true" if reuse_port else "false",
             "BRIDGE_DATA_DIR": str(data_dir),
             "BRIDGE_SINK": sink,
             "BRIDGE_AUTH_TOKENS": TOKEN,
@@ -250,83 +406,220 @@ class Lab:
             "BRIDGE_RABBITMQ_QUEUE_FAILURE": self.queues[1],
         }
 
-    def bridges(self, sink: str, workers: int = 1) -> list[Server]:
+    def bridge(self, variant: Variant, sink: str, workers: int = 1, role: str = "") -> Server:
+        """`workers` bridge processes on one port (BRIDGE_REUSE_PORT, a data directory each),
+        or with --workers-mode flag one `serve --workers N` (one data directory)."""
         port = free_port()
-        servers = []
-        for n in range(workers):
-            env = self.bridge_env(sink, port, reuse_port=workers > 1)
-            log = (Path(env["BRIDGE_DATA_DIR"]) / "bridge.log").open("wb")
-            process = subprocess.Popen(
-                [str(BIN / "login-audit-bridge"), "serve"],
-                env=env,
-                stdout=log,
-                stderr=log,
-                cwd=env["BRIDGE_DATA_DIR"],
-            )
-            log.close()
-            server = Server(f"{sink} worker {n + 1}", port, process)
-            self._started.append(server)
-            servers.append(server)
-        for server in servers:
-            wait_for(f"{server.url}/readyz", server.process)
-        if sink != "file":
-            wait_until_sink_ready(servers)
-        return servers
+        name = f"{variant.name}-{sink}-{workers}w" + (f"-{role}" if role else "")
+        processes = []
+        flag = self.workers_mode == "flag"
+        for n in range(1 if flag else workers):
+            data_dir = self.data_dir(f"{name}-{n + 1}")
+            env = self.bridge_env(variant, sink, port, data_dir)
+            argv = [str(BIN / "login-audit-bridge"), "serve"]
+            if flag:
+                argv += ["--workers", str(workers)]
+            elif workers > 1:
+                env["BRIDGE_REUSE_PORT"] = "true"
+            with (data_dir / "bridge.log").open("wb") as log:
+                processes.append(
+                    subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=data_dir)
+                )
+        server = Server(name, port, processes, data_dir / "bridge.log", sink)
+        self.started.append(server)
+        wait_ready(server, sink_ready=sink != "file")
+        return server
 
-    def floor(self) -> Server:
+    def floor(self, variant: Variant) -> Server:
+        """bench/floor_app.py through the variant's `serve` code path; checks its banner."""
         port = free_port()
-        process = subprocess.Popen(
-            [PYTHON, str(REPO / "bench" / "floor_app.py"), "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        server = Server("floor", port, process)
-        self._started.append(server)
-        wait_for_port(port, process)
+        data_dir = self.data_dir(f"{variant.name}-floor")
+        env = {
+            **variant.env(),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "BRIDGE_HOST": "127.0.0.1",
+            "BRIDGE_PORT": str(port),
+            "BRIDGE_DATA_DIR": str(data_dir),
+            "BRIDGE_LOG_LEVEL": "warning",
+        }
+        log = data_dir / "floor.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [PYTHON, str(REPO / "bench" / "floor_app.py")],
+                env=env,
+                stdout=out,
+                stderr=out,
+                cwd=data_dir,
+            )
+        server = Server(f"{variant.name}-floor", port, [process], log)
+        self.started.append(server)
+        wait_ready(server, sink_ready=False, path="/")
+        if floor_banner(server) is None:
+            raise SystemExit(
+                f"bench/floor_app.py printed no 'floor:' line ({log}): the bridge's serve code "
+                "path changed and the floor may be serving the real bridge; update floor_app.py"
+            )
         return server
 
     def stop(self, servers: list[Server]) -> None:
         for server in servers:
-            stop(server.process)
-            self._started.remove(server)
+            for process in server.processes:
+                stop_process(process)
+            if server in self.started:
+                self.started.remove(server)
 
     def stop_all(self) -> None:
-        self.stop(list(self._started))
+        self.stop(list(self.started))
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+def floor_banner(server: Server) -> str | None:
+    for line in server.log.read_text(errors="replace").splitlines():
+        if line.startswith("floor:"):
+            return line.removeprefix("floor:").strip()
+    return None
+
+
+def wait_ready(server: Server, *, sink_ready: bool, path: str = "/readyz") -> None:
+    """Until the server answers (the floor: anything; a bridge: /readyz 200 and, for a broker
+    sink, sink_ready, since /readyz answers 200 with a spool before the broker connects)."""
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args!r} exited with {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+        for process in server.processes:
+            if process.poll() is not None:
+                tail = server.log.read_text(errors="replace")[-2000:]
+                raise SystemExit(f"{server.name} exited with {process.returncode}:\n{tail}")
+        with contextlib.suppress(OSError, ValueError):
+            status, body = http_get(server.url + path, timeout=1.0)
+            if path != "/readyz" or (
+                status == 200 and (not sink_ready or json.loads(body).get("sink_ready"))
+            ):
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"{server.name}: not ready within 90 s; see {server.log}")
 
 
-def wait_until_sink_ready(servers: list[Server], timeout: float = 60.0) -> None:
-    """/readyz answers 200 with a spool even before the broker connects; wait for the sink."""
-    deadline = time.monotonic() + timeout
-    for server in servers:
-        while time.monotonic() < deadline:
-            status, body = http_get(f"{server.url}/readyz")
-            if status == 200 and json.loads(body).get("sink_ready"):
-                break
-            time.sleep(0.1)
-        else:
-            raise SystemExit(f"{server.name}: sink not ready within {timeout} s")
+def bridge_has_workers_flag(variant: Variant) -> bool:
+    out = subprocess.run(
+        [str(BIN / "login-audit-bridge"), "serve", "--help"],
+        env={**os.environ, **variant.env()},
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return "--workers" in out
+
+
+def metric(server: Server, name: str, labels: str = "") -> float:
+    """The sum of a metric's samples whose labels contain `labels` (e.g. 'sink="kafka"')."""
+    _, body = http_get(f"{server.url}/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 # ---------------------------------------------------------------- measuring
 
 
+@dataclass
+class Sample:
+    """One measured window on one server."""
+
+    ok: int
+    errors: int
+    rate: float  # 2xx answers per second
+    cpu: float  # CPU seconds of all the server's processes
+    seconds: float
+    idle: float  # the whole machine's idle fraction
+    threads: dict[str, float] = field(default_factory=dict)  # label -> CPU seconds
+
+    @property
+    def us_per_event(self) -> float:
+        return self.cpu / max(self.ok, 1) * 1e6
+
+    @property
+    def core(self) -> float:
+        return self.cpu / self.seconds if self.seconds else 0.0
+
+
+class Meter:
+    """CPU time of a server's processes (and threads) over a block, and the machine's idle."""
+
+    def __init__(self, server: Server, labels: dict[tuple[int, int], str] | None = None) -> None:
+        self._server = server
+        self._labels = labels
+        self.cpu = 0.0
+        self.seconds = 0.0
+        self.idle = 0.0
+        self.threads: dict[str, float] = {}
+
+    def _threads(self, pids: list[int]) -> dict[tuple[int, int], float]:
+        return {(p, t): proc_cpu_seconds(p, t) for p in pids for t in thread_ids(p)}
+
+    def __enter__(self) -> Meter:
+        self._pids = self._server.pids()
+        self._before = {p: proc_cpu_seconds(p) for p in self._pids}
+        self._thread_before = self._threads(self._pids) if self._labels is not None else {}
+        self._idle = machine_idle_seconds()
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.monotonic() - self._started
+        self.idle = (machine_idle_seconds() - self._idle) / (self.seconds * (os.cpu_count() or 1))
+        pids = sorted(set(self._pids) | set(self._server.pids()))
+        self.cpu = sum(proc_cpu_seconds(p) - self._before.get(p, 0.0) for p in pids)
+        if self._labels is not None:
+            for key, used in self._threads(pids).items():
+                label = self._labels.get(key) or thread_label(*key, {})
+                delta = used - self._thread_before.get(key, 0.0)
+                self.threads[label] = self.threads.get(label, 0.0) + delta
+
+
+def thread_label(pid: int, tid: int, python_names: dict[int, str]) -> str:
+    name = python_names.get(tid)
+    if name == "MainThread" or (not name and tid == pid):
+        return "MainThread (event loop)"
+    if name:
+        return f"{name} (Python thread)"
+    native = comm(pid, tid)
+    if native.startswith("rdk:"):
+        return f"{native} (librdkafka)"
+    return f"{native} (tid {tid}, no Python name)"
+
+
+def thread_labels(server: Server, spy: Path | None) -> dict[tuple[int, int], str]:
+    """A readable label per thread: Python's thread names from `py-spy dump`, else the comm."""
+    pids = server.pids()
+    labels = {}
+    for pid in pids:
+        names: dict[int, str] = {}
+        if spy is not None:
+            dump = subprocess.run(
+                [str(spy), "dump", "--json", "--pid", str(pid)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            with contextlib.suppress(ValueError):
+                for thread in json.loads(dump.stdout or "[]"):
+                    if thread.get("os_thread_id"):
+                        names[int(thread["os_thread_id"])] = str(thread.get("thread_name") or "")
+        prefix = f"pid {pid}: " if len(pids) > 1 else ""
+        for tid in thread_ids(pid):
+            labels[(pid, tid)] = prefix + thread_label(pid, tid, names)
+    return labels
+
+
 class RssSampler:
-    """Samples VmRSS of the watched processes every 50 ms in a thread; keeps each one's peak."""
+    """Samples VmRSS of every watched server's processes every 50 ms; keeps each one's peak."""
 
     def __init__(self) -> None:
-        self._peaks: dict[int, int] = {}
-        self._watched: set[int] = set()
+        self._servers: list[Server] = []
+        self._pids: dict[int, str] = {}
+        self.peaks: dict[int, int] = {}
+        self.idle: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -339,95 +632,57 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
 
-    def watch(self, pids: list[int]) -> None:
+    def watch(self, server: Server) -> None:
+        pids = server.pids()
         with self._lock:
-            self._watched.update(pids)
+            self._servers.append(server)
+            for pid in pids:
+                self._pids[pid] = server.name
+                self.idle.setdefault(pid, rss_kib(pid))
 
-    def peak_mib(self, pid: int) -> float:
+    def by_server(self) -> dict[str, tuple[float, float]]:
+        """Per server: (largest idle RSS after start, largest peak) over its processes, in MiB."""
+        found: dict[str, tuple[float, float]] = {}
         with self._lock:
-            return self._peaks.get(pid, 0) / 1024
+            for pid, name in self._pids.items():
+                idle, peak = found.get(name, (0.0, 0.0))
+                found[name] = (
+                    max(idle, self.idle.get(pid, 0) / 1024),
+                    max(peak, self.peaks.get(pid, 0) / 1024),
+                )
+        return found
 
     def _run(self) -> None:
+        tick = 0
         while not self._stop.wait(0.05):
+            tick += 1
+            if tick % 20 == 0:  # a `serve --workers N` may start workers later
+                with self._lock:
+                    servers = list(self._servers)
+                for server in servers:
+                    for pid in server.pids():
+                        with self._lock:
+                            self._pids.setdefault(pid, server.name)
             with self._lock:
-                pids = list(self._watched)
+                pids = list(self._pids)
             for pid in pids:
                 kib = rss_kib(pid)
                 with self._lock:
-                    self._peaks[pid] = max(self._peaks.get(pid, 0), kib)
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), kib)
 
 
-class CpuMeter:
-    """CPU time the workers used over a block, and how busy the whole machine was meanwhile.
-
-    The machine may be shared: a worker below 100 % of a core while the machine has no idle
-    time was short of CPU, not of work.
-    """
-
-    def __init__(self, pids: list[int]) -> None:
-        self._pids = pids
-        self._ticks = os.sysconf("SC_CLK_TCK")
-        self._started = 0.0
-        self._cpu: list[float] = []
-        self._idle = 0.0
-        self.seconds = 0.0
-        self.worker_cpu: list[float] = []
-        self.machine_idle = 0.0
-
-    def __enter__(self) -> CpuMeter:
-        self._started = time.monotonic()
-        self._cpu = [process_cpu_seconds(pid) for pid in self._pids]
-        self._idle = machine_idle_seconds(self._ticks)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.monotonic() - self._started
-        used = [process_cpu_seconds(p) - c for p, c in zip(self._pids, self._cpu, strict=True)]
-        self.worker_cpu = used
-        self.machine_idle = (machine_idle_seconds(self._ticks) - self._idle) / (
-            self.seconds * (os.cpu_count() or 1)
-        )
-
-    def describe(self, events: int) -> str:
-        cores = " + ".join(f"{100 * u / self.seconds:.0f} %" for u in self.worker_cpu)
-        per_event = sum(self.worker_cpu) / max(events, 1) * 1e6
-        return (
-            f"worker CPU {cores} of a core, {per_event:.0f} µs CPU/event; "
-            f"machine idle {100 * self.machine_idle:.0f} %"
-        )
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_idle_seconds(ticks: int) -> float:
-    cpu = Path("/proc/stat").read_text().splitlines()[0].split()
-    return (int(cpu[4]) + int(cpu[5])) / ticks  # idle + iowait
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+# ---------------------------------------------------------------- load generators
 
 
 def request_pairs() -> list[tuple[str, str]]:
     """(path, body) of every HTTP-mode SFTPGo vector, as SFTPGo's HTTP hook sends them."""
     pairs = []
-    for path in sorted((SHARED / "vectors" / "sftpgo").glob("*.json")):
+    for path in sorted(VECTORS.glob("*.json")):
         vector = json.loads(path.read_text(encoding="utf-8"))
         if vector.get("mode") == "http" and vector.get("raw_body"):
             pairs.append((f"{HOOK_PATH}?{vector['raw_query']}", vector["raw_body"]))
     if not pairs:
-        raise SystemExit(f"no HTTP-mode vectors under {SHARED / 'vectors' / 'sftpgo'}")
+        raise SystemExit(f"no HTTP-mode vectors under {VECTORS}")
     return pairs
 
 
@@ -510,6 +765,30 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
+def ensure_vegeta() -> Path:
+    """vegeta, built from the Go module proxy at a pinned version by scripts/tools."""
+    binary = CACHE / "bin" / "vegeta"
+    done = subprocess.run(
+        [str(TOOLS), "vegeta"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if done.returncode != 0 or not binary.exists():
+        raise SystemExit(
+            "scripts/tools vegeta failed (needs Go and the Go module proxy):\n"
+            f"{done.stderr[-2000:]}"
+            "\nskip the latency section with --only cpu,workers,profile,checks"
+        )
+    return binary
+
+
+def py_spy(required: bool) -> Path | None:
+    binary = BIN / "py-spy"
+    if binary.exists():
+        return binary
+    if required:
+        raise SystemExit("py-spy is not in the virtualenv: run scripts/bootstrap (test extras)")
+    return None
+
+
 def parse_wrk(out: str) -> Closed:
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     data = json.loads(line.removeprefix("WRKJSON "))
@@ -519,26 +798,22 @@ def parse_wrk(out: str) -> Closed:
     return Closed(ok / seconds, ok, errors, seconds, data["p50_us"] / 1e3, data["p99_us"] / 1e3)
 
 
-def stop_child(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-
-
 class Load:
-    """Both load generators, aimed at one port."""
+    """wrk (closed loop: the most a server sustains) and vegeta (a constant offered rate)."""
 
     def __init__(self, scratch: Path, pairs: list[tuple[str, str]]) -> None:
         self.wrk = ensure_wrk()
+        self.vegeta: Path | None = None
+        self.scratch = scratch
+        self.pairs = pairs
         self.timed = scratch / "timed.lua"
         self.counted = scratch / "counted.lua"
-        self.pairs_file = scratch / "requests.json"
         write_wrk_script(self.timed, pairs, counted=False)
         write_wrk_script(self.counted, pairs, counted=True)
-        self.pairs_file.write_text(json.dumps(pairs), encoding="utf-8")
 
     def closed(self, port: int, seconds: float, connections: int = WRK_CONNECTIONS) -> Closed:
-        return self._wrk(port, ["-d", f"{seconds:g}s", "-s", str(self.timed)], connections)
+        argv = self._argv(port, ["-d", f"{seconds:g}s", "-s", str(self.timed)], connections)
+        return parse_wrk(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
     def count(
         self, port: int, events: int, finished: Callable[[], bool], connections: int = 64
@@ -550,7 +825,7 @@ class Load:
         """
         per_thread = max(1, events // WRK_THREADS)
         options = ["-d", "3600s", "-s", str(self.counted)]
-        argv = self._argv(port, options, connections, script_args=[str(per_thread)])
+        argv = [*self._argv(port, options, connections), "--", str(per_thread)]
         wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             while wrk.poll() is None and not finished():
@@ -558,242 +833,724 @@ class Load:
             wrk.send_signal(signal.SIGINT)
             out, _ = wrk.communicate(timeout=30)
         finally:
-            stop_child(wrk)
+            if wrk.poll() is None:
+                wrk.kill()
+                wrk.wait()
         return parse_wrk(out)
 
-    def _wrk(
-        self, port: int, options: list[str], connections: int, script_args: list[str] | None = None
-    ) -> Closed:
-        argv = self._argv(port, options, connections, script_args)
-        return parse_wrk(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
-
-    def _argv(
-        self, port: int, options: list[str], connections: int, script_args: list[str] | None
-    ) -> list[str]:
+    def _argv(self, port: int, options: list[str], connections: int) -> list[str]:
         argv = [self.wrk, "-t", str(WRK_THREADS), "-c", str(connections), "--timeout", "10s"]
-        argv += [*options, f"http://127.0.0.1:{port}{HOOK_PATH}"]
-        return argv + (["--", *script_args] if script_args else [])
+        return [*argv, *options, f"http://127.0.0.1:{port}{HOOK_PATH}"]
 
-    def open(self, port: int, rate: float, seconds: float) -> dict[str, Any]:
-        argv = [
-            PYTHON,
-            str(REPO / "bench" / "openloop.py"),
-            "--port",
-            str(port),
-            "--rate",
-            f"{rate:.0f}",
-            "--duration",
-            f"{seconds:g}",
-            "--warm-up",
-            "1",
-            "--connections",
-            "512",
-            "--requests",
-            str(self.pairs_file),
-            "--token",
-            TOKEN,
-        ]
-        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        result: dict[str, Any] = json.loads(out)
-        return result
+    def fixed_rate(self, port: int, rate: float, seconds: float) -> dict[str, Any]:
+        """vegeta at `rate` requests/s for `seconds`: latency percentiles (ms) and 2xx count."""
+        if self.vegeta is None:
+            self.vegeta = ensure_vegeta()
+        targets = self.scratch / f"vegeta-{port}.jsonl"
+        if not targets.exists():
+            headers = {"Content-Type": ["application/json"], "Authorization": [f"Bearer {TOKEN}"]}
+            lines = [
+                json.dumps(
+                    {
+                        "method": "POST",
+                        "url": f"http://127.0.0.1:{port}{path}",
+                        "body": base64.b64encode(body.encode()).decode(),
+                        "header": headers,
+                    }
+                )
+                for path, body in self.pairs
+            ]
+            targets.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        results = self.scratch / "vegeta.bin"
+        subprocess.run(
+            [
+                str(self.vegeta),
+                "attack",
+                "-format=json",
+                f"-targets={targets}",
+                f"-rate={max(1, round(rate))}/1s",
+                f"-duration={seconds:g}s",
+                "-timeout=10s",
+                "-http2=false",
+                "-max-body=0",
+                f"-output={results}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        out = subprocess.run(
+            [str(self.vegeta), "report", "-type=json", str(results)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        data = json.loads(out)
+        latencies = data["latencies"]
+        statuses = {str(k): int(v) for k, v in (data.get("status_codes") or {}).items()}
+        return {
+            "offered": rate,
+            "requests": int(data["requests"]),
+            "ok": sum(n for s, n in statuses.items() if s.startswith("2")),
+            "statuses": statuses,
+            "p50_ms": latencies["50th"] / 1e6,
+            "p99_ms": latencies["99th"] / 1e6,
+            "max_ms": latencies["max"] / 1e6,
+            "errors": sorted(set(data.get("errors") or []))[:3],
+        }
 
 
-def metric(server: Server, name: str, labels: str = "") -> float:
-    """The sum of a metric's samples whose labels contain `labels` (e.g. 'sink="kafka"')."""
-    _, body = http_get(f"{server.url}/metrics")
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def vegeta_version(binary: Path | None) -> str:
+    if binary is None:
+        return ""
+    out = subprocess.run([str(binary), "-version"], capture_output=True, text=True, check=False)
+    return out.stdout.splitlines()[0].removeprefix("Version:").strip() if out.stdout else "?"
 
 
 # ---------------------------------------------------------------- the measurements
 
 
 @dataclass
-class Context:
+class Target:
+    """A server measured in the rounds: a floor, or bridge workers into one sink."""
+
+    variant: Variant
+    kind: str  # floor, kafka, rabbitmq, file
+    workers: int
+    server: Server
+    samples: list[Sample] = field(default_factory=list)
+    labels: dict[tuple[int, int], str] | None = None  # per-thread CPU when set
+
+    @property
+    def title(self) -> str:
+        if self.kind == "floor":
+            return "floor (bare ASGI app, the bridge's serve path)"
+        sink = {"kafka": "Kafka (acks=all)", "rabbitmq": "RabbitMQ", "file": "file sink"}
+        plural = "s" if self.workers > 1 else ""
+        return f"{sink[self.kind]}, {self.workers} worker{plural}"
+
+
+@dataclass
+class Bench:
     plan: Plan
     lab: Lab
     load: Load
     rss: RssSampler
     report: Report
-    profile: bool
-    floor_max: float = 0.0
-    kafka_max: float = 0.0
-    rss_notes: dict[str, float] = field(default_factory=dict)
+    sections: set[str]
+    variants: list[Variant]
+    workers: int
+    seed: int
+    targets: list[Target] = field(default_factory=list)
 
+    @property
+    def candidate(self) -> Variant:
+        return self.variants[-1]
 
-def fmt_rate(value: float) -> str:
-    return f"{value:,.0f}"
+    def find(self, variant: Variant, kind: str, workers: int = 1) -> Target | None:
+        for target in self.targets:
+            if (target.variant, target.kind, target.workers) == (variant, kind, workers):
+                return target
+        return None
 
+    def kafka(self, variant: Variant) -> Target:
+        found = self.find(variant, "kafka")
+        if found is None:
+            found = self.add(variant, "kafka")
+        return found
 
-def latency_text(result: dict[str, Any]) -> str:
-    text = f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms"
-    other = {k: v for k, v in result["statuses"].items() if not k.startswith("2")}
-    if result["failures"]:
-        other["no answer"] = result["failures"]
-    return text + "".join(f"; {n} {status}" for status, n in other.items())
+    def add(self, variant: Variant, kind: str, workers: int = 1) -> Target:
+        print(f"starting {variant.name}: {kind}, {workers} worker(s)", flush=True)
+        if kind == "floor":
+            server = self.lab.floor(variant)
+        else:
+            server = self.lab.bridge(variant, kind, workers)
+            self.rss.watch(server)
+        target = Target(variant, kind, workers, server)
+        self.targets.append(target)
+        return target
 
+    # -- start-up
 
-def measure_floor(ctx: Context) -> None:
-    server = ctx.lab.floor()
-    ctx.load.closed(server.port, 1.0)  # warm-up
-    with CpuMeter([server.pid]) as cpu:
-        run = ctx.load.closed(server.port, ctx.plan.seconds)
-    ctx.floor_max = run.ok_per_s
-    ctx.report.add(
-        "Serving floor: bare ASGI app on the bridge's uvicorn, wrk closed loop",
-        f"{fmt_rate(run.ok_per_s)} req/s; {cpu.describe(run.ok)}",
-    )
-    ctx.lab.stop([server])
+    def start(self) -> None:
+        rounds = {"cpu", "workers"} & self.sections
+        for variant in self.variants:
+            if rounds:
+                self.add(variant, "floor")
+            if rounds or {"latency", "profile"} & self.sections:
+                self.add(variant, "kafka")
+            if "cpu" in self.sections:
+                self.add(variant, "rabbitmq")
+                self.add(variant, "file")
+            if "workers" in self.sections:
+                self.add(variant, "kafka", self.workers)
+        self.describe_loops()
 
-
-def measure_sink(ctx: Context, sink: str, workers: int = 1) -> float:
-    """Sustained rate (closed loop) and latency at fractions of it (open loop); returns the max."""
-    servers = ctx.lab.bridges(sink, workers)
-    label = f"{sink}, {workers} worker{'s' if workers > 1 else ''}"
-    time.sleep(1.0)
-    idle = [rss_kib(s.pid) / 1024 for s in servers]
-    ctx.rss.watch([s.pid for s in servers])
-    port = servers[0].port
-    ctx.load.closed(port, 1.0)  # warm-up: connections, topic metadata, caches
-    with CpuMeter([s.pid for s in servers]) as cpu:
-        run = ctx.load.closed(port, ctx.plan.seconds)
-    errors = f" ({run.errors} errors)" if run.errors else ""
-    ctx.report.add(
-        f"Into {label}: sustained, closed loop ({WRK_CONNECTIONS} connections)",
-        f"{fmt_rate(run.ok_per_s)} events/s{errors}; {cpu.describe(run.ok)}",
-        *sink_target(ctx, sink, workers, run.ok_per_s),
-    )
-    fractions = LATENCY_FRACTIONS if workers == 1 else (0.5,)
-    for fraction in fractions:
-        result = ctx.load.open(port, fraction * run.ok_per_s, ctx.plan.seconds)
-        target, verdict = "-", ""
-        if fraction == 0.5 and sink == "kafka":
-            target = f"p99 ≤ {P99_AT_HALF_MAX_MS:g} ms"
-            verdict = met(result["p99_ms"] <= P99_AT_HALF_MAX_MS and not result["failures"])
-        ctx.report.add(
-            f"Into {label}: latency at {fraction:.0%} of max "
-            f"({fmt_rate(result['offered_per_s'])}/s offered, open loop)",
-            latency_text(result),
-            target,
-            verdict,
-        )
-    if sink == "kafka" and workers == 1 and ctx.profile:
-        profile_hot_path(ctx, servers[0])
-    spooled = sum(metric(s, "login_audit_publish_errors_total") for s in servers)
-    if spooled:
-        ctx.report.notes.append(
-            f"{label}: {spooled:.0f} publish errors/timeouts during the run "
-            "(those events went to the spool, not straight to the sink)"
-        )
-    for server, idle_mib in zip(servers, idle, strict=True):
-        ctx.rss_notes[f"{label}: idle, {server.name}"] = idle_mib
-        ctx.rss_notes[f"{label}: peak under load, {server.name}"] = ctx.rss.peak_mib(server.pid)
-    ctx.lab.stop(servers)
-    return run.ok_per_s
-
-
-def sink_target(ctx: Context, sink: str, workers: int, rate: float) -> tuple[str, str]:
-    if sink != "kafka" or workers != 1:
-        if sink == "kafka" and ctx.kafka_max:
-            return "-", f"{rate / ctx.kafka_max:.2f}x one worker"
-        return "-", ""
-    ratio = rate / ctx.floor_max if ctx.floor_max else 0.0
-    target = f"≥ {KAFKA_MIN_EPS:,}/s and ≥ {KAFKA_MIN_FLOOR_RATIO}x floor"
-    verdict = (
-        f"{met(rate >= KAFKA_MIN_EPS)} / {met(ratio >= KAFKA_MIN_FLOOR_RATIO)} ({ratio:.2f}x floor)"
-    )
-    return target, verdict
-
-
-def measure_spool(ctx: Context) -> None:
-    """Kafka down: how fast requests are spooled; Kafka back: how fast the spool drains."""
-    [server] = ctx.lab.bridges("kafka")
-    ctx.rss.watch([server.pid])
-    print("  stopping Kafka (scripts/brokers stop-kafka)", flush=True)
-    brokers("stop-kafka")
-    try:
-        # The hand-over: the first requests wait spool_after_seconds, then all go to the spool.
-        ctx.load.count(server.port, 200, received_at_least(server, 200), connections=16)
-        take = ctx.load.count(
-            server.port,
-            ctx.plan.spool_events,
-            received_at_least(server, 200 + ctx.plan.spool_events),
-        )
-        depth = metric(server, "login_audit_spool_events", 'spool="bridge"')
-        ctx.report.add(
-            f"Spool: taken while Kafka is down ({ctx.plan.spool_events:,} events, "
-            "200 OK once in SQLite)",
-            f"{fmt_rate(take.ok_per_s)} events/s, p99 {take.p99_ms:.1f} ms"
-            + (f" ({take.errors} errors)" if take.errors else ""),
-        )
-    finally:
-        print("  starting Kafka (scripts/brokers start-kafka)", flush=True)
-        brokers("start-kafka")
-    back = time.monotonic()
-    first, done = watch_drain(server, depth)
-    if done is None:
-        ctx.report.add("Spool: drain", f"not drained within the wait; {depth:.0f} were spooled")
-    else:
-        rate = depth / (done - first) if done > first else float("inf")
-        ctx.report.add(
-            f"Spool: drain rate once replay started ({depth:,.0f} events)",
-            f"{fmt_rate(rate)} events/s",
-            f"≥ {DRAIN_MIN_EPS:,}/s",
-            met(rate >= DRAIN_MIN_EPS),
-        )
-        ctx.report.add(
-            f"Spool: time to drain {depth:,.0f} events from Kafka answering",
-            f"{done - back:.1f} s (replay began after {first - back:.1f} s)",
-        )
-    ctx.rss_notes["spool run: peak, kafka worker"] = ctx.rss.peak_mib(server.pid)
-    ctx.lab.stop([server])
-
-
-def received_at_least(server: Server, events: int) -> Callable[[], bool]:
-    def finished() -> bool:
-        return metric(server, "login_audit_events_received_total") >= events
-
-    return finished
-
-
-def watch_drain(server: Server, depth: float, timeout: float = 600.0) -> tuple[float, float | None]:
-    """When the spool gauge first fell below `depth`, and when it reached 0 (None: never)."""
-    first = None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = time.monotonic()
-        left = metric(server, "login_audit_spool_events", 'spool="bridge"')
-        if first is None and left < depth:
-            first = now
-        if left == 0:
-            return first if first is not None else now, now
-        time.sleep(0.1)
-    return first if first is not None else deadline, None
-
-
-def measure_shim(ctx: Context) -> None:
-    script = REPO / "bench" / "shim_startup.py"
-    if not script.is_file():
-        ctx.report.add("Shim start-up", "bench/shim_startup.py not present: not measured")
-    else:
-        out = subprocess.run(
-            [PYTHON, str(script), "--runs", str(ctx.plan.shim_runs)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        for name, ratio in shim_ratios(out):
-            ctx.report.add(
-                f"Shim CPU time vs `python -c pass` ({name}, "
-                f"{ctx.plan.shim_runs} rounds, bench/shim_startup.py)",
-                f"{ratio:.2f}x",
-                f"≤ {SHIM_MAX_RATIO}x",
-                met(ratio <= SHIM_MAX_RATIO),
+    def describe_loops(self) -> None:
+        """Which event loop and HTTP parser serve: the floor says; for a bridge, /proc/maps."""
+        for variant in self.variants:
+            floor = self.find(variant, "floor")
+            kafka = self.find(variant, "kafka")
+            banner = floor_banner(floor.server) if floor else None
+            bridge = None
+            if kafka is not None:
+                pids = kafka.server.pids()
+                bridge = "uvloop" if any(uvloop_loaded(p) for p in pids) else "no uvloop"
+            text = f"{variant.name}: " + "; ".join(
+                x
+                for x in (
+                    f"floor reports {banner}" if banner else "",
+                    f"bridge worker has {bridge} mapped (/proc/PID/maps)" if bridge else "",
+                )
+                if x
             )
-    shim_to_kafka(ctx)
+            if banner or bridge:
+                self.report.note(text)
+            if banner and bridge and (("uvloop" in banner) != (bridge == "uvloop")):
+                self.report.note(
+                    f"**WARNING** {variant.name}: the floor and the bridge run different event "
+                    "loops; bench/floor_app.py no longer follows the bridge's serve path"
+                )
+
+    # -- interleaved rounds: cpu and workers
+
+    def rounds(self) -> None:
+        targets = [t for t in self.targets if self.in_rounds(t)]
+        spy = py_spy(required=False)
+        print(f"warm-up: {self.plan.warm_up:g} s of wrk on each of {len(targets)} servers")
+        for target in targets:
+            self.load.closed(target.server.port, self.plan.warm_up)
+            if target.kind == "kafka" and target.workers == 1:
+                target.labels = thread_labels(target.server, spy)
+        shuffle = random.Random(self.seed)
+        for number in range(1, self.plan.rounds + 1):
+            order = list(targets)
+            shuffle.shuffle(order)
+            print(f"round {number}/{self.plan.rounds}", flush=True)
+            for target in order:
+                with Meter(target.server, target.labels) as meter:
+                    run = self.load.closed(target.server.port, self.plan.seconds)
+                sample = Sample(
+                    run.ok,
+                    run.errors,
+                    run.ok_per_s,
+                    meter.cpu,
+                    meter.seconds,
+                    meter.idle,
+                    meter.threads,
+                )
+                target.samples.append(sample)
+                print(
+                    f"  {target.variant.name} {target.title}: {sample.rate:,.0f}/s, "
+                    f"{sample.us_per_event:.0f} µs CPU/event, {100 * sample.core:.0f} % of a "
+                    f"core, machine idle {100 * sample.idle:.0f} %"
+                    + (f", {run.errors} errors" if run.errors else ""),
+                    flush=True,
+                )
+                if target.kind == "rabbitmq":
+                    purge_queues(self.lab)  # outside the window: keep the broker's queues short
+        self.report_rounds()
+
+    def in_rounds(self, target: Target) -> bool:
+        if target.kind == "floor":
+            return True
+        if "cpu" in self.sections and target.workers == 1:
+            return True
+        return "workers" in self.sections and target.kind == "kafka"
+
+    def ratios(self, target: Target, floor: Target) -> tuple[list[float], list[float]]:
+        """Per round: (events/s ÷ floor's, CPU/event ÷ floor's), each pair from the same round."""
+        pairs = list(zip(target.samples, floor.samples, strict=False))
+        rate = [s.rate / f.rate for s, f in pairs if f.rate]
+        cpu = [s.us_per_event / f.us_per_event for s, f in pairs if f.us_per_event]
+        return rate, cpu
+
+    def report_rounds(self) -> None:
+        n = self.plan.rounds
+        for variant in self.variants:
+            floor = self.find(variant, "floor")
+            assert floor is not None
+            rows = []
+            for target in self.targets:
+                if target.variant != variant or not target.samples:
+                    continue
+                rate, cpu = self.ratios(target, floor)
+                s = target.samples
+                is_floor = target is floor
+                rows.append(
+                    [
+                        target.title,
+                        spread([x.rate for x in s]),
+                        "1" if is_floor else spread(rate, ".2f", "x"),
+                        spread([x.us_per_event for x in s]),
+                        "1" if is_floor else spread(cpu, ".2f", "x"),
+                        spread([100 * x.core for x in s], unit=" %"),
+                        spread([100 * x.idle for x in s], unit=" %"),
+                        f"{sum(x.errors for x in s)}",
+                    ]
+                )
+            self.report.block(
+                f"### {variant.name}: events/s and CPU per event vs the floor\n\n"
+                f"{n} interleaved rounds of {self.plan.seconds:g} s each, wrk closed loop "
+                f"({WRK_CONNECTIONS} connections, {WRK_THREADS} thread); median [range] over "
+                "rounds; ratios are taken within each round. CPU = user + sys of the server's "
+                "processes over 2xx answers. `core`: how much of one core the server used; "
+                "`machine idle`: of all CPUs (0 % means it was short of CPU, not of work).\n\n"
+                + table(
+                    [
+                        "server",
+                        "events/s",
+                        "x floor",
+                        "µs CPU/event",
+                        "x floor",
+                        "core",
+                        "machine idle",
+                        "non-2xx",
+                    ],
+                    rows,
+                )
+            )
+            kafka = self.find(variant, "kafka")
+            if kafka is not None and kafka.samples and "cpu" in self.sections:
+                self.kafka_targets(variant, kafka, floor)
+                self.report_threads(variant, kafka)
+            multi = self.find(variant, "kafka", self.workers)
+            if kafka is not None and multi is not None and multi.samples:
+                self.report_workers(variant, kafka, multi)
+        if len(self.variants) > 1:
+            self.report_comparison()
+        self.note_spooled()
+
+    def kafka_targets(self, variant: Variant, kafka: Target, floor: Target) -> None:
+        rate, cpu = self.ratios(kafka, floor)
+        tag = f" [{variant.name}]" if len(self.variants) > 1 else ""
+        self.report.target(
+            f"CPU/event into Kafka ≤ {CPU_MAX_FLOOR_RATIO:g}x floor "
+            f"(stretch ≤ {CPU_STRETCH_FLOOR_RATIO:g}x){tag}",
+            f"{spread(cpu, '.2f', 'x')} ({med([s.us_per_event for s in kafka.samples]):.0f} vs "
+            f"{med([s.us_per_event for s in floor.samples]):.0f} µs)",
+            f"{met(med(cpu) <= CPU_MAX_FLOOR_RATIO)} "
+            f"(stretch {met(med(cpu) <= CPU_STRETCH_FLOOR_RATIO)})",
+        )
+        self.report.target(
+            f"Throughput into Kafka ≥ {RATE_MIN_FLOOR_RATIO:g}x floor, 1 worker{tag}",
+            f"{spread(rate, '.2f', 'x')} ({med([s.rate for s in kafka.samples]):,.0f} vs "
+            f"{med([s.rate for s in floor.samples]):,.0f}/s)",
+            met(med(rate) >= RATE_MIN_FLOOR_RATIO),
+        )
+
+    def report_threads(self, variant: Variant, kafka: Target) -> None:
+        labels = sorted({label for s in kafka.samples for label in s.threads})
+        per_event = {
+            label: [s.threads.get(label, 0.0) / max(s.ok, 1) * 1e6 for s in kafka.samples]
+            for label in labels
+        }
+        total = med([s.us_per_event for s in kafka.samples])
+        ranked = sorted(per_event.items(), key=lambda kv: -med(kv[1]))
+        rows, rest = [], [0.0] * len(kafka.samples)
+        for label, values in ranked:
+            if med(values) >= 1.0 and len(rows) < 10:
+                share = 100 * med(values) / total if total else 0.0
+                rows.append([label, spread(values), f"{share:.0f} %"])
+            else:
+                rest = [a + b for a, b in zip(rest, values, strict=True)]
+        if any(rest):
+            rows.append(["all other threads", spread(rest), ""])
+        rows.append(
+            [
+                "**process** (from /proc/PID/stat)",
+                spread([s.us_per_event for s in kafka.samples]),
+                "100 %",
+            ]
+        )
+        self.report.block(
+            f"### {variant.name}: CPU per event by thread, Kafka, 1 worker\n\n"
+            "From /proc/PID/task/TID/stat over the same windows; Python thread names from "
+            "`py-spy dump`, native ones (librdkafka's `rdk:*`) from the thread's comm.\n\n"
+            + table(["thread", "µs CPU/event", "share (medians)"], rows)
+        )
+
+    def report_workers(self, variant: Variant, one: Target, many: Target) -> None:
+        scale = [m.rate / o.rate for m, o in zip(many.samples, one.samples, strict=False) if o.rate]
+        rows = []
+        for target in (one, many):
+            s = target.samples
+            rows.append(
+                [
+                    str(target.workers),
+                    spread([x.rate for x in s]),
+                    spread([x.us_per_event for x in s]),
+                    spread([100 * x.core for x in s], unit=" %"),
+                    spread([100 * x.idle for x in s], unit=" %"),
+                ]
+            )
+        how = (
+            f"`serve --workers {self.workers}`"
+            if self.lab.workers_mode == "flag"
+            else f"{self.workers} `serve` processes with BRIDGE_REUSE_PORT=true, a data "
+            "directory each"
+        )
+        self.report.block(
+            f"### {variant.name}: 1 vs {self.workers} workers into Kafka\n\n"
+            f"{how}; same rounds as above. {self.workers} workers take "
+            f"{spread(scale, '.2f', 'x')} what one takes (per round). On a machine with fewer "
+            "idle cores than workers plus wrk plus the broker, this cannot scale; read "
+            "`machine idle`.\n\n"
+            + table(
+                ["workers", "events/s", "µs CPU/event (all workers)", "core (sum)", "machine idle"],
+                rows,
+            )
+        )
+
+    def report_comparison(self) -> None:
+        base, cand = self.variants[0], self.variants[-1]
+        rows = []
+        for target in self.targets:
+            if target.variant != cand or not target.samples:
+                continue
+            other = self.find(base, target.kind, target.workers)
+            if other is None or not other.samples:
+                continue
+            pairs = list(zip(target.samples, other.samples, strict=False))
+            rate = [c.rate / b.rate for c, b in pairs if b.rate]
+            cpu = [c.us_per_event / b.us_per_event for c, b in pairs if b.us_per_event]
+            rows.append(
+                [
+                    target.title,
+                    f"{med([s.rate for s in other.samples]):,.0f} → "
+                    f"{med([s.rate for s in target.samples]):,.0f}",
+                    spread(rate, ".2f", "x"),
+                    f"{med([s.us_per_event for s in other.samples]):,.0f} → "
+                    f"{med([s.us_per_event for s in target.samples]):,.0f}",
+                    spread(cpu, ".2f", "x"),
+                ]
+            )
+        self.report.block(
+            f"### {base.name} → {cand.name}, same rounds\n\n"
+            "Ratios are candidate ÷ baseline within each round (median [range]); below 1 for "
+            "CPU/event is better.\n\n"
+            + table(
+                ["server", "events/s", "events/s ratio", "µs CPU/event", "CPU/event ratio"], rows
+            )
+        )
+
+    def note_spooled(self) -> None:
+        for target in self.targets:
+            if target.kind == "floor":
+                continue
+            errors = metric(target.server, "login_audit_publish_errors_total")
+            if errors:
+                self.report.note(
+                    f"{target.variant.name} {target.title}: {errors:.0f} publish errors or "
+                    "timeouts (those events were spooled, not published straight away)"
+                )
+
+    # -- latency at a fixed rate (vegeta)
+
+    def latency(self) -> None:
+        plans = []
+        for variant in self.variants:
+            kafka = self.kafka(variant)
+            if kafka.samples:
+                top = med([s.rate for s in kafka.samples])
+            else:
+                self.load.closed(kafka.server.port, self.plan.warm_up)
+                top = self.load.closed(kafka.server.port, self.plan.seconds).ok_per_s
+            plans += [(variant, kafka, FIXED_RATE), (variant, kafka, 0.5 * top)]
+        results: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]] = {}
+        shuffle = random.Random(self.seed + 1)
+        for number in range(1, self.plan.latency_rounds + 1):
+            shuffle.shuffle(plans)
+            print(f"latency round {number}/{self.plan.latency_rounds} (vegeta)", flush=True)
+            for variant, kafka, rate in plans:
+                port = kafka.server.port
+                self.load.fixed_rate(port, rate, min(2.0, self.plan.latency_seconds))  # warm-up
+                with Meter(kafka.server) as meter:
+                    result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
+                sample = Sample(
+                    result["ok"],
+                    result["requests"] - result["ok"],
+                    result["ok"] / self.plan.latency_seconds,
+                    meter.cpu,
+                    meter.seconds,
+                    meter.idle,
+                )
+                results.setdefault((variant.name, round(rate)), []).append((result, sample))
+                print(
+                    f"  {variant.name} Kafka at {rate:,.0f}/s: p50 {result['p50_ms']:.2f} ms, "
+                    f"p99 {result['p99_ms']:.2f} ms, {result['ok']}/{result['requests']} 2xx",
+                    flush=True,
+                )
+        rows = []
+        for (name, rate), runs in sorted(results.items()):
+            p50 = [r["p50_ms"] for r, _ in runs]
+            p99 = [r["p99_ms"] for r, _ in runs]
+            bad = sum(r["requests"] - r["ok"] for r, _ in runs)
+            errors = sorted({e for r, _ in runs for e in r["errors"]})
+            rows.append(
+                [
+                    f"{name}: {rate:,}/s" + (" (fixed)" if rate == FIXED_RATE else " (50 % max)"),
+                    spread(p50, ".2f"),
+                    spread(p99, ".2f"),
+                    spread([r["max_ms"] for r, _ in runs], ".1f"),
+                    f"{bad}" + (f" ({'; '.join(errors)[:120]})" if errors else ""),
+                    spread([s.us_per_event for _, s in runs]),
+                    spread([100 * s.idle for _, s in runs], unit=" %"),
+                ]
+            )
+            tag = f" [{name}]" if len(self.variants) > 1 else ""
+            which = f"at {FIXED_RATE}/s" if rate == FIXED_RATE else f"at 50 % of max ({rate:,}/s)"
+            self.report.target(
+                f"Kafka latency {which}: p50 ≤ {P50_MAX_MS:g} ms, p99 ≤ {P99_MAX_MS:g} ms{tag}",
+                f"p50 {spread(p50, '.2f')} ms, p99 {spread(p99, '.2f')} ms"
+                + (f", {bad} non-2xx" if bad else ""),
+                met(med(p50) <= P50_MAX_MS and med(p99) <= P99_MAX_MS and not bad),
+            )
+        self.report.block(
+            "### Latency into Kafka at a constant rate (vegeta)\n\n"
+            f"vegeta {vegeta_version(self.load.vegeta)} (Go, constant rate, keep-alive, "
+            f"HTTP/1.1), {self.plan.latency_rounds} round(s) of {self.plan.latency_seconds:g} s "
+            "after a 2 s warm-up each; latency from vegeta's send to the whole answer (the "
+            "bridge answers after the event's own delivery report).\n\n"
+            + table(
+                [
+                    "offered",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "non-2xx",
+                    "µs CPU/event",
+                    "machine idle",
+                ],
+                rows,
+            )
+        )
+
+    # -- profile
+
+    def profile(self, stem: str) -> None:
+        kafka = self.kafka(self.candidate)
+        spy = py_spy(required=True)
+        assert spy is not None
+        pids = kafka.server.pids()
+        seconds = self.plan.profile_seconds
+        raw = RESULTS / f"{stem}-kafka-profile.txt"
+        RESULTS.mkdir(exist_ok=True)
+        print(f"profile: py-spy --native --gil for {seconds:g} s under wrk", flush=True)
+        recorder = subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "--native",
+                "--gil",
+                "--format",
+                "raw",
+                "--rate",
+                "100",
+                "--duration",
+                f"{seconds:.0f}",
+                "--subprocesses",  # a `serve --workers 1` may serve from a child
+                "--pid",
+                str(pids[0]),
+                "--output",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        self.load.closed(kafka.server.port, seconds + 1)
+        _, err = recorder.communicate(timeout=120)
+        if recorder.returncode != 0 or not raw.exists():
+            self.report.note(f"py-spy record failed: {err.strip()[-500:]}")
+        else:
+            self.report.block(profile_tables(raw, seconds))
+        self.perf_trace(kafka, pids, seconds)
+
+    def perf_trace(self, kafka: Target, pids: list[int], seconds: float) -> None:
+        perf = shutil.which("perf")
+        if perf is None:
+            self.report.note(
+                "perf trace skipped: `perf` is not installed (Debian: apt-get install linux-perf)"
+            )
+            return
+        print(f"profile: perf trace -s for {seconds:g} s under wrk", flush=True)
+        out = self.lab.scratch / "perf-trace.txt"
+        before = metric(kafka.server, "login_audit_events_received_total")
+        tracer = subprocess.Popen(
+            [perf, "trace", "-s", "-p", ",".join(map(str, pids)), "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        self.load.closed(kafka.server.port, seconds)
+        tracer.send_signal(signal.SIGINT)
+        try:
+            _, err = tracer.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            _, err = tracer.communicate()
+        events = metric(kafka.server, "login_audit_events_received_total") - before
+        text = out.read_text(errors="replace") if out.exists() else ""
+        if "syscall" not in text or events <= 0:
+            self.report.note(f"perf trace gave no summary: {(err or text).strip()[-500:]}")
+            return
+        names = {tid: label for (_, tid), label in (kafka.labels or {}).items()}
+        self.report.block(syscall_table(text, events, names))
+
+
+def purge_queues(lab: Lab) -> None:
+    async def purge() -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect(lab.brokers.rabbitmq)
+        async with connection:
+            channel = await connection.channel()
+            for name in lab.queues:
+                with contextlib.suppress(Exception):
+                    queue = await channel.declare_queue(name, passive=True)
+                    await queue.purge()
+
+    with contextlib.suppress(Exception):
+        asyncio.run(purge())
+
+
+# ---------------------------------------------------------------- profile tables
+
+
+def profile_tables(raw: Path, seconds: float, top: int = 12) -> str:
+    """py-spy's collapsed stacks → top frames: leaf (native included), innermost Python
+    function, component (the package of the innermost Python frame), bridge inclusive (minus
+    the entry points that are on every stack)."""
+    leaf: dict[str, int] = {}
+    python: dict[str, int] = {}
+    component: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+        py_frames = [f for f in frames if ".py:" in f]
+        inner = py_frames[-1] if py_frames else "(no Python frame)"
+        python[inner] = python.get(inner, 0) + n
+        file = inner.partition(" (")[2].split(":")[0]
+        part = file.split("/")[0] if "/" in file and not file.startswith("bridge/") else file
+        component[part or inner] = component.get(part or inner, 0) + n
+        seen = set()
+        for frame in py_frames:
+            if "bridge/" in frame and frame.split(":")[0] not in seen:
+                key = frame.rsplit(":", 1)[0] + ")"
+                seen.add(frame.split(":")[0])
+                inclusive[key] = inclusive.get(key, 0) + n
+
+    def rows(counts: dict[str, int], below: float = 1.0) -> list[list[str]]:
+        ranked = [
+            kv for kv in sorted(counts.items(), key=lambda kv: -kv[1]) if kv[1] < below * total
+        ]
+        return [[f"`{k}`", f"{100 * v / max(total, 1):.1f}"] for k, v in ranked[:top]]
+
+    return (
+        f"### Profile: Kafka, 1 worker, max load (py-spy --native --gil, {total} samples "
+        f"in {seconds:g} s)\n\n"
+        "Samples only while a thread holds the GIL. py-spy stops the process for each native "
+        "sample, so the rate under profiling is lower than in the rounds. Raw stacks (input "
+        f"for flamegraph.pl): `bench/results/{raw.name}`.\n\n"
+        "Top leaf frames (native included):\n\n"
+        + table(["frame", "% of samples"], rows(leaf))
+        + "\n\nTop innermost Python functions (the native code below them included):\n\n"
+        + table(["function", "% of samples"], rows(python))
+        + "\n\nBy component (package or bridge module of the innermost Python frame):\n\n"
+        + table(["component", "% of samples"], rows(component))
+        + "\n\nBridge functions, inclusive (on the stack; those on 95 % or more left out):\n\n"
+        + table(["function", "% of samples"], rows(inclusive, below=0.95))
+    )
+
+
+def syscall_table(text: str, events: float, names: dict[int, str], top: int = 15) -> str:
+    """`perf trace -s` per-thread summaries → syscalls per event, all threads together; and
+    per thread, labelled by `names` (thread id → label) where known."""
+    calls: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    msec: dict[str, float] = {}
+    threads: dict[str, int] = {}
+    thread = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.endswith("%") and " events, " in stripped:
+            thread = stripped.split(" events,")[0].rsplit(",", 1)[0]
+            tid = thread.rpartition("(")[2].rstrip(")")
+            if tid.isdigit() and int(tid) in names:
+                thread = f"{names[int(tid)]} ({tid})"
+            continue
+        parts = stripped.split()
+        if len(parts) >= 4 and parts[1].isdigit() and parts[2].isdigit():
+            name = parts[0]
+            calls[name] = calls.get(name, 0) + int(parts[1])
+            errors[name] = errors.get(name, 0) + int(parts[2])
+            msec[name] = msec.get(name, 0.0) + float(parts[3])
+            threads[thread] = threads.get(thread, 0) + int(parts[1])
+    ranked = sorted(calls.items(), key=lambda kv: -kv[1])[:top]
+    rows = [
+        [
+            f"`{name}`",
+            f"{n / events:.2f}",
+            f"{errors[name] / events:.3f}",
+            f"{msec[name] * 1e3 / events:.1f}",
+        ]
+        for name, n in ranked
+    ]
+    rows.append(["**all**", f"{sum(calls.values()) / events:.2f}", "", ""])
+    by_thread = ", ".join(
+        f"{name} {n / events:.2f}" for name, n in sorted(threads.items(), key=lambda kv: -kv[1])
+    )
+    return (
+        f"### Syscalls per event: Kafka, 1 worker (perf trace -s, {events:,.0f} events)\n\n"
+        "Counted over all threads while wrk ran; events from the bridge's "
+        "`login_audit_events_received_total`. Tracing slows the process; the counts per "
+        "event are what carries over.\n\n"
+        + table(["syscall", "calls/event", "errors/event", "µs inside/event (wall)"], rows)
+        + f"\n\nPer thread (calls/event): {by_thread}"
+    )
+
+
+# ---------------------------------------------------------------- checks that must not regress
+
+
+def checks(bench: Bench) -> None:
+    shim(bench)
+    shim_to_kafka(bench)
+    if bench.lab.brokers.own:
+        spool_drain(bench)
+    else:
+        bench.report.note(
+            "spool drain not measured: it stops Kafka, so it needs the bench's own brokers "
+            "(drop --brokers shared)"
+        )
+
+
+def shim(bench: Bench) -> None:
+    script = REPO / "bench" / "shim_startup.py"
+    argv = [PYTHON, str(script), "--runs", str(bench.plan.shim_runs)]
+    if bench.candidate.source:
+        argv += ["--source", str(bench.candidate.source)]
+    print(f"checks: {shlex.join(argv[1:])}", flush=True)
+    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    found = shim_ratios(out)
+    if not found:
+        bench.report.note(f"bench/shim_startup.py gave no table:\n{out[-1000:]}")
+    for name, ratio in found:
+        bench.report.target(
+            f"Shim CPU ≤ {SHIM_MAX_RATIO}x `python -c pass` ({name}; "
+            f"`bench/shim_startup.py --runs {bench.plan.shim_runs}`)",
+            f"{ratio:.2f}x",
+            met(ratio <= SHIM_MAX_RATIO),
+        )
 
 
 def shim_ratios(text: str) -> list[tuple[str, float]]:
@@ -802,26 +1559,24 @@ def shim_ratios(text: str) -> list[tuple[str, float]]:
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 7 and cells[0].startswith("`login-audit-hook"):
-            found.append(
-                (
-                    cells[0].strip("`").removeprefix("login-audit-hook, "),
-                    float(cells[5].rstrip("x")),
-                )
-            )
+            name = cells[0].strip("`").removeprefix("login-audit-hook, ")
+            found.append((name, float(cells[5].rstrip("x"))))
     return found
 
 
-def shim_to_kafka(ctx: Context) -> None:
+def shim_to_kafka(bench: Bench) -> None:
     """Per login: spawn the hook with a unique user name, until its exit (after the bridge's 200,
     which follows Kafka's delivery report) and until a consumer sees the event on the topic."""
-    [server] = ctx.lab.bridges("kafka")
+    server = bench.lab.bridge(bench.candidate, "kafka", role="shim")
+    bench.rss.watch(server)
     login = program_vector_env()
     spawned: dict[str, float] = {}
     exited: list[float] = []
-    with TopicWatcher(ctx.lab.brokers.kafka, ctx.lab.topics) as watcher:
-        for _ in range(ctx.plan.shim_logins):
+    with TopicWatcher(bench.lab.brokers.kafka, bench.lab.topics) as watcher:
+        for _ in range(bench.plan.shim_logins):
             name = f"bench-{uuid.uuid4().hex[:12]}"
-            env = hook_env(login, name, server.url, ctx.lab.scratch / "hook-spool")
+            env = hook_env(login, name, server.url, bench.lab.scratch / "hook-spool")
+            env.update(bench.candidate.env())
             started = time.perf_counter()
             spawned[name] = started
             subprocess.run(
@@ -837,17 +1592,25 @@ def shim_to_kafka(ctx: Context) -> None:
         seen = watcher.wait_for(set(spawned), timeout=30.0)
     consumed = sorted(seen[n] - spawned[n] for n in seen)
     exited.sort()
-    ctx.report.add(
-        f"Shim → bridge → Kafka, per login ({len(exited)} logins, one at a time): "
-        "hook start to exit (the bridge answers after Kafka acknowledged)",
-        f"p50 {pct(exited, 0.5) * 1e3:.1f} ms, p99 {pct(exited, 0.99) * 1e3:.1f} ms",
+    bench.report.block(
+        f"### Shim → bridge → Kafka, one login at a time ({len(exited)} logins)\n\n"
+        + table(
+            ["from hook start to", "p50 ms", "p99 ms"],
+            [
+                [
+                    "hook exit (the bridge answers after Kafka acknowledged)",
+                    f"{pct(exited, 0.5) * 1e3:.1f}",
+                    f"{pct(exited, 0.99) * 1e3:.1f}",
+                ],
+                [
+                    f"the event read by a consumer ({len(seen)}/{len(spawned)} seen)",
+                    f"{pct(consumed, 0.5) * 1e3:.1f}",
+                    f"{pct(consumed, 0.99) * 1e3:.1f}",
+                ],
+            ],
+        )
     )
-    ctx.report.add(
-        "Shim → bridge → Kafka: hook start to the event read by a consumer",
-        f"p50 {pct(consumed, 0.5) * 1e3:.1f} ms, p99 {pct(consumed, 0.99) * 1e3:.1f} ms"
-        f" ({len(seen)}/{len(spawned)} seen)",
-    )
-    ctx.lab.stop([server])
+    bench.lab.stop([server])
 
 
 def pct(ordered: list[float], fraction: float) -> float:
@@ -855,11 +1618,11 @@ def pct(ordered: list[float], fraction: float) -> float:
 
 
 def program_vector_env() -> dict[str, str]:
-    for path in sorted((SHARED / "vectors" / "sftpgo").glob("*_program_*.json")):
+    for path in sorted(VECTORS.glob("*_program_*.json")):
         vector = json.loads(path.read_text(encoding="utf-8"))
         if vector["env"].get("SFTPGO_LOGIND_STATUS") == "1":
             return {k: str(v) for k, v in vector["env"].items()}
-    raise SystemExit("no successful program-mode SFTPGo vector found")
+    raise SystemExit(f"no successful program-mode SFTPGo vector in {VECTORS}")
 
 
 def hook_env(login: dict[str, str], name: str, url: str, spool: Path) -> dict[str, str]:
@@ -929,82 +1692,88 @@ class TopicWatcher:
         return seen
 
 
-# ---------------------------------------------------------------- profiling
-
-
-def py_spy() -> Path:
-    venv = CACHE / "bench-venv"
-    binary = venv / "bin" / "py-spy"
-    if not binary.exists():
-        print(f"installing py-spy from PyPI into {venv}", flush=True)
-        subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "py-spy"], check=True)
-    return binary
-
-
-def profile_hot_path(ctx: Context, server: Server) -> None:
-    """py-spy samples the worker during a max-throughput run; the top self-time functions."""
-    raw = ctx.lab.scratch / "profile.txt"
-    seconds = max(3, int(ctx.plan.seconds))
-    spy = subprocess.Popen(
+def spool_drain(bench: Bench) -> None:
+    """Kafka down: how fast requests are spooled; Kafka back: how fast the spool drains."""
+    server = bench.lab.bridge(bench.candidate, "kafka", role="spool")
+    bench.rss.watch(server)
+    events = bench.plan.spool_events
+    print("checks: spool drain; stopping the bench's own Kafka (scripts/brokers stop-kafka)")
+    brokers("stop-kafka", own=True)
+    try:
+        # The hand-over: the first requests wait spool_after_seconds, then all go to the spool.
+        bench.load.count(server.port, 200, received_at_least(server, 200), connections=16)
+        take = bench.load.count(server.port, events, received_at_least(server, 200 + events))
+        depth = metric(server, "login_audit_spool_events", 'spool="bridge"')
+    finally:
+        print("checks: starting the bench's own Kafka again (scripts/brokers start-kafka)")
+        brokers("start-kafka", own=True)
+    back = time.monotonic()
+    first, done = watch_drain(server, depth)
+    rows = [
         [
-            str(py_spy()),
-            "record",
-            "--nonblocking",
-            "--gil",
-            "--format",
-            "raw",
-            "--rate",
-            "250",
-            "--duration",
-            str(seconds),
-            "--pid",
-            str(server.pid),
-            "--output",
-            str(raw),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)
-    ctx.load.closed(server.port, seconds + 1)
-    spy.wait(60)
-    ctx.report.notes.append(self_time_table(raw))
-    svg = REPO / "bench" / "results" / "kafka-profile.txt"
-    svg.parent.mkdir(exist_ok=True)
-    shutil.copy(raw, svg)
-
-
-def self_time_table(raw: Path, top: int = 10) -> str:
-    """py-spy's collapsed stacks → the functions with the most samples on top of the stack."""
-    own: dict[str, int] = {}
-    total = 0
-    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        frame = stack.split(";")[-1]
-        name, _, where = frame.partition(" (")
-        file = where.rsplit(":", 1)[0]
-        key = f"`{name}` ({short_path(file)})"
-        own[key] = own.get(key, 0) + int(count)
-        total += int(count)
-    lines = [
-        f"Profile of one Kafka worker at max load (py-spy --gil, {total} samples): top self time",
-        "",
-        "| function | self % |",
-        "|---|---:|",
+            f"taken while Kafka is down ({events:,} events, 200 once in SQLite)",
+            f"{take.ok_per_s:,.0f} events/s, p99 {take.p99_ms:.1f} ms"
+            + (f" ({take.errors} errors)" if take.errors else ""),
+        ]
     ]
-    for key, samples in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"| {key} | {100 * samples / max(total, 1):.1f} |")
-    return "\n".join(lines)
+    if done is None:
+        bench.report.target(
+            f"Spool drain ≥ {DRAIN_MIN_EPS:,}/s", f"not drained ({depth:.0f} spooled)", met(False)
+        )
+    else:
+        rate = depth / (done - first) if done > first else float("inf")
+        bench.report.target(
+            f"Spool drain ≥ {DRAIN_MIN_EPS:,}/s ({depth:,.0f} events, Kafka back)",
+            f"{rate:,.0f} events/s",
+            met(rate >= DRAIN_MIN_EPS),
+        )
+        rows.append(
+            [
+                "drained once Kafka is back",
+                f"{done - back:.1f} s (replay began after {first - back:.1f} s)",
+            ]
+        )
+    bench.report.block("### Spool\n\n" + table(["measurement", "result"], rows, "ll"))
+    bench.lab.stop([server])
 
 
-def short_path(file: str) -> str:
-    for marker in ("site-packages/", "/lib/python3", str(REPO) + "/"):
-        if marker in file:
-            return file.split(marker, 1)[1]
-    return file
+def received_at_least(server: Server, events: int) -> Callable[[], bool]:
+    def finished() -> bool:
+        return metric(server, "login_audit_events_received_total") >= events
+
+    return finished
+
+
+def watch_drain(server: Server, depth: float, timeout: float = 600.0) -> tuple[float, float | None]:
+    """When the spool gauge first fell below `depth`, and when it reached 0 (None: never)."""
+    first = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        left = metric(server, "login_audit_spool_events", 'spool="bridge"')
+        if first is None and left < depth:
+            first = now
+        if left == 0:
+            return first if first is not None else now, now
+        time.sleep(0.1)
+    return first if first is not None else deadline, None
+
+
+def report_rss(bench: Bench) -> None:
+    found = bench.rss.by_server()
+    if not found:
+        return
+    rows = [[name, f"{idle:.0f}", f"{peak:.0f}"] for name, (idle, peak) in sorted(found.items())]
+    worst_name, (_, worst) = max(found.items(), key=lambda kv: kv[1][1])
+    bench.report.target(
+        f"RSS ≤ {RSS_MAX_MIB:g} MiB per worker (peak over every run)",
+        f"{worst:.0f} MiB ({worst_name})",
+        met(worst <= RSS_MAX_MIB),
+    )
+    bench.report.block(
+        "### RSS per worker process (VmRSS, sampled every 50 ms; the largest of each server's "
+        "processes)\n\n" + table(["bridge server", "idle after start, MiB", "peak, MiB"], rows)
+    )
 
 
 # ---------------------------------------------------------------- cleanup and main
@@ -1036,101 +1805,155 @@ async def delete_rabbitmq_objects(lab: Lab) -> None:
             await channel.exchange_delete(lab.exchange)
 
 
-def report_rss(ctx: Context) -> None:
-    peak_name, peak = max(ctx.rss_notes.items(), key=lambda kv: kv[1])
-    idle = {k: v for k, v in ctx.rss_notes.items() if ": idle," in k}
-    idle_text = ", ".join(f"{k.split(':')[0]} {v:.0f}" for k, v in idle.items() if "worker 1" in k)
-    ctx.report.add("RSS per worker, idle after start (MiB)", idle_text)
-    ctx.report.add(
-        "RSS per worker, peak over every run (VmRSS sampled every 50 ms)",
-        f"{peak:.0f} MiB ({peak_name.replace(', peak under load', '')})",
-        f"≤ {RSS_MAX_MIB:g} MiB",
-        met(peak <= RSS_MAX_MIB),
-    )
-
-
 def machine() -> str:
+    """The CPUs and how loaded the machine is (call it before starting anything)."""
     model = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} CPUs ({model}), Python {sys.version.split()[0]}"
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return f"{os.cpu_count()} CPUs ({model}), load average {load} before the run"
 
 
-def measure_all(ctx: Context, only: str | None) -> None:
-    measure_floor(ctx)
-    ctx.kafka_max = measure_sink(ctx, "kafka")
-    if only != "kafka":
-        measure_sink(ctx, "rabbitmq")
-        measure_sink(ctx, "file")
-        two = measure_sink(ctx, "kafka", workers=2)
-        scale = two / ctx.kafka_max
-        ctx.report.notes.insert(
-            0,
-            f"Two workers (BRIDGE_REUSE_PORT) take {scale:.2f}x what one "
-            "worker takes into Kafka on this machine.",
-        )
-    if only is None:
-        measure_shim(ctx)
-        measure_spool(ctx)
-    report_rss(ctx)
+def parse_sections(text: str) -> set[str]:
+    chosen = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = chosen - set(SECTIONS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {sorted(unknown)}; pick {SECTIONS}")
+    return chosen
 
 
-def run(args: argparse.Namespace) -> Report:
-    plan = Plan.choose(args.quick)
-    report = Report()
-    found = start_brokers()
+@contextlib.contextmanager
+def lab_and_brokers(args: argparse.Namespace) -> Iterator[Lab]:
+    found = start_brokers(own=args.brokers == "own")
     scratch = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
-    lab = Lab(scratch, found, args.source)
+    lab = Lab(scratch, found, args.workers_mode)
     try:
-        with RssSampler() as rss:
-            ctx = Context(
-                plan, lab, Load(scratch, request_pairs()), rss, report, profile=not args.no_profile
-            )
-            measure_all(ctx, args.only)
+        yield lab
     finally:
         lab.stop_all()
         delete_broker_objects(lab)
-        if found.started_here and not args.keep_brokers:
-            brokers("stop")
+        if found.own and found.started_here and not args.keep_brokers:
+            brokers("stop", own=True)
         shutil.rmtree(scratch, ignore_errors=True)
-    return report
+
+
+def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
+    plan = Plan.choose(args)
+    report = Report()
+    if args.baseline:
+        variants = [
+            Variant("baseline", args.baseline),
+            Variant(args.name or "candidate", args.source),
+        ]
+    else:
+        default = f"checkout {args.source.name}" if args.source else "this checkout"
+        variants = [Variant(args.name or default, args.source)]
+    if args.workers_mode == "flag":
+        for variant in variants:
+            if not bridge_has_workers_flag(variant):
+                raise SystemExit(
+                    f"{variant.name}: `login-audit-bridge serve` has no --workers flag; "
+                    "use --workers-mode processes"
+                )
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    with lab_and_brokers(args) as lab, RssSampler() as rss:
+        bench = Bench(
+            plan,
+            lab,
+            Load(lab.scratch, request_pairs()),
+            rss,
+            report,
+            args.only,
+            variants,
+            args.workers,
+            seed,
+        )
+        report.note(f"round order seed {seed} (--seed to repeat it)")
+        bench.start()
+        if {"cpu", "workers"} & args.only:
+            bench.rounds()
+        if "latency" in args.only:
+            bench.latency()
+        if "profile" in args.only:
+            bench.profile(stem)
+        lab.stop_all()  # the checks start their own workers, on a quieter machine
+        if "checks" in args.only:
+            checks(bench)
+        report_rss(bench)
+    return report, variants
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 s per point, 20,000 spooled")
-    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--source",
-        type=Path,
-        help="run the bridge package from this checkout (to compare a change)",
+        "--quick", action="store_true", help="2 rounds of 3 s, short latency/profile/checks"
     )
     parser.add_argument(
         "--only",
-        choices=["sinks", "kafka"],
-        help="only the sink measurements, or only one Kafka worker",
+        type=parse_sections,
+        default=set(SECTIONS),
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+    )
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 7, quick 2)")
+    parser.add_argument("--seconds", type=float, help="seconds per measured point (10, quick 3)")
+    parser.add_argument("--workers", type=int, default=2, help="N in '1 vs N workers' (default 2)")
+    parser.add_argument(
+        "--workers-mode",
+        choices=["processes", "flag"],
+        default="processes",
+        help="N workers as N `serve` processes with BRIDGE_REUSE_PORT (default), "
+        "or one `serve --workers N`",
     )
     parser.add_argument(
-        "--keep-brokers",
-        action="store_true",
-        help="leave brokers this run started running at the end",
+        "--source",
+        type=Path,
+        help="run the bridge package from this checkout (first on PYTHONPATH)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure this checkout's bridge in the same rounds (before/after table)",
+    )
+    parser.add_argument("--name", help="what to call the measured checkout in the report")
+    parser.add_argument(
+        "--brokers",
+        choices=["own", "shared"],
+        default="own",
+        help="the bench's own brokers on separate ports (default; the spool check needs them), "
+        "or the shared ones (never stopped)",
+    )
+    parser.add_argument("--keep-brokers", action="store_true", help="leave own brokers running")
+    parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
+    parser.add_argument("--label", help="added to the results file name, e.g. before or after")
     args = parser.parse_args()
+    for option in ("source", "baseline"):
+        value = getattr(args, option)
+        if value is not None:
+            if not (value / "bridge" / "__init__.py").is_file():
+                parser.error(f"--{option} {value}: no bridge package there")
+            setattr(args, option, value.resolve())
     started = datetime.now(UTC)
-    report = run(args)
+    host = machine()
+    label = f"-{args.label}" if args.label else ""
+    stem = f"{started:%Y-%m-%d-%H%M}{label}{'-quick' if args.quick else ''}"
+    report, variants = run(args, stem)
+    command = shlex.join(["bench/ingest.py", *sys.argv[1:]])
     text = (
         f"# Ingest benchmark, {started:%Y-%m-%d %H:%M} UTC\n\n"
-        f"`bench/ingest.py{' --quick' if args.quick else ''}` on {machine()}; "
-        f"load from wrk ({WRK_THREADS} thread) and bench/openloop.py, both on 127.0.0.1; "
-        "brokers, bridge workers and load generators share the machine.\n\n"
-        f"{report.markdown()}\n\n" + "\n\n".join(report.notes) + "\n"
+        f"`{command}` on {host}, Python {sys.version.split()[0]}. "
+        "Brokers, bridge workers and load generators share the machine.\n\n"
+        + "".join(f"- {v.name}: {v.describe()}\n" for v in variants)
+        + "\n"
+        + report.markdown()
+        + "\n"
     )
-    results = REPO / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    out = results / f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.md"
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{stem}.md"
     out.write_text(text, encoding="utf-8")
     print("\n" + text + f"\n(written to {out.relative_to(REPO)})")
     return 0

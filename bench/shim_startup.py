@@ -6,7 +6,11 @@ one environment, ``python -c pass``, ``python -I -S -c pass`` and the installed
 ``login-audit-hook`` (bridge up, and bridge down so it spools), and prints a Markdown table of
 per-run CPU time (user + sys of the child, from RUSAGE_CHILDREN) and wall time.
 
-    python bench/shim_startup.py [--runs N] [--importtime]
+    python bench/shim_startup.py [--runs N] [--importtime] [--vector FILE] [--source DIR]
+
+The login comes from the first program-mode SFTPGo vector in ``tests/data/sftpgo/``. ``--source``
+puts another checkout first on ``PYTHONPATH`` of every command (the bare interpreter too, so the
+ratio stays fair) and of the bridge, to measure that checkout's hook with this virtualenv.
 """
 
 from __future__ import annotations
@@ -31,25 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("LOGIN_AUDIT_SHARED", REPO.parent / "shared"))
+VECTORS = REPO / "tests" / "data" / "sftpgo"
 PYTHON = sys.executable  # the venv's interpreter: the one the hook's shebang names
 BIN = Path(PYTHON).parent
 HOOK = BIN / "login-audit-hook"
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a loopback-only bridge
 AIM = 1.3  # the issue's aim: the hook costs at most 1.3x the bare interpreter
 WARM_UP_ROUNDS = 5
-
-# A realistic SFTPGo login when the shared vectors are not beside the checkout.
-FALLBACK_ENV = {
-    "SFTPGO_LOGIND_USER": json.dumps(
-        {"id": 42, "status": 1, "username": "alice", "filesystem": {"provider": 0}},
-        separators=(",", ":"),
-    ),
-    "SFTPGO_LOGIND_IP": "203.0.113.10",
-    "SFTPGO_LOGIND_METHOD": "password",
-    "SFTPGO_LOGIND_STATUS": "1",
-    "SFTPGO_LOGIND_PROTOCOL": "SSH",
-}
 
 
 @dataclass
@@ -81,13 +73,12 @@ class Command:
 
 def vector_env(path: Path | None) -> tuple[str, dict[str, str]]:
     """The complete environment SFTPGo gives the hook for one login, and where it came from."""
-    vectors = SHARED / "vectors" / "sftpgo"
-    candidates = [path] if path else sorted(vectors.glob("01_program_*.json"))
+    candidates = [path] if path else sorted(VECTORS.glob("*_program_*.json"))
     for candidate in candidates:
         if candidate.is_file():
             vector = json.loads(candidate.read_text(encoding="utf-8"))
             return candidate.name, {k: str(v) for k, v in vector["env"].items()}
-    return "built-in login", dict(FALLBACK_ENV)
+    raise SystemExit(f"no program-mode SFTPGo vector: {path or VECTORS}")
 
 
 def free_port() -> int:
@@ -98,10 +89,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_bridge(data_dir: Path) -> Iterator[str]:
+def running_bridge(data_dir: Path, extra: dict[str, str]) -> Iterator[str]:
     """A real bridge on loopback with the file sink; stopped by its PID afterwards."""
     port = free_port()
     env = {
+        **extra,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "BRIDGE_HOST": "127.0.0.1",
         "BRIDGE_PORT": str(port),
@@ -138,9 +130,12 @@ def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: floa
     raise SystemExit(f"the bridge at {url} did not answer within {timeout} s")
 
 
-def commands(login: dict[str, str], bridge_url: str, spool: Path, scratch: Path) -> list[Command]:
+def commands(
+    login: dict[str, str], bridge_url: str, spool: Path, scratch: Path, extra: dict[str, str]
+) -> list[Command]:
     """Every command gets the same environment, apart from the hook's target address."""
     settings = {
+        **extra,
         "LOGIN_AUDIT_HOOK_TOKEN": TOKEN,
         "LOGIN_AUDIT_HOOK_SPOOL_DIR": str(spool),
         "LOGIN_AUDIT_HOOK_CONFIG": str(scratch / "no-hook.env"),
@@ -244,22 +239,28 @@ def main() -> int:
         action="store_true",
         help="also list what the hook imports beyond the bare interpreter",
     )
+    parser.add_argument(
+        "--source", type=Path, help="another checkout's bridge package, first on PYTHONPATH"
+    )
     args = parser.parse_args()
-    source, login = vector_env(args.vector)
+    origin, login = vector_env(args.vector)
+    extra = {"PYTHONPATH": str(args.source.resolve())} if args.source else {}
     scratch = Path(tempfile.mkdtemp(prefix="shim-bench-"))
     try:
         (scratch / "bridge").mkdir()
         spool = scratch / "spool"
-        with running_bridge(scratch / "bridge") as url:
-            cmds = commands(login, url, spool, scratch)
+        with running_bridge(scratch / "bridge", extra) as url:
+            cmds = commands(login, url, spool, scratch, extra)
             measure(cmds, args.runs)
             # Only the bridge-down command may spool: anything more means the bridge failed.
             spooled = len(list(spool.glob("*.json")))
             details = [importtime(c) for c in cmds[2:]] if args.importtime else []
         print(
             f"{args.runs} rounds, round-robin, {WARM_UP_ROUNDS} warm-up rounds; login from "
-            f"{source}; interpreter {PYTHON} ({sys.version.split()[0]}); "
-            f"{os.cpu_count()} CPUs\n"
+            f"{origin}; interpreter {PYTHON} ({sys.version.split()[0]}); "
+            f"{os.cpu_count()} CPUs"
+            + (f"; bridge package from {args.source}" if args.source else "")
+            + "\n"
         )
         print(table(cmds))
         print(f"\n{verdict(cmds)}")

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bridge import __version__
 from bridge.errors import (
     BodyTooLarge,
     BridgeError,
@@ -32,6 +33,7 @@ from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.openapi import OPENAPI
 from bridge.pipeline import Pipeline
+from bridge.sftpgo import EVENT_ID_HEADER, IDENTITY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,12 @@ RETRY_STATUSES = (429, 503)  # the answers that tell a client to come back later
 SFTPGO_PATH = "/v1/hooks/sftpgo"
 MEDIAWIKI_PATH = "/v1/hooks/mediawiki"
 _CLIENT_REASONS = {404: "not_found", 405: "method_not_allowed"}
+# The answers this bridge would give again for the same body: a client may stop retrying them.
+# Everything else (401 token, 405 method, 503 overload...) can change without the body changing.
+FINAL_STATUSES = (400, 413, 415)
+# On every answer of a hook route: a 404 or a 2xx without it came from something else.
+_IDENTITY = (IDENTITY_HEADER.lower().encode(), __version__.encode())
+_EVENT_ID = EVENT_ID_HEADER.lower().encode()
 
 
 class TokenCheck:
@@ -114,15 +122,21 @@ class HookEndpoints:
         else:
             status, body, extra = self._reject(scope, MethodNotAllowed("only POST is accepted"))
             extra.append((b"allow", b"POST"))
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            _IDENTITY,
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers + extra})
         await send({"type": "http.response.body", "body": body})
 
     def _sftpgo(self, scope: Scope, body: bytes) -> LoginEvent:
-        return self._normalizer.sftpgo_from_http(_single_valued_query(scope), body)
+        return self._normalizer.sftpgo_from_http(
+            _single_valued_query(scope), body, event_id=_source_event_id(scope)
+        )
 
     def _mediawiki(self, scope: Scope, body: bytes) -> LoginEvent:
-        return self._normalizer.mediawiki(parse_mediawiki(body))
+        return self._normalizer.mediawiki(parse_mediawiki(body), event_id=_source_event_id(scope))
 
     async def _handle(
         self, scope: Scope, receive: Receive, normalize: Callable[[Scope, bytes], LoginEvent]
@@ -176,14 +190,18 @@ class HookEndpoints:
             exc.message,
             exc.http_status,
         )
-        body = _error_body(exc.reason, exc.message, exc.detail)
+        body = _error_body(exc.http_status, exc.reason, exc.message, exc.detail)
         retry = exc.http_status in RETRY_STATUSES
         extra = [(b"retry-after", RETRY_AFTER_SECONDS.encode())] if retry else []
         return exc.http_status, body, extra
 
 
-def _error_body(reason: str, message: str, detail: str | None) -> bytes:
-    body: dict[str, str] = {"error": reason, "message": message}
+def _error_body(status: int, reason: str, message: str, detail: str | None) -> bytes:
+    body: dict[str, str | bool] = {
+        "error": reason,
+        "message": message,
+        "final": status in FINAL_STATUSES,
+    }
     if detail is not None:
         body["field"] = detail
     return json.dumps(body).encode()
@@ -192,11 +210,19 @@ def _error_body(reason: str, message: str, detail: str | None) -> bytes:
 def error_response(status: int, reason: str, message: str, detail: str | None = None) -> Response:
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in RETRY_STATUSES else None
     return Response(
-        _error_body(reason, message, detail),
+        _error_body(status, reason, message, detail),
         status_code=status,
         headers=headers,
         media_type="application/json",
     )
+
+
+def _source_event_id(scope: Scope) -> str | None:
+    """The X-Login-Audit-Event-Id the source fixed for this event, if it sent one."""
+    for name, value in scope["headers"]:
+        if name == _EVENT_ID:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -245,7 +271,8 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         sink = pipeline.sink
-        if pipeline.ready():
+        unready = pipeline.unready()
+        if unready is None:
             return JSONResponse(
                 {
                     "status": "ready",
@@ -254,7 +281,7 @@ def create_app(
                     "spooled": pipeline.spool.depth if pipeline.spool is not None else 0,
                 }
             )
-        return error_response(503, "sink_unavailable", f"{sink.name} sink is not ready")
+        return error_response(503, *unready)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,4 @@
-"""login-audit-bridge: the service (serve) and its tools (schema, tail, settings)."""
+"""login-audit-bridge: the service (serve) and its tools (schema, tail, dead-letters, settings)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import enum
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", "--limit", type=int, help="stop after this many events")
     tail.add_argument("-f", "--follow", action="store_true", help="keep waiting for new events")
 
+    dead = commands.add_parser(
+        "dead-letters",
+        help="list the spooled events the sink refused for good, or send them again",
+        description="Spooled events the sink refused for good (or that could not be read) wait "
+        "in the spool's dead_letters table. `list` prints them as JSON lines (no event content); "
+        "`requeue` moves them back to the head of the spool, and the running bridge (or the "
+        "next one started) sends them again, in their original order, within seconds.",
+    )
+    dead_commands = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dead_list = dead_commands.add_parser("list", help="print each dead letter as a JSON line")
+    _add_config_flag(dead_list)
+    requeue = dead_commands.add_parser("requeue", help="send dead letters again")
+    _add_config_flag(requeue)
+    chosen = requeue.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--all", action="store_true", help="every dead letter")
+    chosen.add_argument("event_ids", nargs="*", default=[], metavar="EVENT_ID", help="these ones")
+
     settings = commands.add_parser(
         "settings",
         help="list every setting with its variable, default and meaning",
@@ -128,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _settings(args)
         if command == "tail":
             return _tail(args)
+        if command == "dead-letters":
+            return _dead_letters(args)
         return _serve(args)
     except ConfigError as exc:
         print(f"login-audit-bridge: {exc.message}", file=sys.stderr)
@@ -150,6 +170,10 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
         asyncio.run(serve(settings))
+    except ConfigError as exc:
+        # Found while running (e.g. the registry refuses the schema once the broker answers).
+        print(f"login-audit-bridge: {exc.message}", file=sys.stderr)
+        return Exit.CONFIG
     except SinkError as exc:
         print(f"login-audit-bridge: {settings.sink} sink: {exc.message}", file=sys.stderr)
         return Exit.SINK_UNAVAILABLE
@@ -158,6 +182,9 @@ def _serve(args: argparse.Namespace) -> int:
         return Exit.FAILURE
     except OSError as exc:
         print(f"login-audit-bridge: cannot listen: {exc}", file=sys.stderr)
+        return Exit.FAILURE
+    except sqlite3.Error as exc:
+        print(f"login-audit-bridge: spool {settings.spool_path}: {exc}", file=sys.stderr)
         return Exit.FAILURE
     return Exit.OK
 
@@ -238,6 +265,39 @@ def _records(args: argparse.Namespace, settings: Any) -> Iterator[dict[str, Any]
         if not args.follow:
             return
         time.sleep(1)
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from bridge.spool import list_dead_letters, requeue_dead_letters
+
+    path = _load(args).spool_path
+    try:
+        if args.action == "list":
+            for letter in list_dead_letters(path):
+                print(json.dumps(_dead_letter_line(letter), ensure_ascii=False), flush=True)
+            return Exit.OK
+        wanted = None if args.all else list(args.event_ids)
+        moved = requeue_dead_letters(path, wanted)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"login-audit-bridge: spool {path}: {exc}", file=sys.stderr)
+        return Exit.FAILURE
+    print(f"requeued {len(moved)} dead letter(s) from {path}", file=sys.stderr)
+    missing = sorted(set(wanted or ()) - set(moved))
+    if missing:
+        print(f"login-audit-bridge: no dead letter with id {', '.join(missing)}", file=sys.stderr)
+        return Exit.FAILURE
+    return Exit.OK
+
+
+def _dead_letter_line(letter: Any) -> dict[str, Any]:
+    spooled = datetime.fromtimestamp(letter.spooled_ms / 1000, tz=UTC)
+    return {
+        "event_id": letter.event_id,
+        "source": letter.source,
+        "spooled": spooled.isoformat(timespec="milliseconds"),
+        "reason": letter.reason,
+        "seq": letter.seq,
+    }
 
 
 def _json_default(value: Any) -> Any:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, TextIO
 
 from bridge.codec import AvroCodec
-from bridge.errors import BridgeError, SinkUnavailable
+from bridge.errors import SinkUnavailable
 from bridge.event import Status
 from bridge.settings import Settings
 
@@ -25,8 +25,8 @@ BrokerName = Literal["kafka", "rabbitmq"]
 POLL_SECONDS = 0.5
 # `tail` without --follow stops after this long without an event.
 TAIL_IDLE_SECONDS = 2.0
-
-log = logging.getLogger(__name__)
+# A login event encodes to a few KB; anything far larger is not one, and is not decoded.
+MAX_DECODED_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,15 @@ class ConsumedEvent:
     content_type: str | None = None  # RabbitMQ only
     persistent: bool | None = None  # RabbitMQ only
     error: str | None = None
+    partition: int | None = None  # Kafka only
+    offset: int | None = None  # Kafka only
+
+    @property
+    def position(self) -> str:
+        """Where the message is, for a person to find it: ``topic[partition]@offset`` or queue."""
+        if self.partition is None or self.offset is None:
+            return self.destination
+        return f"{self.destination}[{self.partition}]@{self.offset}"
 
 
 def default_decoder() -> Decoder:
@@ -56,10 +65,12 @@ def default_decoder() -> Decoder:
 def _decode(decoder: Decoder, value: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
     if value is None:
         return None, "message has no value"
+    if len(value) > MAX_DECODED_BYTES:
+        return None, f"message of {len(value)} bytes is larger than a login event can be"
     try:
         return decoder(value), None
-    except (BridgeError, ValueError, EOFError, IndexError) as exc:  # what fastavro raises
-        return None, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # anyone can write to a topic: a reader shows what fails, goes on
+        return None, f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _text(value: object) -> str:
@@ -167,6 +178,8 @@ class KafkaReader:
             headers=_kafka_headers(message.headers()),
             key=None if message.key() is None else _text(message.key()),
             error=error,
+            partition=message.partition(),
+            offset=message.offset(),
         )
 
     def _require_open(self) -> Consumer:
@@ -320,13 +333,18 @@ def tail_broker(
     status: Status | None = None,
     follow: bool = False,
     idle_seconds: float = TAIL_IDLE_SECONDS,
+    warnings: TextIO | None = None,
 ) -> Iterator[dict[str, Any]]:
     """What ``login-audit-bridge tail --from kafka|rabbitmq`` prints: decoded records.
 
     Without ``follow`` it ends once no event came for ``idle_seconds``: for Kafka, after the
     topics were read to their end; for RabbitMQ, which keeps no history for a new queue, after
-    the events published in that window. Messages that do not decode are logged and skipped.
+    the events published in that window. A message that does not decode (another schema, a
+    hostile writer, not Avro) is skipped with a line on ``warnings`` (stderr) saying where it is
+    and why; the count of skipped messages closes the output.
     """
+    report = warnings if warnings is not None else sys.stderr
+    skipped = 0
     decoder = None
     if settings.schema_registry_url:
         from bridge.registry import registry_decoder
@@ -348,11 +366,14 @@ def tail_broker(
                 except StopAsyncIteration:
                     return
                 if event.record is None:
-                    log.warning("skipped a message in %s: %s", event.destination, event.error)
+                    skipped += 1
+                    print(f"tail: skipped {event.position}: {event.error}", file=report)
                     continue
                 yield event.record
         finally:
             runner.run(events.aclose())
+            if skipped:
+                print(f"tail: skipped {skipped} message(s) that did not decode", file=report)
 
 
 async def _next(events: AsyncGenerator[ConsumedEvent, None]) -> ConsumedEvent:

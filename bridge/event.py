@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -10,6 +11,10 @@ Source = Literal["sftpgo", "mediawiki"]
 
 STATUS_SUCCESS = 1
 STATUS_FAILURE = 2
+
+# A routing key's words are split on "."; anything but these characters becomes "_" in the
+# protocol word, so a protocol such as "SSH.v2" cannot add a word and escape `*` bindings.
+_NOT_IN_A_WORD = re.compile(r"[^a-z0-9_+-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,5 +46,6 @@ class LoginEvent:
 
     @property
     def routing_key(self) -> str:
-        """``<status>.<source>.<protocol>``, e.g. ``failure.sftpgo.ssh``."""
-        return f"{self.status}.{self.source}.{self.protocol}"
+        """``<status>.<source>.<protocol>``, e.g. ``failure.sftpgo.ssh``: always three words."""
+        word = _NOT_IN_A_WORD.sub("_", self.protocol)
+        return f"{self.status}.{self.source}.{word}"

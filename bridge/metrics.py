@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,6 +22,17 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 # Publishing is an fsync or a broker round trip: from sub-millisecond to seconds when a broker
 # is failing over.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class SpoolState(Protocol):
+    """What the bridge spool's gauges read, at every scrape."""
+
+    depth: int
+    dead_letters: int
+    size_bytes: int
+
+    @property
+    def oldest_age_seconds(self) -> float: ...
 
 
 class Metrics:
@@ -92,7 +104,39 @@ class Metrics:
         )
         self.spool_dead_letters = Counter(
             "login_audit_spool_dead_letters_total",
-            "Spooled events the sink refused for good, kept in the spool's dead_letters table.",
+            "Spooled events moved to the spool's dead_letters table: refused for good by the sink, "
+            "or unreadable (e.g. written with a schema the spool has no record of).",
+            registry=r,
+        )
+        self.spool_dead_letter_events = Gauge(
+            "login_audit_spool_dead_letter_events",
+            "Events in the bridge spool's dead_letters table now (counted from the file at start); "
+            "`login-audit-bridge dead-letters requeue` sends them again.",
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "login_audit_spool_bytes",
+            "Disk space the bridge spool uses (SQLite file, write-ahead log and index, less free "
+            "pages); BRIDGE_SPOOL_MAX_BYTES limits it.",
+            registry=r,
+        )
+        self.background_task_failures = Counter(
+            "login_audit_background_task_failures_total",
+            "Failures of a background task (sink-start, replay, hook-spool); each is logged and "
+            "the task restarts with backoff.",
+            ["task"],
+            registry=r,
+        )
+        self.background_task_up = Gauge(
+            "login_audit_background_task_up",
+            "1 while a background task runs, 0 from its failure until it has run again for a "
+            "while; /readyz is 503 meanwhile.",
+            ["task"],
+            registry=r,
+        )
+        self.kafka_producer_rebuilds = Counter(
+            "login_audit_kafka_producer_rebuilds_total",
+            "Kafka producers replaced after a fatal error (the old one could never send again).",
             registry=r,
         )
         self.build_info = Info(
@@ -104,3 +148,11 @@ class Metrics:
         for spool in ("hook", "bridge"):
             self.spool_events.labels(spool).set(0)
             self.spool_oldest_age.labels(spool).set(0)
+
+    def watch_spool(self, spool: SpoolState) -> None:
+        """The bridge spool's gauges read the spool at each scrape: true from start-up, whatever
+        the replayer is doing."""
+        self.spool_events.labels("bridge").set_function(lambda: spool.depth)
+        self.spool_oldest_age.labels("bridge").set_function(lambda: spool.oldest_age_seconds)
+        self.spool_dead_letter_events.set_function(lambda: spool.dead_letters)
+        self.spool_bytes.set_function(lambda: spool.size_bytes)

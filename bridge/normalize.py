@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 import time
 import uuid
@@ -19,7 +20,9 @@ from urllib.parse import urlsplit
 from bridge.errors import InvalidField, MalformedInput
 from bridge.event import STATUS_FAILURE, STATUS_SUCCESS, LoginEvent
 from bridge.mediawiki import MediaWikiLogin
-from bridge.sftpgo import GROUP_TYPES, HOOK_FIELDS, project_user
+from bridge.sftpgo import EVENT_ID_HEADER, GROUP_TYPES, HOOK_FIELDS, project_user
+
+log = logging.getLogger(__name__)
 
 OCSF_VERSION = "1.3.0"
 LOG_NAME = "login-audit"
@@ -33,6 +36,10 @@ AUTH_PROTOCOL_OTHER = 99
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# A source's event id: a random (version 4) UUID in canonical form, as the shim and the MediaWiki
+# extension make them. Nothing else is taken: a constant id (say, a static header set by hand)
+# would make consumers drop real logins as duplicates of each other.
+_EVENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 MAX_NAME_CHARS = 256
 MAX_EXTRA_PARAMS = 16
 MAX_PARAM_CHARS = 256
@@ -73,13 +80,21 @@ class Normalizer:
 
     # -- SFTPGo
 
-    def sftpgo_from_http(self, query: Mapping[str, str], body: bytes) -> LoginEvent:
+    def sftpgo_from_http(
+        self, query: Mapping[str, str], body: bytes, *, event_id: str | None = None
+    ) -> LoginEvent:
         """HTTP mode (and the shim, which speaks it): query facts, user JSON body."""
-        return self.sftpgo(query, parse_json_object(body))
+        return self.sftpgo(query, parse_json_object(body), event_id=event_id)
 
     def sftpgo(
-        self, query: Mapping[str, str], user: Mapping[str, Any], *, received_ms: int | None = None
+        self,
+        query: Mapping[str, str],
+        user: Mapping[str, Any],
+        *,
+        received_ms: int | None = None,
+        event_id: str | None = None,
     ) -> LoginEvent:
+        """``event_id``: the id the source fixed (the shim), kept as ``metadata.uid``."""
         received = self._clock() if received_ms is None else received_ms
         ip = _ip(query.get("ip"))
         method = _token("login_method", query.get("login_method"))
@@ -103,7 +118,7 @@ class Normalizer:
             outcome = "succeeded" if ok else "failed"
             message = f"SFTPGo {protocol} login {outcome} for {_who(name)} from {ip} ({method})"
         record = _record(
-            event_id=self._new_id(),
+            event_id=self._event_id(event_id),
             time_ms=received,
             received_ms=received,
             ok=ok,
@@ -130,7 +145,8 @@ class Normalizer:
 
     # -- MediaWiki
 
-    def mediawiki(self, login: MediaWikiLogin) -> LoginEvent:
+    def mediawiki(self, login: MediaWikiLogin, *, event_id: str | None = None) -> LoginEvent:
+        """``event_id``: the id the extension fixed, kept as ``metadata.uid``."""
         ok = login.status == "PASS"
         ip = _ip(login.ip) if login.ip else None
         raw_name = login.username
@@ -154,7 +170,7 @@ class Normalizer:
         }
         unmapped.update({k: v for k, v in optional.items() if v is not None})
         record = _record(
-            event_id=self._new_id(),
+            event_id=self._event_id(event_id),
             time_ms=login.time,
             received_ms=self._clock(),
             ok=ok,
@@ -181,6 +197,22 @@ class Normalizer:
             unmapped=unmapped,
         )
         return LoginEvent(record=record, source="mediawiki")
+
+    def _event_id(self, candidate: object) -> str:
+        """The source's id when it is a canonical UUID4 (any case), else a fresh one.
+
+        A malformed id never costs the event: it is logged and replaced, not refused.
+        """
+        if candidate is None:
+            return self._new_id()
+        if isinstance(candidate, str) and _EVENT_ID.fullmatch(candidate.lower()):
+            return candidate.lower()
+        log.warning(
+            "ignored %s %s: not a canonical UUID4; the event gets a fresh id",
+            EVENT_ID_HEADER,
+            repr(candidate)[:80],
+        )
+        return self._new_id()
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

@@ -8,18 +8,39 @@ from bridge import __version__
 
 _ERROR = {
     "type": "object",
-    "required": ["error", "message"],
+    "required": ["error", "message", "final"],
     "properties": {
         "error": {"type": "string", "description": "Machine-readable reason, e.g. invalid_field."},
         "message": {"type": "string", "description": "What was wrong, for a person."},
         "field": {"type": "string", "description": "The offending field, when there is one."},
+        "final": {
+            "type": "boolean",
+            "description": "True when the bridge would refuse this same body again (400, 413, "
+            "415): a client may stop retrying. False otherwise (401, 405, 503).",
+        },
     },
+}
+# Every answer of a hook route names the bridge, so a client can tell it from another service.
+_IDENTITY = {
+    "X-Login-Audit-Bridge": {
+        "description": "The bridge's version; only answers carrying it come from the bridge.",
+        "schema": {"type": "string"},
+    }
+}
+_EVENT_ID = {
+    "name": "X-Login-Audit-Event-Id",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "format": "uuid"},
+    "description": "The event's id, fixed by the source and resent with every retry; a "
+    "canonical UUID4 becomes metadata.uid, anything else is replaced by a fresh id.",
 }
 
 
 def _error(description: str) -> dict[str, Any]:
     return {
         "description": description,
+        "headers": _IDENTITY,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
 
@@ -27,6 +48,7 @@ def _error(description: str) -> dict[str, Any]:
 _HOOK_RESPONSES: dict[str, Any] = {
     "200": {
         "description": "The event is durable (fsync'd or acknowledged by the broker).",
+        "headers": _IDENTITY,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Stored"}}},
     },
     "400": _error("Malformed JSON or a missing or invalid field; never retried."),
@@ -72,7 +94,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/hooks/sftpgo": {
             "post": {
                 "summary": "SFTPGo post_login_hook in HTTP mode (also used by login-audit-hook).",
-                "parameters": _QUERY,
+                "parameters": [*_QUERY, _EVENT_ID],
                 "requestBody": {
                     "required": True,
                     "description": "The SFTPGo user as JSON. Only allow-listed fields are used.",
@@ -84,6 +106,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/hooks/mediawiki": {
             "post": {
                 "summary": "One AuthManagerLoginAuthenticateAudit call (docs/mediawiki-hook.md).",
+                "parameters": [_EVENT_ID],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"type": "object"}}},

@@ -13,13 +13,17 @@ import contextlib
 import functools
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from bridge.codec import AvroCodec
-from bridge.errors import SinkError, SinkUnavailable
+from bridge.errors import BridgeError, SinkError, SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
 from bridge.sinks.base import Sink
-from bridge.spool import Spool, Spooled
+from bridge.spool import Spool, Spooled, Unreadable
+
+if TYPE_CHECKING:
+    from bridge.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 REPLAY_BATCH = 2000
 RETRY_MIN_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
+IDLE_SECONDS = 5.0  # an idle replayer looks at the spool file this often
 
 
 class Pipeline:
@@ -41,6 +46,7 @@ class Pipeline:
         codec: AvroCodec | None = None,
         spool_after: float = 2.0,
         publish_timeout: float = 10.0,
+        background: Supervisor | None = None,
     ) -> None:
         self.sink = sink
         self._codec = codec if codec is not None else AvroCodec()
@@ -49,12 +55,16 @@ class Pipeline:
         # With a spool, hand over to it early. Without one, wait a little longer than the sink's
         # own acknowledgement timeout, so that the sink's more specific error wins the race.
         self._wait = spool_after if spool is not None else publish_timeout + 1.0
+        self._replay_wait = publish_timeout + 1.0
+        self._background = background
         # .labels() takes a lock and builds a key on every call: 4.5 % of a worker's CPU under
         # load (py-spy). The label values here come from small fixed sets, so cache the children.
         self._received = functools.cache(metrics.events_received.labels)
         self._published = functools.cache(metrics.events_published.labels)
         self._latency = metrics.publish_latency.labels(sink.name)
         self._spool_depth = metrics.spool_events.labels("bridge")
+        if spool is not None:
+            metrics.watch_spool(spool)
         self._wake = asyncio.Event()
         self._late: set[asyncio.Task[None]] = set()
 
@@ -105,10 +115,20 @@ class Pipeline:
         """A send that times out may still succeed; then the spooled copy is dropped again."""
 
         async def forget_if_acknowledged() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 await send
-                assert self.spool is not None  # noqa: S101
+            except Exception:
+                return  # not acknowledged after all: the spooled copy is the one that counts
+            assert self.spool is not None  # noqa: S101
+            try:
                 await self.spool.remove_event(event.event_id)
+            except Exception as exc:
+                log.warning(
+                    "event %s was acknowledged late, but its spooled copy stays and will be "
+                    "sent again: %s",
+                    event.event_id,
+                    exc,
+                )
 
         task = asyncio.create_task(forget_if_acknowledged())
         self._late.add(task)
@@ -120,21 +140,32 @@ class Pipeline:
         self._metrics.publish_errors.labels(self.sink.name, reason).inc()
 
     def ready(self) -> bool:
-        """Can an event be made durable now: by the sink, or by a spool with room."""
-        return self.sink.ready() or (self.spool is not None and not self.spool.full)
+        """Can an event be made durable now, and will it arrive (see ``unready``)."""
+        return self.unready() is None
+
+    def unready(self) -> tuple[str, str] | None:
+        """Why not ready, as (reason, message): a background task the promise depends on is
+        down, or neither the sink nor a spool with room can take an event now."""
+        if self._background is not None and self._background.problem is not None:
+            return "task_down", self._background.problem
+        if self.sink.ready() or (self.spool is not None and not self.spool.full):
+            return None
+        return "sink_unavailable", f"{self.sink.name} sink is not ready"
 
     # -- replaying
 
-    async def replay_forever(self) -> None:
-        """Drains the spool into the sink whenever it holds events, backing off while it fails."""
+    async def replay_forever(self, sink_started: asyncio.Event | None = None) -> None:
+        """Drains the spool into the sink whenever it holds events, backing off while it fails.
+
+        Waits for ``sink_started`` (if given) before sending. The sink's own errors are expected
+        and only back off; anything else (SQLite locked or out of space, a bug) ends this call,
+        and the service's supervisor logs, counts and restarts it.
+        """
         assert self.spool is not None  # noqa: S101 - only started with a spool
         delay = RETRY_MIN_SECONDS
         while True:
-            await self._update_spool_gauges()
-            if self.spool.depth == 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 5.0)
+            if not self._may_replay(sink_started):
+                await self._idle(sink_started)
                 continue
             if await self.replay_once():
                 delay = RETRY_MIN_SECONDS
@@ -142,44 +173,74 @@ class Pipeline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
+    def _may_replay(self, sink_started: asyncio.Event | None) -> bool:
+        assert self.spool is not None  # noqa: S101
+        return self.spool.depth > 0 and (sink_started is None or sink_started.is_set())
+
+    async def _idle(self, sink_started: asyncio.Event | None) -> None:
+        """Waits for work: a spooled event, the sink starting, or the next look at the file."""
+        assert self.spool is not None  # noqa: S101
+        if self.spool.depth == 0:
+            # Cheap on an empty table, and it notices events moved back from dead letters by
+            # `login-audit-bridge dead-letters requeue` (another process).
+            await self.spool.refresh()
+            if self.spool.depth > 0:
+                return
+            self._wake.clear()
+            wanted = self._wake
+        else:
+            assert sink_started is not None  # noqa: S101 - _may_replay said no for this reason
+            wanted = sink_started
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wanted.wait(), IDLE_SECONDS)
+
     async def replay_once(self) -> bool:
         """Sends the oldest batch; True if every event in it was acknowledged or buried."""
         assert self.spool is not None  # noqa: S101
         batch = await self.spool.head(REPLAY_BATCH)
+        if not batch:
+            await self.spool.refresh()  # the count was off (rows deleted by hand): correct it
+            return True
+        readable = [item for item in batch if isinstance(item, Spooled)]
+        for item in batch:
+            if isinstance(item, Unreadable):
+                await self._bury(item, item.event_id, item.reason)
         results = await asyncio.gather(
-            *(self._replay(item) for item in batch), return_exceptions=True
+            *(self._replay(item) for item in readable), return_exceptions=True
         )
-        done = [item.seq for item, result in zip(batch, results, strict=True) if result is None]
+        done = [item.seq for item, result in zip(readable, results, strict=True) if result is None]
         await self.spool.remove(done)
-        self._spool_depth.set(self.spool.depth)
-        if len(done) < len(batch):
+        unexpected = [r for r in results if isinstance(r, Exception) and not _sink_error(r)]
+        if unexpected:
+            raise unexpected[0]  # a bug, not the broker: the supervisor logs its traceback
+        if len(done) < len(readable):
             return False
-        if batch:
+        if done:
             log.info("replayed %d spooled event(s) into the %s sink", len(done), self.sink.name)
         return True
 
     async def _replay(self, item: Spooled) -> None:
         try:
-            await asyncio.wait_for(self._send(item.event), self._wait * 5)
+            # The sink gives up after its publish timeout and says why; wait a little longer than
+            # that. Giving up sooner would send the same events again while the first sends are
+            # still on their way (a livelock with a short spool_after and a slow broker).
+            await asyncio.wait_for(self._send(item.event), self._replay_wait)
         except TimeoutError:
             self._failed("timeout")
             raise
-        except SinkError as exc:
+        except BridgeError as exc:
             if exc.retriable:
                 raise
             # Refused for good (e.g. too large for the broker): keep it aside, do not block the
             # events behind it. Counted, and kept in the spool's dead_letters table.
-            assert self.spool is not None  # noqa: S101
-            log.error(
-                "%s sink refused spooled event %s for good: %s; moved to dead letters",
-                self.sink.name,
-                item.event.event_id,
-                exc,
-            )
-            await self.spool.bury(item, str(exc))
-            self._metrics.spool_dead_letters.inc()
+            await self._bury(item, item.event.event_id, f"{self.sink.name} sink refused it: {exc}")
 
-    async def _update_spool_gauges(self) -> None:
+    async def _bury(self, item: Spooled | Unreadable, event_id: str, reason: str) -> None:
         assert self.spool is not None  # noqa: S101
-        self._spool_depth.set(self.spool.depth)
-        self._metrics.spool_oldest_age.labels("bridge").set(await self.spool.oldest_age_seconds())
+        log.error("spooled event %s moved to dead letters: %s", event_id, reason)
+        await self.spool.bury(item, reason)
+        self._metrics.spool_dead_letters.inc()
+
+
+def _sink_error(exc: Exception) -> bool:
+    return isinstance(exc, BridgeError | TimeoutError)

@@ -17,8 +17,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from functools import cache, lru_cache
+from functools import cache
 from typing import TYPE_CHECKING, Any
+
+from fastavro.read import SchemaResolutionError
+from fastavro.schema import parse_schema
 
 from bridge.codec import AvroCodec
 from bridge.errors import BridgeError, ConfigError, MalformedInput, SinkUnavailable
@@ -35,6 +38,12 @@ REGISTRY_MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
 # Confluent's error codes for "no such subject" and "schema not under this subject": a lookup
 # that gets either simply means "not registered yet".
 NOT_REGISTERED = frozenset({40401, 40403})
+# A reader takes writer schemas from the registry, i.e. from whoever could register one. Ours is
+# 7.5 KB of JSON nested 11 deep; these bounds leave room for growth and keep a hostile one cheap.
+MAX_WRITER_SCHEMA_CHARS = 256 * 1024
+MAX_WRITER_SCHEMA_DEPTH = 64
+# Avro types that can take no byte at all on the wire.
+_PRIMITIVE_MIN_BYTES = {"null": 0, "boolean": 1, "int": 1, "long": 1, "float": 4, "double": 8}
 
 
 def subject_for(topic: str) -> str:
@@ -66,7 +75,18 @@ def decode_confluent(
     """
     schema_id, body = unframe(data)
     reader = codec if codec is not None else _shipped_codec()
-    return reader.decode_datum(body, writer_schema=fetch_schema_by_id(schema_id))
+    writer = fetch_schema_by_id(schema_id)
+    try:
+        return reader.decode_datum(body, writer_schema=writer)
+    except SchemaResolutionError as exc:  # its text is both schemas in full: not for a log line
+        raise MalformedInput(
+            f"written with schema id {schema_id}, which does not resolve to the login event schema"
+        ) from exc
+    except Exception as exc:  # foreign bytes can make fastavro raise almost anything
+        raise MalformedInput(
+            f"written with schema id {schema_id}, which does not read as a login event: "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
 
 
 @cache
@@ -129,6 +149,7 @@ class RegistryClient:
             raise ConfigError(f"schema registry URL must be http:// or https://, not {url!r}")
         self.url = url.rstrip("/")
         self._timeout = timeout
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
         self._headers = {"Accept": f"{REGISTRY_MEDIA_TYPE}, application/json"}
         if username is not None:
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
@@ -177,16 +198,35 @@ class RegistryClient:
         if body is not None:
             request.add_header("Content-Type", REGISTRY_MEDIA_TYPE)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with self._opener.open(request, timeout=self._timeout) as response:
                 return _json_object(response.read(), self.url)
         except urllib.error.HTTPError as exc:
             payload = exc.read()
+            if 300 <= exc.code < 400:
+                raise _redirect_error(exc.code, exc.headers.get("Location"), url=self.url) from exc
             if exc.code == 404 and _error_code(payload) in NOT_REGISTERED:
                 raise _NotRegistered(registry_message(payload)) from exc
             raise registry_error(exc.code, payload, url=self.url) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SinkUnavailable(f"schema registry {self.url} unreachable: {reason}") from exc
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follows a redirect: urllib would resend the Authorization header to the new host
+    (and turn a POST into a GET), then trust whatever schema id that host answers."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+def _redirect_error(status: int, location: str | None, *, url: str) -> ConfigError:
+    target = location or "(no Location)"
+    return ConfigError(
+        f"schema registry {url} answered with a redirect ({status}) to {target}; "
+        "the bridge does not follow redirects, which would carry its credentials elsewhere: "
+        "set BRIDGE_SCHEMA_REGISTRY_URL to the registry's own URL"
+    )
 
 
 class _NotRegistered(ConfigError):
@@ -275,10 +315,99 @@ class ConfluentRegistryEncoder:
 
 def registry_decoder(settings: Settings) -> Callable[[bytes], dict[str, Any]]:
     """A ``bytes -> record`` decoder for readers (``tail``): fetches each writer schema once."""
-    client = RegistryClient.from_settings(settings)
+    schemas = WriterSchemas(RegistryClient.from_settings(settings))
+    return lambda data: decode_confluent(data, schemas.get)
 
-    @lru_cache(maxsize=64)
-    def fetch(schema_id: int) -> Any:
-        return AvroCodec(json.loads(client.schema_by_id(schema_id))).parsed
 
-    return lambda data: decode_confluent(data, fetch)
+class WriterSchemas:
+    """Writer schemas by registry id, checked and parsed once; refusals are remembered too, so a
+    stream of messages framed with a bad id does not ask the registry again for each."""
+
+    def __init__(self, client: RegistryClient, *, size: int = 64) -> None:
+        self._client = client
+        self._size = size
+        self._known: dict[int, Any] = {}
+
+    def get(self, schema_id: int) -> Any:
+        if schema_id not in self._known:
+            if len(self._known) >= self._size:
+                self._known.pop(next(iter(self._known)))
+            self._known[schema_id] = self._load(schema_id)
+        found = self._known[schema_id]
+        if isinstance(found, BridgeError):
+            raise found
+        return found
+
+    def _load(self, schema_id: int) -> Any:
+        try:
+            return bounded_writer_schema(self._client.schema_by_id(schema_id))
+        except BridgeError as exc:
+            return MalformedInput(f"schema id {schema_id}: {exc.message}")
+
+
+def bounded_writer_schema(text: str) -> Any:
+    """The parsed writer schema, if decoding with it costs work bounded by the message's bytes.
+
+    Refused (``MalformedInput``): a schema text over MAX_WRITER_SCHEMA_CHARS or nested deeper
+    than MAX_WRITER_SCHEMA_DEPTH; a recursive type (decoding could recurse as deep as the
+    message is long); an array whose items take no bytes (``null``, an empty record): its
+    block count, read from the message, would be a loop that consumes no input.
+    """
+    if len(text) > MAX_WRITER_SCHEMA_CHARS:
+        raise MalformedInput(f"writer schema of {len(text)} characters is too large")
+    try:
+        schema = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedInput("writer schema is not JSON") from exc
+    _check_depth(schema)
+    try:
+        parsed = parse_schema(schema)
+    except Exception as exc:  # fastavro's SchemaParseException, but also KeyError, TypeError…
+        raise MalformedInput(f"writer schema does not parse: {str(exc)[:200]}") from exc
+    named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+    _min_bytes(parsed, named, ())
+    return parsed
+
+
+def _check_depth(schema: Any) -> None:
+    pending = [(schema, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_WRITER_SCHEMA_DEPTH:
+            raise MalformedInput(f"writer schema nests deeper than {MAX_WRITER_SCHEMA_DEPTH}")
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        )
+        pending.extend((child, depth + 1) for child in children)
+
+
+def _min_bytes(schema: Any, named: dict[str, Any], seen: tuple[str, ...]) -> int:
+    """The fewest bytes a value of ``schema`` takes on the wire; refuses unbounded types."""
+    if isinstance(schema, list):  # a union: its branch index takes a byte
+        for branch in schema:
+            _min_bytes(branch, named, seen)
+        return 1
+    if isinstance(schema, str):
+        if schema in _PRIMITIVE_MIN_BYTES:
+            return _PRIMITIVE_MIN_BYTES[schema]
+        if schema in ("bytes", "string"):
+            return 1
+        if schema in seen:
+            raise MalformedInput(f"writer schema type {schema} is recursive")
+        return _min_bytes(named[schema], named, (*seen, schema))
+    kind = schema["type"]
+    if kind == "record" or kind == "error":
+        inner = (*seen, schema["name"])
+        return sum(_min_bytes(field["type"], named, inner) for field in schema["fields"])
+    if kind == "array":
+        if _min_bytes(schema["items"], named, seen) == 0:
+            raise MalformedInput("writer schema has an array of items that take no bytes")
+        return 1
+    if kind == "map":
+        _min_bytes(schema["values"], named, seen)
+        return 1  # each entry's key takes at least its length byte
+    if kind == "fixed":
+        return int(schema["size"])
+    if kind == "enum":
+        return 1
+    return _min_bytes(kind, named, seen)  # {"type": "long", "logicalType": ...}

@@ -27,6 +27,7 @@ from bridge.settings import Settings
 from bridge.sinks import build_sink
 from bridge.sinks.base import Sink
 from bridge.spool import Spool
+from bridge.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,19 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             max_events=settings.spool_max_events,
         )
         await spool.open()
-        log.info("spool %s holds %d event(s)", spool.path, spool.depth)
+        log.info(
+            "spool %s holds %d event(s) and %d dead letter(s)",
+            spool.path,
+            spool.depth,
+            spool.dead_letters,
+        )
+        if spool.dead_letters:
+            log.warning(
+                "%d spooled event(s) are dead letters, not sent: see "
+                "`login-audit-bridge dead-letters list`",
+                spool.dead_letters,
+            )
+    background = Supervisor(metrics)
     pipeline = Pipeline(
         sink=sink,
         metrics=metrics,
@@ -62,24 +75,24 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         codec=codec,
         spool_after=settings.spool_after_seconds,
         publish_timeout=settings.publish_timeout_seconds,
+        background=background,
     )
     normalizer = Normalizer(sftpgo_user_fields=settings.sftpgo_user_fields)
-    sink_started = asyncio.Event()
-    background = [asyncio.create_task(_start_sink(sink, sink_started, retry=spool is not None))]
-    if spool is not None:
-        background.append(asyncio.create_task(_after(sink_started, pipeline.replay_forever())))
     hook_spool = HookSpool(
         settings.hook_spool_path, normalizer=normalizer, pipeline=pipeline, metrics=metrics
     )
-    background.append(asyncio.create_task(hook_spool.run(settings.hook_spool_interval_seconds)))
+    sink_started = asyncio.Event()
     try:
         if spool is None:
-            await background[0]  # without a spool there is nowhere to put events: wait for the sink
-        await _serve_http(settings, pipeline, normalizer, metrics)
+            # Without a spool there is nowhere to put events: wait for the sink.
+            await _start_sink(sink, sink_started, retry=False)
+        else:
+            background.start("sink-start", lambda: _start_sink(sink, sink_started, retry=True))
+            background.start("replay", lambda: pipeline.replay_forever(sink_started))
+        background.start("hook-spool", lambda: hook_spool.run(settings.hook_spool_interval_seconds))
+        await _serve_until_fatal(background, _serve_http(settings, pipeline, normalizer, metrics))
     finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await background.stop()
         if sink_started.is_set():
             await sink.stop()
         if spool is not None:
@@ -89,8 +102,30 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     log.info("login-audit-bridge stopped")
 
 
+async def _serve_until_fatal(background: Supervisor, serving: Coroutine[Any, Any, None]) -> None:
+    """Serves until SIGTERM, or until a background task meets a configuration error: then
+    stops serving and raises it, so the process exits with the config exit code instead of
+    answering 2xx into a spool that would never drain."""
+    http = asyncio.create_task(serving)
+    fatal = asyncio.create_task(background.fatal_error())
+    await asyncio.wait({http, fatal}, return_when=asyncio.FIRST_COMPLETED)
+    if not fatal.done():
+        fatal.cancel()
+        await http  # its errors (e.g. cannot listen) are the caller's
+        return
+    # Requests still in flight are cut off unanswered: not acknowledged, so the clients retry.
+    http.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await http
+    raise fatal.result()
+
+
 async def _start_sink(sink: Sink, started: asyncio.Event, *, retry: bool) -> None:
-    """Starts the sink; with a spool to fall back on, keeps trying while the broker is away."""
+    """Starts the sink; with a spool to fall back on, keeps trying while the broker is away.
+
+    A ConfigError (the registry refusing the schema or the credentials, a topic that cannot
+    be created as configured) is not retried: the operator must fix something.
+    """
     delay = 0.5
     while True:
         try:
@@ -105,11 +140,6 @@ async def _start_sink(sink: Sink, started: asyncio.Event, *, retry: bool) -> Non
         started.set()
         log.info("%s sink started", sink.name)
         return
-
-
-async def _after(event: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
-    await event.wait()
-    await work
 
 
 async def _serve_http(

@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError
+from bridge.sftpgo import secret_fields
 
 ENV_PREFIX = "BRIDGE_"
 CONFIG_VARIABLE = "BRIDGE_CONFIG"
@@ -142,7 +143,8 @@ class Settings(BaseSettings):
         ("username", "id"),
         description="Allow-list of top-level SFTPGo user fields copied into events. username and "
         "id are always used; add e.g. email, role, groups, description. Only text and number "
-        "values are copied (groups: names and types only); nothing nested ever is.",
+        "values are copied (groups: names and types only); nothing nested ever is. Names that "
+        "hold secrets (password, filesystem, filters, ...) are refused.",
     )
 
     # -- Kafka
@@ -214,9 +216,16 @@ class Settings(BaseSettings):
         True, description="Spool events the sink cannot take now; off: answer 503 instead."
     )
     spool_max_bytes: int = Field(
-        1024 * 1024 * 1024, ge=1024 * 1024, description="Spool size limit; past it: 503."
+        1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Disk space the spool may use (its SQLite file with the write-ahead log, "
+        "dead letters included); past it: 503.",
     )
-    spool_max_events: int = Field(2_000_000, ge=1, description="Spool event limit; past it: 503.")
+    spool_max_events: int = Field(
+        2_000_000,
+        ge=1,
+        description="Events the spool may hold, dead letters included; past it: 503.",
+    )
     # -- logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
@@ -224,6 +233,17 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="json lines or plain text.")
 
     _split = field_validator("auth_tokens", "sftpgo_user_fields", mode="before")(_split_commas)
+
+    @field_validator("sftpgo_user_fields")
+    @classmethod
+    def _no_secret_fields(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        secrets = secret_fields(value)
+        if secrets:
+            raise ValueError(
+                f"names {', '.join(secrets)}, where SFTPGo's user JSON keeps secrets: "
+                "remove it (only plain fields such as email, role, groups may be listed)"
+            )
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -24,6 +24,30 @@ USER_ENV = "SFTPGO_LOGIND_USER"
 HOOK_FIELDS = frozenset(query for _, query in ENV_TO_QUERY)
 
 ALWAYS_KEPT = ("username", "id")
+# Top-level names an operator must never allow-list: they hold secrets (or objects full of them)
+# in SFTPGo's user JSON. The allow-list design already copies nothing nested; this list turns a
+# mistake like BRIDGE_SFTPGO_USER_FIELDS=password into a clear error instead of a silent risk.
+SECRET_USER_FIELDS = frozenset(
+    (
+        "password",
+        "secret",
+        "access_secret",
+        "session_token",
+        "sse_customer_key",
+        "credentials",
+        "account_key",
+        "sas_url",
+        "passphrase",
+        "private_key",
+        "key_passphrase",
+        "api_key",
+        "totp_config",
+        "recovery_codes",
+        "filesystem",
+        "filters",
+        "virtual_folders",
+    )
+)
 GROUP_TYPES = {1: "primary", 2: "secondary", 3: "membership"}
 
 _Scalar = str | int | float | bool
@@ -51,6 +75,11 @@ def project_user(user: Any, fields: Iterable[str]) -> dict[str, Any]:
     return kept
 
 
+def secret_fields(fields: Iterable[str]) -> list[str]:
+    """The names in ``fields`` that are known to hold secrets (case-insensitive), in order."""
+    return [field for field in fields if field.strip().lower() in SECRET_USER_FIELDS]
+
+
 def _project_groups(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         return []
@@ -71,5 +100,17 @@ def _group_type(value: Any) -> int | None:
 
 # The hook shim's spool: one JSON file per event, named so that names sort in arrival order:
 # <received ms, 13 digits>-<pid>-<random>.json, written as .tmp, fsync'd, then renamed.
+# An optional "event_id" field (added later, so v1 files without it still read) keeps the id the
+# hook sent, so a login that reached the bridge and was spooled too is de-duplicable by it.
 SPOOL_FORMAT = "login-audit-bridge.hook-spool.v1"
 SPOOL_SUFFIX = ".json"
+# Where the hook keeps a login the bridge refused for good (a 4xx it marked final): kept for
+# the operator, never taken in again.
+SPOOL_REJECTED_DIR = "rejected"
+
+# The hook routes' protocol headers, for both sources (the shim and the MediaWiki extension).
+# Every answer on a hook route names the bridge, so a client can tell it from another service
+# that happens to answer on the configured address.
+IDENTITY_HEADER = "X-Login-Audit-Bridge"
+# The event's id, fixed by the source at first capture and sent again on every retry.
+EVENT_ID_HEADER = "X-Login-Audit-Event-Id"

@@ -88,3 +88,13 @@ def test_test_suite_broker_variables_are_not_mistaken_for_settings(
 ) -> None:
     monkeypatch.setenv("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     assert load_settings().sink == "file"
+
+
+@pytest.mark.parametrize("fields", ["email,password", "Password", "role,filters", "access_secret"])
+def test_a_secret_field_in_the_user_allow_list_is_refused_by_name(
+    fields: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BRIDGE_SFTPGO_USER_FIELDS", fields)
+    secret = fields.split(",")[-1]
+    with pytest.raises(ConfigError, match=rf"BRIDGE_SFTPGO_USER_FIELDS\): .*names {secret}\b"):
+        load_settings()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,7 +176,9 @@ def test_an_event_the_sink_refuses_for_good_goes_to_dead_letters_and_unblocks(
 
     asyncio.run(scenario())
     with sqlite3.connect(tmp_path / "spool.sqlite3") as db:
-        assert db.execute("SELECT reason FROM dead_letters").fetchall() == [("record too large",)]
+        assert db.execute("SELECT reason FROM dead_letters").fetchall() == [
+            ("memory sink refused it: record too large",)
+        ]
     assert metrics.registry.get_sample_value("login_audit_spool_dead_letters_total") == 1
 
 
@@ -185,3 +191,215 @@ def test_without_a_spool_a_failing_sink_is_an_error_for_the_caller() -> None:
             await Pipeline(sink=sink, metrics=Metrics()).publish(_events(1)[0])
 
     asyncio.run(scenario())
+
+
+# -- schema upgrades, unreadable rows, limits that count the disk, replay timing
+
+
+def _older_codec() -> AvroCodec:
+    """The schema as an earlier release had it: without the defaulted http_request field."""
+    schema = copy.deepcopy(CODEC.schema)
+    schema["fields"] = [f for f in schema["fields"] if f["name"] != "http_request"]
+    return AvroCodec(schema)
+
+
+def _insert_row(path: Path, body: bytes, *, event_id: str = "foreign-row") -> None:
+    """Writes a row as another process would: straight into the file, ahead of the others."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "INSERT INTO events (seq, event_id, source, spooled_ms, body) VALUES (0, ?, ?, ?, ?)",
+            (event_id, "sftpgo", int(time.time() * 1000), body),
+        )
+
+
+def test_rows_written_with_an_older_schema_are_read_after_an_upgrade(tmp_path: Path) -> None:
+    events = _events(3)
+    older = _older_codec()
+    assert older.fingerprint != CODEC.fingerprint
+
+    async def scenario() -> list[Any]:
+        before = Spool(tmp_path / "spool.sqlite3", older, max_bytes=1 << 30, max_events=100)
+        await before.open()
+        for event in events:
+            await before.put(event)
+        await before.close()
+        after = _spool(tmp_path)  # the upgraded bridge: the current schema
+        await after.open()
+        head = await after.head(10)
+        await after.close()
+        return head
+
+    head = asyncio.run(scenario())
+    assert [item.event.event_id for item in head] == [e.event_id for e in events]
+    assert [item.event.record["http_request"] for item in head] == [None, None, None]
+
+
+def test_an_undecodable_row_goes_to_dead_letters_and_the_rows_behind_it_are_replayed(
+    tmp_path: Path,
+) -> None:
+    metrics = Metrics()
+    events = _events(3)
+    foreign = b"\xc3\x01" + bytes(range(8)) + CODEC.encode_datum(events[0].record)
+
+    async def put_all() -> None:
+        spool = _spool(tmp_path)
+        await spool.open()
+        for event in events:
+            await spool.put(event)
+        await spool.close()
+
+    async def replay() -> tuple[list[str], int]:
+        sink, spool = MemorySink(), _spool(tmp_path)
+        await sink.start()
+        await spool.open()
+        pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool)
+        assert await pipeline.replay_once()
+        await spool.close()
+        return [e.event_id for e in sink.events], spool.dead_letters
+
+    asyncio.run(put_all())
+    _insert_row(tmp_path / "spool.sqlite3", foreign)
+    delivered, dead = asyncio.run(replay())
+    assert delivered == [e.event_id for e in events]
+    assert dead == 1
+    with sqlite3.connect(tmp_path / "spool.sqlite3") as db:
+        ((event_id, reason),) = db.execute("SELECT event_id, reason FROM dead_letters").fetchall()
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+    assert event_id == "foreign-row"
+    assert "0001020304050607" in reason  # names the fingerprint it does not know
+    assert metrics.registry.get_sample_value("login_audit_spool_dead_letters_total") == 1
+
+
+class SlowSink(MemorySink):
+    """Acknowledges every send, after ``latency`` seconds: a broker slower than spool_after."""
+
+    def __init__(self, latency: float) -> None:
+        super().__init__()
+        self.latency = latency
+        self.attempts = 0
+
+    async def send(self, event: LoginEvent) -> None:
+        self.attempts += 1
+        await asyncio.sleep(self.latency)
+        await super().send(event)
+
+
+def test_replay_waits_for_the_publish_timeout_not_a_multiple_of_spool_after(
+    tmp_path: Path,
+) -> None:
+    """With spool_after 0.05 s and a broker answering in 0.5 s, each event is sent once."""
+
+    async def scenario() -> tuple[bool, int, int]:
+        sink, spool = SlowSink(latency=0.5), _spool(tmp_path)
+        await sink.start()
+        await spool.open()
+        pipeline = Pipeline(
+            sink=sink, metrics=Metrics(), spool=spool, spool_after=0.05, publish_timeout=5
+        )
+        for event in _events(3):
+            await spool.put(event)  # spooled while the broker was away
+        replayed = await pipeline.replay_once()
+        await spool.close()
+        return replayed, sink.attempts, len(sink.events)
+
+    assert asyncio.run(scenario()) == (True, 3, 3)
+
+
+def test_the_size_limit_counts_the_sqlite_file_and_its_write_ahead_log(tmp_path: Path) -> None:
+    """Filled until it refuses, the spool's files on disk stay within the limit (give or take
+    the last transaction); counting only the event bodies let them reach 1.3-2.1 times it."""
+    limit = 1024 * 1024
+
+    async def fill() -> int:
+        spool = _spool(tmp_path, max_bytes=limit)
+        await spool.open()
+        accepted = 0
+        with contextlib.suppress(Overloaded):
+            for event in _events(10_000):
+                await spool.put(event)
+                accepted += 1
+        on_disk = _files_bytes(tmp_path)
+        assert spool.size_bytes <= on_disk
+        await spool.close()
+        return accepted
+
+    accepted = asyncio.run(fill())
+    assert 500 < accepted < 10_000
+    assert _files_bytes(tmp_path) <= limit + 64 * 1024
+
+
+def _files_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.glob("spool.sqlite3*"))
+
+
+def test_dead_letters_count_against_the_event_limit_and_are_counted_at_open(
+    tmp_path: Path,
+) -> None:
+    metrics = Metrics()
+
+    async def scenario() -> int:
+        sink, spool = MemorySink(), _spool(tmp_path, max_events=3)
+        await sink.start()
+        await spool.open()
+        pipeline = Pipeline(sink=sink, metrics=Metrics(), spool=spool)
+        sink.fail_with = SinkRejected("record too large")
+        for event in _events(2):
+            await pipeline.publish(event)
+        assert await pipeline.replay_once()  # both buried
+        sink.fail_with = SinkUnavailable("down")
+        await pipeline.publish(_events(1)[0])
+        with pytest.raises(Overloaded):  # 1 waiting + 2 dead letters = the limit of 3
+            await spool.put(_events(1)[0])
+        await spool.close()
+        again = _spool(tmp_path, max_events=3)
+        await again.open()
+        metrics.watch_spool(again)
+        await again.close()
+        return again.dead_letters
+
+    assert asyncio.run(scenario()) == 2
+    assert metrics.registry.get_sample_value("login_audit_spool_dead_letter_events") == 2
+    assert metrics.registry.get_sample_value("login_audit_spool_events", {"spool": "bridge"}) == 1
+
+
+def test_a_put_blocked_by_another_writer_fails_alone_and_the_spool_keeps_working(
+    tmp_path: Path,
+) -> None:
+    """Another process (the dead-letters command) holding the lock past the busy timeout makes
+    that put fail with SinkUnavailable (a 503), and nothing else."""
+
+    async def scenario() -> None:
+        spool = Spool(
+            tmp_path / "spool.sqlite3", CODEC, max_bytes=1 << 30, max_events=100, busy_timeout=0.1
+        )
+        await spool.open()
+        await spool.put(_events(1)[0])
+        other = sqlite3.connect(tmp_path / "spool.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(SinkUnavailable, match="locked"):
+            await spool.put(_events(1)[0])
+        other.execute("ROLLBACK")
+        other.close()
+        await spool.put(_events(1)[0])
+        assert spool.depth == 2
+        await spool.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_gauges_read_the_spool_at_each_scrape_without_a_replayer(tmp_path: Path) -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        sink, spool = MemorySink(), _spool(tmp_path)  # the sink never starts: no replayer runs
+        await spool.open()
+        pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool, spool_after=0.05)
+        await pipeline.publish(_events(1)[0])
+        await asyncio.sleep(0.2)
+        await spool.close()
+
+    asyncio.run(scenario())
+    sample = metrics.registry.get_sample_value
+    assert sample("login_audit_spool_events", {"spool": "bridge"}) == 1
+    assert sample("login_audit_spool_oldest_age_seconds", {"spool": "bridge"}) > 0.1
+    assert sample("login_audit_spool_bytes") > 0

@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, ClassVar, Literal
 
@@ -31,6 +32,9 @@ CLIENT_ID = "login-audit-bridge"
 POLL_SECONDS = 0.1
 # Without exported statistics the sink still needs them to notice that a broker came back.
 READINESS_STATISTICS_MS = 5000
+# A producer that hits a fatal error again at once (e.g. the cluster denies idempotent writes)
+# is rebuilt after a growing pause, up to this long, rather than in a tight loop.
+MAX_REBUILD_DELAY_SECONDS = 60.0
 
 # The `reason` label of login_audit_publish_errors_total for this sink: a bounded set.
 Reason = Literal[
@@ -51,27 +55,27 @@ _TOO_LARGE = {
     KafkaError.INVALID_MSG_SIZE,
     KafkaError.RECORD_LIST_TOO_LARGE,
 }
+# A missing ACL: retriable, because an operator can grant it; the events wait in the spool,
+# counted as reason="unauthorized", instead of being buried as dead letters.
 _UNAUTHORIZED = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED,
     KafkaError.CLUSTER_AUTHORIZATION_FAILED,
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.DELEGATION_TOKEN_AUTHORIZATION_FAILED,
 }
 # The broker or client refuses this very message, or this topic, for good: replaying it from
 # the spool would fail the same way forever.
-_REJECTED = (
-    _TOO_LARGE
-    | _UNAUTHORIZED
-    | {
-        KafkaError.INVALID_RECORD,
-        KafkaError.INVALID_TIMESTAMP,
-        KafkaError.TOPIC_EXCEPTION,
-        KafkaError.POLICY_VIOLATION,
-        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
-        KafkaError._INVALID_ARG,
-        KafkaError._KEY_SERIALIZATION,
-        KafkaError._VALUE_SERIALIZATION,
-    }
-)
+_REJECTED = _TOO_LARGE | {
+    KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_TIMESTAMP,
+    KafkaError.TOPIC_EXCEPTION,
+    KafkaError.POLICY_VIOLATION,
+    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    KafkaError._INVALID_ARG,
+    KafkaError._KEY_SERIALIZATION,
+    KafkaError._VALUE_SERIALIZATION,
+}
 _AUTHENTICATION = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _TIMEOUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
 _UNKNOWN_TOPIC = {
@@ -79,9 +83,10 @@ _UNKNOWN_TOPIC = {
     KafkaError._UNKNOWN_TOPIC,
     KafkaError._UNKNOWN_PARTITION,
 }
-# Creating topics fails this way only when the settings cannot work on this cluster.
+# Creating topics fails this way only when the settings cannot work on this cluster. Not
+# INVALID_REPLICATION_FACTOR: a cluster with a broker away (a rolling restart) answers it too,
+# so it is retried, with a hint in the message for a cluster that is simply too small.
 _BAD_TOPIC_SETTINGS = {
-    KafkaError.INVALID_REPLICATION_FACTOR,
     KafkaError.INVALID_PARTITIONS,
     KafkaError.INVALID_CONFIG,
     KafkaError.POLICY_VIOLATION,
@@ -279,6 +284,60 @@ def any_broker_up(stats: dict[str, Any]) -> bool:
     return any(b.get("state") == "UP" for b in _known_brokers(stats))
 
 
+class _Client:
+    """One librdkafka producer and the thread that polls it; the sink replaces both together."""
+
+    def __init__(
+        self,
+        producer: Producer,
+        generation: int,
+        on_fatal: Callable[[int, KafkaError], None],
+    ) -> None:
+        self.producer = producer
+        self.generation = generation
+        self._on_fatal = on_fatal
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._poll, name=f"kafka-poll-{generation}", daemon=True
+        )
+        self._thread.start()
+
+    def _poll(self) -> None:
+        # producer.poll() blocks for up to its timeout while librdkafka runs the delivery, error
+        # and statistics callbacks; on the event loop it would stall every request, so this
+        # thread calls it, and the callbacks hand their results back with call_soon_threadsafe.
+        # confluent-kafka raises librdkafka's fatal error out of poll() (error_cb never sees
+        # it): caught here, or the thread would die and no delivery report would come again.
+        while not self._stopping.is_set():
+            try:
+                self.producer.poll(POLL_SECONDS)
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.fatal():
+                    self._on_fatal(self.generation, err)
+                else:
+                    log.warning("kafka: poll failed: %s: %s", err.name(), err.str())
+            except Exception:
+                log.exception("kafka: a producer callback failed; polling goes on")
+
+    async def close(self, flush_seconds: float) -> int:
+        """Stops polling, serves the last delivery reports; returns the messages left unanswered."""
+        self._stopping.set()
+        await asyncio.to_thread(self._thread.join)
+        return await asyncio.to_thread(self._flush, flush_seconds)
+
+    def _flush(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.producer.flush(max(0.0, deadline - time.monotonic()))
+            except Exception:  # the fatal error raised out of flush(), or a callback's failure
+                log.debug("kafka: flush interrupted; flushing on", exc_info=True)
+                if time.monotonic() >= deadline:
+                    return len(self.producer)
+                time.sleep(POLL_SECONDS)
+
+
 class KafkaSink(Sink):
     """Publishes each event to the topic of its status; `send` returns after its delivery report."""
 
@@ -313,9 +372,11 @@ class KafkaSink(Sink):
         self.statistics = KafkaStatistics()
         self._export_statistics = export_statistics
         self._registered = False
-        self._producer: Producer | None = None
-        self._poller: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._client: _Client | None = None
+        self._generation = 0  # of the current client; callbacks of older ones are ignored
+        self._recovery: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._rebuild_delay = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         # Delivery reports gathered on the poll thread, handed to the loop in one wake-up.
         self._reports: list[tuple[asyncio.Future[KafkaError | None], KafkaError | None]] = []
@@ -346,10 +407,8 @@ class KafkaSink(Sink):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stopping.clear()
-        self._producer = self._new_producer()
-        self._poller = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
-        self._poller.start()
+        self._fatal = None
+        self._client = self._new_client()
         try:
             await self._check_cluster()
             await self._encoder.prepare(list(self._topics.values()))
@@ -361,13 +420,15 @@ class KafkaSink(Sink):
             self._registered = True
 
     async def stop(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is None:
+        if self._recovery is not None:  # not yet swapped: the old client is still current
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+            self._recovery = None
+        client, self._client = self._client, None
+        if client is None:
             return
-        self._stopping.set()
-        if self._poller is not None:
-            await asyncio.to_thread(self._poller.join)
-        left = await asyncio.to_thread(producer.flush, self._publish_timeout)
+        await asyncio.gather(*self._retiring)
+        left = await client.close(self._publish_timeout)
         if left:
             log.warning("kafka: %d message(s) not acknowledged at stop; their sends failed", left)
         self._reachable = False
@@ -376,13 +437,23 @@ class KafkaSink(Sink):
             self._registered = False
 
     def ready(self) -> bool:
-        return self._producer is not None and self._reachable and self._fatal is None
+        return self._client is not None and self._reachable and self._fatal is None
 
-    def _new_producer(self) -> Producer:
+    @property
+    def _producer(self) -> Producer | None:
+        return self._client.producer if self._client is not None else None
+
+    def _new_client(self) -> _Client:
+        generation = self._generation + 1
+        client = _Client(self._new_producer(generation), generation, self._note_fatal)
+        self._generation = generation
+        return client
+
+    def _new_producer(self, generation: int) -> Producer:
         config = {
             **self._config,
-            "error_cb": self._on_error,
-            "stats_cb": self._on_statistics,
+            "error_cb": partial(self._on_error, generation),
+            "stats_cb": partial(self._on_statistics, generation),
             # librdkafka's own log lines go through logging (served by poll) instead of stderr.
             "logger": logging.getLogger(f"{__name__}.librdkafka"),
         }
@@ -391,13 +462,51 @@ class KafkaSink(Sink):
         except KafkaException as exc:
             raise ConfigError(f"kafka producer settings: {exc.args[0].str()}") from exc
 
-    def _poll(self) -> None:
-        # producer.poll() blocks for up to its timeout while librdkafka runs the delivery, error
-        # and statistics callbacks; on the event loop it would stall every request, so this
-        # thread calls it, and the callbacks hand their results back with call_soon_threadsafe.
-        producer = self._producer
-        while producer is not None and not self._stopping.is_set():
-            producer.poll(POLL_SECONDS)
+    # -- recovering from a fatal error
+
+    def _note_fatal(self, generation: int, err: KafkaError) -> None:
+        """From any thread: the producer of ``generation`` hit a fatal error."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_fatal, generation, err)
+
+    def _on_fatal(self, generation: int, err: KafkaError) -> None:
+        client = self._client
+        if client is None or client.generation != generation or self._recovery is not None:
+            return  # an old producer's, or already being replaced
+        # An idempotent producer that hit a fatal error never sends again: sends fail (and
+        # spool) until a new one, idempotent too, replaces it.
+        self._fatal = err
+        log.error(
+            "kafka: fatal producer error %s: %s; building a new producer in %.0fs",
+            err.name(),
+            err.str(),
+            self._rebuild_delay,
+        )
+        self._recovery = asyncio.create_task(self._rebuild(client))
+
+    async def _rebuild(self, old: _Client) -> None:
+        await asyncio.sleep(self._rebuild_delay)  # stop() may cancel it: `old` is still current
+        self._rebuild_delay = min(max(2 * self._rebuild_delay, 1.0), MAX_REBUILD_DELAY_SECONDS)
+        try:
+            new = self._new_client()
+        except ConfigError:
+            log.exception("kafka: no new producer; trying again in %.0fs", self._rebuild_delay)
+            self._recovery = asyncio.create_task(self._rebuild(old))
+            return
+        self._client, self._recovery, self._fatal = new, None, None
+        self._metrics.kafka_producer_rebuilds.inc()
+        log.warning("kafka: a new producer replaced the one that hit the fatal error")
+        # The old one's queued messages were failed by librdkafka (their sends spool them);
+        # those in flight are answered while it flushes, for at most the publish timeout.
+        retiring = asyncio.create_task(self._retire(old))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: _Client) -> None:
+        left = await old.close(self._publish_timeout)
+        if left:
+            log.warning("kafka: %d message(s) of the replaced producer were never answered", left)
 
     async def _check_cluster(self) -> None:
         """Fails with SinkUnavailable unless the cluster answers within the publish timeout."""
@@ -439,17 +548,25 @@ class KafkaSink(Sink):
         text = f"kafka: cannot create topic {topic}: {err.str()}"
         if err.code() in _BAD_TOPIC_SETTINGS:
             raise ConfigError(text) from exc
+        if err.code() == KafkaError.INVALID_REPLICATION_FACTOR:
+            text += (
+                f" (replication factor {self._replication}: retrying, as a broker may be "
+                "restarting; if the cluster has fewer brokers, lower kafka_topic_replication)"
+            )
         raise SinkUnavailable(text, detail=err.name()) from exc
 
     # -- librdkafka callbacks, run on the poll thread
 
-    def _on_error(self, err: KafkaError) -> None:
+    def _current(self, generation: int) -> bool:
+        client = self._client
+        return client is not None and client.generation == generation
+
+    def _on_error(self, generation: int, err: KafkaError) -> None:
         self.statistics.count_error(err)
         if err.fatal():
-            # An idempotent producer that hit a fatal error cannot send again; only a new one
-            # could, so the sink reports itself not ready and every send fails (and spools).
-            self._fatal = err
-            log.error("kafka: fatal producer error %s: %s", err.name(), err.str())
+            self._note_fatal(generation, err)
+        elif not self._current(generation):
+            return  # a replaced producer, flushing: its view of the cluster no longer counts
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._reachable = False
             log.warning("kafka: all brokers are down")
@@ -459,7 +576,9 @@ class KafkaSink(Sink):
         else:
             log.info("kafka: %s: %s", err.name(), err.str())
 
-    def _on_statistics(self, text: str) -> None:
+    def _on_statistics(self, generation: int, text: str) -> None:
+        if not self._current(generation):
+            return
         stats: dict[str, Any] = json.loads(text)
         self.statistics.observe(stats)
         self._reachable = any_broker_up(stats)
@@ -504,6 +623,7 @@ class KafkaSink(Sink):
             cause = KafkaException(err)
             raise self._failed(to_sink_error(err), failure_reason(err)) from cause
         self._reachable = True
+        self._rebuild_delay = 0.0
 
     def _produce(
         self,
@@ -525,6 +645,8 @@ class KafkaSink(Sink):
             raise self._failed(failure, "queue_full") from exc
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                self._on_fatal(self._generation, err)  # in case poll() has not raised it yet
             raise self._failed(to_sink_error(err), failure_reason(err)) from exc
 
     def _key(self, event: LoginEvent) -> str:

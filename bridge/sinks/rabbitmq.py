@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import aio_pika
@@ -44,6 +46,7 @@ Reason = Literal[
     "nacked",
     "timeout",
     "unauthorized",
+    "authentication",
     "rejected",
     "not_found",
     "transport",
@@ -54,11 +57,11 @@ Reason = Literal[
 def classify(exc: BaseException) -> tuple[type[SinkError], Reason]:
     """Which of our errors an aio-pika/aiormq (or socket) exception becomes, and its label.
 
-    Only a broker refusing *this* message or *this* exchange for good (403 access refused,
-    406 precondition failed, e.g. a message over max_message_size) is a rejection. Everything
-    else is retriable, including an unroutable (returned) message: it means no queue is bound
-    yet, an operator error that binding a queue fixes, so the event waits in the spool instead
-    of being lost.
+    Only a broker refusing *this* message for good (406 precondition failed, e.g. a message
+    over max_message_size) is a rejection. Everything else is retriable, including the operator
+    mistakes an operator can fix: a 403 (the user may not write to the exchange: grant it) and
+    an unroutable (returned) message (no queue is bound yet: bind one). Their events wait in
+    the spool, counted under their own reason, instead of being buried.
     """
     # PublishError (a Basic.Return) subclasses DeliveryError (a Basic.Nack): test it first.
     if isinstance(exc, aiormq.exceptions.PublishError):
@@ -66,7 +69,7 @@ def classify(exc: BaseException) -> tuple[type[SinkError], Reason]:
     if isinstance(exc, aiormq.exceptions.DeliveryError):
         return SinkUnavailable, "nacked"
     if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
-        return SinkRejected, "unauthorized"
+        return SinkUnavailable, "unauthorized"
     if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
         return SinkRejected, "rejected"
     if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
@@ -74,7 +77,7 @@ def classify(exc: BaseException) -> tuple[type[SinkError], Reason]:
     if isinstance(exc, TimeoutError):
         return SinkUnavailable, "timeout"
     if isinstance(exc, _AUTHENTICATION_ERRORS):
-        return SinkUnavailable, "unauthorized"
+        return SinkUnavailable, "authentication"
     return SinkUnavailable, "transport"
 
 
@@ -119,6 +122,14 @@ def redacted(url: str) -> str:
     return str(parsed.with_password("***")) if parsed.password else str(parsed)
 
 
+@dataclass
+class _Publish:
+    """One event's publish that the broker has not answered yet."""
+
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    confirmed: bool = False
+
+
 class RabbitMQSink(Sink):
     """Publishes each event under ``<status>.<source>.<protocol>``, mandatory and confirmed."""
 
@@ -145,6 +156,8 @@ class RabbitMQSink(Sink):
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._in_flight: dict[str, _Publish] = {}  # by event id
+        self._repair: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
@@ -169,23 +182,33 @@ class RabbitMQSink(Sink):
     # -- lifecycle
 
     async def start(self) -> None:
-        """Connects within the publish timeout (with backoff), then declares the topology."""
+        """Connects within the publish timeout (with backoff), then declares the topology.
+
+        Whatever fails on the way (the broker, the registry the encoder asks, the time limit),
+        the connection opened so far is closed: the service calls start() again and again while
+        something is away, and a robust connection left behind would reconnect forever.
+        """
         try:
             async with asyncio.timeout(self._publish_timeout):
                 self._connection = await self._connect()
                 self._channel = await self._open_channel(self._connection)
                 self._exchange = await self._declare(self._channel)
                 await self._encoder.prepare([self._exchange_name])
-        except TimeoutError as exc:
+        except BaseException as exc:
             await self.stop()
-            raise SinkUnavailable(
-                f"rabbitmq: no connection to {redacted(self._url)} in {self._publish_timeout}s"
-            ) from exc
-        except BROKER_ERRORS as exc:
-            await self.stop()
-            raise to_sink_error(exc) from exc
+            if isinstance(exc, TimeoutError):
+                raise SinkUnavailable(
+                    f"rabbitmq: no connection to {redacted(self._url)} in {self._publish_timeout}s"
+                ) from exc
+            if isinstance(exc, BROKER_ERRORS):
+                raise to_sink_error(exc) from exc
+            raise
 
     async def stop(self) -> None:
+        if self._repair is not None:
+            self._repair.cancel()
+            await asyncio.gather(self._repair, return_exceptions=True)
+            self._repair = None
         connection = self._connection
         self._connection = self._channel = self._exchange = None
         if connection is not None:
@@ -203,24 +226,31 @@ class RabbitMQSink(Sink):
     async def _connect(self) -> AbstractRobustConnection:
         delay = FIRST_RETRY_SECONDS
         while True:
+            # Built here rather than by connect_robust(), so that an attempt cut short (by the
+            # time limit, or an error) can be closed: it would otherwise keep reconnecting.
+            connection = aio_pika.RobustConnection(
+                URL(self._url),
+                ssl_context=self._tls,
+                reconnect_interval=RECONNECT_INTERVAL_SECONDS,
+                client_properties={"connection_name": "login-audit-bridge"},
+            )
             try:
-                return await aio_pika.connect_robust(
-                    self._url,
-                    ssl_context=self._tls,
-                    reconnect_interval=RECONNECT_INTERVAL_SECONDS,
-                    client_properties={"connection_name": "login-audit-bridge"},
-                )
-            except _AUTHENTICATION_ERRORS:
-                raise  # retrying will not make the credentials right
-            except (aiormq.exceptions.AMQPConnectionError, OSError) as exc:
+                await connection.connect()
+                return connection
+            except BaseException as exc:
+                await connection.close()
+                if isinstance(exc, _AUTHENTICATION_ERRORS):
+                    raise  # retrying will not make the credentials right
+                if not isinstance(exc, aiormq.exceptions.AMQPConnectionError | OSError):
+                    raise
                 log.info(
                     "rabbitmq: %s unreachable (%s); retrying in %.2fs",
                     redacted(self._url),
                     _describe(exc),
                     delay,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_INTERVAL_SECONDS)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_INTERVAL_SECONDS)
 
     @staticmethod
     async def _open_channel(connection: AbstractRobustConnection) -> AbstractRobustChannel:
@@ -251,9 +281,83 @@ class RabbitMQSink(Sink):
             # The timeout also bounds the wait for a reconnection: a robust channel that lost
             # its connection makes publish() wait until it is back.
             async with asyncio.timeout(self._publish_timeout):
-                await exchange.publish(message, routing_key=event.routing_key, mandatory=True)
+                await self._publish_alone(exchange, message, event)
         except BROKER_ERRORS as exc:
+            if self._channel_stuck():
+                self._repair_later(exchange)
             raise self._failed(exc, event) from exc
+
+    def _channel_stuck(self) -> bool:
+        """The channel is closed while its connection is up, or the connection closed for good:
+        neither comes back by itself."""
+        connection, channel = self._connection, self._channel
+        if connection is None or channel is None:
+            return False
+        return connection.is_closed or (connection.connected.is_set() and channel.is_closed)
+
+    def _repair_later(self, broken: AbstractExchange) -> None:
+        if self._repair is None or self._repair.done():
+            self._repair = asyncio.create_task(self._reconnect(broken))
+
+    async def _reconnect(self, broken: AbstractExchange) -> None:
+        """If the channel is still closed a moment later, connects anew, declares the exchange,
+        and only then retires the old connection.
+
+        The broker closes a channel on a refusal (403, 404, 406), and aio-pika reopens it and
+        declares the exchange again. When that declaration is refused too (the user lost its
+        configure permission as well, or another refused publish slipped into the reopening),
+        aio-pika gives up while the connection stays up: the channel stayed closed for good,
+        and every later send failed although the permissions had long been restored. A new
+        connection is used only once the exchange is declared on it.
+        """
+        await asyncio.sleep(RECONNECT_INTERVAL_SECONDS)  # aio-pika's own reopening goes first
+        old = self._connection
+        if old is None or self._exchange is not broken or not self._channel_stuck():
+            return  # stopped, replaced, or reopened by aio-pika after all
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                connection = await self._connect()
+                try:
+                    channel = await self._open_channel(connection)
+                    exchange = await self._declare(channel)
+                except BaseException:
+                    await connection.close()
+                    raise
+        except BROKER_ERRORS as exc:
+            log.warning(
+                "rabbitmq: no new connection yet (%s); the next failing send tries again",
+                _describe(exc),
+            )
+            return
+        self._connection, self._channel, self._exchange = connection, channel, exchange
+        log.warning("rabbitmq: the channel stayed closed; replaced it with a new connection")
+        with contextlib.suppress(*BROKER_ERRORS):
+            await old.close()
+
+    async def _publish_alone(
+        self, exchange: AbstractExchange, message: aio_pika.Message, event: LoginEvent
+    ) -> None:
+        """Publishes, unless a publish of this event is still unanswered: then waits for that.
+
+        aiormq matches a returned (unroutable) message to its publish by ``message_id``, our
+        event id, and keeps one publish per id: with two publishes of one event in flight (a
+        replay while the first send still waits, a client's retry), the first one's return
+        failed the second, and the first was then confirmed as delivered although the broker
+        had returned it; the pipeline would then drop the spooled copy. One publish per event
+        at a time cannot be mixed up, and when the earlier one was confirmed the event is
+        durable: this send returns without publishing it twice.
+        """
+        while (earlier := self._in_flight.get(event.event_id)) is not None:
+            await earlier.settled.wait()
+            if earlier.confirmed:
+                return
+        publish = self._in_flight[event.event_id] = _Publish()
+        try:
+            await exchange.publish(message, routing_key=event.routing_key, mandatory=True)
+            publish.confirmed = True
+        finally:
+            del self._in_flight[event.event_id]
+            publish.settled.set()
 
     def _message(self, event: LoginEvent) -> aio_pika.Message:
         return aio_pika.Message(
@@ -277,5 +381,15 @@ class RabbitMQSink(Sink):
                 "rabbitmq: no queue is bound for %s on exchange %s",
                 event.routing_key,
                 self._exchange_name,
+            )
+        elif reason == "unauthorized":
+            # After the first refusal the broker closes the channel, and the sends behind it fail
+            # as "transport" until it is reopened: this line comes once per attempt, not per event.
+            log.warning(
+                "rabbitmq: the broker refused to let %s publish to exchange %s (%s); events "
+                "wait in the spool until the permission is granted",
+                URL(self._url).user,
+                self._exchange_name,
+                _describe(exc),
             )
         return to_sink_error(exc)

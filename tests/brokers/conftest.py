@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +26,8 @@ from bridge.event import LoginEvent
 from bridge.mediawiki import MediaWikiLogin
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
+
+from conftest import REPO
 
 KAFKA_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 RABBITMQ_URL = os.environ.get("BRIDGE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5673/")
@@ -202,3 +207,75 @@ async def _delete_rabbitmq_names(url: str, name: str) -> None:
         await channel.exchange_delete(name)
         for queue in (f"{name}.success", f"{name}.failure"):
             await channel.queue_delete(queue)
+
+
+SCHEMA_REGISTRY_URL = os.environ.get(
+    "BRIDGE_TEST_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081/apis/ccompat/v7"
+)
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> str:
+    """The Apicurio Registry of `scripts/brokers start-registry`, its Confluent-compatible API."""
+    url = URL(SCHEMA_REGISTRY_URL)
+    require_broker("The Schema Registry", url.host or "127.0.0.1", url.port or 80)
+    return SCHEMA_REGISTRY_URL
+
+
+# -- a RabbitMQ user of the test's own, through rabbitmqctl on the node scripts/brokers runs
+
+
+def rabbitmqctl(*args: str) -> str:
+    run = subprocess.run(
+        [str(REPO / "scripts/brokers"), "rabbitmqctl", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {run.stderr.strip()}")
+    return run.stdout
+
+
+@dataclass
+class RabbitMQUser:
+    """A user of the shared RabbitMQ that only this test uses: its permissions and connections."""
+
+    name: str
+    url: str
+
+    def permit(self, *, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
+        rabbitmqctl("set_permissions", "-p", "/", self.name, configure, write, read)
+
+    def connections(self) -> int:
+        rows = rabbitmqctl("list_connections", "--no-table-headers", "user")
+        return sum(1 for row in rows.splitlines() if row.strip() == self.name)
+
+    def connections_once_settled(self, expected: int, timeout: float = 15.0) -> int:
+        """The connection count once it equals ``expected``, or whatever it is after ``timeout``.
+
+        The broker drops a closed connection a moment after the client's close returns.
+        """
+        deadline = time.monotonic() + timeout
+        count = self.connections()
+        while count != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+            count = self.connections()
+        return count
+
+
+@pytest.fixture
+def rabbitmq_user(rabbitmq_url: str, unique: str) -> Iterator[RabbitMQUser]:
+    """A fresh user without permissions (call ``permit``); closed and deleted afterwards."""
+    try:
+        rabbitmqctl("add_user", unique, password := secrets.token_hex(12))
+    except (RuntimeError, OSError) as exc:
+        message = f"needs rabbitmqctl on the RabbitMQ node of scripts/brokers: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    url = URL(rabbitmq_url).with_user(unique).with_password(password)
+    yield RabbitMQUser(name=unique, url=str(url))
+    rabbitmqctl("close_all_user_connections", unique, "test over")
+    rabbitmqctl("delete_user", unique)

@@ -11,11 +11,14 @@ import aiormq.exceptions
 import pamqp.exceptions
 import pytest
 from aiormq.abc import DeliveredMessage
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from bridge.errors import SinkError, SinkRejected, SinkUnavailable
+from bridge.codec import AvroCodec, SingleObjectEncoder
+from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
+from bridge.metrics import Metrics
+from bridge.settings import Settings
 from bridge.sinks import kafka, rabbitmq
 
 
@@ -48,8 +51,12 @@ def test_every_librdkafka_error_becomes_sink_unavailable_or_sink_rejected() -> N
     [
         (KafkaError.MSG_SIZE_TOO_LARGE, SinkRejected, "too_large"),
         (KafkaError.RECORD_LIST_TOO_LARGE, SinkRejected, "too_large"),
-        (KafkaError.TOPIC_AUTHORIZATION_FAILED, SinkRejected, "unauthorized"),
-        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, SinkRejected, "unauthorized"),
+        # A missing ACL is an operator's to grant: the events wait in the spool for it.
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, SinkUnavailable, "unauthorized"),
+        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, SinkUnavailable, "unauthorized"),
+        (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, SinkUnavailable, "unauthorized"),
+        (KafkaError.GROUP_AUTHORIZATION_FAILED, SinkUnavailable, "unauthorized"),
+        (KafkaError.DELEGATION_TOKEN_AUTHORIZATION_FAILED, SinkUnavailable, "unauthorized"),
         (KafkaError.INVALID_RECORD, SinkRejected, "rejected"),
         (KafkaError._TRANSPORT, SinkUnavailable, "transport"),
         (KafkaError._ALL_BROKERS_DOWN, SinkUnavailable, "transport"),
@@ -69,6 +76,41 @@ def test_librdkafka_error_maps_to_a_specific_error_and_label(
     err = KafkaError(code)
     assert type(kafka.to_sink_error(err)) is expected
     assert kafka.failure_reason(err) == reason
+
+
+def unstarted_kafka_sink() -> kafka.KafkaSink:
+    """Building a sink connects nothing: enough to use its error translation."""
+    codec = AvroCodec()
+    encoder = SingleObjectEncoder(codec)
+    return kafka.KafkaSink.from_settings(Settings(sink="kafka"), encoder=encoder, metrics=Metrics())
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (KafkaError.POLICY_VIOLATION, ConfigError),  # the cluster's topic policy forbids these
+        (KafkaError.INVALID_PARTITIONS, ConfigError),
+        (KafkaError.INVALID_CONFIG, ConfigError),
+        # Also what a cluster with a broker away answers (a rolling restart): retry.
+        (KafkaError.INVALID_REPLICATION_FACTOR, SinkUnavailable),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, SinkUnavailable),
+        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, SinkUnavailable),
+        (KafkaError.REQUEST_TIMED_OUT, SinkUnavailable),
+    ],
+)
+def test_a_topic_creation_failure_is_a_config_error_only_when_settings_must_change(
+    code: int, expected: type[Exception]
+) -> None:
+    sink = unstarted_kafka_sink()
+    failure = KafkaException(KafkaError(code, "refused by the test"))
+    with pytest.raises(expected, match=r"cannot create topic login-audit\.failure"):
+        sink._raise_creation_error("login-audit.failure", failure)
+
+
+def test_a_topic_that_already_exists_is_no_creation_failure() -> None:
+    sink = unstarted_kafka_sink()
+    failure = KafkaException(KafkaError(KafkaError.TOPIC_ALREADY_EXISTS))
+    assert sink._raise_creation_error("login-audit.failure", failure) is None
 
 
 def exception_classes(*modules: ModuleType) -> list[type[BaseException]]:
@@ -139,12 +181,13 @@ def test_every_amqp_exception_is_caught_by_the_sink() -> None:
     [
         (build(aiormq.exceptions.PublishError), SinkUnavailable, "unroutable"),
         (build(aiormq.exceptions.DeliveryError), SinkUnavailable, "nacked"),
-        (build(aiormq.exceptions.ChannelAccessRefused), SinkRejected, "unauthorized"),
+        # A permission an operator can grant: the events wait in the spool for it.
+        (build(aiormq.exceptions.ChannelAccessRefused), SinkUnavailable, "unauthorized"),
         (build(aiormq.exceptions.ChannelPreconditionFailed), SinkRejected, "rejected"),
         (build(aiormq.exceptions.ChannelNotFoundEntity), SinkUnavailable, "not_found"),
         (build(aiormq.exceptions.ConnectionClosed), SinkUnavailable, "transport"),
         (build(aiormq.exceptions.ChannelInvalidStateError), SinkUnavailable, "transport"),
-        (build(aiormq.exceptions.ProbableAuthenticationError), SinkUnavailable, "unauthorized"),
+        (build(aiormq.exceptions.ProbableAuthenticationError), SinkUnavailable, "authentication"),
         (ConnectionRefusedError(111, "Connection refused"), SinkUnavailable, "transport"),
         (TimeoutError(), SinkUnavailable, "timeout"),
     ],

@@ -15,13 +15,14 @@ from confluent_kafka.cimpl import NewTopic
 
 from bridge.codec import CONTENT_TYPE, AvroCodec, SingleObjectEncoder
 from bridge.consume import ConsumedEvent, KafkaReader, tail, tail_broker
-from bridge.errors import SinkRejected, SinkUnavailable
+from bridge.errors import ConfigError, SinkRejected, SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
+from bridge.registry import ConfluentRegistryEncoder, RegistryClient
 from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaSink
 
-from .conftest import KafkaTopics
+from .conftest import KafkaTopics, login_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
@@ -58,6 +59,10 @@ async def eventually(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"still false after {WAIT_SECONDS}s")
+
+
+def make_one_event() -> LoginEvent:
+    return login_events(1)[0]
 
 
 def unused_port() -> int:
@@ -125,6 +130,47 @@ async def test_start_creates_missing_topics_with_the_configured_partitions(
     metadata = kafka_topics.admin.list_topics(timeout=10).topics
     assert len(metadata[kafka_topics.success].partitions) == 3
     assert len(metadata[kafka_topics.failure].partitions) == 3
+
+
+async def test_a_replication_factor_the_cluster_cannot_honour_now_is_retried_not_fatal(
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
+) -> None:
+    """INVALID_REPLICATION_FACTOR also comes from a cluster with a broker down (a rolling
+    restart): start() fails as SinkUnavailable, so the service keeps trying (and spooling)."""
+    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_replication=3)
+    sink = kafka_sink(settings, metrics, codec)  # the test cluster has one broker
+
+    with pytest.raises(SinkUnavailable, match="replication") as caught:
+        await sink.start()
+
+    assert caught.value.detail == "INVALID_REPLICATION_FACTOR"
+    assert not sink.ready()
+
+
+@pytest.mark.registry
+async def test_a_registry_that_refuses_at_start_is_a_config_error_and_closes_the_producer(
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    schema_registry_url: str,
+    metrics: Metrics,
+    codec: AvroCodec,
+) -> None:
+    """The registry's 404 (here: a URL without the Confluent API path) is for the operator to
+    fix; start() says so with a ConfigError, which the service turns into its config exit."""
+    settings = kafka_settings(kafka_bootstrap, kafka_topics)
+    root = schema_registry_url.split("/apis/")[0]
+    encoder = ConfluentRegistryEncoder(codec, RegistryClient(root, timeout=5))
+    sink = KafkaSink.from_settings(settings, encoder=encoder, metrics=metrics)
+
+    with pytest.raises(ConfigError, match="Confluent-compatible API"):
+        await sink.start()
+
+    assert not sink.ready()
+    with pytest.raises(SinkUnavailable, match="not started"):
+        await sink.send(make_one_event())
 
 
 async def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(

@@ -17,6 +17,7 @@ from bridge.consume import RabbitMQReader, tail_broker
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
+from bridge.normalize import Normalizer
 from bridge.settings import Settings
 from bridge.sinks.rabbitmq import RabbitMQSink
 
@@ -96,6 +97,70 @@ async def test_an_unroutable_event_fails_as_unavailable_so_it_is_spooled_and_cou
         )
         == 1
     )
+
+
+async def test_sends_of_one_unroutable_event_in_flight_together_all_fail(
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    """aiormq matches a returned message to its publish by message_id (the event id): with the
+    same event in flight twice (a replay while the first send waits), a return must not be
+    taken by the other send and leave the returned one looking confirmed."""
+    settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names, rabbitmq_declare_queues=False)
+    event = make_events(1)[0]
+    async with rabbitmq_sink(settings, metrics, codec) as sink:
+        results = await asyncio.gather(
+            *(sink.send(event) for _ in range(20)), return_exceptions=True
+        )
+
+    assert [type(r).__name__ for r in results] == ["SinkUnavailable"] * 20
+    assert all("NO_ROUTE" in str(r) for r in results)
+
+
+async def test_sends_of_one_event_in_flight_together_publish_it_once(
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    """A send that finds the same event unconfirmed waits for that publish and shares its
+    confirmation: the event is durable once, not queued twice."""
+    settings = rabbitmq_settings(
+        rabbitmq_url,
+        rabbitmq_names,
+        rabbitmq_declare_queues=True,
+        rabbitmq_queue_success=f"{rabbitmq_names}.success",
+        rabbitmq_queue_failure=f"{rabbitmq_names}.failure",
+    )
+    event = make_events(1)[0]  # a failure
+    async with rabbitmq_sink(settings, metrics, codec) as sink:
+        await asyncio.gather(*(sink.send(event) for _ in range(5)))
+
+    connection = await aio_pika.connect(rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{rabbitmq_names}.failure", passive=True)
+        assert queue.declaration_result.message_count == 1
+
+
+async def test_a_dotted_protocol_is_routed_as_one_word(
+    rabbitmq_url: str, rabbitmq_names: str, metrics: Metrics, codec: AvroCodec
+) -> None:
+    """A consumer bound to ``failure.sftpgo.*`` sees an event whose protocol holds a dot."""
+    settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names)
+    query = {"ip": "192.0.2.9", "login_method": "password", "protocol": "SSH.v2", "status": "0"}
+    event = Normalizer(sftpgo_user_fields=("username",)).sftpgo(query, {"username": "bob"})
+    async with (
+        rabbitmq_sink(settings, metrics, codec) as sink,
+        RabbitMQReader(settings, binding_key="failure.sftpgo.*") as reader,
+    ):
+        await sink.send(event)
+        found = [m async for m in reader.events(limit=1, idle_timeout=WAIT_SECONDS)]
+    assert [m.routing_key for m in found] == ["failure.sftpgo.ssh_v2"]
 
 
 async def test_declared_queues_take_only_their_status(
@@ -229,5 +294,5 @@ async def test_wrong_credentials_fail_start_as_unavailable_without_retrying(
 ) -> None:
     wrong = str(URL(rabbitmq_url).with_user("login-audit-nobody").with_password("wrong"))
     sink = rabbitmq_sink(Settings(sink="rabbitmq", rabbitmq_url=wrong), metrics, codec)
-    with pytest.raises(SinkUnavailable, match=r"unauthorized.*ACCESS_REFUSED"):
+    with pytest.raises(SinkUnavailable, match=r"authentication.*ACCESS_REFUSED"):
         await sink.start()

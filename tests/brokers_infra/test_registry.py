@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,8 +24,10 @@ from bridge.errors import ConfigError, MalformedInput, SinkUnavailable
 from bridge.normalize import Normalizer
 from bridge.registry import (
     CONTENT_TYPE,
+    MAX_WRITER_SCHEMA_CHARS,
     ConfluentRegistryEncoder,
     RegistryClient,
+    bounded_writer_schema,
     decode_confluent,
     frame,
     registry_decoder,
@@ -105,6 +110,48 @@ def test_decode_asks_for_the_schema_of_the_id_in_the_frame(
     assert decoded["metadata"]["uid"] == record["metadata"]["uid"]
 
 
+def test_the_shipped_schema_is_an_acceptable_writer_schema(codec: AvroCodec) -> None:
+    assert bounded_writer_schema(json.dumps(codec.schema))["name"] == codec.parsed["name"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "why"),
+    [
+        ({"type": "array", "items": "null"}, "items that take no bytes"),
+        (
+            {"type": "array", "items": {"type": "record", "name": "E", "fields": []}},
+            "items that take no bytes",
+        ),
+        ({"type": "array", "items": {"type": "fixed", "name": "F", "size": 0}}, "no bytes"),
+        (
+            {"type": "record", "name": "R", "fields": [{"name": "r", "type": ["null", "R"]}]},
+            "type R is recursive",
+        ),
+        ({"type": "array", "items": "string", "doc": "x" * MAX_WRITER_SCHEMA_CHARS}, "too large"),
+        ({"type": "array", "items": {"type": "no-such-type"}}, "does not parse"),
+        ("[" * 100 + "]" * 100, "nests deeper"),
+    ],
+    ids=["null-items", "empty-record-items", "empty-fixed", "recursive", "huge", "bad", "deep"],
+)
+def test_a_writer_schema_that_could_make_decoding_spin_is_refused(schema: Any, why: str) -> None:
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    with pytest.raises(MalformedInput, match=why):
+        bounded_writer_schema(text)
+
+
+def test_a_message_of_a_schema_that_does_not_resolve_names_the_id_not_the_schemas(
+    codec: AvroCodec,
+) -> None:
+    fields = [{"name": "y", "type": "string"}]
+    other = AvroCodec({"type": "record", "name": "Other", "fields": fields})
+    message = frame(9, other.encode_datum({"y": "not a login"}))
+    with pytest.raises(MalformedInput) as caught:
+        decode_confluent(message, lambda _: other.parsed)
+    assert caught.value.message == (
+        "written with schema id 9, which does not resolve to the login event schema"
+    )
+
+
 def test_encoding_for_a_topic_that_was_not_prepared_is_a_config_error(
     codec: AvroCodec, record: dict[str, Any]
 ) -> None:
@@ -169,6 +216,87 @@ async def test_an_unreachable_registry_is_a_retriable_sink_error(codec: AvroCode
     with pytest.raises(SinkUnavailable, match="unreachable") as caught:
         await encoder.prepare(["login-audit.success"])
     assert caught.value.retriable is True
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every request with ``server.answer`` and keeps what it was asked."""
+
+    server: _RecordingServer
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.server.seen.append(
+            (self.command, self.path, dict(self.headers), self.rfile.read(length))
+        )
+        status, headers, body = self.server.answer
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+class _RecordingServer(ThreadingHTTPServer):
+    def __init__(self, answer: tuple[int, dict[str, str], bytes]) -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.answer = answer
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def http_server() -> Iterator[Any]:
+    """Starts loopback HTTP servers with a fixed answer; all are shut down afterwards."""
+    servers: list[_RecordingServer] = []
+
+    def start(status: int, headers: dict[str, str], body: bytes = b"") -> _RecordingServer:
+        server = _RecordingServer((status, headers, body))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("call", ["register", "schema_by_id"])
+def test_a_redirect_is_a_config_error_naming_the_location_and_nothing_is_sent_there(
+    http_server: Any, status: int, call: str
+) -> None:
+    """A registry (or whoever answers at its URL) that redirects gets neither the credentials
+    nor the schema, and cannot hand the bridge a schema id of its choosing."""
+    elsewhere = http_server(
+        200, {"Content-Type": "application/json"}, b'{"id": 1, "schema": "\\"string\\""}'
+    )
+    location = f"{elsewhere.url}/apis/ccompat/v7/subjects/x-value/versions"
+    redirecting = http_server(status, {"Location": location})
+    client = RegistryClient(redirecting.url, username="bridge", password="hunter2", timeout=5)
+
+    with pytest.raises(ConfigError, match=rf"redirect.*\({status}\).*{location}") as caught:
+        if call == "register":
+            client.register("x-value", '"string"')
+        else:
+            client.schema_by_id(1)
+
+    assert elsewhere.seen == []
+    assert len(redirecting.seen) == 1
+    assert caught.value.retriable is False
 
 
 # -- against the real Apicurio Registry

@@ -388,10 +388,47 @@ def test_ingress_routes_only_the_hook_paths(render: Render) -> None:
     assert paths == ["/v1/hooks"]
 
 
-def test_pdb_keeps_one_pod(render: Render) -> None:
+PDB_ON = {"podDisruptionBudget.enabled": True}
+
+
+@pytest.mark.parametrize("scenario", ["default", "pvc"])
+def test_an_enabled_pdb_on_one_pod_lets_a_node_drain(render: Render, scenario: str) -> None:
+    """One replica (the persistent spool forces it) with minAvailable 1 would block every drain."""
+    pdb = one(render(ci(scenario), sets=PDB_ON), "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb
+
+
+def test_an_enabled_pdb_with_autoscaling_evicts_one_pod_at_a_time(render: Render) -> None:
     pdb = one(render(ci("all-optional-objects-on")), "PodDisruptionBudget")["spec"]
-    assert pdb["minAvailable"] == 1
+    assert pdb["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb
+
+
+def test_min_available_below_the_fewest_pods_replaces_max_unavailable(render: Render) -> None:
+    sets = {"podDisruptionBudget.minAvailable": 1}
+    pdb = one(render(ci("all-optional-objects-on"), sets=sets), "PodDisruptionBudget")["spec"]
+    assert pdb["minAvailable"] == 1  # autoscaling keeps at least 2 pods
     assert "maxUnavailable" not in pdb
+
+
+@pytest.mark.parametrize(
+    ("values", "sets"),
+    [
+        ("default", {**PDB_ON, "podDisruptionBudget.minAvailable": 1}),
+        ("pvc", {**PDB_ON, "podDisruptionBudget.minAvailable": "100%"}),
+        ("default", {**PDB_ON, "replicaCount": 2, "podDisruptionBudget.minAvailable": 2}),
+        ("all-optional-objects-on", {"podDisruptionBudget.minAvailable": 2}),
+        ("default", {**PDB_ON, "podDisruptionBudget.maxUnavailable": 0}),
+        ("default", {**PDB_ON, "podDisruptionBudget.maxUnavailable": "0%"}),
+    ],
+    ids=["min-1-of-1", "min-100%", "min-2-of-2", "min-2-of-hpa-2", "max-0", "max-0%"],
+)
+def test_a_pdb_that_would_block_every_node_drain_is_refused(
+    tools: Tools, values: str, sets: dict[str, Any]
+) -> None:
+    message = render_text(tools, ci(values), sets=sets, check=False)
+    assert "podDisruptionBudget would block every node drain" in message
 
 
 def test_pvc_spool_mounts_a_claim_and_recreates_pods(render: Render) -> None:

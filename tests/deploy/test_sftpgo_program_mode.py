@@ -266,6 +266,29 @@ def login(pair: Pair, user: str) -> tuple[int, list[str]]:
     return done.returncode, done.stdout.split()
 
 
+def hook_check(pair: Pair) -> tuple[int, str]:
+    """`login-audit-hook --check` in SFTPGo's container, as the docs tell operators to run it."""
+    security = pod_spec()["securityContext"]
+    done = podman(
+        "run",
+        "--rm",
+        "--pull=never",
+        "--network",
+        "none",
+        "--read-only",
+        "--user",
+        f"{security['runAsUser']}:{security['runAsGroup']}",
+        "--volume",
+        f"{pair.hook_env_file}:/etc/login-audit-bridge/hook.env:ro",
+        *mounts(pair, sftpgo()),
+        pair.sftpgo_image,
+        sftpgo_hook(),
+        "--check",
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 def sftpgo_hook() -> str:
     return {e["name"]: e["value"] for e in sftpgo()["env"]}["SFTPGO_COMMON__POST_LOGIN_HOOK"]
 
@@ -289,6 +312,8 @@ def pair(image: Image, tmp_path: Path) -> Iterator[Pair]:
 def test_hook_in_the_sftpgo_image_reaches_the_sidecar_and_spools_while_it_is_down(
     pair: Pair, image: Image
 ) -> None:
+    code, said = hook_check(pair)
+    assert code == 0, said
     start_bridge(pair, image)
     wait_started(pair)
     assert login(pair, "carol-socket") == (0, [])

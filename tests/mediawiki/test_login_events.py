@@ -151,3 +151,23 @@ def test_empty_password_never_reaches_the_hook(
 
     [event] = events_of(wired, 1)
     assert event["status_id"] == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "reported"), [("r" * 300, "r" * 128), ("", "-")], ids=["300-chars", "empty"]
+)
+def test_an_overlong_or_empty_external_request_id_still_delivers_the_event(
+    sent: str, reported: str, wired: Any, client: WikiClient, events_of: EventsOf
+) -> None:
+    """The test wiki sets $wgAllowExternalReqID: the client's X-Request-Id is the request id.
+
+    The bridge takes 1 to 128 characters; anything else was a 400 and the event was dropped.
+    The extension cuts it (an empty one becomes "-"), as it cuts names and the User-Agent.
+    """
+    client.http.headers["X-Request-Id"] = sent
+
+    assert client.clientlogin("Request Id Probe", "wrong-password")["status"] == "FAIL"
+
+    [event] = events_of(wired, 1)
+    assert event["metadata"]["correlation_uid"] == reported
+    assert event["http_request"]["uid"] == reported

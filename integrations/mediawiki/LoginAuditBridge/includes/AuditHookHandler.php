@@ -36,9 +36,12 @@ class AuditHookHandler implements AuthManagerLoginAuthenticateAuditHook {
 			$payload = LoginPayload::fromHook(
 				$response, $user, $username, $extraData ?? [], self::$invocations
 			);
+			// Fixed here, once per audit call, and sent with every attempt and retry: a copy
+			// that arrives twice carries one id, so consumers can drop the duplicate.
+			$eventId = Delivery::newEventId();
 			DeferredUpdates::addCallableUpdate(
-				static function () use ( $payload ) {
-					Delivery::firstAttempt( $payload );
+				static function () use ( $payload, $eventId ) {
+					Delivery::firstAttempt( $payload, $eventId );
 				},
 				DeferredUpdates::POSTSEND
 			);

@@ -27,11 +27,17 @@ class BridgeClient {
 		return new self( $services->getHttpRequestFactory(), $services->getMainConfig() );
 	}
 
+	/** Every answer of the bridge's hook routes carries it: anything else is another service. */
+	public const IDENTITY_HEADER = 'X-Login-Audit-Bridge';
+	/** The event's id, fixed by the extension and sent with every attempt. */
+	public const EVENT_ID_HEADER = 'X-Login-Audit-Event-Id';
+
 	/**
 	 * @param array $payload
+	 * @param string|null $eventId null for jobs queued by an older version, which had none
 	 * @return DeliveryResult
 	 */
-	public function send( array $payload ): DeliveryResult {
+	public function send( array $payload, ?string $eventId ): DeliveryResult {
 		$timeout = (float)$this->config->get( 'LoginAuditBridgeTimeout' );
 		$verify = (bool)$this->config->get( 'LoginAuditBridgeVerifyTls' );
 		$request = $this->http->create( (string)$this->config->get( 'LoginAuditBridgeUrl' ), [
@@ -49,13 +55,37 @@ class BridgeClient {
 		if ( $token !== '' ) {
 			$request->setHeader( 'Authorization', "Bearer $token" );
 		}
+		if ( $eventId !== null && $eventId !== '' ) {
+			$request->setHeader( self::EVENT_ID_HEADER, $eventId );
+		}
 		$status = $request->execute();
 		$code = $request->getStatus();
+		$bridge = $code > 0 ? $request->getResponseHeader( self::IDENTITY_HEADER ) : null;
+		$body = $code > 0 ? (string)$request->getContent() : '';
 		if ( $code >= 200 && $code < 300 ) {
-			return new DeliveryResult( $code );
+			$error = $bridge === null ? "HTTP $code without an " . self::IDENTITY_HEADER
+				. ' header: not a login-audit-bridge' : '';
+			return new DeliveryResult( $code, $error, null, $bridge );
 		}
-		$error = $code > 0 ? self::shorten( (string)$request->getContent() ) : self::statusText( $status );
-		return new DeliveryResult( $code, $error, self::retryAfter( $request->getResponseHeader( 'retry-after' ) ) );
+		$error = $code > 0 ? self::shorten( $body ) : self::statusText( $status );
+		return new DeliveryResult(
+			$code,
+			$error,
+			self::retryAfter( $request->getResponseHeader( 'retry-after' ) ),
+			$bridge,
+			$bridge !== null && self::saysFinal( $body )
+		);
+	}
+
+	/**
+	 * Whether a JSON error body of the bridge says it would refuse this exact body again.
+	 *
+	 * @param string $body
+	 * @return bool
+	 */
+	private static function saysFinal( string $body ): bool {
+		$error = json_decode( $body, true );
+		return is_array( $error ) && ( $error['final'] ?? null ) === true;
 	}
 
 	/**

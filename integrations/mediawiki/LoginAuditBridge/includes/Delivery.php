@@ -21,38 +21,57 @@ class Delivery {
 	}
 
 	/**
+	 * A random (version 4) UUID: the event's id at the bridge, whichever attempt delivers it.
+	 *
+	 * @return string
+	 */
+	public static function newEventId(): string {
+		$bytes = random_bytes( 16 );
+		$bytes[6] = chr( ( ord( $bytes[6] ) & 0x0f ) | 0x40 );
+		$bytes[8] = chr( ( ord( $bytes[8] ) & 0x3f ) | 0x80 );
+		return vsprintf( '%s%s-%s-%s-%s-%s%s%s', str_split( bin2hex( $bytes ), 4 ) );
+	}
+
+	/**
 	 * Runs as a POSTSEND deferred update: the login's response is already on its way.
 	 *
 	 * @param array $payload
+	 * @param string $eventId
 	 */
-	public static function firstAttempt( array $payload ): void {
+	public static function firstAttempt( array $payload, string $eventId ): void {
 		try {
-			$result = BridgeClient::fromServices()->send( $payload );
+			$result = BridgeClient::fromServices()->send( $payload, $eventId );
 		} catch ( Throwable $e ) {
 			$result = new DeliveryResult( 0, get_class( $e ) . ': ' . $e->getMessage() );
 		}
+		$context = self::context( $payload, $result ) + [ 'event_id' => $eventId ];
 		if ( $result->isDelivered() ) {
-			self::logger()->debug( 'Sent login event of request {request_id}', self::context( $payload, $result ) );
+			self::logger()->debug( 'Sent login event {event_id} of request {request_id}', $context );
 			return;
 		}
-		if ( !$result->isRetriable() ) {
-			self::dropped( $payload, $result );
+		if ( $result->isFinal() ) {
+			self::dropped( $payload, $result, $eventId );
 			return;
 		}
 		self::logger()->warning(
-			'Bridge unreachable ({error}); queueing a retry for request {request_id}',
-			self::context( $payload, $result )
+			'Bridge did not take the login event {event_id} (HTTP {http_status}: {error}); '
+				. 'queueing a retry for request {request_id}',
+			$context
 		);
-		self::queueRetry( $payload );
+		self::queueRetry( $payload, $eventId );
 	}
 
 	/**
 	 * @param array $payload
+	 * @param string $eventId
 	 */
-	public static function queueRetry( array $payload ): void {
+	public static function queueRetry( array $payload, string $eventId ): void {
 		try {
 			if ( (int)MediaWikiServices::getInstance()->getMainConfig()->get( 'LoginAuditBridgeMaxRetries' ) < 1 ) {
-				self::dropped( $payload, new DeliveryResult( 0, 'LoginAuditBridgeMaxRetries is 0' ) );
+				self::logger()->error(
+					'Lost the login event {event_id} of request {request_id}: LoginAuditBridgeMaxRetries is 0',
+					[ 'request_id' => $payload['request_id'] ?? '', 'event_id' => $eventId ]
+				);
 				return;
 			}
 			$config = MediaWikiServices::getInstance()->getMainConfig();
@@ -63,23 +82,27 @@ class Delivery {
 				? SendJob::backoff( (int)$config->get( 'LoginAuditBridgeRetryDelay' ), 1 ) : 0;
 			// push(), not lazyPush(): we already run after the response, and the event must be
 			// in the job table before this request ends.
-			$jobs->push( SendJob::newSpec( $payload, 1, $delay ) );
+			$jobs->push( SendJob::newSpec( $payload, $eventId, 1, $delay ) );
 		} catch ( Throwable $e ) {
 			self::logger()->error(
-				'Could not queue the login event of request {request_id}: {exception}',
-				[ 'request_id' => $payload['request_id'] ?? '', 'exception' => $e ]
+				'Could not queue the login event {event_id} of request {request_id}: {exception}',
+				[ 'request_id' => $payload['request_id'] ?? '', 'event_id' => $eventId, 'exception' => $e ]
 			);
 		}
 	}
 
 	/**
+	 * A final refusal by the bridge (it logged it too): the one case where an event is dropped.
+	 *
 	 * @param array $payload
 	 * @param DeliveryResult $result
+	 * @param string|null $eventId
 	 */
-	public static function dropped( array $payload, DeliveryResult $result ): void {
+	public static function dropped( array $payload, DeliveryResult $result, ?string $eventId ): void {
 		self::logger()->error(
-			'Bridge refused the login event of request {request_id} for good (HTTP {http_status}: {error})',
-			self::context( $payload, $result )
+			'Bridge {bridge} refused the login event {event_id} of request {request_id} for good '
+				. '(HTTP {http_status}: {error})',
+			self::context( $payload, $result ) + [ 'event_id' => $eventId ?? '', 'bridge' => $result->bridge ]
 		);
 	}
 

@@ -28,6 +28,11 @@ class LoginPayload {
 	private const MAX_NAME = 255;
 	private const MAX_TEXT = 1024;
 	private const MAX_PARAMS = 32;
+	/**
+	 * The request id is the client's X-Request-Id header when the wiki sets
+	 * $wgAllowExternalReqID: any length, even empty.
+	 */
+	private const MAX_REQUEST_ID = 128;
 
 	/**
 	 * @param AuthenticationResponse $response PASS or FAIL
@@ -56,7 +61,7 @@ class LoginPayload {
 			'ip' => self::clientIp( $request ),
 			'user_agent' => $config->get( 'LoginAuditBridgeSendUserAgent' )
 				? self::stringOrNull( $request->getHeader( 'User-Agent' ), self::MAX_TEXT ) : null,
-			'request_id' => WebRequest::getRequestId(),
+			'request_id' => self::requestId( WebRequest::getRequestId() ),
 			'invocation' => $invocation,
 			'wiki_id' => MediaWikiServices::getInstance()->getDBLoadBalancerFactory()->getLocalDomainID(),
 			'server' => self::stringOrNull( $config->get( 'Server' ), self::MAX_TEXT ),
@@ -127,6 +132,14 @@ class LoginPayload {
 	 */
 	private static function stringOrNull( $value, int $max = self::MAX_NAME ): ?string {
 		return is_string( $value ) || is_int( $value ) ? self::cut( (string)$value, $max ) : null;
+	}
+
+	/**
+	 * @param string $id
+	 * @return string at most 128 characters, never empty (the bridge requires one)
+	 */
+	private static function requestId( string $id ): string {
+		return $id === '' ? '-' : self::cut( $id, self::MAX_REQUEST_ID );
 	}
 
 	private static function cut( string $value, int $max ): string {

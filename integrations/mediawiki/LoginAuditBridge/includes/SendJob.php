@@ -27,7 +27,8 @@ class SendJob extends Job implements GenericParameterJob {
 	private const MAX_DELAY_SECONDS = 3600;
 
 	/**
-	 * @param array $params 'payload' (the JSON object), 'attempt' (1 for the first retry)
+	 * @param array $params 'payload' (the JSON object), 'event_id' (the id of the first attempt;
+	 *   absent in jobs queued by versions before 0.2), 'attempt' (1 for the first retry)
 	 */
 	public function __construct( array $params ) {
 		parent::__construct( self::TYPE, $params );
@@ -35,12 +36,13 @@ class SendJob extends Job implements GenericParameterJob {
 
 	/**
 	 * @param array $payload
+	 * @param string|null $eventId kept from the first attempt, so every copy carries one id
 	 * @param int $attempt
 	 * @param int $delaySeconds 0: ready now
 	 * @return JobSpecification
 	 */
-	public static function newSpec( array $payload, int $attempt, int $delaySeconds ): JobSpecification {
-		$params = [ 'payload' => $payload, 'attempt' => $attempt ];
+	public static function newSpec( array $payload, ?string $eventId, int $attempt, int $delaySeconds ): JobSpecification {
+		$params = [ 'payload' => $payload, 'event_id' => $eventId, 'attempt' => $attempt ];
 		if ( $delaySeconds > 0 ) {
 			$params['jobReleaseTimestamp'] = time() + $delaySeconds;
 		}
@@ -52,32 +54,37 @@ class SendJob extends Job implements GenericParameterJob {
 	 */
 	public function run() {
 		$payload = $this->params['payload'];
+		$eventId = isset( $this->params['event_id'] ) ? (string)$this->params['event_id'] : null;
 		$attempt = (int)( $this->params['attempt'] ?? 1 );
 		try {
-			$result = BridgeClient::fromServices()->send( $payload );
+			$result = BridgeClient::fromServices()->send( $payload, $eventId );
 		} catch ( Throwable $e ) {
 			$result = new DeliveryResult( 0, get_class( $e ) . ': ' . $e->getMessage() );
 		}
-		$context = Delivery::context( $payload, $result ) + [ 'attempt' => $attempt ];
+		$context = Delivery::context( $payload, $result ) + [ 'attempt' => $attempt, 'event_id' => $eventId ?? '' ];
 		if ( $result->isDelivered() ) {
-			Delivery::logger()->info( 'Retry {attempt} sent the login event of request {request_id}', $context );
+			Delivery::logger()->info( 'Retry {attempt} sent the login event {event_id} of request {request_id}', $context );
 			return true;
 		}
-		if ( !$result->isRetriable() ) {
-			Delivery::dropped( $payload, $result );
+		if ( $result->isFinal() ) {
+			Delivery::dropped( $payload, $result, $eventId );
 			return true;
 		}
-		Delivery::logger()->warning( 'Retry {attempt} for request {request_id} failed: {error}', $context );
-		return $this->retryLater( $payload, $attempt, $result );
+		Delivery::logger()->warning(
+			'Retry {attempt} of the login event {event_id} for request {request_id} failed (HTTP {http_status}: {error})',
+			$context
+		);
+		return $this->retryLater( $payload, $eventId, $attempt, $result );
 	}
 
 	/**
 	 * @param array $payload
+	 * @param string|null $eventId
 	 * @param int $attempt
 	 * @param DeliveryResult $result
 	 * @return bool
 	 */
-	private function retryLater( array $payload, int $attempt, DeliveryResult $result ): bool {
+	private function retryLater( array $payload, ?string $eventId, int $attempt, DeliveryResult $result ): bool {
 		$services = MediaWikiServices::getInstance();
 		$queue = $services->getJobQueueGroup()->get( self::TYPE );
 		if ( !$queue->delayedJobsEnabled() ) {
@@ -86,12 +93,12 @@ class SendJob extends Job implements GenericParameterJob {
 		}
 		$config = $services->getMainConfig();
 		if ( $attempt >= (int)$config->get( 'LoginAuditBridgeMaxRetries' ) ) {
-			Delivery::logger()->error( 'Gave up on the login event of request {request_id} after {attempt} retries',
-				Delivery::context( $payload, $result ) + [ 'attempt' => $attempt ] );
+			Delivery::logger()->error( 'Gave up on the login event {event_id} of request {request_id} after {attempt} retries',
+				Delivery::context( $payload, $result ) + [ 'attempt' => $attempt, 'event_id' => $eventId ?? '' ] );
 			return true;
 		}
 		$delay = self::backoff( (int)$config->get( 'LoginAuditBridgeRetryDelay' ), $attempt + 1, $result->retryAfter );
-		$queue->push( self::newSpec( $payload, $attempt + 1, $delay ) );
+		$queue->push( self::newSpec( $payload, $eventId, $attempt + 1, $delay ) );
 		return true;
 	}
 
