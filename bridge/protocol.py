@@ -92,6 +92,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn answers what httptools cannot parse in plain text; every answer here is JSON.
         self._refuse("invalid_http", 400, "not a valid HTTP/1.1 request", reason="malformed")
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn's own warning tells the operator to install a websocket library: wrong here.
+        log.debug("ignored an Upgrade header: the bridge serves no websockets")
+
     # -- the parser's callbacks
 
     def on_message_begin(self) -> None:
