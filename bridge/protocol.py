@@ -82,15 +82,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_headers and not self._refused:
             self._received += len(data)
             if self._received > self.limits.max_header_bytes:
-                self._refuse(
-                    "headers_too_large",
-                    431,
-                    f"request line and headers over {self.limits.max_header_bytes} bytes",
-                )
+                self._headers_too_large()
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers what httptools cannot parse in plain text; every answer here is JSON.
-        self._refuse("invalid_http", 400, "not a valid HTTP/1.1 request", reason="malformed")
+        status = 400 if self._may_answer() else None
+        self._refuse("invalid_http", status, "not a valid HTTP/1.1 request", reason="malformed")
 
     def _unsupported_upgrade_warning(self) -> None:
         # uvicorn's own warning tells the operator to install a websocket library: wrong here.
@@ -112,11 +109,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = False
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.limits.max_header_bytes:
-            self._refuse(
-                "headers_too_large",
-                431,
-                f"request line and headers over {self.limits.max_header_bytes} bytes",
-            )
+            self._headers_too_large()
             return
         self._set_deadline(self.limits.body_timeout, self._body_too_slow)
         super().on_headers_complete()
@@ -133,12 +126,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- deadlines and refusals
 
+    def _may_answer(self) -> bool:
+        """False while the answer to an earlier (pipelined) request is still to come."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _headers_too_large(self) -> None:
+        self._refuse(
+            "headers_too_large",
+            431 if self._may_answer() else None,
+            f"request line and headers over {self.limits.max_header_bytes} bytes",
+        )
+
     def _headers_too_slow(self) -> None:
         if not self._in_headers:  # connected, sent nothing: nothing to answer
             self._refuse("header_timeout", None, "no request within the header timeout")
             return
         self._refuse(
-            "header_timeout", 408, f"headers not complete within {self.limits.header_timeout:g} s"
+            "header_timeout",
+            408 if self._may_answer() else None,
+            f"headers not complete within {self.limits.header_timeout:g} s",
         )
 
     def _body_too_slow(self) -> None:

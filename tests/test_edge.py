@@ -217,6 +217,22 @@ def test_headers_over_the_cap_in_one_piece_are_answered_431(
     assert "closed the connection from 127.0.0.1" in bridge.logs()
 
 
+def test_pipelined_requests_on_one_connection_are_all_answered(bridge: BridgeProcess) -> None:
+    """The limits count per request: a second request already read is not a slow client."""
+    one = (
+        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n\r\n"
+    ).encode() + BOB
+    with connect(bridge) as sock:
+        sock.sendall(one * 3)
+        replies = []
+        for _ in range(3):
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            replies.append((reply.status, json.loads(reply.read())["status"]))
+    assert replies == [(200, "stored")] * 3
+
+
 @pytest.fixture
 def impatient(bridge_factory: Callable[..., BridgeProcess]) -> BridgeProcess:
     """A bridge whose clients have 1 s for their headers and 1 s for their body."""
