@@ -277,6 +277,8 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca (mTLS) needs tls_certfile and tls_keyfile")
         if self.kafka_sasl_mechanism is not None and "SASL" not in self.kafka_security_protocol:
             raise ValueError("kafka_sasl_mechanism needs kafka_security_protocol SASL_*")
+        if self.admin_port is not None and self.admin_port == self.port != 0:
+            raise ValueError("admin_port must differ from port: the admin port serves no hooks")
         return self
 
     @property

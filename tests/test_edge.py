@@ -445,6 +445,13 @@ def test_the_admin_port_is_off_unless_set_and_on_loopback_by_default() -> None:
     assert (settings.admin_port, settings.admin_host) == (None, "127.0.0.1")
 
 
+def test_the_admin_port_cannot_be_the_hook_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_PORT", "8080")
+    monkeypatch.setenv("BRIDGE_ADMIN_PORT", "8080")
+    with pytest.raises(ConfigError, match="admin_port must differ from port"):
+        load_settings()
+
+
 # -- what the bridge echoes, and the shutdown timeout (smaller items)
 
 
