@@ -19,7 +19,7 @@ from bridge import __version__
 from bridge.app import TokenCheck, create_app
 from bridge.codec import AvroCodec, SingleObjectEncoder, WireEncoder
 from bridge.errors import SinkError
-from bridge.hookspool import HookSpool
+from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
@@ -78,7 +78,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         background=background,
     )
     normalizer = Normalizer(sftpgo_user_fields=settings.sftpgo_user_fields)
-    hook_spool = HookSpool(
+    intake = HandoffIntake(
         settings.hook_spool_path, normalizer=normalizer, pipeline=pipeline, metrics=metrics
     )
     sink_started = asyncio.Event()
@@ -89,7 +89,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         else:
             background.start("sink-start", lambda: _start_sink(sink, sink_started, retry=True))
             background.start("replay", lambda: pipeline.replay_forever(sink_started))
-        background.start("hook-spool", lambda: hook_spool.run(settings.hook_spool_interval_seconds))
+        background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         await _serve_until_fatal(background, _serve_http(settings, pipeline, normalizer, metrics))
     finally:
         await background.stop()

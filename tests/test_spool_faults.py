@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from test_hookspool import spool_document, write_spool_file
+from test_intake import spool_document, write_spool_file
 
 from bridge.codec import AvroCodec
 from bridge.consume import KafkaReader

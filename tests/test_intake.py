@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
+from bridge import handoff
 from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent
-from bridge.hookspool import HookSpool
+from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
-from bridge.sftpgo import SPOOL_FORMAT
 from bridge.sinks.memory import MemorySink
 from bridge.spool import Spool
 
@@ -35,7 +35,7 @@ QUERY = {"ip": "192.0.2.7", "login_method": "password", "protocol": "SSH", "stat
 def spool_document(user: str, *, received_ms: Any = None) -> dict[str, Any]:
     """What the shim writes (bridge/shim.py, _spool)."""
     return {
-        "format": SPOOL_FORMAT,
+        "format": handoff.FORMAT,
         "received_ms": int(time.time() * 1000) if received_ms is None else received_ms,
         "query": QUERY,
         "user": {"username": user, "id": 7},
@@ -60,7 +60,7 @@ class Intake:
         self.metrics = Metrics()
         self.sink = MemorySink()
         self.pipeline = Pipeline(sink=self.sink, metrics=self.metrics, spool=spool)
-        self.hook_spool = HookSpool(
+        self.hook_spool = HandoffIntake(
             directory, normalizer=Normalizer(), pipeline=self.pipeline, metrics=self.metrics
         )
 
