@@ -18,15 +18,16 @@ import uvicorn
 from bridge import __version__
 from bridge.app import TokenCheck, create_app
 from bridge.codec import AvroCodec, SingleObjectEncoder, WireEncoder
+from bridge.durable_spool import DurableSpool
 from bridge.errors import SinkError
 from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
+from bridge.replay import Replayer
 from bridge.settings import Settings
 from bridge.sinks import build_sink
 from bridge.sinks.base import Sink
-from bridge.spool import Spool
 from bridge.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     sink = build_sink(settings, codec=codec, encoder=encoder, metrics=metrics)
     spool = None
     if settings.spool_enabled:
-        spool = Spool(
+        spool = DurableSpool(
             settings.spool_path,
             codec,
             max_bytes=settings.spool_max_bytes,
@@ -88,7 +89,14 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             await _start_sink(sink, sink_started, retry=False)
         else:
             background.start("sink-start", lambda: _start_sink(sink, sink_started, retry=True))
-            background.start("replay", lambda: pipeline.replay_forever(sink_started))
+            replayer = Replayer(
+                spool,
+                deliver=pipeline.deliver,
+                sink_name=sink.name,
+                metrics=metrics,
+                publish_timeout=settings.publish_timeout_seconds,
+            )
+            background.start("replay", lambda: replayer.run(sink_started))
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         await _serve_until_fatal(background, _serve_http(settings, pipeline, normalizer, metrics))
     finally:

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from bridge.pipeline import Pipeline
+from bridge.replay import Replayer
 from bridge.sftpgo import ENV_TO_QUERY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,6 +225,18 @@ def bridge_factory(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
 def bridge(bridge_factory: Callable[..., BridgeProcess]) -> BridgeProcess:
     """A running bridge on the file sink, token `test-token`."""
     return bridge_factory(auth_tokens="test-token")
+
+
+def replayer(pipeline: Pipeline, *, publish_timeout: float = 10.0) -> Replayer:
+    """The replayer the service runs beside ``pipeline``, which must have a spool."""
+    assert pipeline.spool is not None
+    return Replayer(
+        pipeline.spool,
+        deliver=pipeline.deliver,
+        sink_name=pipeline.sink.name,
+        metrics=pipeline.metrics,
+        publish_timeout=publish_timeout,
+    )
 
 
 def print_fault_row(

@@ -20,6 +20,7 @@ import pytest
 
 from bridge import handoff
 from bridge.codec import AvroCodec
+from bridge.durable_spool import DurableSpool
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.intake import HandoffIntake
@@ -27,7 +28,8 @@ from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.memory import MemorySink
-from bridge.spool import Spool
+
+from conftest import replayer
 
 QUERY = {"ip": "192.0.2.7", "login_method": "password", "protocol": "SSH", "status": "0"}
 
@@ -56,7 +58,7 @@ def write_spool_file(
 class Intake:
     """The intake wired as the service wires it, with a memory sink."""
 
-    def __init__(self, directory: Path, *, spool: Spool | None = None) -> None:
+    def __init__(self, directory: Path, *, spool: DurableSpool | None = None) -> None:
         self.metrics = Metrics()
         self.sink = MemorySink()
         self.pipeline = Pipeline(sink=self.sink, metrics=self.metrics, spool=spool)
@@ -202,7 +204,9 @@ def test_a_full_bridge_spool_pauses_the_intake_which_keeps_running_and_resumes(
         write_spool_file(directory, order, spool_document(f"user{order}"))
 
     async def scenario() -> tuple[list[str], list[str], bool]:
-        spool = Spool(tmp_path / "spool.sqlite3", AvroCodec(), max_bytes=1 << 30, max_events=1)
+        spool = DurableSpool(
+            tmp_path / "spool.sqlite3", AvroCodec(), max_bytes=1 << 30, max_events=1
+        )
         await spool.open()
         intake = Intake(directory, spool=spool)
         await intake.sink.start()
@@ -215,7 +219,9 @@ def test_a_full_bridge_spool_pauses_the_intake_which_keeps_running_and_resumes(
         await asyncio.sleep(0.3)  # several more intervals against a full spool
         waiting = sorted(p.name for p in directory.glob("*.json"))
         intake.sink.fail_with = None
-        assert await intake.pipeline.replay_once()  # the broker is back: the spool empties
+        assert await replayer(
+            intake.pipeline
+        ).replay_once()  # the broker is back: the spool empties
         for _ in range(100):
             if not list(directory.glob("*.json")) or task.done():
                 break

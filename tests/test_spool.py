@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 
 from bridge.codec import AvroCodec
+from bridge.durable_spool import DurableSpool
 from bridge.errors import Overloaded, SinkRejected, SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.memory import MemorySink
-from bridge.spool import Spool
+
+from conftest import replayer
 
 CODEC = AvroCodec()
 
@@ -30,8 +32,8 @@ def _events(n: int) -> list[LoginEvent]:
     return [normalizer.sftpgo(query, {"username": f"u{i}"}) for i in range(n)]
 
 
-def _spool(path: Path, **limits: int) -> Spool:
-    return Spool(
+def _spool(path: Path, **limits: int) -> DurableSpool:
+    return DurableSpool(
         path / "spool.sqlite3",
         CODEC,
         max_bytes=limits.get("max_bytes", 1 << 30),
@@ -111,7 +113,7 @@ def test_a_down_sink_spools_and_the_replay_delivers_in_order_then_empties(tmp_pa
         for event in events[10:]:
             await pipeline.publish(event)  # queued behind the backlog
         assert sink.events == []
-        assert await pipeline.replay_once()
+        assert await replayer(pipeline).replay_once()
         assert [e.event_id for e in sink.events] == [e.event_id for e in events]
         assert spool.depth == 0
         await spool.close()
@@ -151,7 +153,7 @@ def test_replay_keeps_events_while_the_sink_still_fails(tmp_path: Path) -> None:
         sink.fail_with = SinkUnavailable("still down")
         for event in _events(3):
             await pipeline.publish(event)
-        assert not await pipeline.replay_once()
+        assert not await replayer(pipeline).replay_once()
         assert spool.depth == 3
         await spool.close()
 
@@ -170,7 +172,7 @@ def test_an_event_the_sink_refuses_for_good_goes_to_dead_letters_and_unblocks(
         pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool)
         sink.fail_with = SinkRejected("record too large")
         await pipeline.publish(_events(1)[0])
-        assert await pipeline.replay_once()
+        assert await replayer(pipeline).replay_once()
         assert spool.depth == 0
         await spool.close()
 
@@ -218,7 +220,7 @@ def test_rows_written_with_an_older_schema_are_read_after_an_upgrade(tmp_path: P
     assert older.fingerprint != CODEC.fingerprint
 
     async def scenario() -> list[Any]:
-        before = Spool(tmp_path / "spool.sqlite3", older, max_bytes=1 << 30, max_events=100)
+        before = DurableSpool(tmp_path / "spool.sqlite3", older, max_bytes=1 << 30, max_events=100)
         await before.open()
         for event in events:
             await before.put(event)
@@ -253,7 +255,7 @@ def test_an_undecodable_row_goes_to_dead_letters_and_the_rows_behind_it_are_repl
         await sink.start()
         await spool.open()
         pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool)
-        assert await pipeline.replay_once()
+        assert await replayer(pipeline).replay_once()
         await spool.close()
         return [e.event_id for e in sink.events], spool.dead_letters
 
@@ -298,7 +300,7 @@ def test_replay_waits_for_the_publish_timeout_not_a_multiple_of_spool_after(
         )
         for event in _events(3):
             await spool.put(event)  # spooled while the broker was away
-        replayed = await pipeline.replay_once()
+        replayed = await replayer(pipeline, publish_timeout=5).replay_once()
         await spool.close()
         return replayed, sink.attempts, len(sink.events)
 
@@ -345,7 +347,7 @@ def test_dead_letters_count_against_the_event_limit_and_are_counted_at_open(
         sink.fail_with = SinkRejected("record too large")
         for event in _events(2):
             await pipeline.publish(event)
-        assert await pipeline.replay_once()  # both buried
+        assert await replayer(pipeline).replay_once()  # both buried
         sink.fail_with = SinkUnavailable("down")
         await pipeline.publish(_events(1)[0])
         with pytest.raises(Overloaded):  # 1 waiting + 2 dead letters = the limit of 3
@@ -369,7 +371,7 @@ def test_a_put_blocked_by_another_writer_fails_alone_and_the_spool_keeps_working
     that put fail with SinkUnavailable (a 503), and nothing else."""
 
     async def scenario() -> None:
-        spool = Spool(
+        spool = DurableSpool(
             tmp_path / "spool.sqlite3", CODEC, max_bytes=1 << 30, max_events=100, busy_timeout=0.1
         )
         await spool.open()

@@ -28,10 +28,10 @@ from test_intake import spool_document, write_spool_file
 
 from bridge.codec import AvroCodec
 from bridge.consume import KafkaReader
+from bridge.durable_spool import DurableSpool
 from bridge.normalize import Normalizer
 from bridge.settings import Settings
 from bridge.sinks.file import read_events
-from bridge.spool import Spool
 
 from conftest import BridgeProcess, free_port, post, print_fault_row
 
@@ -58,7 +58,7 @@ def spool_with_events(path: Path, n: int, *, codec: AvroCodec | None = None) -> 
     query = {"ip": "192.0.2.9", "login_method": "password", "protocol": "SSH", "status": "0"}
 
     async def fill() -> None:
-        spool = Spool(path, codec or AvroCodec(), max_bytes=1 << 30, max_events=10**6)
+        spool = DurableSpool(path, codec or AvroCodec(), max_bytes=1 << 30, max_events=10**6)
         await spool.open()
         for name in names:
             await spool.put(normalizer.sftpgo(query, {"username": name}))

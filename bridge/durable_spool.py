@@ -1,4 +1,4 @@
-"""The bridge's durable spool: accepted events the sink has not acknowledged yet, in SQLite.
+"""The bridge's durable spool: a queue on disk of accepted events the sink has not taken yet.
 
 SQLite in WAL mode with ``synchronous=FULL`` makes each committed transaction durable (fsync'd)
 before ``put`` returns, and it is the well-kept embedded store for the job. Rows are kept in
@@ -89,7 +89,7 @@ class DeadLetter:
     reason: str
 
 
-class Spool:
+class DurableSpool:
     """A bounded FIFO of events on disk; every method is safe to await from the event loop.
 
     All SQLite work runs in one worker thread at a time (a lock guards the connection), and
@@ -119,6 +119,8 @@ class Spool:
             fail=lambda exc: SinkUnavailable(f"spool cannot store events: {exc}"),
         )
         self.depth = 0
+        # Set on every commit, for the replayer waiting for work.
+        self.arrived = asyncio.Event()
         self.dead_letters = 0
         self.size_bytes = 0  # on disk: pages in use plus the write-ahead log
         self._oldest_ms: int | None = None
@@ -199,6 +201,7 @@ class Spool:
                 f"{self.size_bytes} bytes on disk); retry later"
             )
         await self._commits.submit(event)
+        self.arrived.set()
 
     def _insert(self, events: Sequence[LoginEvent]) -> None:
         now = _now_ms()
