@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -54,7 +54,9 @@ class TokenCheck:
     """Bearer tokens compared in constant time; several may be valid at once (rotation)."""
 
     def __init__(self, tokens: Sequence[str], *, header: str) -> None:
-        self._tokens = [t.encode() for t in tokens]
+        if any(not t.strip() for t in tokens):
+            raise ValueError("an empty token would accept a request that carries none")
+        self._tokens = [t.strip().encode() for t in tokens]
         self.header = header.lower()
         self._bearer = self.header == "authorization"
 
@@ -71,6 +73,8 @@ class TokenCheck:
             if scheme.lower() != "bearer":
                 raise Unauthorized(f"missing '{self.header}: Bearer <token>' header")
         candidate = value.strip().encode()
+        if not candidate:
+            raise Unauthorized(f"no token in the '{self.header}' header")
         # Compare with every token, with no early exit, so timing says nothing about which.
         matched = False
         for token in self._tokens:
@@ -141,21 +145,25 @@ class HookEndpoints:
     async def _handle(
         self, scope: Scope, receive: Receive, normalize: Callable[[Scope, bytes], LoginEvent]
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        if self._in_flight >= self._max_in_flight:
-            return self._reject(scope, Overloaded("too many requests in flight"))
-        self._in_flight += 1
-        self._metrics.requests_in_flight.inc()
         try:
             headers = _headers(scope)
             self._tokens.check(headers.get(self._tokens.header, ""))
             _check_media_type(headers)
-            event = normalize(scope, await self._read_body(headers, receive))
-            await self._pipeline.publish(event)
+            body = await self._read_body(headers, receive)
+            # Counted only now: a client still sending its body (or not allowed to) holds no
+            # slot, so slow or unauthenticated clients cannot turn real events into 503s.
+            if self._in_flight >= self._max_in_flight:
+                raise Overloaded("too many requests in flight")
+            self._in_flight += 1
+            self._metrics.requests_in_flight.inc()
+            try:
+                event = normalize(scope, body)
+                await self._pipeline.publish(event)
+            finally:
+                self._in_flight -= 1
+                self._metrics.requests_in_flight.dec()
         except BridgeError as exc:
             return self._reject(scope, exc)
-        finally:
-            self._in_flight -= 1
-            self._metrics.requests_in_flight.dec()
         return 200, b'{"status":"stored","event_id":"%s"}' % event.event_id.encode(), []
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
@@ -266,6 +274,39 @@ def create_app(
     max_body_bytes: int,
     max_in_flight: int = 4096,
 ) -> ASGIApp:
+    """The main port: the hooks, the admin routes (see create_admin_app) and the OpenAPI spec."""
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    routes = [*_admin_routes(pipeline, metrics), Route("/openapi.json", openapi, methods=["GET"])]
+    others = Starlette(routes=routes, exception_handlers={HTTPException: _json_errors(metrics)})
+    return HookEndpoints(
+        pipeline=pipeline,
+        normalizer=normalizer,
+        metrics=metrics,
+        tokens=tokens,
+        max_body_bytes=max_body_bytes,
+        max_in_flight=max_in_flight,
+        fallback=others,
+    )
+
+
+def create_admin_app(*, pipeline: Pipeline, metrics: Metrics) -> ASGIApp:
+    """The admin port: health, readiness and metrics, for probes and scrapers without a token.
+
+    They stay on the main port as well: they carry no secret and no event, and whatever already
+    reaches the main port (tests, a load balancer's health check, an existing scrape) keeps
+    working. The admin port is for what cannot present the main port's token or client
+    certificate: Kubernetes probes and a Prometheus without one.
+    """
+    return Starlette(
+        routes=_admin_routes(pipeline, metrics),
+        exception_handlers={HTTPException: _json_errors(None)},
+    )
+
+
+def _admin_routes(pipeline: Pipeline, metrics: Metrics) -> list[Route]:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -286,28 +327,21 @@ def create_app(
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(OPENAPI)
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+
+
+def _json_errors(metrics: Metrics | None) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """Starlette's 404/405 as the bridge's JSON errors; counted on the main port only."""
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)  # noqa: S101 - Starlette routes only these here
         reason = _CLIENT_REASONS.get(exc.status_code, "invalid")
-        metrics.requests_rejected.labels(reason).inc()
+        if metrics is not None:
+            metrics.requests_rejected.labels(reason).inc()
         return error_response(exc.status_code, reason, str(exc.detail), None)
 
-    routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-    ]
-    others = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    return HookEndpoints(
-        pipeline=pipeline,
-        normalizer=normalizer,
-        metrics=metrics,
-        tokens=tokens,
-        max_body_bytes=max_body_bytes,
-        max_in_flight=max_in_flight,
-        fallback=others,
-    )
+    return http_error

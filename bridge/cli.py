@@ -165,8 +165,10 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> 
 def _serve(args: argparse.Namespace) -> int:
     from bridge.logs import configure_logging
     from bridge.service import serve
+    from bridge.settings import check_can_serve
 
     settings = _load(args, _overrides(args, SERVE_FLAGS))
+    check_can_serve(settings)  # a ConfigError here exits with Exit.CONFIG, like a bad setting
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
         asyncio.run(serve(settings))

@@ -20,6 +20,8 @@ Bad input is never retried; an unreachable broker always is.
 
 from __future__ import annotations
 
+MAX_FIELD_SHOWN = 64
+
 
 class BridgeError(Exception):
     """Base of every error the bridge raises on purpose."""
@@ -47,7 +49,10 @@ class InvalidField(InputError):
     reason = "invalid_field"
 
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"field {field!r} {problem}", detail=field)
+        # The name may be a query key the client chose (tens of KB): the answer and the log
+        # line show its start only.
+        shown = field if len(field) <= MAX_FIELD_SHOWN else field[:MAX_FIELD_SHOWN] + "..."
+        super().__init__(f"field {shown!r} {problem}", detail=shown)
         self.field = field
 
 

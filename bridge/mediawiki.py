@@ -10,16 +10,16 @@ from bridge.errors import InvalidField, MalformedInput
 
 FORMAT = "login-audit-bridge.mediawiki.v1"
 
-# Bounds keep a hostile body from turning into a huge event; real values are far shorter.
-Text = Annotated[str, Field(max_length=1024)]
-ShortText = Annotated[str, Field(max_length=256)]
+# No length bounds on text: the body limit bounds it, and the normalizer cuts each field to its
+# size and flags it. A user name, a request id or a user agent may come from an attacker, and a
+# refused event would be a login with no trace.
 
 
 class WikiUser(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
     id: int = Field(ge=0)
-    name: ShortText
+    name: str
 
 
 class MediaWikiLogin(BaseModel):
@@ -29,23 +29,24 @@ class MediaWikiLogin(BaseModel):
 
     format: Literal["login-audit-bridge.mediawiki.v1"]
     status: Literal["PASS", "FAIL"]
-    username: ShortText
-    canonical_username: ShortText | None = None
+    username: str
+    canonical_username: str | None = None
     user: WikiUser | None = None
-    message_key: ShortText | None = None
-    message_params: Annotated[list[Any], Field(max_length=32)] = Field(default_factory=list)
-    app_id: ShortText | None = None
-    performer: ShortText | None = None
+    message_key: str | None = None
+    message_params: list[Any] = Field(default_factory=list)
+    app_id: str | None = None
+    performer: str | None = None
     # "" when WebRequest::getIP() failed (command-line or faux requests): the event still counts.
-    ip: Annotated[str, Field(max_length=64)]
-    user_agent: Text | None = None
-    request_id: Annotated[str, Field(min_length=1, max_length=128)]
+    ip: str
+    user_agent: str | None = None
+    # The X-Request-Id header when the wiki accepts it from clients: any text, even "".
+    request_id: str
     invocation: int = Field(1, ge=1, le=1000)
-    wiki_id: Annotated[str, Field(min_length=1, max_length=256)]
-    server: Text | None = None
-    entry_point: ShortText | None = None
+    wiki_id: Annotated[str, Field(min_length=1)]
+    server: str | None = None
+    entry_point: str | None = None
     time: int = Field(ge=0, le=253402300799999)  # epoch ms, at most year 9999
-    mw_version: Annotated[str, Field(min_length=1, max_length=64)]
+    mw_version: Annotated[str, Field(min_length=1)]
 
 
 def parse_mediawiki(body: bytes) -> MediaWikiLogin:

@@ -73,6 +73,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.connections_closed = Counter(
+            "login_audit_connections_closed_total",
+            "Client connections the bridge closed itself, by reason (headers_too_large: 431, "
+            "header_timeout and body_timeout: 408 or a silent close, invalid_http: 400).",
+            ["reason"],
+            registry=r,
+        )
         self.publish_latency = Histogram(
             "login_audit_publish_duration_seconds",
             "Time from an accepted event to its durability in the sink.",
@@ -82,7 +89,7 @@ class Metrics:
         )
         self.requests_in_flight = Gauge(
             "login_audit_requests_in_flight",
-            "Hook requests being processed now.",
+            "Hook events being made durable now (authenticated, body read, not yet answered).",
             registry=r,
         )
         self.spool_events = Gauge(

@@ -2,7 +2,11 @@
 
 Every input is hostile until checked here: anything we cannot use raises an InputError that names
 the field, and nothing from the SFTPGo user object reaches the record unless the allow-list
-(:func:`bridge.sftpgo.project_user`) kept it.
+(:func:`bridge.sftpgo.project_user`) kept it. Free text is never a reason to refuse a login,
+though: an attacker chooses the user name of a failed login, the request id and the user agent,
+and a refused event is a trace erased. Text too long for its field is cut to size and text that
+cannot be stored as is is cleaned; the event names such fields in ``unmapped["truncated"]`` and
+``unmapped["sanitized"]`` (comma-separated paths in the event, e.g. ``user.name``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ MAX_NAME_CHARS = 256
 MAX_EXTRA_PARAMS = 16
 MAX_PARAM_CHARS = 256
 MAX_GROUPS = 64
+MAX_REQUEST_ID_CHARS = 128
+MAX_TEXT_CHARS = 1024  # user agent, message parameters
+MAX_VERSION_CHARS = 64
+MAX_ZONE_CHARS = 64  # an IPv6 scope id: an interface name or number
+# Kept in a scope id: printable ASCII but "%" (Python's ipaddress refuses a second one).
+_ZONE_UNSAFE = re.compile(r"[^\x21-\x24\x26-\x7e]")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+TRUNCATED = "truncated"
+SANITIZED = "sanitized"
 
 _CONSTANT_FIELDS: dict[str, Any] = {
     "class_uid": 3002,
@@ -62,6 +75,37 @@ _CONSTANT_FIELDS: dict[str, Any] = {
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class _Flags:
+    """The fields of one event that were cut to size or cleaned, by their path in the event."""
+
+    __slots__ = ("sanitized", "truncated")
+
+    def __init__(self) -> None:
+        self.truncated: list[str] = []
+        self.sanitized: list[str] = []
+
+    def fit(self, path: str, value: str, limit: int) -> str:
+        """``value`` cut to ``limit`` characters, lone surrogates replaced; noted if changed."""
+        if len(value) > limit:
+            self.truncated.append(path)
+            value = value[:limit]
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800" in JSON: valid there, not storable as UTF-8
+            self.sanitized.append(path)
+            value = _LONE_SURROGATE.sub("\ufffd", value)
+        return value
+
+    def fit_optional(self, path: str, value: str | None, limit: int) -> str | None:
+        return None if value is None else self.fit(path, value, limit)
+
+    def note(self, unmapped: dict[str, str]) -> None:
+        if self.truncated:
+            unmapped[TRUNCATED] = ",".join(dict.fromkeys(self.truncated))
+        if self.sanitized:
+            unmapped[SANITIZED] = ",".join(dict.fromkeys(self.sanitized))
 
 
 class Normalizer:
@@ -96,7 +140,8 @@ class Normalizer:
     ) -> LoginEvent:
         """``event_id``: the id the source fixed (the shim), kept as ``metadata.uid``."""
         received = self._clock() if received_ms is None else received_ms
-        ip = _ip(query.get("ip"))
+        flags = _Flags()
+        ip = _ip(query.get("ip"), flags)
         method = _token("login_method", query.get("login_method"))
         protocol = _token("protocol", query.get("protocol"))
         ok = _sftpgo_status(query.get("status"))
@@ -106,10 +151,17 @@ class Normalizer:
         if no_attempt:
             ok = False  # a client that never tried to authenticate cannot have logged in
         kept = project_user(user, self.sftpgo_user_fields)
-        name = _optional_text("username", kept.get("username"))
+        name = _optional_text("username", kept.get("username"), flags, "user.name")
+        user_record = {
+            "name": name,
+            "uid": _positive_id(kept.get("id")),
+            "email_addr": _optional_text("email", kept.get("email"), flags, "user.email_addr"),
+            "groups": _groups(kept.get("groups", []), flags),
+        }
         unmapped = {"sftpgo.login_method": method}
-        unmapped.update(_extra_params(query))
-        unmapped.update(_user_extras(kept))
+        unmapped.update(_extra_params(query, flags))
+        unmapped.update(_user_extras(kept, flags))
+        flags.note(unmapped)
         if no_attempt:
             message = (
                 f"SFTPGo {protocol} connection from {ip} closed before any authentication attempt"
@@ -124,12 +176,7 @@ class Normalizer:
             ok=ok,
             status_detail=NO_AUTH_TRIED if no_attempt else None,
             message=message,
-            user={
-                "name": name,
-                "uid": _positive_id(kept.get("id")),
-                "email_addr": _optional_text("email", kept.get("email")),
-                "groups": _groups(kept.get("groups", [])),
-            },
+            user=user_record,
             ip=ip,
             svc_name=protocol,
             hostname=None,
@@ -148,12 +195,20 @@ class Normalizer:
     def mediawiki(self, login: MediaWikiLogin, *, event_id: str | None = None) -> LoginEvent:
         """``event_id``: the id the extension fixed, kept as ``metadata.uid``."""
         ok = login.status == "PASS"
-        ip = _ip(login.ip) if login.ip else None
-        raw_name = login.username
+        flags = _Flags()
+        ip = _ip(login.ip, flags) if login.ip else None
+        raw_name = flags.fit("unmapped.mediawiki.raw_username", login.username, MAX_NAME_CHARS)
         name = _optional_text(
-            "username", login.canonical_username if ok and login.canonical_username else raw_name
+            "username",
+            login.canonical_username if ok and login.canonical_username else login.username,
+            flags,
+            "user.name",
         )
         uid = str(login.user.id) if login.user is not None and login.user.id > 0 else None
+        # X-Request-Id when the wiki accepts it from clients: any text, even "".
+        request_id = flags.fit("http_request.uid", login.request_id, MAX_REQUEST_ID_CHARS) or None
+        user_agent = flags.fit_optional("http_request.user_agent", login.user_agent, MAX_TEXT_CHARS)
+        version = flags.fit("service.version", login.mw_version, MAX_VERSION_CHARS)
         unmapped = {
             "mediawiki.raw_username": raw_name,
             "mediawiki.invocation": str(login.invocation),
@@ -162,38 +217,46 @@ class Normalizer:
             "mediawiki.app_id": login.app_id,
             "mediawiki.performer": login.performer,
             "mediawiki.entry_point": login.entry_point,
-            "mediawiki.message_params": (
-                json.dumps(login.message_params, separators=(",", ":"), ensure_ascii=False)
-                if login.message_params
-                else None
-            ),
         }
-        unmapped.update({k: v for k, v in optional.items() if v is not None})
+        for key, value in optional.items():
+            if value is not None:
+                unmapped[key] = flags.fit(f"unmapped.{key}", value, MAX_NAME_CHARS)
+        if login.message_params:
+            params = json.dumps(login.message_params, separators=(",", ":"), ensure_ascii=False)
+            unmapped["mediawiki.message_params"] = flags.fit(
+                "unmapped.mediawiki.message_params", params, MAX_TEXT_CHARS
+            )
+        message_key = flags.fit_optional("status_detail", login.message_key, MAX_NAME_CHARS)
+        wiki_id = flags.fit("service.uid", login.wiki_id, MAX_NAME_CHARS)
+        hostname = _host(login.server)
+        if hostname is not None:
+            hostname = flags.fit("dst_endpoint.hostname", hostname, MAX_NAME_CHARS)
+        flags.note(unmapped)
         record = _record(
             event_id=self._event_id(event_id),
             time_ms=login.time,
             received_ms=self._clock(),
             ok=ok,
-            status_detail=login.message_key,
+            status_detail=message_key,
             message=(
                 f"MediaWiki login {'succeeded' if ok else 'failed'} for {_who(name)}"
                 f" from {ip or 'an unknown address'}"
-                + ("" if ok or not login.message_key else f" ({login.message_key})")
+                + ("" if ok or not message_key else f" ({message_key})")
             ),
             user={"name": name, "uid": uid, "email_addr": None, "groups": []},
             ip=ip,
             svc_name="MediaWiki",
-            hostname=_host(login.server),
-            service={"name": "MediaWiki", "uid": login.wiki_id, "version": login.mw_version},
+            hostname=hostname,
+            service={"name": "MediaWiki", "uid": wiki_id, "version": version},
             product={
                 "name": "MediaWiki",
                 "vendor_name": "Wikimedia Foundation",
-                "version": login.mw_version,
+                "version": version,
             },
             auth_protocol_id=AUTH_PROTOCOL_OTHER,
             auth_protocol="bot-password" if login.app_id else "password",
-            http_request={"user_agent": login.user_agent, "uid": login.request_id},
-            correlation_uid=login.request_id,
+            http_request={"user_agent": user_agent, "uid": request_id},
+            correlation_uid=request_id,
             unmapped=unmapped,
         )
         return LoginEvent(record=record, source="mediawiki")
@@ -293,16 +356,28 @@ def _sftpgo_status(value: str | None) -> bool:
     raise InvalidField("status", "must be '1' (success) or '0' (failure)")
 
 
-def _ip(value: str | None) -> str:
-    """Checks that the value is an IP address and returns it exactly as sent."""
+def _ip(value: str | None, flags: _Flags) -> str:
+    """Checks that the value is an IP address and returns it as sent, but for a hostile zone.
+
+    An IPv6 scope id ("fe80::1%eth0") may be any text to Python and to the sender: one too long
+    is cut to MAX_ZONE_CHARS, and characters that are not printable ASCII (newlines) become "_".
+    """
     if not value:
         raise InvalidField("ip", "is missing")
-    _check_unicode("ip", value)  # an IPv6 scope id ("fe80::1%eth0") may be any text
+    address, percent, zone = value.partition("%")
     try:
-        ipaddress.ip_address(value)
+        parsed = ipaddress.ip_address(address)
     except ValueError:
         raise InvalidField("ip", "is not an IPv4 or IPv6 address") from None
-    return value
+    if not percent:
+        return value
+    if parsed.version != 6:
+        raise InvalidField("ip", "is not an IPv4 or IPv6 address")
+    kept = flags.fit("src_endpoint.ip", zone, MAX_ZONE_CHARS)
+    clean = _ZONE_UNSAFE.sub("_", kept)
+    if clean != kept or not clean:
+        flags.sanitized.append("src_endpoint.ip")
+    return f"{address}%{clean}" if clean else address
 
 
 def _token(field: str, value: str | None) -> str:
@@ -313,22 +388,13 @@ def _token(field: str, value: str | None) -> str:
     return value
 
 
-def _optional_text(field: str, value: Any) -> str | None:
+def _optional_text(field: str, value: Any, flags: _Flags, path: str) -> str | None:
+    """A text field, or None for absent or empty; any other type is refused."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise InvalidField(field, "must be a string")
-    if len(value) > MAX_NAME_CHARS:
-        raise InvalidField(field, f"is longer than {MAX_NAME_CHARS} characters")
-    _check_unicode(field, value)
-    return value
-
-
-def _check_unicode(field: str, value: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidField(field, "is not valid Unicode (lone surrogate)") from None
+    return flags.fit(path, value, MAX_NAME_CHARS)
 
 
 def _positive_id(value: Any) -> str | None:
@@ -338,16 +404,19 @@ def _positive_id(value: Any) -> str | None:
     return None
 
 
-def _groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _groups(groups: list[dict[str, Any]], flags: _Flags) -> list[dict[str, Any]]:
     if len(groups) > MAX_GROUPS:
-        raise InvalidField("groups", f"has more than {MAX_GROUPS} entries")
+        flags.truncated.append("user.groups")
     return [
-        {"name": _optional_text("groups.name", g["name"]) or "", "type": GROUP_TYPES.get(g["type"])}
-        for g in groups
+        {
+            "name": _optional_text("groups.name", g["name"], flags, "user.groups.name") or "",
+            "type": GROUP_TYPES.get(g["type"]),
+        }
+        for g in groups[:MAX_GROUPS]
     ]
 
 
-def _extra_params(query: Mapping[str, str]) -> dict[str, str]:
+def _extra_params(query: Mapping[str, str], flags: _Flags) -> dict[str, str]:
     """Parameters the operator put in the hook URL (e.g. ?source=eu1), kept as sftpgo.param.*."""
     extras = {k: v for k, v in query.items() if k not in HOOK_FIELDS}
     if len(extras) > MAX_EXTRA_PARAMS:
@@ -356,24 +425,20 @@ def _extra_params(query: Mapping[str, str]) -> dict[str, str]:
     for key, value in extras.items():
         if not _PARAM_NAME.fullmatch(key):
             raise InvalidField("query", "has a parameter name that is not 1-64 of A-Za-z0-9_.-")
-        if len(value) > MAX_PARAM_CHARS:
-            raise InvalidField(key, f"is longer than {MAX_PARAM_CHARS} characters")
-        _check_unicode(key, value)
-        kept[f"sftpgo.param.{key}"] = value
+        name = f"sftpgo.param.{key}"
+        kept[name] = flags.fit(f"unmapped.{name}", value, MAX_PARAM_CHARS)
     return kept
 
 
-def _user_extras(kept: Mapping[str, Any]) -> dict[str, str]:
+def _user_extras(kept: Mapping[str, Any], flags: _Flags) -> dict[str, str]:
     """Allow-listed user fields without an OCSF home go to unmapped as sftpgo.user.<field>."""
     extras: dict[str, str] = {}
     for field, value in kept.items():
         if field in ("username", "id", "email", "groups"):
             continue
         text = value if isinstance(value, str) else json.dumps(value)
-        if len(text) > MAX_PARAM_CHARS:
-            raise InvalidField(field, f"is longer than {MAX_PARAM_CHARS} characters")
-        _check_unicode(field, text)
-        extras[f"sftpgo.user.{field}"] = text
+        name = f"sftpgo.user.{field}"
+        extras[name] = flags.fit(f"unmapped.{name}", text, MAX_PARAM_CHARS)
     return extras
 
 

@@ -53,8 +53,12 @@ _HOOK_RESPONSES: dict[str, Any] = {
     },
     "400": _error("Malformed JSON or a missing or invalid field; never retried."),
     "401": _error("Missing or unaccepted token."),
+    "408": _error("Headers or body not received in time; the connection is closed."),
     "413": _error("Body over BRIDGE_MAX_BODY_BYTES."),
     "415": _error("Content-Type is not application/json (UTF-8)."),
+    "431": _error(
+        "Request line and headers over BRIDGE_MAX_HEADER_BYTES; the connection is closed."
+    ),
     "503": _error("The event could not be made durable now; retry after Retry-After seconds."),
 }
 

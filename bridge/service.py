@@ -9,14 +9,14 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from bridge import __version__
-from bridge.app import TokenCheck, create_app
+from bridge.app import TokenCheck, create_admin_app, create_app
 from bridge.codec import AvroCodec, SingleObjectEncoder, WireEncoder
 from bridge.durable_spool import DurableSpool
 from bridge.errors import SinkError
@@ -24,6 +24,7 @@ from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
+from bridge.protocol import ConnectionLimits, bounded_protocol
 from bridge.replay import Replayer
 from bridge.settings import Settings
 from bridge.sinks import build_sink
@@ -166,36 +167,84 @@ async def _serve_http(
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
     )
-    sockets = _bind(settings)
-    server = uvicorn.Server(_uvicorn_config(app, settings))
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+    )
+    protocol = bounded_protocol(limits, metrics)
+    # One uvicorn server per listener, because uvicorn applies one TLS setting to all of its
+    # sockets: TLS (and client certificates) belong on TCP only. The Unix socket is reached by
+    # the shim on the same host, which speaks plain HTTP; the admin port serves probes.
+    hooks = [
+        (_Listener(_uvicorn_config(app, settings, http=protocol, tls=_is_tcp(s))), s)
+        for s in _bind(settings)
+    ]
+    admin = None
+    if settings.admin_port is not None:
+        admin_app = create_admin_app(pipeline=pipeline, metrics=metrics)
+        admin_config = _uvicorn_config(admin_app, settings, http=protocol, tls=False)
+        admin = (_Listener(admin_config), _bind_admin(settings))
+    where = [_describe(sock, settings) for _, sock in hooks]
+    if admin is not None:
+        where.append(_describe(admin[1], settings, admin=True))
     log.info(
         "login-audit-bridge %s serving on %s with the %s sink",
         __version__,
-        ", ".join(_describe(s, settings) for s in sockets),
+        ", ".join(where),
         pipeline.sink.name,
     )
     try:
-        # uvicorn traps SIGINT/SIGTERM: it stops accepting, waits for in-flight requests
-        # (up to timeout_graceful_shutdown), then returns; the caller then flushes the sink.
-        with _signals_return_here():
-            await server.serve(sockets=sockets)
+        with _stop_on_signals([server for server, _ in hooks]):
+            await _run(hooks, admin)
     finally:
         _unlink_socket(settings.uds)
 
 
-@contextlib.contextmanager
-def _signals_return_here() -> Iterator[None]:
-    """Keeps the signal that stopped uvicorn from killing the process before the sink flushes.
+class _Listener(uvicorn.Server):
+    """A uvicorn server that leaves the signals to _stop_on_signals: several run side by side."""
 
-    After a graceful stop uvicorn re-raises the signal it caught, under the handler that was
-    installed before it started. The default handlers would end the process on the spot; these
-    log it and let ``serve`` return normally.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _run(
+    hooks: Sequence[tuple[uvicorn.Server, socket.socket]],
+    admin: tuple[uvicorn.Server, socket.socket] | None,
+) -> None:
+    """Serves until the hook listeners stop; the admin port stays up until they have drained."""
+    admin_task = asyncio.create_task(admin[0].serve(sockets=[admin[1]])) if admin else None
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in hooks]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for server, _ in hooks:  # if one listener failed, the others stop too
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if admin is not None and admin_task is not None:
+            admin[0].should_exit = True
+            await admin_task
+
+
+@contextlib.contextmanager
+def _stop_on_signals(servers: Sequence[uvicorn.Server]) -> Iterator[None]:
+    """SIGINT or SIGTERM stops every hook listener gracefully; a second SIGINT forces it.
+
+    Each listener then stops accepting and waits for its requests in flight (up to
+    timeout_graceful_shutdown); ``serve`` returns and flushes the sink. The handlers that were
+    installed before are put back afterwards, and the signal is not raised again: the process
+    must not die before the flush.
     """
 
-    def note(signum: int, frame: object) -> None:
+    def stop(signum: int, frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
+        for server in servers:
+            if server.should_exit and signum == signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
 
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -203,34 +252,42 @@ def _signals_return_here() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
-    tls: dict[str, object] = {}
-    if settings.tls_certfile is not None:
-        tls = {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
-    if settings.tls_client_ca is not None:
-        tls |= {"ssl_ca_certs": str(settings.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+def _uvicorn_config(
+    app: object,
+    settings: Settings,
+    *,
+    http: type[asyncio.Protocol] | None = None,
+    tls: bool = True,
+) -> uvicorn.Config:
+    options: dict[str, object] = {}
+    if tls and settings.tls_certfile is not None:
+        options = {
+            "ssl_certfile": str(settings.tls_certfile),
+            "ssl_keyfile": str(settings.tls_keyfile),
+        }
+        if settings.tls_client_ca is not None:
+            options |= {
+                "ssl_ca_certs": str(settings.tls_client_ca),
+                "ssl_cert_reqs": ssl.CERT_REQUIRED,
+            }
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
+        http=http or "httptools",
+        ws="none",  # no websockets: an upgrade would hand the connection to another protocol
         log_config=None,
         access_log=settings.access_log,
         lifespan="off",
         server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        **tls,  # type: ignore[arg-type]
+        # Typed int, but uvicorn only hands it to asyncio.wait_for: 0.5 s must stay 0.5 s.
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
     )
 
 
 def _bind(settings: Settings) -> list[socket.socket]:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    tcp = socket.create_server(
-        (settings.host, settings.port), family=family, reuse_port=settings.reuse_port
-    )
-    # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and create_server
-    # leaves it 0. Without it, a response written as headers then body waits ~40 ms for the
-    # client's delayed ACK on every reused connection (SFTPGo reuses them). Accepted sockets
-    # inherit the option on Linux.
-    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """The hook listeners: TCP, and the Unix socket when one is set."""
+    tcp = _tcp_listener(settings.host, settings.port, reuse_port=settings.reuse_port)
     sockets = [tcp]
     if settings.uds is not None:
         _unlink_socket(settings.uds)
@@ -242,12 +299,33 @@ def _bind(settings: Settings) -> list[socket.socket]:
     return sockets
 
 
-def _describe(sock: socket.socket, settings: Settings) -> str:
-    if sock.family == socket.AF_UNIX:
-        return f"unix://{sock.getsockname()}"
+def _bind_admin(settings: Settings) -> socket.socket:
+    assert settings.admin_port is not None  # noqa: S101 - the caller checked
+    return _tcp_listener(settings.admin_host, settings.admin_port, reuse_port=False)
+
+
+def _tcp_listener(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    tcp = socket.create_server((host, port), family=family, reuse_port=reuse_port)
+    # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and create_server
+    # leaves it 0. Without it, a response written as headers then body waits ~40 ms for the
+    # client's delayed ACK on every reused connection (SFTPGo reuses them). Accepted sockets
+    # inherit the option on Linux.
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return tcp
+
+
+def _is_tcp(sock: socket.socket) -> bool:
+    return sock.family != socket.AF_UNIX
+
+
+def _describe(sock: socket.socket, settings: Settings, *, admin: bool = False) -> str:
+    if not _is_tcp(sock):
+        return f"unix://{sock.getsockname()} (plain HTTP)"
     host, port = sock.getsockname()[:2]
-    scheme = "https" if settings.tls_certfile is not None else "http"
-    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    scheme = "https" if settings.tls_certfile is not None and not admin else "http"
+    where = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    return f"{where} (admin)" if admin else where
 
 
 def _unlink_socket(path: Path | None) -> None:

@@ -9,6 +9,7 @@ environment (the hook shim reads its own; that is its job).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,15 +82,55 @@ class Settings(BaseSettings):
         20.0, gt=0, description="On SIGTERM, how long to wait for in-flight requests to finish."
     )
     max_in_flight: int = Field(
-        4096, ge=1, description="Hook requests processed at once; past it: 503 with Retry-After."
+        4096,
+        ge=1,
+        description="Hook events being made durable at once (counted once a request is "
+        "authenticated and its body read); past it: 503 with Retry-After.",
+    )
+    max_header_bytes: int = Field(
+        16384,
+        ge=4096,
+        le=1024 * 1024,
+        description="Largest request line plus headers accepted; past it the connection is "
+        "answered 431 and closed, before the headers are complete.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a client may take to send a request's line and headers (from "
+        "connecting, or from the request's first byte); then 408 and the connection is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a client may take to send a request's body once its headers are "
+        "in; then 408 and the connection is closed.",
     )
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
+    admin_host: str = Field(
+        "127.0.0.1",
+        description="Address of the admin port (plain HTTP, no token, no client certificate: "
+        "/healthz, /readyz, /metrics). Keep it on loopback or a cluster-only network.",
+    )
+    admin_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the admin listener (0: any free); unset: no admin listener. The "
+        "main port serves /healthz, /readyz and /metrics too.",
+    )
 
     # -- authentication and TLS
     auth_tokens: SecretList = Field(
         (),
-        description="Accepted bearer tokens, comma-separated (several allow rotation). "
-        "Empty: no authentication (only sensible on 127.0.0.1).",
+        description="Accepted bearer tokens, comma-separated (several allow rotation). Empty: "
+        "no authentication, which serve refuses on a non-loopback host unless "
+        "allow_unauthenticated is set or tls_client_ca authenticates clients.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve hooks without tokens on a non-loopback host (anyone who reaches "
+        "the port can then write login events).",
     )
     auth_header: str = Field(
         "Authorization",
@@ -245,6 +286,14 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("auth_tokens", mode="after")
+    @classmethod
+    def _no_empty_token(cls, tokens: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        # A TOML list can hold "" or "  "; such a token would match a missing one.
+        if any(not t.get_secret_value().strip() for t in tokens):
+            raise ValueError("holds an empty token; remove it")
+        return tuple(SecretStr(t.get_secret_value().strip()) for t in tokens)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -258,6 +307,8 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca (mTLS) needs tls_certfile and tls_keyfile")
         if self.kafka_sasl_mechanism is not None and "SASL" not in self.kafka_security_protocol:
             raise ValueError("kafka_sasl_mechanism needs kafka_security_protocol SASL_*")
+        if self.admin_port is not None and self.admin_port == self.port != 0:
+            raise ValueError("admin_port must differ from port: the admin port serves no hooks")
         return self
 
     @property
@@ -325,3 +376,30 @@ def load_settings(*, config_file: Path | None = None, **overrides: Any) -> Setti
         raise ConfigError(f"invalid settings: {problems}") from exc
     except ValueError as exc:  # the TOML file itself does not parse
         raise ConfigError(f"{CONFIG_VARIABLE}={config_path}: {exc}") from exc
+
+
+def check_can_serve(settings: Settings) -> None:
+    """Refuses settings that ``serve`` must not run with; other commands accept them.
+
+    Raises ConfigError: the memory sink keeps nothing, and hooks without authentication on
+    an address others can reach would let anyone write into the audit trail.
+    """
+    if settings.sink == "memory":
+        raise ConfigError("sink memory (BRIDGE_SINK) keeps nothing: it is for tests, not serve")
+    authenticated = bool(settings.auth_tokens) or settings.tls_client_ca is not None
+    if not authenticated and not is_loopback(settings.host) and not settings.allow_unauthenticated:
+        raise ConfigError(
+            f"host {settings.host!r} (BRIDGE_HOST) is reachable from other machines but no "
+            "token is set: set BRIDGE_AUTH_TOKENS (or BRIDGE_TLS_CLIENT_CA for client "
+            "certificates), listen on 127.0.0.1, or set BRIDGE_ALLOW_UNAUTHENTICATED=true"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; any other name or address counts as open."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

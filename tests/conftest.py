@@ -145,6 +145,7 @@ class BridgeProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    admin_url: str | None = None  # the admin port (plain HTTP), when BRIDGE_ADMIN_PORT is set
 
     @property
     def events_dir(self) -> Path:
@@ -159,7 +160,7 @@ class BridgeProcess:
                 stderr=log,
                 cwd=self.data_dir,
             )
-        wait_until_healthy(self.url, self.process, timeout)
+        wait_until_healthy(self.admin_url or self.url, self.process, timeout)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
@@ -195,10 +196,13 @@ def bridge_factory(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
     def make(start: bool = True, **settings: str) -> BridgeProcess:
         data_dir = tmp_path / f"bridge{len(started)}"
         data_dir.mkdir()
-        port = free_port()
+        port, admin_port = free_port(), free_port()
+        while admin_port == port:
+            admin_port = free_port()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "BRIDGE_PORT": str(port),
+            "BRIDGE_ADMIN_PORT": str(admin_port),
             "BRIDGE_DATA_DIR": str(data_dir),
             "BRIDGE_HOOK_SPOOL_INTERVAL_SECONDS": "0.2",
             "BRIDGE_LOG_LEVEL": "debug",
@@ -209,6 +213,7 @@ def bridge_factory(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
             data_dir=data_dir,
             env=env,
             log_path=data_dir / "bridge.log",
+            admin_url=f"http://127.0.0.1:{admin_port}",
         )
         started.append(bridge)
         if start:

@@ -165,12 +165,6 @@ def test_extra_hook_url_parameters_are_kept_as_unmapped() -> None:
         ),
         (
             {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
-            b'{"username": "\\ud800"}',
-            InvalidField,
-            "username",
-        ),
-        (
-            {"ip": "1.2.3.4", "login_method": "password", "protocol": "SSH", "status": "1"},
             b"[1]",
             MalformedInput,
             None,
@@ -201,7 +195,6 @@ def test_extra_hook_url_parameters_are_kept_as_unmapped() -> None:
         "bad-method",
         "no-protocol",
         "username-number",
-        "lone-surrogate",
         "not-object",
         "not-utf8",
         "too-deep",
@@ -295,7 +288,6 @@ def test_unknown_bot_password_user_with_id_zero_has_no_uid() -> None:
         ({"time": "yesterday"}, "time"),
         ({"user": {"id": "3", "name": "A"}}, "user.id"),
         ({"ip": "localhost"}, "ip"),
-        ({"username": "x" * 300}, "username"),
     ],
 )
 def test_mediawiki_payload_with_a_bad_field_is_refused_naming_it(
@@ -320,3 +312,129 @@ def test_mediawiki_login_without_a_known_ip_keeps_the_event_with_a_null_ip() -> 
     record = Normalizer().mediawiki(parse_mediawiki(body)).record
     assert record["src_endpoint"]["ip"] is None
     assert record["message"].endswith("from an unknown address")
+
+
+# -- fields an attacker chooses: cut to size or cleaned, flagged, never a reason to refuse
+
+FAILED_SSH = {"ip": "203.0.113.9", "login_method": "password", "protocol": "SSH", "status": "0"}
+
+
+def _sftpgo(query: dict[str, str], user: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    record = Normalizer(**kwargs).sftpgo_from_http(query, json.dumps(user).encode()).record
+    assert CODEC.validate(record)
+    return record
+
+
+def _mediawiki_with(change: dict[str, Any]) -> dict[str, Any]:
+    (failed,) = _case("clientlogin_wrongpass")
+    body = json.dumps(mediawiki_payload(failed) | change).encode()
+    record = Normalizer().mediawiki(parse_mediawiki(body)).record
+    assert CODEC.validate(record)
+    return record
+
+
+def test_an_sftpgo_user_name_over_256_characters_is_kept_cut_and_flagged() -> None:
+    """SFTPGo sends the name the client typed on a failed login: the attacker picks its size."""
+    record = _sftpgo(FAILED_SSH, {"username": "a" * 300 + "b" * 10_000})
+    assert record["user"]["name"] == "a" * 256
+    assert record["status_id"] == 2
+    assert record["unmapped"]["truncated"] == "user.name"
+    assert "sanitized" not in record["unmapped"]
+
+
+def test_an_sftpgo_user_name_with_a_lone_surrogate_is_kept_cleaned_and_flagged() -> None:
+    record = Normalizer().sftpgo_from_http(FAILED_SSH, b'{"username": "eve\\ud800"}').record
+    assert record["user"]["name"] == "eve\ufffd"
+    assert record["unmapped"]["sanitized"] == "user.name"
+
+
+def test_long_allow_listed_fields_and_too_many_groups_are_cut_and_flagged() -> None:
+    user = {
+        "username": "bob",
+        "email": "e" * 300,
+        "description": "d" * 300,
+        "groups": [{"name": f"g{i}", "type": 2} for i in range(70)],
+    }
+    record = _sftpgo(
+        {**FAILED_SSH, "source": "s" * 300},
+        user,
+        sftpgo_user_fields=["email", "description", "groups"],
+    )
+    assert len(record["user"]["email_addr"]) == 256
+    assert len(record["user"]["groups"]) == 64
+    assert len(record["unmapped"]["sftpgo.user.description"]) == 256
+    assert len(record["unmapped"]["sftpgo.param.source"]) == 256
+    assert record["unmapped"]["truncated"].split(",") == [
+        "user.email_addr",
+        "user.groups",
+        "unmapped.sftpgo.param.source",
+        "unmapped.sftpgo.user.description",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("zone", "kept", "flags"),
+    [
+        ("eth0", "eth0", {}),
+        ("eth0\nFAKE LOG LINE", "eth0_FAKE_LOG_LINE", {"sanitized": "src_endpoint.ip"}),
+        ("z" * 2000, "z" * 64, {"truncated": "src_endpoint.ip"}),
+        ("\ud800", "_", {"sanitized": "src_endpoint.ip"}),
+    ],
+    ids=["plain", "newline", "2000-chars", "lone-surrogate"],
+)
+def test_an_ipv6_zone_id_is_kept_when_clean_and_cut_or_cleaned_and_flagged_when_not(
+    zone: str, kept: str, flags: dict[str, str]
+) -> None:
+    record = _sftpgo({**FAILED_SSH, "ip": f"fe80::1%{zone}"}, {"username": "bob"})
+    assert record["src_endpoint"]["ip"] == f"fe80::1%{kept}"
+    assert {k: v for k, v in record["unmapped"].items() if k in ("truncated", "sanitized")} == flags
+
+
+def test_an_ipv6_address_with_an_empty_zone_keeps_the_address() -> None:
+    record = _sftpgo({**FAILED_SSH, "ip": "fe80::1%"}, {"username": "bob"})
+    assert record["src_endpoint"]["ip"] == "fe80::1"
+    assert record["unmapped"]["sanitized"] == "src_endpoint.ip"
+
+
+def test_a_zone_on_an_ipv4_address_is_still_refused() -> None:
+    with pytest.raises(InvalidField):
+        Normalizer().sftpgo_from_http({**FAILED_SSH, "ip": "192.0.2.1%eth0"}, b"{}")
+
+
+def test_a_mediawiki_request_id_over_128_characters_is_kept_cut_and_flagged() -> None:
+    """The wiki may take X-Request-Id from the client: the attacker picks it."""
+    record = _mediawiki_with({"request_id": "r" * 129 + "x" * 5000})
+    assert record["http_request"]["uid"] == "r" * 128
+    assert record["metadata"]["correlation_uid"] == "r" * 128
+    assert record["unmapped"]["truncated"] == "http_request.uid"
+
+
+def test_an_empty_mediawiki_request_id_is_an_event_without_one() -> None:
+    record = _mediawiki_with({"request_id": ""})
+    assert record["http_request"]["uid"] is None
+    assert record["metadata"]["correlation_uid"] is None
+
+
+def test_long_mediawiki_fields_an_attacker_sends_are_cut_and_flagged() -> None:
+    record = _mediawiki_with(
+        {
+            "username": "u" * 1000,
+            "app_id": "a" * 1000,
+            "user_agent": "UA" * 5000,
+            "ip": "fe80::1%" + "\n" * 2000,
+            "message_params": list(range(5000)),
+        }
+    )
+    assert record["user"]["name"] == "u" * 256
+    assert record["unmapped"]["mediawiki.raw_username"] == "u" * 256
+    assert len(record["http_request"]["user_agent"]) == 1024
+    assert record["src_endpoint"]["ip"] == "fe80::1%" + "_" * 64
+    assert record["unmapped"]["truncated"].split(",") == [
+        "src_endpoint.ip",
+        "unmapped.mediawiki.raw_username",
+        "user.name",
+        "http_request.user_agent",
+        "unmapped.mediawiki.app_id",
+        "unmapped.mediawiki.message_params",
+    ]
+    assert record["unmapped"]["sanitized"] == "src_endpoint.ip"

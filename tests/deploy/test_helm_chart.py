@@ -148,24 +148,36 @@ def test_persistent_spool_with_several_replicas_is_refused(tools: Tools) -> None
 # -- the Deployment
 
 
-def test_probes_are_healthz_for_liveness_and_readyz_for_readiness(render: Render) -> None:
-    bridge = container(render(ci("default")))
+def test_probes_are_healthz_for_liveness_and_readyz_for_readiness_on_the_admin_port(
+    render: Render,
+) -> None:
+    objects = render(ci("default"))
+    bridge = container(objects)
     assert bridge["livenessProbe"]["httpGet"] == {
         "path": "/healthz",
-        "port": "http",
+        "port": "admin",
         "scheme": "HTTP",
     }
     assert bridge["readinessProbe"]["httpGet"] == {
         "path": "/readyz",
-        "port": "http",
+        "port": "admin",
         "scheme": "HTTP",
     }
+    ports = {p["name"]: p["containerPort"] for p in bridge["ports"]}
+    assert ports == {"http": 8080, "admin": 8081}
+    config = config_data(objects)
+    assert (config["BRIDGE_ADMIN_HOST"], config["BRIDGE_ADMIN_PORT"]) == ("0.0.0.0", "8081")  # noqa: S104
 
 
-def test_probes_switch_to_https_when_the_bridge_serves_tls(render: Render) -> None:
-    bridge = container(render(ci("all-optional-objects-on")))
-    assert bridge["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
-    assert bridge["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+def test_probes_stay_plain_http_when_the_bridge_requires_client_certificates(
+    render: Render,
+) -> None:
+    """The kubelet has no client certificate: HTTPS probes on the mTLS port restart-loop."""
+    objects = render(ci("all-optional-objects-on"))
+    bridge = container(objects)
+    assert config_data(objects)["BRIDGE_TLS_CLIENT_CA"].endswith("/ca.crt")
+    assert bridge["livenessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert bridge["readinessProbe"]["httpGet"]["port"] == "admin"
 
 
 def test_container_runs_non_root_read_only_without_capabilities(render: Render) -> None:
@@ -273,11 +285,70 @@ def test_checksum_stays_when_only_the_replica_count_changes(render: Render) -> N
 # -- sinks, secrets and TLS
 
 
-def test_default_is_the_file_sink_with_no_secret(render: Render) -> None:
+def test_default_is_the_file_sink_with_a_token_the_chart_made(render: Render) -> None:
+    """The bridge refuses to serve 0.0.0.0 without a token, and so does the chart."""
     objects = render(ci("default"))
     assert config_data(objects)["BRIDGE_SINK"] == "file"
-    assert objects_of(objects, "Secret") == []
-    assert container(objects)["envFrom"] == [{"configMapRef": {"name": "audit-login-audit-bridge"}}]
+    secret = one(objects, "Secret")
+    assert secret["metadata"]["annotations"] == {"login-audit-bridge/generated-token": "true"}
+    token = secret_data(objects)["BRIDGE_AUTH_TOKENS"]
+    assert len(token) == 40 and token.isalnum()
+    assert secret_data(render(ci("default")))["BRIDGE_AUTH_TOKENS"] != token  # random
+    assert container(objects)["envFrom"] == [
+        {"configMapRef": {"name": "audit-login-audit-bridge"}},
+        {"secretRef": {"name": "audit-login-audit-bridge"}},
+    ]
+
+
+def test_given_tokens_are_used_and_none_is_made(render: Render) -> None:
+    secret = one(render(ci("rabbitmq")), "Secret")
+    assert "annotations" not in secret["metadata"]
+    assert secret_data(render(ci("rabbitmq")))["BRIDGE_AUTH_TOKENS"] == "ci-token-0123456789abcdef"
+
+
+def chart_with_lookup_answer(tmp_path: Path) -> Path:
+    """A copy of the chart whose lookup answers with .Values.lookupAnswer.
+
+    lookup needs a cluster and answers nothing to `helm template`; the copy stands in for what
+    the cluster would answer on `helm upgrade`, so that the code around it can be tested.
+    """
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    (chart / "values.schema.json").unlink()  # lookupAnswer is no value of the real chart
+    secret = chart / "templates" / "secret.yaml"
+    call = 'lookup "v1" "Secret" (include "login-audit-bridge.namespace" .) $fullname'
+    text = secret.read_text(encoding="utf-8")
+    assert call in text
+    secret.write_text(text.replace(call, ".Values.lookupAnswer"), encoding="utf-8")
+    return chart
+
+
+@pytest.mark.parametrize(
+    ("annotations", "kept"),
+    [({"login-audit-bridge/generated-token": "true"}, True), ({}, False)],
+    ids=["made-by-the-chart", "not-made-by-the-chart"],
+)
+def test_an_upgrade_keeps_the_token_the_chart_made_before(
+    tools: Tools, tmp_path: Path, annotations: dict[str, str], kept: bool
+) -> None:
+    earlier = base64.b64encode(b"tokenMadeOnInstall0123456789").decode()
+    answer = {"metadata": {"annotations": annotations}, "data": {"BRIDGE_AUTH_TOKENS": earlier}}
+    values = tmp_path / "lookup.yaml"
+    values.write_text(yaml.safe_dump({"lookupAnswer": answer}), encoding="utf-8")
+    done = run(
+        tools.helm,
+        "template",
+        "audit",
+        chart_with_lookup_answer(tmp_path),
+        "--namespace",
+        "security",
+        "--values",
+        values,
+        "--show-only",
+        "templates/secret.yaml",
+    )
+    token = yaml.safe_load(done.stdout)["data"]["BRIDGE_AUTH_TOKENS"]
+    assert (token == earlier) is kept
 
 
 def test_kafka_sasl_tls_puts_passwords_in_the_secret_and_files_on_a_mount(render: Render) -> None:
@@ -341,7 +412,7 @@ def test_optional_objects_are_absent_by_default(render: Render) -> None:
     kinds = sorted(
         o["kind"] for o in objects if "helm.sh/hook" not in o["metadata"].get("annotations", {})
     )
-    assert kinds == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"]
 
 
 def test_all_optional_objects_render_when_enabled(render: Render) -> None:
@@ -358,13 +429,28 @@ def test_hpa_replaces_the_fixed_replica_count(render: Render) -> None:
 
 
 def test_service_monitor_scrapes_metrics_as_the_job_the_alerts_expect(render: Render) -> None:
+    """On the admin port, plain HTTP: Prometheus presents no client certificate."""
     objects = render(ci("all-optional-objects-on"))
     monitor = one(objects, "ServiceMonitor")
-    service = one(objects, "Service")
+    services = {s["metadata"]["name"]: s for s in objects_of(objects, "Service")}
+    admin = services["audit-login-audit-bridge-admin"]
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["port"] == "admin"
+    assert monitor["spec"]["endpoints"][0]["scheme"] == "http"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "login-audit-bridge"
+    selected = [
+        s
+        for s in services.values()
+        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert selected == [admin]
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert admin["spec"]["ports"] == [
+        {"name": "admin", "port": 8081, "targetPort": "admin", "protocol": "TCP"}
+    ]
+    assert admin["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "login-audit-bridge"
+    main = services["audit-login-audit-bridge"]
+    assert [p["name"] for p in main["spec"]["ports"]] == ["http"]
 
 
 def test_prometheus_rule_holds_the_alert_rules_file(render: Render) -> None:
@@ -375,11 +461,16 @@ def test_prometheus_rule_holds_the_alert_rules_file(render: Render) -> None:
     assert rendered == alert_rules()
 
 
-def test_network_policy_admits_the_listed_peers_on_the_http_port(render: Render) -> None:
+def test_network_policy_admits_the_listed_peers_on_each_port(render: Render) -> None:
     policy = one(render(ci("all-optional-objects-on")), "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
-    assert len(policy["ingress"][0]["from"]) == 2
+    hooks, admin = policy["ingress"]
+    assert hooks["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert len(hooks["from"]) == 2
+    assert admin["ports"] == [{"port": "admin", "protocol": "TCP"}]
+    assert admin["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
 
 
 def test_ingress_routes_only_the_hook_paths(render: Render) -> None:
@@ -494,9 +585,13 @@ def test_notes_print_the_sftpgo_hook_url_and_mediawiki_settings(
     assert "WARNING" not in notes
 
 
-def test_notes_warn_when_no_token_protects_the_hooks(tools: Tools, tmp_path: Path) -> None:
+def test_notes_say_where_the_token_the_chart_made_is(tools: Tools, tmp_path: Path) -> None:
     notes = rendered_notes(tools, tmp_path, ci("default"))
-    assert "WARNING: auth.tokens is empty" in notes
+    assert "The chart made a random token" in notes
+    assert (
+        "kubectl -n security get secret audit-login-audit-bridge"
+        " -o jsonpath='{.data.BRIDGE_AUTH_TOKENS}' | base64 -d" in notes
+    )
     assert "https://" not in notes
 
 

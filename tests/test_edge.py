@@ -1,0 +1,485 @@
+"""The HTTP edge of a real bridge process: secure defaults, hostile clients, the admin port."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from bridge.app import TokenCheck
+from bridge.cli import Exit
+from bridge.errors import ConfigError, Unauthorized
+from bridge.settings import Settings, check_can_serve, load_settings
+from bridge.sinks.file import read_events
+
+from conftest import BIN, BridgeProcess, free_port, post, print_fault_row
+
+QUERY = "ip=198.51.100.7&login_method=password&protocol=SSH&status=0"
+HOOK = f"/v1/hooks/sftpgo?{QUERY}"
+BOB = b'{"username":"bob","id":7}'
+# Not an address of this machine: a bridge that gets past its checks fails to bind it (exit 1)
+# instead of listening on a real interface.
+ELSEWHERE = "192.0.2.1"
+
+
+def serve(
+    env: dict[str, str], tmp_path: Path, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    """Runs `serve` to its exit; a bridge that starts serving instead fails the test (timeout)."""
+    full = {"PATH": "/usr/bin:/bin", "BRIDGE_DATA_DIR": str(tmp_path), **env}
+    return subprocess.run(
+        [str(BIN / "login-audit-bridge"), "serve"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- secure by default (issue 9, item 6)
+
+
+def test_serve_refuses_an_open_address_without_tokens(tmp_path: Path) -> None:
+    run = serve({"BRIDGE_HOST": ELSEWHERE, "BRIDGE_PORT": str(free_port())}, tmp_path)
+    assert run.returncode == Exit.CONFIG, run.stderr
+    assert "BRIDGE_AUTH_TOKENS" in run.stderr
+    assert "BRIDGE_ALLOW_UNAUTHENTICATED" in run.stderr
+
+
+def test_allow_unauthenticated_lets_an_open_address_go_on_to_listen(tmp_path: Path) -> None:
+    env = {
+        "BRIDGE_HOST": ELSEWHERE,
+        "BRIDGE_PORT": str(free_port()),
+        "BRIDGE_ALLOW_UNAUTHENTICATED": "true",
+    }
+    run = serve(env, tmp_path)
+    assert run.returncode == Exit.FAILURE  # past the check: the address is not this machine's
+    assert "cannot listen" in run.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
+def test_loopback_needs_no_token(host: str) -> None:
+    check_can_serve(Settings(host=host))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.0.0.5", "bridge.example.org"])  # noqa: S104
+def test_any_other_host_needs_a_token_client_certificates_or_the_explicit_setting(
+    host: str,
+) -> None:
+    with pytest.raises(ConfigError, match="BRIDGE_AUTH_TOKENS"):
+        check_can_serve(Settings(host=host))
+    check_can_serve(Settings(host=host, auth_tokens="t0ken"))
+    check_can_serve(Settings(host=host, allow_unauthenticated=True))
+    certs = {"tls_certfile": "c.pem", "tls_keyfile": "k.pem", "tls_client_ca": "ca.pem"}
+    check_can_serve(Settings(host=host, **certs))
+
+
+def test_serve_refuses_the_memory_sink(tmp_path: Path) -> None:
+    run = serve({"BRIDGE_SINK": "memory", "BRIDGE_PORT": str(free_port())}, tmp_path)
+    assert run.returncode == Exit.CONFIG, run.stderr
+    assert "memory" in run.stderr and "tests" in run.stderr
+
+
+def test_an_empty_token_in_the_toml_file_stops_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text('auth_tokens = ["x", ""]\n')
+    run = serve({"BRIDGE_CONFIG": str(config), "BRIDGE_PORT": str(free_port())}, tmp_path)
+    assert run.returncode == Exit.CONFIG, run.stderr
+    assert "auth_tokens" in run.stderr and "empty token" in run.stderr
+
+
+def test_whitespace_around_a_toml_token_is_not_part_of_it(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text('auth_tokens = ["  x  "]\n')
+    (token,) = load_settings(config_file=config).auth_tokens
+    assert token.get_secret_value() == "x"
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Authorization", "Bearer "),
+        ("Authorization", "Bearer"),
+        ("Authorization", "Bearer    "),
+        ("Authorization", ""),
+        ("X-Sftpgo-Hook-Token", ""),  # the custom header left out
+        ("X-Sftpgo-Hook-Token", "   "),
+    ],
+)
+def test_no_token_never_matches(header: str, value: str) -> None:
+    with pytest.raises(ValueError, match="empty token"):
+        TokenCheck(["x", ""], header=header)
+    with pytest.raises(ValueError, match="empty token"):
+        TokenCheck(["x", "  "], header=header)
+    with pytest.raises(Unauthorized):
+        TokenCheck(["x"], header=header).check(value)
+
+
+def test_a_bridge_with_a_token_refuses_an_empty_bearer(bridge: BridgeProcess) -> None:
+    status, body, _ = post(f"{bridge.url}{HOOK}", BOB, token="")
+    assert (status, body["error"]) == (401, "unauthorized")
+    assert post(f"{bridge.url}{HOOK}", BOB)[0] == 200
+
+
+# -- hostile clients (item 7)
+
+
+def rss_peak_kib(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    assert match is not None
+    return int(match.group(1))
+
+
+def connect(bridge: BridgeProcess) -> socket.socket:
+    port = int(bridge.url.rsplit(":", 1)[1])
+    return socket.create_connection(("127.0.0.1", port), timeout=30)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """Everything the bridge sends until it closes the connection (b"" if it just closes)."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def many_headers() -> Iterator[bytes]:
+    line = b"X-Fill: " + b"f" * 1000 + b"\r\n"
+    while True:
+        yield line * 64
+
+
+def one_endless_header() -> Iterator[bytes]:
+    yield b"X-Fill: "
+    while True:
+        yield b"f" * 65536
+
+
+@pytest.mark.parametrize("stream", [many_headers, one_endless_header])
+def test_rss_stays_bounded_while_a_client_streams_100_mb_of_headers(
+    bridge: BridgeProcess, stream: Callable[[], Iterator[bytes]]
+) -> None:
+    assert bridge.process is not None
+    assert post(f"{bridge.url}{HOOK}", BOB)[0] == 200  # warm: the first event's allocations
+    before = rss_peak_kib(bridge.process.pid)
+    sent, limit = 0, 100 * 1024 * 1024
+    with connect(bridge) as sock:
+        try:
+            sock.sendall(f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\n".encode())
+            for chunk in stream():
+                sock.sendall(chunk)
+                sent += len(chunk)
+                if sent >= limit:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the bridge closed the connection: what it should do
+        answer = read_answer(sock)
+    grown_mib = (rss_peak_kib(bridge.process.pid) - before) / 1024
+    assert grown_mib < 30, f"peak RSS grew {grown_mib:.0f} MiB for {sent >> 20} MiB of headers"
+    assert sent < limit, "the bridge read all 100 MB of headers"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert post(f"{bridge.url}{HOOK}", BOB)[0] == 200
+
+
+def test_headers_over_the_cap_in_one_piece_are_answered_431(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    bridge = bridge_factory(auth_tokens="test-token", max_header_bytes="8192")
+    with connect(bridge) as sock:
+        filler = b"X-Fill: " + b"f" * 9000 + b"\r\n"
+        sock.sendall(f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\n".encode() + filler + b"\r\n")
+        answer = read_answer(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(body)["error"] == "headers_too_large"
+    assert "closed the connection from 127.0.0.1" in bridge.logs()
+
+
+def test_pipelined_requests_on_one_connection_are_all_answered(bridge: BridgeProcess) -> None:
+    """The limits count per request: a second request already read is not a slow client."""
+    one = (
+        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n\r\n"
+    ).encode() + BOB
+    with connect(bridge) as sock:
+        sock.sendall(one * 3)
+        replies = []
+        for _ in range(3):
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            replies.append((reply.status, json.loads(reply.read())["status"]))
+    assert replies == [(200, "stored")] * 3
+
+
+@pytest.fixture
+def impatient(bridge_factory: Callable[..., BridgeProcess]) -> BridgeProcess:
+    """A bridge whose clients have 1 s for their headers and 1 s for their body."""
+    return bridge_factory(
+        auth_tokens="test-token", header_timeout_seconds="1", body_timeout_seconds="1"
+    )
+
+
+def test_half_sent_headers_are_answered_408_and_closed(impatient: BridgeProcess) -> None:
+    with connect(impatient) as sock:
+        sock.sendall(f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nContent-Ty".encode())
+        answer = read_answer(sock)  # the socket timeout (30 s) fails the test if never closed
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"] == "header_timeout"
+
+
+def test_a_connection_that_sends_nothing_is_closed(impatient: BridgeProcess) -> None:
+    with connect(impatient) as sock:
+        assert read_answer(sock) == b""
+
+
+def test_half_sent_body_is_answered_408_and_closed(impatient: BridgeProcess) -> None:
+    with connect(impatient) as sock:
+        head = (
+            f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b'{"username":')
+        answer = read_answer(sock)
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"] == "body_timeout"
+    assert _metric(impatient, "login_audit_connections_closed_total", reason="body_timeout") == 1
+
+
+def test_a_body_trickled_after_an_early_401_is_cut_off(impatient: BridgeProcess) -> None:
+    """The bridge answers a missing token at once; the rest of the body may not hold the line."""
+    head = (
+        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    )
+    with connect(impatient) as sock:
+        sock.sendall(head.encode() + b"{")
+        with Tricklers([sock]):  # each byte keeps the connection busy: only a deadline ends it
+            answer = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 401 ")
+
+
+def _metric(bridge: BridgeProcess, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{bridge.admin_url}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+class Tricklers:
+    """Clients that have sent a hook request's headers, then send its body a byte at a time."""
+
+    def __init__(self, sockets: list[socket.socket]) -> None:
+        self.sockets = sockets
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, daemon=True)
+
+    @classmethod
+    def opened(cls, bridge: BridgeProcess, count: int) -> Tricklers:
+        """``count`` clients, every other one with the bridge's token."""
+        sockets = []
+        for i in range(count):
+            token = "Authorization: Bearer test-token\r\n" if i % 2 else ""
+            head = (
+                f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\n{token}"
+                "Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n"
+            )  # under the body limit: read, slowly, instead of refused by its size
+            sock = connect(bridge)
+            sock.sendall(head.encode() + b"{")
+            sockets.append(sock)
+        return cls(sockets)
+
+    def _trickle(self) -> None:
+        while not self._stop.wait(0.2):
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):  # answered (401) or cut off: done
+                    sock.send(b" ")
+
+    def __enter__(self) -> Tricklers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_real_events_are_answered_while_50_slow_clients_trickle_bodies(
+    bridge_factory: Callable[..., BridgeProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Slow bodies, with or without a token, hold no in-flight slot: events still get 200."""
+    bridge = bridge_factory(auth_tokens="test-token", max_in_flight="5")
+    answers: dict[str, int] = {}
+    with Tricklers.opened(bridge, 50):
+        threading.Event().wait(0.5)  # let the bridge start reading every one of them
+        for i in range(20):
+            status, body, _ = post(
+                f"{bridge.url}{HOOK}", json.dumps({"username": f"user{i}"}).encode()
+            )
+            answers[body.get("event_id", f"refused-{i}")] = status
+        in_flight = _metric(bridge, "login_audit_requests_in_flight")
+    acknowledged = {event_id for event_id, status in answers.items() if status == 200}
+    delivered = {r["metadata"]["uid"] for r in read_events(bridge.events_dir)}
+    print_fault_row(
+        "hostile slow clients (50 trickling bodies, 25 with the token; max_in_flight 5)",
+        sent=20,
+        acknowledged=len(acknowledged),
+        delivered=len(acknowledged & delivered),
+        lost=len(acknowledged - delivered),
+        duplicated=0,
+        capsys=capsys,
+    )
+    assert sorted(answers.values()) == [200] * 20
+    assert acknowledged <= delivered
+    assert in_flight == 0
+
+
+# -- the admin port, and TLS on TCP only (item 8)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory whose path is short enough for a Unix socket (108 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="lab-") as name:
+        yield Path(name)
+
+
+def unix_post(path: Path, target: str, body: bytes, token: str) -> tuple[int, dict[str, Any]]:
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(30)
+            self.sock.connect(str(path))
+
+    connection = UnixConnection("localhost")
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        connection.request("POST", target, body=body, headers=headers)
+        reply = connection.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        connection.close()
+
+
+def test_with_mtls_on_tcp_the_admin_port_and_the_unix_socket_speak_plain_http(
+    bridge_factory: Callable[..., BridgeProcess], tmp_path: Path, short_dir: Path
+) -> None:
+    ca = trustme.CA()
+    server_pem, key_pem, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(server_pem))
+    server.private_key_pem.write_to_path(str(key_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    uds = short_dir / "bridge.sock"
+    bridge = bridge_factory(
+        auth_tokens="test-token",
+        uds=str(uds),
+        tls_certfile=str(server_pem),
+        tls_keyfile=str(key_pem),
+        tls_client_ca=str(ca_pem),
+    )
+    assert bridge.admin_url is not None
+    # The admin port: plain HTTP, no certificate, no token; probes and scrapes only.
+    for path in ("/healthz", "/readyz", "/metrics"):
+        with urllib.request.urlopen(f"{bridge.admin_url}{path}", timeout=10) as reply:
+            assert reply.status == 200, path
+    status, body, _ = post(f"{bridge.admin_url}{HOOK}", BOB)
+    assert (status, body["error"]) == (404, "not_found")
+    # The Unix socket: plain HTTP, as the shim on the same host speaks it.
+    status, answer = unix_post(uds, HOOK, BOB, "test-token")
+    assert (status, answer["status"]) == (200, "stored")
+    # TCP: HTTPS, and only with a client certificate.
+    https = bridge.url.replace("http://", "https://")
+    without_cert = ssl.create_default_context()
+    ca.configure_trust(without_cert)
+    request = urllib.request.Request(
+        f"{https}{HOOK}",
+        data=BOB,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer test-token"},
+    )
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(request, context=without_cert, timeout=10).close()
+    with_cert = ssl.create_default_context()
+    ca.configure_trust(with_cert)
+    ca.issue_cert("sftpgo.example").configure_cert(with_cert)
+    with urllib.request.urlopen(request, context=with_cert, timeout=10) as reply:
+        assert reply.status == 200
+    stored = list(read_events(bridge.events_dir))
+    assert len(stored) == 2
+    assert "(admin)" in bridge.logs() and "unix://" in bridge.logs()
+
+
+def test_the_admin_port_is_off_unless_set_and_on_loopback_by_default() -> None:
+    settings = Settings()
+    assert (settings.admin_port, settings.admin_host) == (None, "127.0.0.1")
+
+
+def test_the_admin_port_cannot_be_the_hook_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_PORT", "8080")
+    monkeypatch.setenv("BRIDGE_ADMIN_PORT", "8080")
+    with pytest.raises(ConfigError, match="admin_port must differ from port"):
+        load_settings()
+
+
+# -- what the bridge echoes, and the shutdown timeout (smaller items)
+
+
+def test_a_repeated_query_parameter_is_not_echoed_in_full(bridge: BridgeProcess) -> None:
+    key = "k" * 5000
+    status, body, _ = post(f"{bridge.url}{HOOK}&{key}=1&{key}=2", BOB)
+    assert (status, body["error"]) == (400, "invalid_field")
+    assert len(json.dumps(body)) < 400
+    assert body["field"] == "k" * 64 + "..."
+    assert "k" * 100 not in bridge.logs()
+
+
+def test_a_fractional_shutdown_timeout_is_not_rounded_down_to_zero() -> None:
+    from bridge.service import _uvicorn_config
+
+    config = _uvicorn_config(object(), Settings(shutdown_timeout_seconds=0.5))
+    assert config.timeout_graceful_shutdown == 0.5
+
+
+# -- attacker-chosen fields on the wire (item 10)
+
+
+def test_a_1000_character_user_name_is_stored_cut_and_flagged(bridge: BridgeProcess) -> None:
+    """A 400 here would be final for SFTPGo: the failed login would leave no trace."""
+    name = "attacker-" + "x" * 991
+    status, body, _ = post(f"{bridge.url}{HOOK}", json.dumps({"username": name}).encode())
+    assert status == 200
+    (record,) = read_events(bridge.events_dir)
+    assert record["metadata"]["uid"] == body["event_id"]
+    assert record["user"]["name"] == name[:256]
+    assert record["unmapped"]["truncated"] == "user.name"
