@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from bridge.codec import AvroCodec
 from bridge.durable_spool import DurableSpool
+from bridge.encode import Encoder
 from bridge.errors import SinkError, SinkUnavailable
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.sinks.base import Sink
 
@@ -35,13 +36,13 @@ class Pipeline:
         sink: Sink,
         metrics: Metrics,
         spool: DurableSpool | None = None,
-        codec: AvroCodec | None = None,
+        encoder: Encoder | None = None,
         spool_after: float = 2.0,
         publish_timeout: float = 10.0,
         background: Supervisor | None = None,
     ) -> None:
         self.sink = sink
-        self._codec = codec if codec is not None else AvroCodec()
+        self._encoder = encoder if encoder is not None else Encoder(AvroCodec())
         self.spool = spool
         self.metrics = metrics
         # With a spool, hand over to it early. Without one, wait a little longer than the sink's
@@ -66,11 +67,11 @@ class Pipeline:
         any sink or the spool sees it, so that it can only fail alone.
         """
         self._received(event.source, event.status).inc()
-        self._codec.check_encodable(event.record)
+        encoded = self._encoder.encode(event)
         if self.spool is not None and self.spool.busy:
-            await self._to_spool(event)  # behind the backlog, to keep arrival order
+            await self._to_spool(encoded)  # behind the backlog, to keep arrival order
             return
-        send = asyncio.ensure_future(self.deliver(event))
+        send = asyncio.ensure_future(self.deliver(encoded))
         try:
             await asyncio.wait_for(asyncio.shield(send), self._wait)
         except TimeoutError:
@@ -81,23 +82,24 @@ class Pipeline:
                     f"{self.sink.name} sink did not confirm the event within {self._wait:g} s"
                 ) from None
             self._watch_late_acknowledgement(send, event)
-            await self._to_spool(event)
+            await self._to_spool(encoded)
         except SinkError as exc:
             if self.spool is None:
                 raise
             log.warning("%s sink failed, spooling %s: %s", self.sink.name, event.event_id, exc)
-            await self._to_spool(event)
+            await self._to_spool(encoded)
 
-    async def deliver(self, event: LoginEvent) -> None:
+    async def deliver(self, encoded: EncodedEvent) -> None:
         """Sends one event to the sink, timed and counted; the replayer delivers through it too."""
         started = time.perf_counter()
-        await self.sink.send(event)
+        await self.sink.send(encoded)
+        event = encoded.event
         self._latency.observe(time.perf_counter() - started)
         self._published(self.sink.name, event.status).inc()
 
-    async def _to_spool(self, event: LoginEvent) -> None:
+    async def _to_spool(self, encoded: EncodedEvent) -> None:
         assert self.spool is not None  # noqa: S101 - callers checked
-        await self.spool.put(event)
+        await self.spool.put(encoded)
 
     def _watch_late_acknowledgement(self, send: asyncio.Future[None], event: LoginEvent) -> None:
         """A send that times out may still succeed; then the spooled copy is dropped again."""

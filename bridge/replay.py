@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from bridge.durable_spool import DurableSpool, Spooled, Unreadable
 from bridge.errors import BridgeError
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class Replayer:
         self,
         spool: DurableSpool,
         *,
-        deliver: Callable[[LoginEvent], Awaitable[None]],
+        deliver: Callable[[EncodedEvent], Awaitable[None]],
         sink_name: str,
         metrics: Metrics,
         publish_timeout: float,
@@ -111,7 +111,7 @@ class Replayer:
 
     async def _replay(self, item: Spooled) -> None:
         try:
-            await asyncio.wait_for(self._deliver(item.event), self._wait)
+            await asyncio.wait_for(self._deliver(item.encoded), self._wait)
         except TimeoutError:
             self._timeouts.inc()
             raise

@@ -17,8 +17,9 @@ import uvicorn
 
 from bridge import __version__
 from bridge.app import TokenCheck, create_admin_app, create_app
-from bridge.codec import AvroCodec, SingleObjectEncoder, WireEncoder
+from bridge.codec import AvroCodec
 from bridge.durable_spool import DurableSpool
+from bridge.encode import Encoder, build_wire_encoder
 from bridge.errors import SinkError
 from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
@@ -34,19 +35,11 @@ from bridge.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 
-def build_encoder(settings: Settings, codec: AvroCodec) -> WireEncoder:
-    if settings.schema_registry_url:
-        from bridge.registry import ConfluentRegistryEncoder
-
-        return ConfluentRegistryEncoder.from_settings(settings, codec=codec)
-    return SingleObjectEncoder(codec)
-
-
 async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     """Runs until SIGINT or SIGTERM; returns once in-flight requests are answered and flushed."""
     metrics = metrics if metrics is not None else Metrics()
     codec = AvroCodec()
-    encoder = build_encoder(settings, codec)
+    encoder = build_wire_encoder(settings, codec)
     sink = build_sink(settings, codec=codec, encoder=encoder, metrics=metrics)
     spool = None
     if settings.spool_enabled:
@@ -74,7 +67,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         sink=sink,
         metrics=metrics,
         spool=spool,
-        codec=codec,
+        encoder=Encoder(codec),
         spool_after=settings.spool_after_seconds,
         publish_timeout=settings.publish_timeout_seconds,
         background=background,

@@ -24,7 +24,7 @@ from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.memory import MemorySink
 
-from conftest import BIN, BridgeProcess, replayer
+from conftest import BIN, BridgeProcess, encoded, replayer
 
 QUERY = {"ip": "192.0.2.9", "login_method": "password", "protocol": "SSH", "status": "0"}
 
@@ -39,7 +39,7 @@ def _dead_letters(path: Path, names: list[str]) -> list[str]:
         sink = MemorySink()
         await sink.start()
         for event in events:
-            await spool.put(event)
+            await spool.put(encoded(event))
         sink.fail_with = SinkRejected("message too large for the topic")
         assert await replayer(Pipeline(sink=sink, metrics=Metrics(), spool=spool)).replay_once()
         assert spool.dead_letters == len(events)

@@ -22,7 +22,7 @@ from bridge import handoff
 from bridge.codec import AvroCodec
 from bridge.durable_spool import DurableSpool
 from bridge.errors import SinkUnavailable
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent
 from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
@@ -242,10 +242,10 @@ def test_a_full_bridge_spool_pauses_the_intake_which_keeps_running_and_resumes(
 class BuggySink(MemorySink):
     """Raises something no sink should (a bug) for one user's events."""
 
-    async def send(self, event: LoginEvent) -> None:
-        if event.record["user"]["name"] == "trips-a-bug":
+    async def send(self, encoded: EncodedEvent) -> None:
+        if encoded.event.record["user"]["name"] == "trips-a-bug":
             raise RuntimeError("a bug in the sink")
-        await super().send(event)
+        await super().send(encoded)
 
 
 def test_an_unexpected_error_on_one_file_is_logged_counted_and_set_aside_after_three(

@@ -19,7 +19,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from bridge.codec import WireEncoder
 from bridge.errors import ConfigError, SinkError, SinkUnavailable
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
@@ -450,14 +450,15 @@ class KafkaSink(Sink):
 
     # -- sending
 
-    async def send(self, event: LoginEvent) -> None:
+    async def send(self, encoded: EncodedEvent) -> None:
         producer = self._require_producer()
+        event = encoded.event
         if self._fatal is not None:
             cause = KafkaException(self._fatal)
             raise self._failed(to_sink_error(self._fatal), "fatal") from cause
         topic = self._topics[event.status]
         future: asyncio.Future[KafkaError | None] = asyncio.get_running_loop().create_future()
-        self._produce(producer, event, topic, future)
+        self._produce(producer, encoded, topic, future)
         try:
             async with asyncio.timeout(self._publish_timeout):
                 err = await future
@@ -473,14 +474,15 @@ class KafkaSink(Sink):
     def _produce(
         self,
         producer: Producer,
-        event: LoginEvent,
+        encoded: EncodedEvent,
         topic: str,
         future: asyncio.Future[KafkaError | None],
     ) -> None:
+        event = encoded.event
         try:
             producer.produce(
                 topic,
-                value=self._encoder.encode(event.record, topic),
+                value=self._encoder.frame(encoded.datum, topic),
                 key=self._key(event),
                 headers=self._headers(event, topic),
                 on_delivery=partial(self._on_delivery, future),
