@@ -270,7 +270,7 @@ def _records(args: argparse.Namespace, settings: Any) -> Iterator[dict[str, Any]
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    from bridge.spool import list_dead_letters, requeue_dead_letters
+    from bridge.durable_spool import list_dead_letters, requeue_dead_letters
 
     path = _load(args).spool_path
     try:

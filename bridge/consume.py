@@ -122,7 +122,8 @@ class KafkaReader:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException
         from confluent_kafka.cimpl import TopicPartition
 
-        from bridge.sinks.kafka import client_config, to_sink_error
+        from bridge.sinks.kafka import client_config
+        from bridge.sinks.kafka_errors import to_sink_error
 
         consumer = Consumer(
             {
@@ -166,7 +167,7 @@ class KafkaReader:
             count += 1
 
     def _convert(self, message: Message) -> ConsumedEvent:
-        from bridge.sinks.kafka import to_sink_error
+        from bridge.sinks.kafka_errors import to_sink_error
 
         err = message.error()
         if err is not None:

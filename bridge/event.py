@@ -49,3 +49,15 @@ class LoginEvent:
         """``<status>.<source>.<protocol>``, e.g. ``failure.sftpgo.ssh``: always three words."""
         word = _NOT_IN_A_WORD.sub("_", self.protocol)
         return f"{self.status}.{self.source}.{word}"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """A login event and its Avro body: what the encode stage hands to sinks and the spool.
+
+    ``datum`` is the record in Avro binary encoding with the current schema and no header;
+    each sink frames it (single-object or the registry's wire format) or writes it as is.
+    """
+
+    event: LoginEvent
+    datum: bytes

@@ -309,6 +309,9 @@ class ConfluentRegistryEncoder:
     def schema_ref(self, topic: str) -> str:
         return f"registry-id:{self.schema_id(topic)}"
 
+    def frame(self, datum: bytes, topic: str) -> bytes:
+        return frame(self.schema_id(topic), datum)
+
     def encode(self, record: dict[str, Any], topic: str) -> bytes:
         return frame(self.schema_id(topic), self.codec.encode_datum(record))
 

@@ -17,39 +17,33 @@ import uvicorn
 
 from bridge import __version__
 from bridge.app import TokenCheck, create_admin_app, create_app
-from bridge.codec import AvroCodec, SingleObjectEncoder, WireEncoder
+from bridge.codec import AvroCodec
+from bridge.durable_spool import DurableSpool
+from bridge.encode import Encoder, build_wire_encoder
 from bridge.errors import SinkError
-from bridge.hookspool import HookSpool
+from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.protocol import ConnectionLimits, bounded_protocol
+from bridge.replay import Replayer
 from bridge.settings import Settings
 from bridge.sinks import build_sink
 from bridge.sinks.base import Sink
-from bridge.spool import Spool
 from bridge.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-
-def build_encoder(settings: Settings, codec: AvroCodec) -> WireEncoder:
-    if settings.schema_registry_url:
-        from bridge.registry import ConfluentRegistryEncoder
-
-        return ConfluentRegistryEncoder.from_settings(settings, codec=codec)
-    return SingleObjectEncoder(codec)
 
 
 async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     """Runs until SIGINT or SIGTERM; returns once in-flight requests are answered and flushed."""
     metrics = metrics if metrics is not None else Metrics()
     codec = AvroCodec()
-    encoder = build_encoder(settings, codec)
+    encoder = build_wire_encoder(settings, codec)
     sink = build_sink(settings, codec=codec, encoder=encoder, metrics=metrics)
     spool = None
     if settings.spool_enabled:
-        spool = Spool(
+        spool = DurableSpool(
             settings.spool_path,
             codec,
             max_bytes=settings.spool_max_bytes,
@@ -73,13 +67,13 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         sink=sink,
         metrics=metrics,
         spool=spool,
-        codec=codec,
+        encoder=Encoder(codec),
         spool_after=settings.spool_after_seconds,
         publish_timeout=settings.publish_timeout_seconds,
         background=background,
     )
     normalizer = Normalizer(sftpgo_user_fields=settings.sftpgo_user_fields)
-    hook_spool = HookSpool(
+    intake = HandoffIntake(
         settings.hook_spool_path, normalizer=normalizer, pipeline=pipeline, metrics=metrics
     )
     sink_started = asyncio.Event()
@@ -89,8 +83,15 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             await _start_sink(sink, sink_started, retry=False)
         else:
             background.start("sink-start", lambda: _start_sink(sink, sink_started, retry=True))
-            background.start("replay", lambda: pipeline.replay_forever(sink_started))
-        background.start("hook-spool", lambda: hook_spool.run(settings.hook_spool_interval_seconds))
+            replayer = Replayer(
+                spool,
+                deliver=pipeline.deliver,
+                sink_name=sink.name,
+                metrics=metrics,
+                publish_timeout=settings.publish_timeout_seconds,
+            )
+            background.start("replay", lambda: replayer.run(sink_started))
+        background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         await _serve_until_fatal(background, _serve_http(settings, pipeline, normalizer, metrics))
     finally:
         await background.stop()

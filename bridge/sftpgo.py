@@ -98,16 +98,6 @@ def _group_type(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-# The hook shim's spool: one JSON file per event, named so that names sort in arrival order:
-# <received ms, 13 digits>-<pid>-<random>.json, written as .tmp, fsync'd, then renamed.
-# An optional "event_id" field (added later, so v1 files without it still read) keeps the id the
-# hook sent, so a login that reached the bridge and was spooled too is de-duplicable by it.
-SPOOL_FORMAT = "login-audit-bridge.hook-spool.v1"
-SPOOL_SUFFIX = ".json"
-# Where the hook keeps a login the bridge refused for good (a 4xx it marked final): kept for
-# the operator, never taken in again.
-SPOOL_REJECTED_DIR = "rejected"
-
 # The hook routes' protocol headers, for both sources (the shim and the MediaWiki extension).
 # Every answer on a hook route names the bridge, so a client can tell it from another service
 # that happens to answer on the configured address.

@@ -23,15 +23,14 @@ import os
 import sys
 import time
 
+from bridge import handoff
+
 # One table of SFTPGo's variables for the hook and the bridge; the module costs ~0.3 ms to load.
 from bridge.sftpgo import (
     ALWAYS_KEPT,
     ENV_TO_QUERY,
     EVENT_ID_HEADER,
     IDENTITY_HEADER,
-    SPOOL_FORMAT,
-    SPOOL_REJECTED_DIR,
-    SPOOL_SUFFIX,
     USER_ENV,
     project_user,
     secret_fields,
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = _fields(config)
     user = os.environb.get(USER_ENV.encode()) or b"{}"
     document: dict[str, Any] = {
-        "format": SPOOL_FORMAT,
+        "format": handoff.FORMAT,
         "received_ms": received_ms,
         "event_id": _new_event_id(),
         "query": {name: _text(environ.get(variable, "")) for variable, name in ENV_TO_QUERY},
@@ -521,7 +520,7 @@ def _keep_rejected(spool_dir: str, document: dict[str, Any], answer: _Answer) ->
     """A login the bridge refused for good: kept aside for the operator, never dropped."""
     verdict = {"status": answer.status, "bridge": answer.bridge, "error": answer.detail}
     document["rejected"] = verdict
-    path = _spool(os.path.join(spool_dir, SPOOL_REJECTED_DIR), document)
+    path = _spool(os.path.join(spool_dir, handoff.REJECTED_DIR), document)
     if path is None:
         _say(f"the bridge refused this login for good ({answer.status}) and it could not be kept")
         return EXIT_LOST
@@ -533,29 +532,8 @@ def _keep_rejected(spool_dir: str, document: dict[str, Any], answer: _Answer) ->
 
 
 def _spool(directory: str, document: dict[str, Any]) -> str | None:
-    """Writes the event durably (temp file, fsync, rename, fsync the directory); its path."""
-    name = f"{document['received_ms']:013d}-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        # Group access: the bridge, usually another user in a shared group, reads and deletes
-        # these files. They hold only allow-listed fields, never the secrets of the user JSON.
-        os.makedirs(directory, mode=0o770, exist_ok=True)
-        temporary = os.path.join(directory, name + ".tmp")
-        final = os.path.join(directory, name + SPOOL_SUFFIX)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
-        try:
-            os.write(fd, _dumps(document))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, final)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        return None
-    return final
+    """Hands the event over durably through the hand-off directory; the file's path."""
+    return handoff.write(directory, document["received_ms"], _dumps(document))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ from typing import Any
 
 import pytest
 
+from bridge.codec import AvroCodec
+from bridge.encode import Encoder
+from bridge.event import EncodedEvent, LoginEvent
+from bridge.pipeline import Pipeline
+from bridge.replay import Replayer
 from bridge.sftpgo import ENV_TO_QUERY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -228,6 +233,26 @@ def bridge_factory(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
 def bridge(bridge_factory: Callable[..., BridgeProcess]) -> BridgeProcess:
     """A running bridge on the file sink, token `test-token`."""
     return bridge_factory(auth_tokens="test-token")
+
+
+_ENCODER = Encoder(AvroCodec())
+
+
+def encoded(event: LoginEvent, codec: AvroCodec | None = None) -> EncodedEvent:
+    """The event as the encode stage hands it to sinks and the spool."""
+    return (_ENCODER if codec is None else Encoder(codec)).encode(event)
+
+
+def replayer(pipeline: Pipeline, *, publish_timeout: float = 10.0) -> Replayer:
+    """The replayer the service runs beside ``pipeline``, which must have a spool."""
+    assert pipeline.spool is not None
+    return Replayer(
+        pipeline.spool,
+        deliver=pipeline.deliver,
+        sink_name=pipeline.sink.name,
+        metrics=pipeline.metrics,
+        publish_timeout=publish_timeout,
+    )
 
 
 def print_fault_row(

@@ -17,14 +17,14 @@ from test_spool_faults import metric, read_users, wait_for
 
 from bridge.cli import Exit
 from bridge.codec import AvroCodec
+from bridge.durable_spool import DurableSpool
 from bridge.errors import SinkRejected
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.memory import MemorySink
-from bridge.spool import Spool
 
-from conftest import BIN, BridgeProcess
+from conftest import BIN, BridgeProcess, encoded, replayer
 
 QUERY = {"ip": "192.0.2.9", "login_method": "password", "protocol": "SSH", "status": "0"}
 
@@ -34,14 +34,14 @@ def _dead_letters(path: Path, names: list[str]) -> list[str]:
     events = [Normalizer().sftpgo(QUERY, {"username": name}) for name in names]
 
     async def refuse() -> None:
-        spool = Spool(path, AvroCodec(), max_bytes=1 << 30, max_events=1000)
+        spool = DurableSpool(path, AvroCodec(), max_bytes=1 << 30, max_events=1000)
         await spool.open()
         sink = MemorySink()
         await sink.start()
         for event in events:
-            await spool.put(event)
+            await spool.put(encoded(event))
         sink.fail_with = SinkRejected("message too large for the topic")
-        assert await Pipeline(sink=sink, metrics=Metrics(), spool=spool).replay_once()
+        assert await replayer(Pipeline(sink=sink, metrics=Metrics(), spool=spool)).replay_once()
         assert spool.dead_letters == len(events)
         await spool.close()
 

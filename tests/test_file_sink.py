@@ -16,6 +16,8 @@ from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.sinks.file import FileSink, event_files, read_events
 
+from conftest import encoded
+
 CODEC = AvroCodec()
 
 
@@ -37,7 +39,7 @@ def _events(n: int, *, offset: int = 0) -> list[LoginEvent]:
 
 async def _write(directory: Path, events: list[LoginEvent], **options: float) -> None:
     async with FileSink(directory, CODEC, **options) as sink:  # type: ignore[arg-type]
-        await asyncio.gather(*(sink.send(e) for e in events))
+        await asyncio.gather(*(sink.send(encoded(e)) for e in events))
 
 
 def test_events_are_split_by_status_into_plain_avro_files(tmp_path: Path) -> None:
@@ -56,7 +58,7 @@ def test_every_concurrent_send_is_on_disk_when_it_returns(tmp_path: Path) -> Non
     async def scenario() -> None:
         sink = FileSink(tmp_path, CODEC)
         await sink.start()
-        await asyncio.gather(*(sink.send(e) for e in events))
+        await asyncio.gather(*(sink.send(encoded(e)) for e in events))
         # Read while the sink is still open: what send() acknowledged must already be there.
         on_disk = {r["metadata"]["uid"] for r in read_events(tmp_path)}
         assert on_disk == {e.event_id for e in events}
@@ -69,7 +71,7 @@ def test_files_rotate_by_size(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with FileSink(tmp_path, CODEC, rotate_bytes=65536) as sink:
             for event in _events(400):
-                await sink.send(event)
+                await sink.send(encoded(event))
 
     asyncio.run(scenario())
     assert len(event_files(tmp_path)) > 2
@@ -80,7 +82,7 @@ def test_files_rotate_by_age(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with FileSink(tmp_path, CODEC, rotate_seconds=0.05) as sink:
             for event in _events(4):
-                await sink.send(event)
+                await sink.send(encoded(event))
                 await asyncio.sleep(0.1)
 
     asyncio.run(scenario())
@@ -97,7 +99,7 @@ def test_a_torn_last_block_stops_reading_without_losing_earlier_events(tmp_path:
     async def scenario() -> None:
         async with FileSink(tmp_path, CODEC) as sink:
             for event in _events(6):
-                await sink.send(event)
+                await sink.send(encoded(event))
 
     asyncio.run(scenario())
     for path in event_files(tmp_path):
@@ -112,7 +114,7 @@ def test_send_after_stop_is_refused_as_unavailable(tmp_path: Path) -> None:
         await sink.start()
         await sink.stop()
         with pytest.raises(SinkUnavailable):
-            await sink.send(_events(1)[0])
+            await sink.send(encoded(_events(1)[0]))
 
     asyncio.run(scenario())
 
@@ -135,7 +137,9 @@ def test_retention_deletes_the_oldest_closed_files_past_the_size_limit(tmp_path:
         sink = FileSink(tmp_path, CODEC, rotate_bytes=65536, retain_bytes=200_000, metrics=metrics)
         async with sink:
             for batch in range(40):  # one fsync'd block per batch; rotation past 64 KiB
-                await asyncio.gather(*(sink.send(e) for e in _events(40, offset=batch * 40)))
+                await asyncio.gather(
+                    *(sink.send(encoded(e)) for e in _events(40, offset=batch * 40))
+                )
 
     asyncio.run(scenario())
     files = event_files(tmp_path)

@@ -19,13 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import TokenCheck, create_app
 from bridge.codec import AvroCodec
+from bridge.durable_spool import DurableSpool
 from bridge.errors import SinkUnavailable
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.file import read_events
 from bridge.sinks.memory import MemorySink
-from bridge.spool import Spool
 
 from conftest import (
     BridgeProcess,
@@ -303,7 +303,7 @@ def test_sigterm_drains_and_every_answered_event_is_on_disk(bridge: BridgeProces
 
 def test_full_spool_answers_503_with_retry_after(tmp_path: Path) -> None:
     sink, metrics = MemorySink(), Metrics()
-    spool = Spool(tmp_path / "spool.sqlite3", AvroCodec(), max_bytes=1 << 20, max_events=1)
+    spool = DurableSpool(tmp_path / "spool.sqlite3", AvroCodec(), max_bytes=1 << 20, max_events=1)
 
     async def prepare() -> None:
         await sink.start()

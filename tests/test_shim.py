@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import trustme
 
-from bridge import __version__
+from bridge import __version__, handoff
 from bridge.settings import Settings
-from bridge.sftpgo import ENV_TO_QUERY, EVENT_ID_HEADER, SPOOL_FORMAT
+from bridge.sftpgo import ENV_TO_QUERY, EVENT_ID_HEADER
 from bridge.shim import DEFAULTS
 from bridge.sinks.file import read_events
 
@@ -418,7 +418,7 @@ def test_a_spool_file_from_an_older_hook_without_an_event_id_is_still_taken_in(
     spool = tmp_path / "spool"
     spool.mkdir()
     old = {
-        "format": SPOOL_FORMAT,
+        "format": handoff.FORMAT,
         "received_ms": 1795330677813,
         "query": {
             "ip": "203.0.113.10",

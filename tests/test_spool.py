@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 
 from bridge.codec import AvroCodec
+from bridge.durable_spool import DurableSpool
 from bridge.errors import Overloaded, SinkRejected, SinkUnavailable
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.memory import MemorySink
-from bridge.spool import Spool
+
+from conftest import encoded, replayer
 
 CODEC = AvroCodec()
 
@@ -30,8 +32,8 @@ def _events(n: int) -> list[LoginEvent]:
     return [normalizer.sftpgo(query, {"username": f"u{i}"}) for i in range(n)]
 
 
-def _spool(path: Path, **limits: int) -> Spool:
-    return Spool(
+def _spool(path: Path, **limits: int) -> DurableSpool:
+    return DurableSpool(
         path / "spool.sqlite3",
         CODEC,
         max_bytes=limits.get("max_bytes", 1 << 30),
@@ -46,9 +48,9 @@ class GatedSink(MemorySink):
         super().__init__()
         self.gate = asyncio.Event()
 
-    async def send(self, event: LoginEvent) -> None:
+    async def send(self, encoded: EncodedEvent) -> None:
         await self.gate.wait()
-        await super().send(event)
+        await super().send(encoded)
 
 
 def test_events_survive_a_reopen_in_arrival_order(tmp_path: Path) -> None:
@@ -57,7 +59,7 @@ def test_events_survive_a_reopen_in_arrival_order(tmp_path: Path) -> None:
     async def scenario() -> list[str]:
         spool = _spool(tmp_path)
         await spool.open()
-        await asyncio.gather(*(spool.put(e) for e in events))
+        await asyncio.gather(*(spool.put(encoded(e)) for e in events))
         await spool.close()
         again = _spool(tmp_path)
         await again.open()
@@ -73,7 +75,7 @@ def test_the_spool_file_is_sqlite_in_wal_mode_with_full_sync(tmp_path: Path) -> 
     async def scenario() -> None:
         spool = _spool(tmp_path)
         await spool.open()
-        await spool.put(_events(1)[0])
+        await spool.put(encoded(_events(1)[0]))
         await spool.close()
 
     asyncio.run(scenario())
@@ -87,9 +89,9 @@ def test_a_full_spool_refuses_with_overloaded(tmp_path: Path) -> None:
         spool = _spool(tmp_path, max_events=2)
         await spool.open()
         for event in _events(2):
-            await spool.put(event)
+            await spool.put(encoded(event))
         with pytest.raises(Overloaded):
-            await spool.put(_events(1)[0])
+            await spool.put(encoded(_events(1)[0]))
         await spool.close()
 
     asyncio.run(scenario())
@@ -111,7 +113,7 @@ def test_a_down_sink_spools_and_the_replay_delivers_in_order_then_empties(tmp_pa
         for event in events[10:]:
             await pipeline.publish(event)  # queued behind the backlog
         assert sink.events == []
-        assert await pipeline.replay_once()
+        assert await replayer(pipeline).replay_once()
         assert [e.event_id for e in sink.events] == [e.event_id for e in events]
         assert spool.depth == 0
         await spool.close()
@@ -151,7 +153,7 @@ def test_replay_keeps_events_while_the_sink_still_fails(tmp_path: Path) -> None:
         sink.fail_with = SinkUnavailable("still down")
         for event in _events(3):
             await pipeline.publish(event)
-        assert not await pipeline.replay_once()
+        assert not await replayer(pipeline).replay_once()
         assert spool.depth == 3
         await spool.close()
 
@@ -170,7 +172,7 @@ def test_an_event_the_sink_refuses_for_good_goes_to_dead_letters_and_unblocks(
         pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool)
         sink.fail_with = SinkRejected("record too large")
         await pipeline.publish(_events(1)[0])
-        assert await pipeline.replay_once()
+        assert await replayer(pipeline).replay_once()
         assert spool.depth == 0
         await spool.close()
 
@@ -218,10 +220,10 @@ def test_rows_written_with_an_older_schema_are_read_after_an_upgrade(tmp_path: P
     assert older.fingerprint != CODEC.fingerprint
 
     async def scenario() -> list[Any]:
-        before = Spool(tmp_path / "spool.sqlite3", older, max_bytes=1 << 30, max_events=100)
+        before = DurableSpool(tmp_path / "spool.sqlite3", older, max_bytes=1 << 30, max_events=100)
         await before.open()
         for event in events:
-            await before.put(event)
+            await before.put(encoded(event, older))
         await before.close()
         after = _spool(tmp_path)  # the upgraded bridge: the current schema
         await after.open()
@@ -245,7 +247,7 @@ def test_an_undecodable_row_goes_to_dead_letters_and_the_rows_behind_it_are_repl
         spool = _spool(tmp_path)
         await spool.open()
         for event in events:
-            await spool.put(event)
+            await spool.put(encoded(event))
         await spool.close()
 
     async def replay() -> tuple[list[str], int]:
@@ -253,7 +255,7 @@ def test_an_undecodable_row_goes_to_dead_letters_and_the_rows_behind_it_are_repl
         await sink.start()
         await spool.open()
         pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool)
-        assert await pipeline.replay_once()
+        assert await replayer(pipeline).replay_once()
         await spool.close()
         return [e.event_id for e in sink.events], spool.dead_letters
 
@@ -278,10 +280,10 @@ class SlowSink(MemorySink):
         self.latency = latency
         self.attempts = 0
 
-    async def send(self, event: LoginEvent) -> None:
+    async def send(self, encoded: EncodedEvent) -> None:
         self.attempts += 1
         await asyncio.sleep(self.latency)
-        await super().send(event)
+        await super().send(encoded)
 
 
 def test_replay_waits_for_the_publish_timeout_not_a_multiple_of_spool_after(
@@ -297,8 +299,8 @@ def test_replay_waits_for_the_publish_timeout_not_a_multiple_of_spool_after(
             sink=sink, metrics=Metrics(), spool=spool, spool_after=0.05, publish_timeout=5
         )
         for event in _events(3):
-            await spool.put(event)  # spooled while the broker was away
-        replayed = await pipeline.replay_once()
+            await spool.put(encoded(event))  # spooled while the broker was away
+        replayed = await replayer(pipeline, publish_timeout=5).replay_once()
         await spool.close()
         return replayed, sink.attempts, len(sink.events)
 
@@ -316,7 +318,7 @@ def test_the_size_limit_counts_the_sqlite_file_and_its_write_ahead_log(tmp_path:
         accepted = 0
         with contextlib.suppress(Overloaded):
             for event in _events(10_000):
-                await spool.put(event)
+                await spool.put(encoded(event))
                 accepted += 1
         on_disk = _files_bytes(tmp_path)
         assert spool.size_bytes <= on_disk
@@ -345,11 +347,11 @@ def test_dead_letters_count_against_the_event_limit_and_are_counted_at_open(
         sink.fail_with = SinkRejected("record too large")
         for event in _events(2):
             await pipeline.publish(event)
-        assert await pipeline.replay_once()  # both buried
+        assert await replayer(pipeline).replay_once()  # both buried
         sink.fail_with = SinkUnavailable("down")
         await pipeline.publish(_events(1)[0])
         with pytest.raises(Overloaded):  # 1 waiting + 2 dead letters = the limit of 3
-            await spool.put(_events(1)[0])
+            await spool.put(encoded(_events(1)[0]))
         await spool.close()
         again = _spool(tmp_path, max_events=3)
         await again.open()
@@ -369,18 +371,18 @@ def test_a_put_blocked_by_another_writer_fails_alone_and_the_spool_keeps_working
     that put fail with SinkUnavailable (a 503), and nothing else."""
 
     async def scenario() -> None:
-        spool = Spool(
+        spool = DurableSpool(
             tmp_path / "spool.sqlite3", CODEC, max_bytes=1 << 30, max_events=100, busy_timeout=0.1
         )
         await spool.open()
-        await spool.put(_events(1)[0])
+        await spool.put(encoded(_events(1)[0]))
         other = sqlite3.connect(tmp_path / "spool.sqlite3", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         with pytest.raises(SinkUnavailable, match="locked"):
-            await spool.put(_events(1)[0])
+            await spool.put(encoded(_events(1)[0]))
         other.execute("ROLLBACK")
         other.close()
-        await spool.put(_events(1)[0])
+        await spool.put(encoded(_events(1)[0]))
         assert spool.depth == 2
         await spool.close()
 

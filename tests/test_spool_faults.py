@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from test_hookspool import spool_document, write_spool_file
+from test_intake import spool_document, write_spool_file
 
 from bridge.codec import AvroCodec
 from bridge.consume import KafkaReader
+from bridge.durable_spool import DurableSpool
 from bridge.normalize import Normalizer
 from bridge.settings import Settings
 from bridge.sinks.file import read_events
-from bridge.spool import Spool
 
-from conftest import BridgeProcess, free_port, post, print_fault_row
+from conftest import BridgeProcess, encoded, free_port, post, print_fault_row
 
 KAFKA = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 T = TypeVar("T")
@@ -58,10 +58,11 @@ def spool_with_events(path: Path, n: int, *, codec: AvroCodec | None = None) -> 
     query = {"ip": "192.0.2.9", "login_method": "password", "protocol": "SSH", "status": "0"}
 
     async def fill() -> None:
-        spool = Spool(path, codec or AvroCodec(), max_bytes=1 << 30, max_events=10**6)
+        spool_codec = codec or AvroCodec()
+        spool = DurableSpool(path, spool_codec, max_bytes=1 << 30, max_events=10**6)
         await spool.open()
         for name in names:
-            await spool.put(normalizer.sftpgo(query, {"username": name}))
+            await spool.put(encoded(normalizer.sftpgo(query, {"username": name}), spool_codec))
         await spool.close()
 
     asyncio.run(fill())

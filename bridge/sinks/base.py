@@ -6,13 +6,13 @@ import abc
 from types import TracebackType
 from typing import ClassVar, Self
 
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent
 
 
 class Sink(abc.ABC):
     """Takes login events and returns from ``send`` only once each is durable.
 
-    Use as ``async with sink: await sink.send(event)``. ``send`` raises a
+    Use as ``async with sink: await sink.send(encoded)``. ``send`` raises a
     :class:`bridge.errors.SinkError`; nothing else escapes a sink: each implementation translates
     its library's exceptions at this boundary.
     """
@@ -28,8 +28,10 @@ class Sink(abc.ABC):
         """Flushes what is in flight and closes; sends after this raise SinkUnavailable."""
 
     @abc.abstractmethod
-    async def send(self, event: LoginEvent) -> None:
-        """Returns once the event is durable (fsync'd, or acknowledged by the broker)."""
+    async def send(self, encoded: EncodedEvent) -> None:
+        """Returns once the event is durable (fsync'd, or acknowledged by the broker).
+
+        ``encoded.datum`` is the event's Avro body, encoded once by :mod:`bridge.encode`."""
 
     def ready(self) -> bool:
         """True while the sink can take events; drives ``/readyz``."""

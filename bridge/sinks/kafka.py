@@ -7,24 +7,29 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 # confluent_kafka.admin re-exports NewTopic without declaring it; the type stubs name it here.
 from confluent_kafka.cimpl import NewTopic
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from bridge.codec import WireEncoder
-from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
-from bridge.event import LoginEvent
+from bridge.errors import ConfigError, SinkError, SinkUnavailable
+from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
+from bridge.sinks.kafka_errors import (
+    BAD_TOPIC_SETTINGS,
+    Reason,
+    failure_reason,
+    to_sink_error,
+)
+from bridge.sinks.kafka_stats import KafkaStatistics, any_broker_up
 
 log = logging.getLogger(__name__)
 
@@ -35,96 +40,6 @@ READINESS_STATISTICS_MS = 5000
 # A producer that hits a fatal error again at once (e.g. the cluster denies idempotent writes)
 # is rebuilt after a growing pause, up to this long, rather than in a tight loop.
 MAX_REBUILD_DELAY_SECONDS = 60.0
-
-# The `reason` label of login_audit_publish_errors_total for this sink: a bounded set.
-Reason = Literal[
-    "timeout",
-    "queue_full",
-    "too_large",
-    "unauthorized",
-    "authentication",
-    "unknown_topic",
-    "fatal",
-    "rejected",
-    "transport",
-    "not_started",
-]
-
-_TOO_LARGE = {
-    KafkaError.MSG_SIZE_TOO_LARGE,
-    KafkaError.INVALID_MSG_SIZE,
-    KafkaError.RECORD_LIST_TOO_LARGE,
-}
-# A missing ACL: retriable, because an operator can grant it; the events wait in the spool,
-# counted as reason="unauthorized", instead of being buried as dead letters.
-_UNAUTHORIZED = {
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-    KafkaError.GROUP_AUTHORIZATION_FAILED,
-    KafkaError.DELEGATION_TOKEN_AUTHORIZATION_FAILED,
-}
-# The broker or client refuses this very message, or this topic, for good: replaying it from
-# the spool would fail the same way forever.
-_REJECTED = _TOO_LARGE | {
-    KafkaError.INVALID_RECORD,
-    KafkaError.INVALID_TIMESTAMP,
-    KafkaError.TOPIC_EXCEPTION,
-    KafkaError.POLICY_VIOLATION,
-    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
-    KafkaError._INVALID_ARG,
-    KafkaError._KEY_SERIALIZATION,
-    KafkaError._VALUE_SERIALIZATION,
-}
-_AUTHENTICATION = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
-_TIMEOUT = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
-_UNKNOWN_TOPIC = {
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._UNKNOWN_TOPIC,
-    KafkaError._UNKNOWN_PARTITION,
-}
-# Creating topics fails this way only when the settings cannot work on this cluster. Not
-# INVALID_REPLICATION_FACTOR: a cluster with a broker away (a rolling restart) answers it too,
-# so it is retried, with a hint in the message for a cluster that is simply too small.
-_BAD_TOPIC_SETTINGS = {
-    KafkaError.INVALID_PARTITIONS,
-    KafkaError.INVALID_CONFIG,
-    KafkaError.POLICY_VIOLATION,
-}
-
-
-def failure_reason(err: KafkaError) -> Reason:
-    """The metric label for a librdkafka error."""
-    code = err.code()
-    if code in _TIMEOUT:
-        return "timeout"
-    if code == KafkaError._QUEUE_FULL:
-        return "queue_full"
-    if code in _TOO_LARGE:
-        return "too_large"
-    if code in _UNAUTHORIZED:
-        return "unauthorized"
-    if code in _AUTHENTICATION:
-        return "authentication"
-    if code in _UNKNOWN_TOPIC:
-        return "unknown_topic"
-    if code == KafkaError._FATAL or err.fatal():
-        return "fatal"
-    if code in _REJECTED:
-        return "rejected"
-    return "transport"
-
-
-def to_sink_error(err: KafkaError) -> SinkError:
-    """Our error for a librdkafka error: rejected for good, or unavailable (spool and retry).
-
-    Anything not known to be permanent is retriable: an audit event is better kept in the spool
-    than dropped because a broker answered with an error we did not foresee.
-    """
-    text = f"kafka: {err.name()}: {err.str()}"
-    if err.code() in _REJECTED:
-        return SinkRejected(text, detail=err.name())
-    return SinkUnavailable(text, detail=err.name())
 
 
 def delivery_timeout_ms(publish_timeout_seconds: float) -> int:
@@ -212,76 +127,6 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "message.timeout.ms": delivery_timeout_ms(settings.publish_timeout_seconds),
         "statistics.interval.ms": statistics_ms,
     }
-
-
-class KafkaStatistics(Collector):
-    """librdkafka's statistics and error callbacks, exposed as Prometheus metrics on scrape."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stats: dict[str, Any] = {}
-        self._errors: dict[str, int] = {}
-
-    def observe(self, stats: dict[str, Any]) -> None:
-        with self._lock:
-            self._stats = stats
-
-    def count_error(self, err: KafkaError) -> None:
-        kind = err.name().lstrip("_").lower()
-        with self._lock:
-            self._errors[kind] = self._errors.get(kind, 0) + 1
-
-    def describe(self) -> Iterator[Metric]:
-        yield from self._families({}, {})
-
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            stats, errors = self._stats, dict(self._errors)
-        yield from self._families(stats, errors)
-
-    def _families(self, stats: dict[str, Any], errors: dict[str, int]) -> Iterator[Metric]:
-        queue = GaugeMetricFamily(
-            "login_audit_kafka_queue_messages",
-            "Messages in the producer's queues, waiting for a broker acknowledgement.",
-        )
-        queue_bytes = GaugeMetricFamily(
-            "login_audit_kafka_queue_bytes", "Bytes of the messages in the producer's queues."
-        )
-        if stats:
-            queue.add_metric([], stats.get("msg_cnt", 0))
-            queue_bytes.add_metric([], stats.get("msg_size", 0))
-        rtt = GaugeMetricFamily(
-            "login_audit_kafka_broker_rtt_seconds",
-            "Average request round-trip time to each broker over the last statistics interval.",
-            labels=["broker"],
-        )
-        up = GaugeMetricFamily(
-            "login_audit_kafka_broker_up",
-            "1 while the producer's connection to the broker is up.",
-            labels=["broker"],
-        )
-        for broker in _known_brokers(stats):
-            rtt.add_metric([broker["nodename"]], broker.get("rtt", {}).get("avg", 0) / 1e6)
-            up.add_metric([broker["nodename"]], 1.0 if broker.get("state") == "UP" else 0.0)
-        failures = CounterMetricFamily(
-            "login_audit_kafka_errors",
-            "Client-level errors reported by librdkafka (connection, authentication), by type.",
-            labels=["type"],
-        )
-        for kind, count in sorted(errors.items()):
-            failures.add_metric([kind], count)
-        yield from (queue, queue_bytes, rtt, up, failures)
-
-
-def _known_brokers(stats: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Real brokers only: the bootstrap entries have no node id yet."""
-    for broker in stats.get("brokers", {}).values():
-        if broker.get("nodeid", -1) >= 0:
-            yield broker
-
-
-def any_broker_up(stats: dict[str, Any]) -> bool:
-    return any(b.get("state") == "UP" for b in _known_brokers(stats))
 
 
 class _Client:
@@ -546,7 +391,7 @@ class KafkaSink(Sink):
         if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return
         text = f"kafka: cannot create topic {topic}: {err.str()}"
-        if err.code() in _BAD_TOPIC_SETTINGS:
+        if err.code() in BAD_TOPIC_SETTINGS:
             raise ConfigError(text) from exc
         if err.code() == KafkaError.INVALID_REPLICATION_FACTOR:
             text += (
@@ -605,14 +450,15 @@ class KafkaSink(Sink):
 
     # -- sending
 
-    async def send(self, event: LoginEvent) -> None:
+    async def send(self, encoded: EncodedEvent) -> None:
         producer = self._require_producer()
+        event = encoded.event
         if self._fatal is not None:
             cause = KafkaException(self._fatal)
             raise self._failed(to_sink_error(self._fatal), "fatal") from cause
         topic = self._topics[event.status]
         future: asyncio.Future[KafkaError | None] = asyncio.get_running_loop().create_future()
-        self._produce(producer, event, topic, future)
+        self._produce(producer, encoded, topic, future)
         try:
             async with asyncio.timeout(self._publish_timeout):
                 err = await future
@@ -628,14 +474,15 @@ class KafkaSink(Sink):
     def _produce(
         self,
         producer: Producer,
-        event: LoginEvent,
+        encoded: EncodedEvent,
         topic: str,
         future: asyncio.Future[KafkaError | None],
     ) -> None:
+        event = encoded.event
         try:
             producer.produce(
                 topic,
-                value=self._encoder.encode(event.record, topic),
+                value=self._encoder.frame(encoded.datum, topic),
                 key=self._key(event),
                 headers=self._headers(event, topic),
                 on_delivery=partial(self._on_delivery, future),

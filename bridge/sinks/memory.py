@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from bridge.errors import SinkUnavailable
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent, LoginEvent
 from bridge.sinks.base import Sink
 
 
@@ -25,12 +25,12 @@ class MemorySink(Sink):
     async def stop(self) -> None:
         self._open = False
 
-    async def send(self, event: LoginEvent) -> None:
+    async def send(self, encoded: EncodedEvent) -> None:
         if not self._open:
             raise SinkUnavailable("memory sink is not started")
         if self.fail_with is not None:
             raise self.fail_with
-        self.events.append(event)
+        self.events.append(encoded.event)
 
     def ready(self) -> bool:
         return self._open

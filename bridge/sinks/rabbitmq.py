@@ -17,7 +17,7 @@ from yarl import URL
 
 from bridge.codec import WireEncoder
 from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
@@ -271,12 +271,13 @@ class RabbitMQSink(Sink):
 
     # -- sending
 
-    async def send(self, event: LoginEvent) -> None:
+    async def send(self, encoded: EncodedEvent) -> None:
+        event = encoded.event
         exchange = self._exchange
         if exchange is None:
             self._metrics.publish_errors.labels(self.name, "not_started").inc()
             raise SinkUnavailable("rabbitmq sink is not started")
-        message = self._message(event)
+        message = self._message(encoded)
         try:
             # The timeout also bounds the wait for a reconnection: a robust channel that lost
             # its connection makes publish() wait until it is back.
@@ -359,9 +360,10 @@ class RabbitMQSink(Sink):
             del self._in_flight[event.event_id]
             publish.settled.set()
 
-    def _message(self, event: LoginEvent) -> aio_pika.Message:
+    def _message(self, encoded: EncodedEvent) -> aio_pika.Message:
+        event = encoded.event
         return aio_pika.Message(
-            self._encoder.encode(event.record, self._exchange_name),
+            self._encoder.frame(encoded.datum, self._exchange_name),
             content_type=self._encoder.content_type,
             message_id=event.event_id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

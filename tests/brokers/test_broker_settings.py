@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from bridge.errors import ConfigError
 from bridge.settings import Settings
-from bridge.sinks.kafka import KafkaStatistics, delivery_timeout_ms, producer_config
+from bridge.sinks.kafka import delivery_timeout_ms, producer_config
+from bridge.sinks.kafka_stats import KafkaStatistics
 from bridge.sinks.rabbitmq import redacted, ssl_context
 
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -19,7 +19,7 @@ from bridge.codec import AvroCodec, SingleObjectEncoder
 from bridge.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
 from bridge.metrics import Metrics
 from bridge.settings import Settings
-from bridge.sinks import kafka, rabbitmq
+from bridge.sinks import kafka, kafka_errors, rabbitmq
 
 
 def librdkafka_codes() -> list[int]:
@@ -37,13 +37,13 @@ def test_librdkafka_knows_more_than_a_hundred_error_codes() -> None:
 
 
 def test_every_librdkafka_error_becomes_sink_unavailable_or_sink_rejected() -> None:
-    labels = set(get_args(kafka.Reason))
+    labels = set(get_args(kafka_errors.Reason))
     for code in librdkafka_codes():
         err = KafkaError(code)
-        ours = kafka.to_sink_error(err)
+        ours = kafka_errors.to_sink_error(err)
         assert type(ours) in (SinkUnavailable, SinkRejected), err.name()
         assert ours.detail == err.name()
-        assert kafka.failure_reason(err) in labels, err.name()
+        assert kafka_errors.failure_reason(err) in labels, err.name()
 
 
 @pytest.mark.parametrize(
@@ -74,8 +74,8 @@ def test_librdkafka_error_maps_to_a_specific_error_and_label(
     code: int, expected: type[SinkError], reason: str
 ) -> None:
     err = KafkaError(code)
-    assert type(kafka.to_sink_error(err)) is expected
-    assert kafka.failure_reason(err) == reason
+    assert type(kafka_errors.to_sink_error(err)) is expected
+    assert kafka_errors.failure_reason(err) == reason
 
 
 def unstarted_kafka_sink() -> kafka.KafkaSink:

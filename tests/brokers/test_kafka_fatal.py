@@ -17,12 +17,13 @@ from confluent_kafka import KafkaError, Producer
 
 from bridge.codec import AvroCodec, SingleObjectEncoder
 from bridge.consume import KafkaReader
+from bridge.durable_spool import DurableSpool
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
+from bridge.replay import Replayer
 from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaSink
-from bridge.spool import Spool
 
 from .conftest import KafkaTopics
 from conftest import print_fault_row
@@ -101,7 +102,7 @@ async def test_a_fatal_producer_error_rebuilds_the_producer_and_loses_no_event(
         publish_timeout_seconds=5,
     )
     sink = KafkaSink.from_settings(settings, encoder=SingleObjectEncoder(codec), metrics=metrics)
-    spool = Spool(tmp_path / "spool.sqlite3", codec, max_bytes=2**26, max_events=10_000)
+    spool = DurableSpool(tmp_path / "spool.sqlite3", codec, max_bytes=2**26, max_events=10_000)
     await spool.open()
     pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool, spool_after=2.0, publish_timeout=5)
     events = make_events(30)
@@ -137,7 +138,13 @@ async def test_a_fatal_producer_error_rebuilds_the_producer_and_loses_no_event(
         for _ in range(10):
             if spool.depth == 0:
                 break
-            await pipeline.replay_once()
+            await Replayer(
+                spool,
+                deliver=pipeline.deliver,
+                sink_name=sink.name,
+                metrics=metrics,
+                publish_timeout=5,
+            ).replay_once()
         assert spool.depth == 0
     await spool.close()
 

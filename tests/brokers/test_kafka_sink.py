@@ -23,6 +23,7 @@ from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaSink
 
 from .conftest import KafkaTopics, login_events
+from conftest import encoded
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
@@ -83,7 +84,7 @@ async def test_each_message_is_keyed_by_event_id_and_carries_the_headers(
     events = make_events(6)
     async with kafka_sink(settings, metrics, codec) as sink:
         for event in events:
-            await sink.send(event)
+            await sink.send(encoded(event))
 
     by_id = {e.event_id: e for e in events}
     found = await read_all(settings, len(events))
@@ -111,8 +112,8 @@ async def test_messages_are_keyed_by_user_name_when_configured_and_by_event_id_w
     nameless, named = make_events(2)  # the first one is an SFTPGo no_auth_tried: no user name
     assert nameless.user_name is None
     async with kafka_sink(settings, metrics, codec) as sink:
-        await sink.send(nameless)
-        await sink.send(named)
+        await sink.send(encoded(nameless))
+        await sink.send(encoded(named))
 
     keys = {m.record["metadata"]["uid"]: m.key for m in await read_all(settings, 2) if m.record}
     assert keys == {nameless.event_id: nameless.event_id, named.event_id: "user1"}
@@ -170,7 +171,7 @@ async def test_a_registry_that_refuses_at_start_is_a_config_error_and_closes_the
 
     assert not sink.ready()
     with pytest.raises(SinkUnavailable, match="not started"):
-        await sink.send(make_one_event())
+        await sink.send(encoded(make_one_event()))
 
 
 async def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(
@@ -196,8 +197,8 @@ async def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(
 
     async with kafka_sink(kafka_settings(kafka_bootstrap, kafka_topics), metrics, codec) as sink:
         with pytest.raises(SinkRejected, match="MSG_SIZE_TOO_LARGE") as caught:
-            await sink.send(too_large)
-        await sink.send(event)  # the producer goes on with the next event
+            await sink.send(encoded(too_large))
+        await sink.send(encoded(event))  # the producer goes on with the next event
 
     assert isinstance(caught.value.__cause__, KafkaException)
     assert (
@@ -221,7 +222,7 @@ async def test_an_event_for_a_missing_topic_fails_as_unavailable_within_the_publ
     )
     async with kafka_sink(settings, metrics, codec) as sink:
         with pytest.raises(SinkUnavailable, match="_MSG_TIMED_OUT"):
-            await sink.send(make_events(2)[1])
+            await sink.send(encoded(make_events(2)[1]))
     assert (
         metrics.registry.get_sample_value(
             "login_audit_publish_errors_total", {"sink": "kafka", "reason": "timeout"}
@@ -265,7 +266,7 @@ async def test_librdkafka_statistics_are_served_while_started_and_withdrawn_at_s
     settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_statistics_interval_ms=100)
     broker = {"broker": kafka_bootstrap}
     async with kafka_sink(settings, metrics, codec) as sink:
-        await sink.send(make_events(2)[1])
+        await sink.send(encoded(make_events(2)[1]))
         # A statistics snapshot taken while the event was in flight may still be the latest.
         await eventually(lambda: sample(metrics, "login_audit_kafka_queue_messages") == 0)
         assert sample(metrics, "login_audit_kafka_broker_up", broker) == 1
@@ -285,7 +286,7 @@ async def test_tail_reads_both_status_topics_from_the_beginning(
     settings = kafka_settings(kafka_bootstrap, kafka_topics)
     events = make_events(4)
     async with kafka_sink(settings, metrics, codec) as sink:
-        await asyncio.gather(*(sink.send(e) for e in events))
+        await asyncio.gather(*(sink.send(encoded(e)) for e in events))
 
     tailed = [e async for e in tail(settings, broker="kafka", limit=4, idle_timeout=WAIT_SECONDS)]
     assert sorted((e.record for e in tailed), key=_uid) == sorted(
@@ -303,7 +304,7 @@ async def test_cli_tail_of_one_status_prints_its_records_and_ends_without_follow
     settings = kafka_settings(kafka_bootstrap, kafka_topics)
     events = make_events(7)
     async with kafka_sink(settings, metrics, codec) as sink:
-        await asyncio.gather(*(sink.send(e) for e in events))
+        await asyncio.gather(*(sink.send(encoded(e)) for e in events))
 
     # tail_broker runs its own event loop, as the CLI calls it: keep it off this test's loop.
     records = await asyncio.to_thread(

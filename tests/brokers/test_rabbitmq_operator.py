@@ -27,7 +27,7 @@ from bridge.settings import Settings
 from bridge.sinks.rabbitmq import RabbitMQSink
 
 from .conftest import RabbitMQUser
-from conftest import BridgeProcess, free_port, post, print_fault_row
+from conftest import BridgeProcess, encoded, free_port, post, print_fault_row
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
 
@@ -174,13 +174,17 @@ async def test_a_channel_left_closed_by_refusals_is_replaced_once_permissions_re
     events = make_events(4)
     async with sink:
         rabbitmq_user.permit(configure="^$", write="^$", read="^$")  # nor declare, now
-        refused = await asyncio.gather(*(sink.send(e) for e in events), return_exceptions=True)
+        refused = await asyncio.gather(
+            *(sink.send(encoded(e)) for e in events), return_exceptions=True
+        )
         assert all(isinstance(r, SinkUnavailable) for r in refused)
         await asyncio.sleep(1.0)  # aio-pika's reopening is refused meanwhile
 
         rabbitmq_user.permit(configure=exchange_only, write=exchange_only, read="^$")
         for _ in range(20):  # as the replayer does: try again a little later
-            outcomes = await asyncio.gather(*(sink.send(e) for e in events), return_exceptions=True)
+            outcomes = await asyncio.gather(
+                *(sink.send(encoded(e)) for e in events), return_exceptions=True
+            )
             if all(o is None for o in outcomes):
                 break
             await asyncio.sleep(0.5)

@@ -21,6 +21,8 @@ from bridge.normalize import Normalizer
 from bridge.settings import Settings
 from bridge.sinks.rabbitmq import RabbitMQSink
 
+from conftest import encoded
+
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbitmq]
 
 WAIT_SECONDS = 10.0
@@ -53,7 +55,7 @@ async def test_each_message_is_persistent_and_routed_by_status_source_and_protoc
     events = make_events(6)  # no_auth_tried over SSH, SFTPGo FTP/DAV/HTTP/SSH, one MediaWiki
     async with rabbitmq_sink(settings, metrics, codec) as sink, RabbitMQReader(settings) as reader:
         for event in events:
-            await sink.send(event)
+            await sink.send(encoded(event))
         found = [m async for m in reader.events(limit=len(events), idle_timeout=WAIT_SECONDS)]
 
     assert [m.routing_key for m in found] == [
@@ -87,7 +89,7 @@ async def test_an_unroutable_event_fails_as_unavailable_so_it_is_spooled_and_cou
     settings = rabbitmq_settings(rabbitmq_url, rabbitmq_names, rabbitmq_declare_queues=False)
     async with rabbitmq_sink(settings, metrics, codec) as sink:
         with pytest.raises(SinkUnavailable, match=r"unroutable.*NO_ROUTE") as caught:
-            await sink.send(make_events(1)[0])
+            await sink.send(encoded(make_events(1)[0]))
         assert sink.ready()  # a returned message does not break the channel
 
     assert isinstance(caught.value.__cause__, aiormq.exceptions.PublishError)
@@ -113,7 +115,7 @@ async def test_sends_of_one_unroutable_event_in_flight_together_all_fail(
     event = make_events(1)[0]
     async with rabbitmq_sink(settings, metrics, codec) as sink:
         results = await asyncio.gather(
-            *(sink.send(event) for _ in range(20)), return_exceptions=True
+            *(sink.send(encoded(event)) for _ in range(20)), return_exceptions=True
         )
 
     assert [type(r).__name__ for r in results] == ["SinkUnavailable"] * 20
@@ -138,7 +140,7 @@ async def test_sends_of_one_event_in_flight_together_publish_it_once(
     )
     event = make_events(1)[0]  # a failure
     async with rabbitmq_sink(settings, metrics, codec) as sink:
-        await asyncio.gather(*(sink.send(event) for _ in range(5)))
+        await asyncio.gather(*(sink.send(encoded(event)) for _ in range(5)))
 
     connection = await aio_pika.connect(rabbitmq_url)
     async with connection:
@@ -158,7 +160,7 @@ async def test_a_dotted_protocol_is_routed_as_one_word(
         rabbitmq_sink(settings, metrics, codec) as sink,
         RabbitMQReader(settings, binding_key="failure.sftpgo.*") as reader,
     ):
-        await sink.send(event)
+        await sink.send(encoded(event))
         found = [m async for m in reader.events(limit=1, idle_timeout=WAIT_SECONDS)]
     assert [m.routing_key for m in found] == ["failure.sftpgo.ssh_v2"]
 
@@ -179,7 +181,7 @@ async def test_declared_queues_take_only_their_status(
     )
     events = make_events(7)
     async with rabbitmq_sink(settings, metrics, codec) as sink:
-        await asyncio.gather(*(sink.send(e) for e in events))
+        await asyncio.gather(*(sink.send(encoded(e)) for e in events))
 
     connection = await aio_pika.connect(rabbitmq_url)
     async with connection:
@@ -205,7 +207,7 @@ async def test_a_temporary_reader_sees_only_its_binding_key(
         RabbitMQReader(settings, binding_key="success.#") as successes,
         RabbitMQReader(settings, binding_key="failure.#") as failures,
     ):
-        await asyncio.gather(*(sink.send(e) for e in events))
+        await asyncio.gather(*(sink.send(encoded(e)) for e in events))
         found = {
             status: [m async for m in reader.events(limit=5, idle_timeout=2.0)]
             for status, reader in (("success", successes), ("failure", failures))
@@ -261,7 +263,7 @@ async def test_cli_tail_follows_only_the_chosen_status(
         async with asyncio.timeout(WAIT_SECONDS):
             while not tailing.done():
                 round_ = make_events(4)  # one failure (no_auth_tried), then user1..user3
-                await asyncio.gather(*(sink.send(e) for e in round_))
+                await asyncio.gather(*(sink.send(encoded(e)) for e in round_))
                 sent.extend(round_)
                 await asyncio.sleep(0.05)
         records = tailing.result()

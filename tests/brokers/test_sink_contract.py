@@ -20,6 +20,8 @@ from bridge.settings import Settings
 from bridge.sinks.base import Sink
 from bridge.sinks.memory import MemorySink
 
+from conftest import encoded
+
 pytestmark = pytest.mark.anyio
 
 STATUSES: tuple[Status, ...] = ("success", "failure")
@@ -160,7 +162,7 @@ async def test_every_acknowledged_event_is_stored_once_under_its_status(
     events = make_events(EVENT_COUNT)
     async with backend.sink:
         # Concurrent sends, as under load: each must still wait for its own acknowledgement.
-        await asyncio.gather(*(backend.sink.send(event) for event in events))
+        await asyncio.gather(*(backend.sink.send(encoded(event)) for event in events))
     found = await backend.arrivals(len(events))
 
     expected = sorted(((e.status, decoded(e.record)) for e in events), key=_by_event_id)
@@ -177,7 +179,7 @@ async def test_send_before_start_raises_sink_unavailable(
     backend: Backend, make_events: Callable[[int], list[LoginEvent]]
 ) -> None:
     with pytest.raises(SinkUnavailable, match="not started"):
-        await backend.sink.send(make_events(1)[0])
+        await backend.sink.send(encoded(make_events(1)[0]))
 
 
 async def test_send_after_stop_raises_sink_unavailable(
@@ -186,7 +188,7 @@ async def test_send_after_stop_raises_sink_unavailable(
     async with backend.sink:
         pass
     with pytest.raises(SinkUnavailable):
-        await backend.sink.send(make_events(1)[0])
+        await backend.sink.send(encoded(make_events(1)[0]))
 
 
 async def test_sink_is_ready_only_between_start_and_stop(backend: Backend) -> None:

@@ -18,16 +18,18 @@ from typing import Any
 
 import pytest
 
+from bridge import handoff
 from bridge.codec import AvroCodec
+from bridge.durable_spool import DurableSpool
 from bridge.errors import SinkUnavailable
-from bridge.event import LoginEvent
-from bridge.hookspool import HookSpool
+from bridge.event import EncodedEvent
+from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
-from bridge.sftpgo import SPOOL_FORMAT
 from bridge.sinks.memory import MemorySink
-from bridge.spool import Spool
+
+from conftest import replayer
 
 QUERY = {"ip": "192.0.2.7", "login_method": "password", "protocol": "SSH", "status": "0"}
 
@@ -35,7 +37,7 @@ QUERY = {"ip": "192.0.2.7", "login_method": "password", "protocol": "SSH", "stat
 def spool_document(user: str, *, received_ms: Any = None) -> dict[str, Any]:
     """What the shim writes (bridge/shim.py, _spool)."""
     return {
-        "format": SPOOL_FORMAT,
+        "format": handoff.FORMAT,
         "received_ms": int(time.time() * 1000) if received_ms is None else received_ms,
         "query": QUERY,
         "user": {"username": user, "id": 7},
@@ -56,11 +58,11 @@ def write_spool_file(
 class Intake:
     """The intake wired as the service wires it, with a memory sink."""
 
-    def __init__(self, directory: Path, *, spool: Spool | None = None) -> None:
+    def __init__(self, directory: Path, *, spool: DurableSpool | None = None) -> None:
         self.metrics = Metrics()
         self.sink = MemorySink()
         self.pipeline = Pipeline(sink=self.sink, metrics=self.metrics, spool=spool)
-        self.hook_spool = HookSpool(
+        self.hook_spool = HandoffIntake(
             directory, normalizer=Normalizer(), pipeline=self.pipeline, metrics=self.metrics
         )
 
@@ -202,7 +204,9 @@ def test_a_full_bridge_spool_pauses_the_intake_which_keeps_running_and_resumes(
         write_spool_file(directory, order, spool_document(f"user{order}"))
 
     async def scenario() -> tuple[list[str], list[str], bool]:
-        spool = Spool(tmp_path / "spool.sqlite3", AvroCodec(), max_bytes=1 << 30, max_events=1)
+        spool = DurableSpool(
+            tmp_path / "spool.sqlite3", AvroCodec(), max_bytes=1 << 30, max_events=1
+        )
         await spool.open()
         intake = Intake(directory, spool=spool)
         await intake.sink.start()
@@ -215,7 +219,9 @@ def test_a_full_bridge_spool_pauses_the_intake_which_keeps_running_and_resumes(
         await asyncio.sleep(0.3)  # several more intervals against a full spool
         waiting = sorted(p.name for p in directory.glob("*.json"))
         intake.sink.fail_with = None
-        assert await intake.pipeline.replay_once()  # the broker is back: the spool empties
+        assert await replayer(
+            intake.pipeline
+        ).replay_once()  # the broker is back: the spool empties
         for _ in range(100):
             if not list(directory.glob("*.json")) or task.done():
                 break
@@ -236,10 +242,10 @@ def test_a_full_bridge_spool_pauses_the_intake_which_keeps_running_and_resumes(
 class BuggySink(MemorySink):
     """Raises something no sink should (a bug) for one user's events."""
 
-    async def send(self, event: LoginEvent) -> None:
-        if event.record["user"]["name"] == "trips-a-bug":
+    async def send(self, encoded: EncodedEvent) -> None:
+        if encoded.event.record["user"]["name"] == "trips-a-bug":
             raise RuntimeError("a bug in the sink")
-        await super().send(event)
+        await super().send(encoded)
 
 
 def test_an_unexpected_error_on_one_file_is_logged_counted_and_set_aside_after_three(

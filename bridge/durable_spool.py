@@ -1,4 +1,4 @@
-"""The bridge's durable spool: accepted events the sink has not acknowledged yet, in SQLite.
+"""The bridge's durable spool: a queue on disk of accepted events the sink has not taken yet.
 
 SQLite in WAL mode with ``synchronous=FULL`` makes each committed transaction durable (fsync'd)
 before ``put`` returns, and it is the well-kept embedded store for the job. Rows are kept in
@@ -30,7 +30,7 @@ from fastavro import parse_schema
 
 from bridge.codec import SINGLE_OBJECT_MAGIC, AvroCodec
 from bridge.errors import MalformedInput, Overloaded, SinkUnavailable
-from bridge.event import LoginEvent, Source
+from bridge.event import EncodedEvent, LoginEvent, Source
 from bridge.groupcommit import GroupCommit
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,11 @@ _WAL_SHARE = 16
 @dataclass(frozen=True, slots=True)
 class Spooled:
     seq: int
-    event: LoginEvent
+    encoded: EncodedEvent
+
+    @property
+    def event(self) -> LoginEvent:
+        return self.encoded.event
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +93,7 @@ class DeadLetter:
     reason: str
 
 
-class Spool:
+class DurableSpool:
     """A bounded FIFO of events on disk; every method is safe to await from the event loop.
 
     All SQLite work runs in one worker thread at a time (a lock guards the connection), and
@@ -119,6 +123,8 @@ class Spool:
             fail=lambda exc: SinkUnavailable(f"spool cannot store events: {exc}"),
         )
         self.depth = 0
+        # Set on every commit, for the replayer waiting for work.
+        self.arrived = asyncio.Event()
         self.dead_letters = 0
         self.size_bytes = 0  # on disk: pages in use plus the write-ahead log
         self._oldest_ms: int | None = None
@@ -191,18 +197,20 @@ class Spool:
         events = self.depth + self.dead_letters
         return events >= self._max_events or self.size_bytes >= self._max_bytes
 
-    async def put(self, event: LoginEvent) -> None:
+    async def put(self, encoded: EncodedEvent) -> None:
         """Returns once the event is committed to disk; raises Overloaded when the spool is full."""
         if self.full:
             raise Overloaded(
                 f"spool is full ({self.depth} events, {self.dead_letters} dead letters, "
                 f"{self.size_bytes} bytes on disk); retry later"
             )
-        await self._commits.submit(event)
+        await self._commits.submit(encoded)
+        self.arrived.set()
 
-    def _insert(self, events: Sequence[LoginEvent]) -> None:
+    def _insert(self, events: Sequence[EncodedEvent]) -> None:
         now = _now_ms()
-        rows = [(e.event_id, e.source, now, self._codec.encode(e.record)) for e in events]
+        single_object = self._codec.single_object
+        rows = [(e.event.event_id, e.event.source, now, single_object(e.datum)) for e in events]
         with self._lock:
             with self._transaction() as db:
                 db.executemany(
@@ -234,9 +242,14 @@ class Spool:
     def _read_row(self, seq: int, event_id: str, source: str, body: bytes) -> Spooled | Unreadable:
         try:
             record = self._decode(body)
+            event = LoginEvent(record=record, source=_source(source))
+            if body[2:10] == self._codec.fingerprint:
+                datum = bytes(body[10:])
+            else:  # written before a schema upgrade: the sink gets it in today's schema
+                datum = self._codec.encode_datum(record)
         except Exception as exc:  # whatever is wrong with one row is its own problem
             return Unreadable(seq=seq, event_id=event_id, reason=f"cannot be decoded: {exc}")
-        return Spooled(seq=seq, event=LoginEvent(record=record, source=_source(source)))
+        return Spooled(seq=seq, encoded=EncodedEvent(event=event, datum=datum))
 
     def _decode(self, body: bytes) -> dict[str, Any]:
         if body[:2] != SINGLE_OBJECT_MAGIC:
