@@ -104,6 +104,14 @@ class Replayer:
         if unexpected:
             raise unexpected[0]  # a bug, not the broker: the supervisor logs its traceback
         if len(done) < len(readable):
+            failed = next(r for r in results if isinstance(r, Exception))
+            log.warning(
+                "replay: the %s sink took %d of %d spooled event(s); retrying after a pause: %s",
+                self._sink_name,
+                len(done),
+                len(readable),
+                failed,
+            )
             return False
         if done:
             log.info("replayed %d spooled event(s) into the %s sink", len(done), self._sink_name)

@@ -144,7 +144,9 @@ def test_a_slow_sink_hands_over_to_the_spool_and_a_late_ack_drops_the_copy(
     asyncio.run(scenario())
 
 
-def test_replay_keeps_events_while_the_sink_still_fails(tmp_path: Path) -> None:
+def test_replay_keeps_events_while_the_sink_still_fails_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         sink, spool = MemorySink(), _spool(tmp_path)
         await sink.start()
@@ -158,6 +160,9 @@ def test_replay_keeps_events_while_the_sink_still_fails(tmp_path: Path) -> None:
         await spool.close()
 
     asyncio.run(scenario())
+    assert "the memory sink took 0 of 3 spooled event(s); retrying after a pause: still down" in (
+        caplog.text
+    )
 
 
 def test_an_event_the_sink_refuses_for_good_goes_to_dead_letters_and_unblocks(
