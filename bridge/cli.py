@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import enum
 import json
 import sqlite3
@@ -164,14 +163,14 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> 
 
 def _serve(args: argparse.Namespace) -> int:
     from bridge.logs import configure_logging
-    from bridge.service import serve
+    from bridge.service import run, serve
     from bridge.settings import check_can_serve
 
     settings = _load(args, _overrides(args, SERVE_FLAGS))
     check_can_serve(settings)  # a ConfigError here exits with Exit.CONFIG, like a bad setting
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
-        asyncio.run(serve(settings))
+        run(serve(settings))
     except ConfigError as exc:
         # Found while running (e.g. the registry refuses the schema once the broker answers).
         print(f"login-audit-bridge: {exc.message}", file=sys.stderr)

@@ -34,6 +34,21 @@ from bridge.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs ``main`` to completion on uvloop when it is installed, else on asyncio's own loop.
+
+    ``asyncio.run`` (and uvicorn's ``Server.serve``, which the bridge calls itself) never pick
+    uvloop: only uvicorn's own runner does. uvloop cut the CPU per event by about 5 % (issue 11).
+    """
+    try:
+        import uvloop
+    except ImportError:  # optional: a platform without it runs on asyncio's loop
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def build_encoder(settings: Settings, codec: AvroCodec) -> WireEncoder:
     if settings.schema_registry_url:
         from bridge.registry import ConfluentRegistryEncoder
