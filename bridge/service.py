@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -114,6 +115,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             )
             background.start("replay", lambda: replayer.run(sink_started))
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
+        _settle_heap()
         await _serve_until_fatal(background, _serve_http(settings, pipeline, normalizer, metrics))
     finally:
         await background.stop()
@@ -124,6 +126,24 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             if spool.depth:
                 log.info("%d event(s) stay spooled for the next start", spool.depth)
     log.info("login-audit-bridge stopped")
+
+
+# Young objects collected once per this many allocations instead of 700: a request allocates a
+# few hundred objects that die with it, and about 5 % of a worker's samples were in the GC.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def _settle_heap() -> None:
+    """Moves what start-up built (modules, settings, the app) out of the collector's sight.
+
+    ``gc.freeze()`` after a full collection: the older generations' collections then no longer
+    walk the start-up heap, and a higher young threshold makes collections rarer; together
+    about 9 % less CPU per event (issue 11).
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 async def _serve_until_fatal(background: Supervisor, serving: Coroutine[Any, Any, None]) -> None:
