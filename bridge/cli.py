@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import enum
 import json
 import sqlite3
@@ -42,6 +41,7 @@ SERVE_FLAGS = (
     ("--host", "host", "address to listen on"),
     ("--port", "port", "TCP port"),
     ("--uds", "uds", "also listen on this Unix socket"),
+    ("--workers", "workers", "worker processes on the one port (0: one per usable CPU)"),
     ("--sink", "sink", "file, kafka or rabbitmq"),
     *DATA_FLAGS,
     ("--log-format", "log_format", "json or text"),
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flag(serve)
     _add_flags(serve, SERVE_FLAGS)
+    # Set by `serve --workers N` on the workers it starts (see bridge.workers).
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     schema = commands.add_parser(
         "schema",
@@ -164,14 +166,20 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> 
 
 def _serve(args: argparse.Namespace) -> int:
     from bridge.logs import configure_logging
-    from bridge.service import serve
+    from bridge.service import run, serve
     from bridge.settings import check_can_serve
+    from bridge.workers import supervise, usable_cpus, worker_settings
 
     settings = _load(args, _overrides(args, SERVE_FLAGS))
     check_can_serve(settings)  # a ConfigError here exits with Exit.CONFIG, like a bad setting
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    if args.worker_index is not None:
+        settings = worker_settings(settings, args.worker_index)
+    workers = usable_cpus() if settings.workers == 0 else settings.workers
+    if workers > 1:
+        return supervise(settings, workers, _serve_argv(args))
     try:
-        asyncio.run(serve(settings))
+        run(serve(settings))
     except ConfigError as exc:
         # Found while running (e.g. the registry refuses the schema once the broker answers).
         print(f"login-audit-bridge: {exc.message}", file=sys.stderr)
@@ -189,6 +197,18 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"login-audit-bridge: spool {settings.spool_path}: {exc}", file=sys.stderr)
         return Exit.FAILURE
     return Exit.OK
+
+
+def _serve_argv(args: argparse.Namespace) -> list[str]:
+    """``serve`` with the flags given to this one, for its workers."""
+    argv = ["serve"]
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    for flag, field, _ in SERVE_FLAGS:
+        value = getattr(args, field, None)
+        if value:
+            argv += [flag, str(value)]
+    return argv
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -77,6 +77,34 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# uuid.uuid4() reads 16 bytes with a getrandom() syscall per event: read them 256 ids at a time.
+_ID_POOL_BYTES = 16 * 256
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version nibble and variant bits
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
+class RandomIds:
+    """Random (version 4) UUIDs in canonical form, as ``str(uuid.uuid4())`` gives them, from
+    the same OS randomness, read in bulk. A forked child starts from fresh bytes."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(_ID_POOL_BYTES), 0
+        self._at = at + 16
+        value = int.from_bytes(self._pool[at : at + 16]) & _UUID4_CLEAR | _UUID4_SET
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class _Flags:
     """The fields of one event that were cut to size or cleaned, by their path in the event."""
 
@@ -116,11 +144,11 @@ class Normalizer:
         *,
         sftpgo_user_fields: Iterable[str] = (),
         clock: Callable[[], int] = now_ms,
-        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_id: Callable[[], str] | None = None,
     ) -> None:
         self.sftpgo_user_fields = tuple(sftpgo_user_fields)
         self._clock = clock
-        self._new_id = new_id
+        self._new_id = new_id if new_id is not None else RandomIds()
 
     # -- SFTPGo
 

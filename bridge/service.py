@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,21 @@ from bridge.sinks.base import Sink
 from bridge.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs ``main`` to completion on uvloop when it is installed, else on asyncio's own loop.
+
+    ``asyncio.run`` (and uvicorn's ``Server.serve``, which the bridge calls itself) never pick
+    uvloop: only uvicorn's own runner does. uvloop cut the CPU per event by about 5 % (issue 11).
+    """
+    try:
+        import uvloop
+    except ImportError:  # optional: a platform without it runs on asyncio's loop
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
@@ -92,6 +108,7 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             )
             background.start("replay", lambda: replayer.run(sink_started))
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
+        _settle_heap()
         await _serve_until_fatal(background, _serve_http(settings, pipeline, normalizer, metrics))
     finally:
         await background.stop()
@@ -102,6 +119,24 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
             if spool.depth:
                 log.info("%d event(s) stay spooled for the next start", spool.depth)
     log.info("login-audit-bridge stopped")
+
+
+# Young objects collected once per this many allocations instead of 700: a request allocates a
+# few hundred objects that die with it, and about 5 % of a worker's samples were in the GC.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def _settle_heap() -> None:
+    """Moves what start-up built (modules, settings, the app) out of the collector's sight.
+
+    ``gc.freeze()`` after a full collection: the older generations' collections then no longer
+    walk the start-up heap, and a higher young threshold makes collections rarer; together
+    about 9 % less CPU per event (issue 11).
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 async def _serve_until_fatal(background: Supervisor, serving: Coroutine[Any, Any, None]) -> None:

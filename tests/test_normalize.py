@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from bridge.codec import AvroCodec
 from bridge.errors import InputError, InvalidField, MalformedInput
 from bridge.mediawiki import parse_mediawiki
-from bridge.normalize import Normalizer
+from bridge.normalize import _EVENT_ID, Normalizer, RandomIds
 
 from conftest import (
     mediawiki_observations,
@@ -438,3 +440,25 @@ def test_long_mediawiki_fields_an_attacker_sends_are_cut_and_flagged() -> None:
         "unmapped.mediawiki.message_params",
     ]
     assert record["unmapped"]["sanitized"] == "src_endpoint.ip"
+
+
+def test_fresh_event_ids_are_distinct_canonical_uuid4_also_in_a_forked_child() -> None:
+    """Ids come from a pool of OS random bytes read in bulk; each is what uuid4() would give."""
+    ids = RandomIds()
+    drawn = [ids() for _ in range(5000)]
+    assert len(set(drawn)) == len(drawn)
+    for text in drawn:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+        assert _EVENT_ID.fullmatch(text)
+    ids()  # the pool now holds bytes a child must not reuse
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, ids().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    in_child = os.read(read, 64).decode()
+    os.close(read)
+    assert in_child != ids()

@@ -1,0 +1,111 @@
+"""``serve --workers N``: N bridge processes on one port, started and stopped together.
+
+One event loop saturates one core; more cores take more workers. Each worker is a plain
+``serve --workers 1`` child with ``reuse_port`` (the kernel spreads connections over them) and
+its own data directory, so spools and event files are never shared: worker 0 uses ``data_dir``
+itself (an existing spool stays where it is) and is the only one that takes in the hook spool
+and listens on the admin port and the Unix socket; worker N uses ``data_dir/workers/N``.
+
+The parent only supervises: it forwards SIGTERM and SIGINT to every worker, stops the others
+when one exits on its own, and exits with the worst code of them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on, capped by a cgroup (v2) CPU quota; at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return max(1, cpus)
+    if quota != "max":
+        cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    return max(1, cpus)
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    """What worker ``index`` of a ``serve --workers N`` runs with: its own data directory, and
+    for all but worker 0 no admin port, no Unix socket and a hook spool no shim writes to."""
+    settings = settings.model_copy(update={"workers": 1, "reuse_port": True})
+    if index == 0:
+        return settings
+    data_dir = settings.data_dir / "workers" / str(index)
+    file_dir = settings.file_dir / "workers" / str(index) if settings.file_dir else None
+    return settings.model_copy(
+        update={
+            "data_dir": data_dir,
+            "file_dir": file_dir,
+            "hook_spool_dir": data_dir / "hook-spool",
+            "admin_port": None,
+            "uds": None,
+        }
+    )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def supervise(settings: Settings, workers: int, serve_argv: list[str]) -> int:
+    """Runs ``workers`` children until they have all exited; returns the worst exit code.
+
+    ``serve_argv``: the parent's ``serve`` arguments; each child gets them and its index.
+    """
+    command = [sys.executable, "-m", "bridge", *serve_argv, "--workers", "1"]
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for index in range(workers):
+            child = subprocess.Popen(  # noqa: S603 - this interpreter, the parent's arguments
+                [*command, "--worker-index", str(index)], preexec_fn=_die_with_parent
+            )
+            children[child.pid] = child
+        log.info(
+            "serving with %d workers (pids %s) on port %d",
+            workers,
+            ", ".join(map(str, children)),
+            settings.port,
+        )
+        codes: list[int] = []
+        while len(codes) < len(children):
+            pid, status = os.wait()
+            if pid not in children:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            children[pid].returncode = code
+            codes.append(code)
+            if not stopping:
+                log.error("worker %d exited with %d: stopping the others", pid, code)
+                forward(signal.SIGTERM, None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return max(1 if code < 0 else code for code in codes)
