@@ -61,8 +61,9 @@ async def serve_floor(settings: Any, **_: object) -> None:
         flush=True,
     )
     sockets = service._bind(settings)
-    with service._signals_return_here():
-        await uvicorn.Server(config).serve(sockets=sockets)
+    server = uvicorn.Server(config)
+    with service._stop_on_signals([server]):
+        await server.serve(sockets=sockets)
 
 
 def serve_argv() -> list[str]:
