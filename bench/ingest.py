@@ -1146,7 +1146,8 @@ class Bench:
         }
         total = med([s.us_per_event for s in kafka.samples])
         ranked = sorted(per_event.items(), key=lambda kv: -med(kv[1]))
-        rows, rest = [], [0.0] * len(kafka.samples)
+        rows: list[list[str]] = []
+        rest = [0.0] * len(kafka.samples)
         for label, values in ranked:
             if med(values) >= 1.0 and len(rows) < 10:
                 share = 100 * med(values) / total if total else 0.0

@@ -84,7 +84,11 @@ def test_any_other_host_needs_a_token_client_certificates_or_the_explicit_settin
         check_can_serve(Settings(host=host))
     check_can_serve(Settings(host=host, auth_tokens="t0ken"))
     check_can_serve(Settings(host=host, allow_unauthenticated=True))
-    certs = {"tls_certfile": "c.pem", "tls_keyfile": "k.pem", "tls_client_ca": "ca.pem"}
+    certs: dict[str, Any] = {
+        "tls_certfile": "c.pem",
+        "tls_keyfile": "k.pem",
+        "tls_client_ca": "ca.pem",
+    }
     check_can_serve(Settings(host=host, **certs))
 
 

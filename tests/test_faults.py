@@ -263,7 +263,7 @@ def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(
 
 
 def _rabbitmq_names(run: str, queues: list[str]) -> list[str]:
-    settings = Settings(rabbitmq_url=RABBITMQ, rabbitmq_exchange=f"fault-{run}")  # type: ignore[arg-type]
+    settings = Settings(rabbitmq_url=RABBITMQ, rabbitmq_exchange=f"fault-{run}")
 
     async def read() -> list[str]:
         found: list[str] = []

@@ -69,7 +69,7 @@ def test_every_hook_answer_names_the_bridge_and_says_whether_it_is_final(
 ) -> None:
     """final is true only where the same body would be refused again: 400, 413, 415."""
     big = b'{"username":"%s"}' % (b"x" * 2000)
-    cases = {
+    cases: dict[str, tuple[str, bytes, dict[str, Any]]] = {
         "stored": (sftpgo(bridge), BOB, {}),
         "stored mediawiki": (mediawiki(bridge), MEDIAWIKI, {}),
         "malformed": (sftpgo(bridge), b'{"username": ', {}),

@@ -55,7 +55,7 @@ def hostile_schema(codec: AvroCodec) -> dict[str, Any]:
     It resolves against our schema (the extra field is skipped), and skipping 2**40 items that
     take no input is a loop in fastavro's compiled code that nothing interrupts.
     """
-    schema = json.loads(json.dumps(codec.schema))
+    schema: dict[str, Any] = json.loads(json.dumps(codec.schema))
     schema["fields"] = [{"name": "pad", "type": {"type": "array", "items": "null"}}]
     schema["fields"] += codec.schema["fields"]
     return schema

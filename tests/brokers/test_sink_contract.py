@@ -78,7 +78,7 @@ class KafkaBackend(Backend):
         )
 
     async def arrivals(self, expected: int) -> Arrivals:
-        status_of = {
+        status_of: dict[str, Status] = {
             self.settings.kafka_topic_success: "success",
             self.settings.kafka_topic_failure: "failure",
         }
@@ -86,7 +86,7 @@ class KafkaBackend(Backend):
         async with KafkaReader(self.settings) as reader:
             async for event in reader.events(limit=expected + 1, idle_timeout=QUIET_SECONDS):
                 assert event.record is not None, event.error
-                found.append((status_of[event.destination], event.record))  # type: ignore[arg-type]
+                found.append((status_of[event.destination], event.record))
         return found
 
 
@@ -102,7 +102,7 @@ class RabbitMQBackend(Backend):
         )
 
     async def arrivals(self, expected: int) -> Arrivals:
-        queues = {
+        queues: dict[Status, str] = {
             "success": self.settings.rabbitmq_queue_success,
             "failure": self.settings.rabbitmq_queue_failure,
         }
@@ -111,7 +111,7 @@ class RabbitMQBackend(Backend):
             async with RabbitMQReader(self.settings, queue=queue) as reader:
                 async for event in reader.events(limit=expected + 1, idle_timeout=QUIET_SECONDS):
                     assert event.record is not None, event.error
-                    found.append((status, event.record))  # type: ignore[arg-type]
+                    found.append((status, event.record))
         return found
 
 

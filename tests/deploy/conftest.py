@@ -31,7 +31,8 @@ def tools() -> Tools:
     # Only the tools these tests use: scripts/tools also prints the benchmark's (vegeta), which
     # `ensure` does not install.
     wanted = {k: v for k, v in tool_paths().items() if k in Tools.__dataclass_fields__}
-    found = Tools(**{k: (v if "{{" in v else Path(v)) for k, v in wanted.items()})
+    fields: dict[str, Any] = {k: (v if "{{" in v else Path(v)) for k, v in wanted.items()}
+    found = Tools(**fields)
     missing = [str(p) for p in vars(found).values() if isinstance(p, Path) and not p.exists()]
     if missing:
         message = f"missing {', '.join(missing)}: {HOW_TO_INSTALL}"

@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,10 @@ def run(*args: str | Path, check: bool = True, **kwargs: Any) -> subprocess.Comp
 
 
 def render_text(
-    tools: Tools, *values_files: Path, sets: dict[str, str] | None = None, check: bool = True
+    tools: Tools,
+    *values_files: Path,
+    sets: Mapping[str, str | int] | None = None,
+    check: bool = True,
 ) -> str:
     args: list[str | Path] = [
         tools.helm,

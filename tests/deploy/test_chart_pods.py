@@ -68,6 +68,7 @@ class Played:
 
     @property
     def bridge(self) -> dict[str, Any]:
+        container: dict[str, Any]
         (container,) = self.pod_spec["containers"]
         return container
 
