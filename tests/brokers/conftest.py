@@ -71,11 +71,6 @@ def rabbitmq_url() -> str:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
 

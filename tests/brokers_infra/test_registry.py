@@ -6,6 +6,7 @@ start` (or `scripts/brokers start-registry`); they skip without it, and fail in 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -43,12 +44,7 @@ REGISTRY_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-pytestmark = [pytest.mark.anyio, pytest.mark.registry]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+pytestmark = [pytest.mark.registry]
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +207,16 @@ def test_the_client_repr_shows_no_credentials() -> None:
     assert "aHVudGVyMg" not in repr(client)  # nor its base64
 
 
-async def test_an_unreachable_registry_is_a_retriable_sink_error(codec: AvroCodec) -> None:
-    # A port nobody listens on, on loopback: the real connection refusal, no stand-in server.
-    url = f"http://127.0.0.1:{_free_port()}/apis/ccompat/v7"
-    encoder = ConfluentRegistryEncoder(codec, RegistryClient(url, timeout=2))
-    with pytest.raises(SinkUnavailable, match="unreachable") as caught:
-        await encoder.prepare(["login-audit.success"])
-    assert caught.value.retriable is True
+def test_an_unreachable_registry_is_a_retriable_sink_error(codec: AvroCodec) -> None:
+    async def scenario() -> None:
+        # A port nobody listens on, on loopback: the real connection refusal, no stand-in server.
+        url = f"http://127.0.0.1:{_free_port()}/apis/ccompat/v7"
+        encoder = ConfluentRegistryEncoder(codec, RegistryClient(url, timeout=2))
+        with pytest.raises(SinkUnavailable, match="unreachable") as caught:
+            await encoder.prepare(["login-audit.success"])
+        assert caught.value.retriable is True
+
+    asyncio.run(scenario())
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -348,64 +347,76 @@ def _latest(registry_url: str, subject: str) -> dict[str, Any]:
 
 
 @pytest.mark.kafka
-async def test_prepare_registers_the_schema_under_each_topics_value_subject(
+def test_prepare_registers_the_schema_under_each_topics_value_subject(
     registry_url: str, topics: list[str], codec: AvroCodec
 ) -> None:
-    encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+    async def scenario() -> None:
+        encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
 
-    await encoder.prepare(topics)
+        await encoder.prepare(topics)
 
-    for topic in topics:
-        latest = _latest(registry_url, f"{topic}-value")
-        assert latest["version"] == 1
-        assert json.loads(latest["schema"]) == codec.schema
-        assert encoder.schema_ref(topic) == f"registry-id:{latest['id']}"
+        for topic in topics:
+            latest = _latest(registry_url, f"{topic}-value")
+            assert latest["version"] == 1
+            assert json.loads(latest["schema"]) == codec.schema
+            assert encoder.schema_ref(topic) == f"registry-id:{latest['id']}"
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.kafka
-async def test_a_restarted_bridge_finds_the_schema_and_adds_no_version(
+def test_a_restarted_bridge_finds_the_schema_and_adds_no_version(
     registry_url: str, topics: list[str], codec: AvroCodec
 ) -> None:
-    first = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
-    await first.prepare(topics)
-    second = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+    async def scenario() -> None:
+        first = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+        await first.prepare(topics)
+        second = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
 
-    await second.prepare(topics)
+        await second.prepare(topics)
 
-    assert second.schema_id(topics[0]) == first.schema_id(topics[0])
-    assert _get(f"{registry_url}/subjects/{topics[0]}-value/versions") == [1]
+        assert second.schema_id(topics[0]) == first.schema_id(topics[0])
+        assert _get(f"{registry_url}/subjects/{topics[0]}-value/versions") == [1]
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.kafka
-async def test_a_message_reads_back_through_the_registry_decoder(
+def test_a_message_reads_back_through_the_registry_decoder(
     registry_url: str, topics: list[str], codec: AvroCodec, record: dict[str, Any]
 ) -> None:
-    encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
-    await encoder.prepare(topics)
-    message = encoder.encode(record, topics[1])
-    decode = registry_decoder(load_settings(schema_registry_url=registry_url))
+    async def scenario() -> None:
+        encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+        await encoder.prepare(topics)
+        message = encoder.encode(record, topics[1])
+        decode = registry_decoder(load_settings(schema_registry_url=registry_url))
 
-    decoded = decode(message)
+        decoded = decode(message)
 
-    assert message[:5] == frame(encoder.schema_id(topics[1]), b"")
-    assert decoded == codec.decode_datum(codec.encode_datum(record))
-    assert encoder.content_type == CONTENT_TYPE
+        assert message[:5] == frame(encoder.schema_id(topics[1]), b"")
+        assert decoded == codec.decode_datum(codec.encode_datum(record))
+        assert encoder.content_type == CONTENT_TYPE
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.kafka
-async def test_an_incompatible_subject_stops_start_up_with_the_registrys_reason(
+def test_an_incompatible_subject_stops_start_up_with_the_registrys_reason(
     registry_url: str, topics: list[str], codec: AvroCodec
 ) -> None:
-    subject = f"{topics[0]}-value"
-    other = {"type": "record", "name": "Other", "fields": [{"name": "y", "type": "string"}]}
-    RegistryClient(registry_url).register(subject, json.dumps(other))
-    _put(f"{registry_url}/config/{subject}", {"compatibility": "BACKWARD"})
-    encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
+    async def scenario() -> None:
+        subject = f"{topics[0]}-value"
+        other = {"type": "record", "name": "Other", "fields": [{"name": "y", "type": "string"}]}
+        RegistryClient(registry_url).register(subject, json.dumps(other))
+        _put(f"{registry_url}/config/{subject}", {"compatibility": "BACKWARD"})
+        encoder = ConfluentRegistryEncoder(codec, RegistryClient(registry_url))
 
-    with pytest.raises(ConfigError, match=r"incompatible .*\(409\): .*Incompatible") as caught:
-        await encoder.prepare(topics[:1])
+        with pytest.raises(ConfigError, match=r"incompatible .*\(409\): .*Incompatible") as caught:
+            await encoder.prepare(topics[:1])
 
-    assert caught.value.retriable is False
+        assert caught.value.retriable is False
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.kafka
@@ -417,10 +428,13 @@ def test_a_schema_the_registry_cannot_parse_is_refused_with_422(
 
 
 @pytest.mark.kafka
-async def test_a_url_without_the_confluent_api_path_is_explained(
+def test_a_url_without_the_confluent_api_path_is_explained(
     registry_url: str, topics: list[str], codec: AvroCodec
 ) -> None:
-    root = registry_url.split("/apis/")[0]
-    encoder = ConfluentRegistryEncoder(codec, RegistryClient(root))
-    with pytest.raises(ConfigError, match="Confluent-compatible API"):
-        await encoder.prepare(topics[:1])
+    async def scenario() -> None:
+        root = registry_url.split("/apis/")[0]
+        encoder = ConfluentRegistryEncoder(codec, RegistryClient(root))
+        with pytest.raises(ConfigError, match="Confluent-compatible API"):
+            await encoder.prepare(topics[:1])
+
+    asyncio.run(scenario())
