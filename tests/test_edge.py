@@ -25,7 +25,8 @@ from bridge.errors import ConfigError, Unauthorized
 from bridge.settings import Settings, check_can_serve, load_settings
 from bridge.sinks.file import read_events
 
-from conftest import BIN, BridgeProcess, free_port, post, print_fault_row
+from conftest import BIN, BridgeProcess, post, print_fault_row
+from support import free_port
 
 QUERY = "ip=198.51.100.7&login_method=password&protocol=SSH&status=0"
 HOOK = f"/v1/hooks/sftpgo?{QUERY}"

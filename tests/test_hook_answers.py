@@ -29,13 +29,8 @@ from bridge.sftpgo import EVENT_ID_HEADER, IDENTITY_HEADER
 from bridge.sinks.file import read_events
 from bridge.sinks.memory import MemorySink
 
-from conftest import (
-    BridgeProcess,
-    free_port,
-    mediawiki_observations,
-    mediawiki_payload,
-    post,
-)
+from conftest import BridgeProcess, mediawiki_observations, mediawiki_payload, post
+from support import free_port
 
 SFTPGO_QUERY = "ip=198.51.100.7&login_method=password&protocol=FTP&status=0"
 BOB = b'{"username":"bob","id":7}'

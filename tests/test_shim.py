@@ -30,13 +30,13 @@ from bridge.sinks.file import read_events
 from conftest import (
     BIN,
     BridgeProcess,
-    free_port,
     print_fault_row,
     secret_strings,
     sftpgo_vectors,
     vector_body,
     vector_query,
 )
+from support import free_port
 from wire import Relay, header, other_service
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from bridge.sinks.kafka import KafkaSink
 
 from .conftest import KafkaTopics, login_events
 from conftest import encoded
+from support import free_port
 
 pytestmark = [pytest.mark.kafka]
 
@@ -64,13 +64,6 @@ async def eventually(condition: Callable[[], bool]) -> None:
 
 def make_one_event() -> LoginEvent:
     return login_events(1)[0]
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_each_message_is_keyed_by_event_id_and_carries_the_headers(
@@ -266,7 +259,7 @@ def test_start_fails_as_unavailable_when_no_broker_answers(
     async def scenario() -> None:
         settings = Settings(
             sink="kafka",
-            kafka_bootstrap_servers=f"127.0.0.1:{unused_port()}",
+            kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
             publish_timeout_seconds=1,
         )
         sink = kafka_sink(settings, metrics, codec)

@@ -27,7 +27,8 @@ from bridge.settings import Settings
 from bridge.sinks.rabbitmq import RabbitMQSink
 
 from .conftest import RabbitMQUser
-from conftest import BridgeProcess, encoded, free_port, post, print_fault_row
+from conftest import BridgeProcess, encoded, post, print_fault_row
+from support import free_port
 
 pytestmark = [pytest.mark.rabbitmq]
 

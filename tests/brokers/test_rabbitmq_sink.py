@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from bridge.settings import Settings
 from bridge.sinks.rabbitmq import RabbitMQSink
 
 from conftest import encoded
+from support import free_port
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -34,13 +34,6 @@ def rabbitmq_settings(url: str, exchange: str, **overrides: Any) -> Settings:
 
 def rabbitmq_sink(settings: Settings, metrics: Metrics, codec: AvroCodec) -> RabbitMQSink:
     return RabbitMQSink.from_settings(settings, encoder=SingleObjectEncoder(codec), metrics=metrics)
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_each_message_is_persistent_and_routed_by_status_source_and_protocol(
@@ -315,7 +308,7 @@ def test_start_fails_as_unavailable_when_the_broker_is_unreachable(
     async def scenario() -> None:
         settings = Settings(
             sink="rabbitmq",
-            rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{unused_port()}/",
+            rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
             publish_timeout_seconds=1,
         )
         sink = rabbitmq_sink(settings, metrics, codec)

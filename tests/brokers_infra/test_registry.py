@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import urllib.parse
 import urllib.request
@@ -38,11 +37,12 @@ from bridge.registry import (
 )
 from bridge.settings import load_settings
 
+from support import free_port, reachable, skip_or_fail
+
 # Read at import: the suite's autouse fixture scrubs BRIDGE_* before each test.
 REGISTRY_URL = os.environ.get(
     "BRIDGE_TEST_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081/apis/ccompat/v7"
 )
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 pytestmark = [pytest.mark.registry]
 
@@ -57,13 +57,6 @@ def record() -> dict[str, Any]:
     normalizer = Normalizer(sftpgo_user_fields=("username", "id"))
     query = {"ip": "192.0.2.10", "login_method": "password", "protocol": "SSH", "status": "0"}
     return normalizer.sftpgo(query, {"username": "alice", "id": 7}).record
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- framing, no registry needed
@@ -210,7 +203,7 @@ def test_the_client_repr_shows_no_credentials() -> None:
 def test_an_unreachable_registry_is_a_retriable_sink_error(codec: AvroCodec) -> None:
     async def scenario() -> None:
         # A port nobody listens on, on loopback: the real connection refusal, no stand-in server.
-        url = f"http://127.0.0.1:{_free_port()}/apis/ccompat/v7"
+        url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
         encoder = ConfluentRegistryEncoder(codec, RegistryClient(url, timeout=2))
         with pytest.raises(SinkUnavailable, match="unreachable") as caught:
             await encoder.prepare(["login-audit.success"])
@@ -306,17 +299,11 @@ def test_a_redirect_is_a_config_error_naming_the_location_and_nothing_is_sent_th
 @pytest.fixture(scope="module")
 def registry_url() -> str:
     parts = urllib.parse.urlsplit(REGISTRY_URL)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 2):
-            pass
-    except OSError:
-        message = (
+    if not reachable(parts.hostname or "127.0.0.1", parts.port or 80):
+        skip_or_fail(
             f"no Schema Registry at {REGISTRY_URL}: run `scripts/brokers start-registry` "
             '(or LOGIN_AUDIT_REGISTRY=1 scripts/brokers start) and eval "$(scripts/brokers env)"'
         )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
     return REGISTRY_URL
 
 

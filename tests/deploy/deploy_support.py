@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -27,7 +26,6 @@ CRD_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 # The Kubernetes version the manifests are rendered for and validated against; it must match
 # KUBERNETES_VERSION in scripts/tools (the schemas it prepares).
 KUBE_VERSION = "1.33.0"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 HOW_TO_INSTALL = "run scripts/tools ensure (installs helm, kubeconform, hadolint, promtool)"
 
 
