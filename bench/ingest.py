@@ -38,7 +38,6 @@ import random
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+# The process helpers shared with the tests: tests/support.py.
+sys.path.insert(0, str(REPO / "tests"))
+from support import free_port, stop_process  # noqa: E402
+
 VECTORS = REPO / "tests" / "data" / "sftpgo"
 CACHE = Path(os.environ.get("LOGIN_AUDIT_CACHE", Path.home() / ".cache" / "login-audit-bridge"))
 PYTHON = sys.executable
@@ -241,13 +244,6 @@ def uvloop_loaded(pid: int) -> bool:
 # ---------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     # Every URL here is http://127.0.0.1:<port>/..., built by this script.
     try:
@@ -255,18 +251,6 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
             return int(reply.status), reply.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def stop_process(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    """SIGTERM by PID, then SIGKILL if it does not stop within the grace period."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @dataclass
@@ -1146,7 +1130,8 @@ class Bench:
         }
         total = med([s.us_per_event for s in kafka.samples])
         ranked = sorted(per_event.items(), key=lambda kv: -med(kv[1]))
-        rows, rest = [], [0.0] * len(kafka.samples)
+        rows: list[list[str]] = []
+        rest = [0.0] * len(kafka.samples)
         for label, values in ranked:
             if med(values) >= 1.0 and len(rows) < 10:
                 share = 100 * med(values) / total if total else 0.0

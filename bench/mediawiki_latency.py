@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,17 +18,14 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+# The process helpers shared with the tests: tests/support.py.
+sys.path.insert(0, str(REPO / "tests"))
+from support import free_port, wait_until_healthy  # noqa: E402
+
 SCRIPT = REPO / "scripts" / "mediawiki"
 BRIDGE = Path(sys.executable).parent / "login-audit-bridge"
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a loopback-only bridge
 SLOW_SECONDS = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class SlowHandler(http.server.BaseHTTPRequestHandler):
@@ -76,23 +72,11 @@ def real_bridge(data_dir: Path) -> Iterator[str]:
         process = subprocess.Popen([str(BRIDGE), "serve"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url)
+        wait_until_healthy(url, process, 20)
         yield url
     finally:
         process.terminate()
         process.wait(30)
-
-
-def wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"bridge at {url} never became healthy")
 
 
 def script(env: dict[str, str], *args: str) -> str:

@@ -22,19 +22,21 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The process helpers shared with the tests: tests/support.py.
+sys.path.insert(0, str(REPO / "tests"))
+from support import free_port, wait_until_healthy  # noqa: E402
+
 VECTORS = REPO / "tests" / "data" / "sftpgo"
 PYTHON = sys.executable  # the venv's interpreter: the one the hook's shebang names
 BIN = Path(PYTHON).parent
@@ -81,13 +83,6 @@ def vector_env(path: Path | None) -> tuple[str, dict[str, str]]:
     raise SystemExit(f"no program-mode SFTPGo vector: {path or VECTORS}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def running_bridge(data_dir: Path, extra: dict[str, str]) -> Iterator[str]:
     """A real bridge on loopback with the file sink; stopped by its PID afterwards."""
@@ -107,27 +102,15 @@ def running_bridge(data_dir: Path, extra: dict[str, str]) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(url, process)
+        try:
+            wait_until_healthy(url, process, 30)
+        except (RuntimeError, TimeoutError) as exc:
+            raise SystemExit(f"{exc}; see its log") from None
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
         log.close()
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the bridge exited with {process.returncode}; see its log")
-        try:
-            # The URL is always http://127.0.0.1:<port>, built above.
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as reply:  # noqa: S310
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"the bridge at {url} did not answer within {timeout} s")
 
 
 def commands(

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,11 +23,12 @@ from bridge.pipeline import Pipeline
 from bridge.replay import Replayer
 from bridge.sftpgo import ENV_TO_QUERY
 
+from support import free_port, wait_until_healthy
+
 REPO = Path(__file__).resolve().parent.parent
 # The contract's vectors, carried in the repo (tests/data/README.md says where they came from).
 VECTORS = Path(__file__).resolve().parent / "data"
 BIN = Path(sys.executable).parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -131,13 +130,6 @@ def mediawiki_payload(observation: dict[str, Any], *, invocation: int = 1) -> di
 # -- a real bridge process on loopback
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class BridgeProcess:
     """A `login-audit-bridge serve` child process; its stderr is kept for log checks."""
@@ -175,20 +167,6 @@ class BridgeProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bridge exited with {process.returncode} before answering")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"bridge at {url} did not answer within {timeout} s")
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.supervisor import Supervisor
 
-from conftest import BIN, IN_CI, BridgeProcess, print_fault_row
+from conftest import BIN, BridgeProcess, print_fault_row
+from support import skip_or_fail
 
 KAFKA = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 REGISTRY = os.environ.get(
@@ -127,10 +128,7 @@ def _require_registry() -> None:
         with urllib.request.urlopen(f"{REGISTRY}/subjects", timeout=5):
             return
     except OSError:
-        message = "no Schema Registry: run LOGIN_AUDIT_REGISTRY=1 scripts/brokers start"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("no Schema Registry: run LOGIN_AUDIT_REGISTRY=1 scripts/brokers start")
 
 
 @pytest.mark.kafka

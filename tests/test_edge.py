@@ -25,7 +25,8 @@ from bridge.errors import ConfigError, Unauthorized
 from bridge.settings import Settings, check_can_serve, load_settings
 from bridge.sinks.file import read_events
 
-from conftest import BIN, BridgeProcess, free_port, post, print_fault_row
+from conftest import BIN, BridgeProcess, post, print_fault_row
+from support import free_port
 
 QUERY = "ip=198.51.100.7&login_method=password&protocol=SSH&status=0"
 HOOK = f"/v1/hooks/sftpgo?{QUERY}"
@@ -84,7 +85,11 @@ def test_any_other_host_needs_a_token_client_certificates_or_the_explicit_settin
         check_can_serve(Settings(host=host))
     check_can_serve(Settings(host=host, auth_tokens="t0ken"))
     check_can_serve(Settings(host=host, allow_unauthenticated=True))
-    certs = {"tls_certfile": "c.pem", "tls_keyfile": "k.pem", "tls_client_ca": "ca.pem"}
+    certs: dict[str, Any] = {
+        "tls_certfile": "c.pem",
+        "tls_keyfile": "k.pem",
+        "tls_client_ca": "ca.pem",
+    }
     check_can_serve(Settings(host=host, **certs))
 
 

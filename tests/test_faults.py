@@ -29,7 +29,8 @@ import pytest
 from bridge.consume import KafkaReader, RabbitMQReader
 from bridge.settings import Settings
 
-from conftest import IN_CI, REPO, BridgeProcess, post, print_fault_row
+from conftest import REPO, BridgeProcess, post, print_fault_row
+from support import skip_or_fail
 
 N_EVENTS = 300
 CLIENTS = 4
@@ -53,10 +54,7 @@ def managed_brokers() -> None:
     )
     running = "kafka     running" in status.stdout and "rabbitmq  running" in status.stdout
     if not running:
-        message = "fault tests need brokers started by scripts/brokers start"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("fault tests need brokers started by scripts/brokers start")
 
 
 @dataclass
@@ -263,7 +261,7 @@ def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(
 
 
 def _rabbitmq_names(run: str, queues: list[str]) -> list[str]:
-    settings = Settings(rabbitmq_url=RABBITMQ, rabbitmq_exchange=f"fault-{run}")  # type: ignore[arg-type]
+    settings = Settings(rabbitmq_url=RABBITMQ, rabbitmq_exchange=f"fault-{run}")
 
     async def read() -> list[str]:
         found: list[str] = []

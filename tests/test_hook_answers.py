@@ -29,13 +29,8 @@ from bridge.sftpgo import EVENT_ID_HEADER, IDENTITY_HEADER
 from bridge.sinks.file import read_events
 from bridge.sinks.memory import MemorySink
 
-from conftest import (
-    BridgeProcess,
-    free_port,
-    mediawiki_observations,
-    mediawiki_payload,
-    post,
-)
+from conftest import BridgeProcess, mediawiki_observations, mediawiki_payload, post
+from support import free_port
 
 SFTPGO_QUERY = "ip=198.51.100.7&login_method=password&protocol=FTP&status=0"
 BOB = b'{"username":"bob","id":7}'
@@ -69,7 +64,7 @@ def test_every_hook_answer_names_the_bridge_and_says_whether_it_is_final(
 ) -> None:
     """final is true only where the same body would be refused again: 400, 413, 415."""
     big = b'{"username":"%s"}' % (b"x" * 2000)
-    cases = {
+    cases: dict[str, tuple[str, bytes, dict[str, Any]]] = {
         "stored": (sftpgo(bridge), BOB, {}),
         "stored mediawiki": (mediawiki(bridge), MEDIAWIKI, {}),
         "malformed": (sftpgo(bridge), b'{"username": ', {}),

@@ -29,13 +29,13 @@ from bridge.sinks.memory import MemorySink
 
 from conftest import (
     BridgeProcess,
-    free_port,
     mediawiki_observations,
     mediawiki_payload,
     post,
     sftpgo_vectors,
     vector_body,
 )
+from support import free_port
 
 OK_QUERY = "ip=198.51.100.7&login_method=password&protocol=FTP&status=0"
 BOB = b'{"username":"bob","id":7}'

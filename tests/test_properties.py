@@ -32,7 +32,8 @@ from bridge.event import LoginEvent
 from bridge.mediawiki import parse_mediawiki
 from bridge.normalize import Normalizer
 
-from conftest import BridgeProcess, free_port, post
+from conftest import BridgeProcess, post
+from support import free_port
 
 CODEC = AvroCodec()
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

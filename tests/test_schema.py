@@ -88,7 +88,7 @@ def test_decoding_bytes_of_another_schema_is_refused_with_our_error() -> None:
 
 def _v2_schema() -> dict[str, Any]:
     """v1 plus a defaulted field, as the schema may grow."""
-    schema = copy.deepcopy(json.loads(schema_text()))
+    schema: dict[str, Any] = copy.deepcopy(json.loads(schema_text()))
     schema["fields"].append(
         {"name": "risk_score", "type": ["null", "int"], "default": None, "doc": "test field"}
     )
@@ -102,6 +102,7 @@ def test_a_v1_reader_reads_what_a_v2_writer_wrote() -> None:
     fastavro.schemaless_writer(buffer, v2, record)
     buffer.seek(0)
     read = fastavro.schemaless_reader(buffer, v2, v1)
+    assert isinstance(read, dict)
     assert read["user"]["name"] == "bob"
     assert "risk_score" not in read
 
@@ -113,5 +114,6 @@ def test_a_v2_reader_reads_what_a_v1_writer_wrote_with_the_default() -> None:
     fastavro.schemaless_writer(buffer, v1, record)
     buffer.seek(0)
     read = fastavro.schemaless_reader(buffer, v1, v2)
+    assert isinstance(read, dict)
     assert read["risk_score"] is None
     assert read["src_endpoint"]["ip"] == "192.0.2.1"

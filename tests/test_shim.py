@@ -30,13 +30,13 @@ from bridge.sinks.file import read_events
 from conftest import (
     BIN,
     BridgeProcess,
-    free_port,
     print_fault_row,
     secret_strings,
     sftpgo_vectors,
     vector_body,
     vector_query,
 )
+from support import free_port
 from wire import Relay, header, other_service
 
 pytestmark = pytest.mark.slow
@@ -370,9 +370,12 @@ def test_the_event_id_the_hook_sends_becomes_the_events_uid(
 ) -> None:
     bridge = bridge_factory(auth_tokens=TOKEN)
     port = int(bridge.url.rsplit(":", 1)[1])
-    env_of = lambda url: hook_env(  # noqa: E731
-        PROGRAM_VECTORS[0], tmp_path, url=url, token=TOKEN, spool_dir=str(tmp_path / "spool")
-    )
+
+    def env_of(url: str) -> dict[str, str]:
+        return hook_env(
+            PROGRAM_VECTORS[0], tmp_path, url=url, token=TOKEN, spool_dir=str(tmp_path / "spool")
+        )
+
     with Relay(port) as relay:
         assert run_hook(env_of(relay.url)) == 0
         assert run_hook(env_of(relay.url)) == 0

@@ -33,7 +33,8 @@ from bridge.normalize import Normalizer
 from bridge.settings import Settings
 from bridge.sinks.file import read_events
 
-from conftest import BridgeProcess, encoded, free_port, post, print_fault_row
+from conftest import BridgeProcess, encoded, post, print_fault_row
+from support import free_port
 
 KAFKA = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 T = TypeVar("T")

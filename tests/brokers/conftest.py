@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import time
 import uuid
@@ -28,32 +27,21 @@ from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 
 from conftest import REPO
+from support import reachable, skip_or_fail
 
 KAFKA_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 RABBITMQ_URL = os.environ.get("BRIDGE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5673/")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PROTOCOLS = ("SSH", "FTP", "DAV", "HTTP")
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def require_broker(name: str, host: str, port: int) -> None:
     """Skips (fails in CI) unless something listens where the broker should be."""
-    if _reachable(host, port):
+    if reachable(host, port):
         return
-    message = (
+    skip_or_fail(
         f"{name} is not reachable at {host}:{port}: run scripts/brokers start "
         '(and eval "$(scripts/brokers env)" if it uses other ports)'
     )
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -68,11 +56,6 @@ def rabbitmq_url() -> str:
     url = URL(RABBITMQ_URL)
     require_broker("RabbitMQ", url.host or "127.0.0.1", url.port or 5672)
     return RABBITMQ_URL
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -271,10 +254,7 @@ def rabbitmq_user(rabbitmq_url: str, unique: str) -> Iterator[RabbitMQUser]:
     try:
         rabbitmqctl("add_user", unique, password := secrets.token_hex(12))
     except (RuntimeError, OSError) as exc:
-        message = f"needs rabbitmqctl on the RabbitMQ node of scripts/brokers: {exc}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"needs rabbitmqctl on the RabbitMQ node of scripts/brokers: {exc}")
     url = URL(rabbitmq_url).with_user(unique).with_password(password)
     yield RabbitMQUser(name=unique, url=str(url))
     rabbitmqctl("close_all_user_connections", unique, "test over")

@@ -28,7 +28,7 @@ from bridge.sinks.kafka import KafkaSink
 from .conftest import KafkaTopics
 from conftest import print_fault_row
 
-pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
+pytestmark = [pytest.mark.kafka]
 
 WAIT_SECONDS = 30.0
 
@@ -84,7 +84,7 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"not within {WAIT_SECONDS}s: {what}")
 
 
-async def test_a_fatal_producer_error_rebuilds_the_producer_and_loses_no_event(
+def test_a_fatal_producer_error_rebuilds_the_producer_and_loses_no_event(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
@@ -93,72 +93,79 @@ async def test_a_fatal_producer_error_rebuilds_the_producer_and_loses_no_event(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = Settings(
-        sink="kafka",
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic_success=kafka_topics.success,
-        kafka_topic_failure=kafka_topics.failure,
-        kafka_linger_ms=500,  # events wait in the producer's queue when the error strikes
-        publish_timeout_seconds=5,
-    )
-    sink = KafkaSink.from_settings(settings, encoder=SingleObjectEncoder(codec), metrics=metrics)
-    spool = DurableSpool(tmp_path / "spool.sqlite3", codec, max_bytes=2**26, max_events=10_000)
-    await spool.open()
-    pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool, spool_after=2.0, publish_timeout=5)
-    events = make_events(30)
-    before, during, after = events[:10], events[10:20], events[20:]
-
-    async with sink:
-        await asyncio.gather(*(pipeline.publish(e) for e in before))
-        first = producer_of(sink)
-        in_flight = [asyncio.ensure_future(pipeline.publish(e)) for e in during]
-        for _ in range(5):  # until each send has handed its message to the producer
-            await asyncio.sleep(0)
-        inject_fatal_error(first)
-        await asyncio.gather(*in_flight)  # each answered: delivered, or in the spool
-        assert spool.depth > 0  # librdkafka failed the queued ones: they were in flight
-
-        await eventually(
-            lambda: sample(metrics, "login_audit_kafka_producer_rebuilds_total") == 1,
-            "a new producer",
+    async def scenario() -> None:
+        settings = Settings(
+            sink="kafka",
+            kafka_bootstrap_servers=kafka_bootstrap,
+            kafka_topic_success=kafka_topics.success,
+            kafka_topic_failure=kafka_topics.failure,
+            kafka_linger_ms=500,  # events wait in the producer's queue when the error strikes
+            publish_timeout_seconds=5,
         )
-        await eventually(sink.ready, "the sink ready again")
-        second = producer_of(sink)
-        assert second is not first
-
-        # The new one fails at once too, before any delivery: rebuilt again, after a pause.
-        inject_fatal_error(second)
-        await eventually(
-            lambda: sample(metrics, "login_audit_kafka_producer_rebuilds_total") == 2,
-            "a third producer",
+        sink = KafkaSink.from_settings(
+            settings, encoder=SingleObjectEncoder(codec), metrics=metrics
         )
-        await eventually(sink.ready, "the sink ready again")
-        assert producer_of(sink) not in (first, second)
-        await asyncio.gather(*(pipeline.publish(e) for e in after))
-        for _ in range(10):
-            if spool.depth == 0:
-                break
-            await Replayer(
-                spool,
-                deliver=pipeline.deliver,
-                sink_name=sink.name,
-                metrics=metrics,
-                publish_timeout=5,
-            ).replay_once()
-        assert spool.depth == 0
-    await spool.close()
+        spool = DurableSpool(tmp_path / "spool.sqlite3", codec, max_bytes=2**26, max_events=10_000)
+        await spool.open()
+        pipeline = Pipeline(
+            sink=sink, metrics=metrics, spool=spool, spool_after=2.0, publish_timeout=5
+        )
+        events = make_events(30)
+        before, during, after = events[:10], events[10:20], events[20:]
 
-    async with KafkaReader(settings) as reader:
-        read = [e async for e in reader.events(idle_timeout=5.0)]
-    delivered = {e.record["metadata"]["uid"] for e in read if e.record is not None}
-    sent = {e.event_id for e in events}
-    print_fault_row(
-        "kafka fatal producer error (injected in librdkafka)",
-        sent=len(sent),
-        acknowledged=len(sent),
-        delivered=len(delivered & sent),
-        lost=len(sent - delivered),
-        duplicated=len(read) - len(delivered),
-        capsys=capsys,
-    )
-    assert delivered == sent
+        async with sink:
+            await asyncio.gather(*(pipeline.publish(e) for e in before))
+            first = producer_of(sink)
+            in_flight = [asyncio.ensure_future(pipeline.publish(e)) for e in during]
+            for _ in range(5):  # until each send has handed its message to the producer
+                await asyncio.sleep(0)
+            inject_fatal_error(first)
+            await asyncio.gather(*in_flight)  # each answered: delivered, or in the spool
+            assert spool.depth > 0  # librdkafka failed the queued ones: they were in flight
+
+            await eventually(
+                lambda: sample(metrics, "login_audit_kafka_producer_rebuilds_total") == 1,
+                "a new producer",
+            )
+            await eventually(sink.ready, "the sink ready again")
+            second = producer_of(sink)
+            assert second is not first
+
+            # The new one fails at once too, before any delivery: rebuilt again, after a pause.
+            inject_fatal_error(second)
+            await eventually(
+                lambda: sample(metrics, "login_audit_kafka_producer_rebuilds_total") == 2,
+                "a third producer",
+            )
+            await eventually(sink.ready, "the sink ready again")
+            assert producer_of(sink) not in (first, second)
+            await asyncio.gather(*(pipeline.publish(e) for e in after))
+            for _ in range(10):
+                if spool.depth == 0:
+                    break
+                await Replayer(
+                    spool,
+                    deliver=pipeline.deliver,
+                    sink_name=sink.name,
+                    metrics=metrics,
+                    publish_timeout=5,
+                ).replay_once()
+            assert spool.depth == 0
+        await spool.close()
+
+        async with KafkaReader(settings) as reader:
+            read = [e async for e in reader.events(idle_timeout=5.0)]
+        delivered = {e.record["metadata"]["uid"] for e in read if e.record is not None}
+        sent = {e.event_id for e in events}
+        print_fault_row(
+            "kafka fatal producer error (injected in librdkafka)",
+            sent=len(sent),
+            acknowledged=len(sent),
+            delivered=len(delivered & sent),
+            lost=len(sent - delivered),
+            duplicated=len(read) - len(delivered),
+            capsys=capsys,
+        )
+        assert delivered == sent
+
+    asyncio.run(scenario())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +23,9 @@ from bridge.sinks.kafka import KafkaSink
 
 from .conftest import KafkaTopics, login_events
 from conftest import encoded
+from support import free_port
 
-pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
+pytestmark = [pytest.mark.kafka]
 
 WAIT_SECONDS = 15.0
 
@@ -66,74 +66,76 @@ def make_one_event() -> LoginEvent:
     return login_events(1)[0]
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def test_each_message_is_keyed_by_event_id_and_carries_the_headers(
+def test_each_message_is_keyed_by_event_id_and_carries_the_headers(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
     codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
-    settings = kafka_settings(kafka_bootstrap, kafka_topics)
-    events = make_events(6)
-    async with kafka_sink(settings, metrics, codec) as sink:
-        for event in events:
-            await sink.send(encoded(event))
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics)
+        events = make_events(6)
+        async with kafka_sink(settings, metrics, codec) as sink:
+            for event in events:
+                await sink.send(encoded(event))
 
-    by_id = {e.event_id: e for e in events}
-    found = await read_all(settings, len(events))
-    assert sorted(m.key or "" for m in found) == sorted(by_id)
-    for message in found:
-        event = by_id[message.key or ""]
-        topic = kafka_topics.success if event.status == "success" else kafka_topics.failure
-        assert message.destination == topic
-        assert message.headers == {
-            "source": event.source,
-            "content-type": CONTENT_TYPE,
-            "schema": f"CRC-64-AVRO:{codec.fingerprint_hex}",
-            "event-status": event.status,
-        }
+        by_id = {e.event_id: e for e in events}
+        found = await read_all(settings, len(events))
+        assert sorted(m.key or "" for m in found) == sorted(by_id)
+        for message in found:
+            event = by_id[message.key or ""]
+            topic = kafka_topics.success if event.status == "success" else kafka_topics.failure
+            assert message.destination == topic
+            assert message.headers == {
+                "source": event.source,
+                "content-type": CONTENT_TYPE,
+                "schema": f"CRC-64-AVRO:{codec.fingerprint_hex}",
+                "event-status": event.status,
+            }
+
+    asyncio.run(scenario())
 
 
-async def test_messages_are_keyed_by_user_name_when_configured_and_by_event_id_without_one(
+def test_messages_are_keyed_by_user_name_when_configured_and_by_event_id_without_one(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
     codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
-    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_key="user")
-    nameless, named = make_events(2)  # the first one is an SFTPGo no_auth_tried: no user name
-    assert nameless.user_name is None
-    async with kafka_sink(settings, metrics, codec) as sink:
-        await sink.send(encoded(nameless))
-        await sink.send(encoded(named))
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_key="user")
+        nameless, named = make_events(2)  # the first one is an SFTPGo no_auth_tried: no user name
+        assert nameless.user_name is None
+        async with kafka_sink(settings, metrics, codec) as sink:
+            await sink.send(encoded(nameless))
+            await sink.send(encoded(named))
 
-    keys = {m.record["metadata"]["uid"]: m.key for m in await read_all(settings, 2) if m.record}
-    assert keys == {nameless.event_id: nameless.event_id, named.event_id: "user1"}
+        keys = {m.record["metadata"]["uid"]: m.key for m in await read_all(settings, 2) if m.record}
+        assert keys == {nameless.event_id: nameless.event_id, named.event_id: "user1"}
+
+    asyncio.run(scenario())
 
 
-async def test_start_creates_missing_topics_with_the_configured_partitions(
+def test_start_creates_missing_topics_with_the_configured_partitions(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
     codec: AvroCodec,
 ) -> None:
-    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_partitions=3)
-    async with kafka_sink(settings, metrics, codec):
-        pass
-    metadata = kafka_topics.admin.list_topics(timeout=10).topics
-    assert len(metadata[kafka_topics.success].partitions) == 3
-    assert len(metadata[kafka_topics.failure].partitions) == 3
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_partitions=3)
+        async with kafka_sink(settings, metrics, codec):
+            pass
+        metadata = kafka_topics.admin.list_topics(timeout=10).topics
+        assert len(metadata[kafka_topics.success].partitions) == 3
+        assert len(metadata[kafka_topics.failure].partitions) == 3
+
+    asyncio.run(scenario())
 
 
-async def test_a_replication_factor_the_cluster_cannot_honour_now_is_retried_not_fatal(
+def test_a_replication_factor_the_cluster_cannot_honour_now_is_retried_not_fatal(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
@@ -141,18 +143,22 @@ async def test_a_replication_factor_the_cluster_cannot_honour_now_is_retried_not
 ) -> None:
     """INVALID_REPLICATION_FACTOR also comes from a cluster with a broker down (a rolling
     restart): start() fails as SinkUnavailable, so the service keeps trying (and spooling)."""
-    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_replication=3)
-    sink = kafka_sink(settings, metrics, codec)  # the test cluster has one broker
 
-    with pytest.raises(SinkUnavailable, match="replication") as caught:
-        await sink.start()
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_replication=3)
+        sink = kafka_sink(settings, metrics, codec)  # the test cluster has one broker
 
-    assert caught.value.detail == "INVALID_REPLICATION_FACTOR"
-    assert not sink.ready()
+        with pytest.raises(SinkUnavailable, match="replication") as caught:
+            await sink.start()
+
+        assert caught.value.detail == "INVALID_REPLICATION_FACTOR"
+        assert not sink.ready()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.registry
-async def test_a_registry_that_refuses_at_start_is_a_config_error_and_closes_the_producer(
+def test_a_registry_that_refuses_at_start_is_a_config_error_and_closes_the_producer(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     schema_registry_url: str,
@@ -161,55 +167,66 @@ async def test_a_registry_that_refuses_at_start_is_a_config_error_and_closes_the
 ) -> None:
     """The registry's 404 (here: a URL without the Confluent API path) is for the operator to
     fix; start() says so with a ConfigError, which the service turns into its config exit."""
-    settings = kafka_settings(kafka_bootstrap, kafka_topics)
-    root = schema_registry_url.split("/apis/")[0]
-    encoder = ConfluentRegistryEncoder(codec, RegistryClient(root, timeout=5))
-    sink = KafkaSink.from_settings(settings, encoder=encoder, metrics=metrics)
 
-    with pytest.raises(ConfigError, match="Confluent-compatible API"):
-        await sink.start()
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics)
+        root = schema_registry_url.split("/apis/")[0]
+        encoder = ConfluentRegistryEncoder(codec, RegistryClient(root, timeout=5))
+        sink = KafkaSink.from_settings(settings, encoder=encoder, metrics=metrics)
 
-    assert not sink.ready()
-    with pytest.raises(SinkUnavailable, match="not started"):
-        await sink.send(encoded(make_one_event()))
+        with pytest.raises(ConfigError, match="Confluent-compatible API"):
+            await sink.start()
+
+        assert not sink.ready()
+        with pytest.raises(SinkUnavailable, match="not started"):
+            await sink.send(encoded(make_one_event()))
+
+    asyncio.run(scenario())
 
 
-async def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(
+def test_an_event_larger_than_the_topic_allows_is_rejected_and_counted(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
     codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
-    small = NewTopic(
-        kafka_topics.success,
-        num_partitions=1,
-        replication_factor=1,
-        config={"max.message.bytes": "1024"},
-    )
-    for future in kafka_topics.admin.create_topics([small]).values():
-        future.result()
-    event = make_events(2)[1]
-    assert event.status == "success"
-    record = copy.deepcopy(event.record)
-    record["user"]["name"] = os.urandom(4096).hex()  # random: compression cannot shrink it enough
-    too_large = LoginEvent(record=record, source=event.source)
-
-    async with kafka_sink(kafka_settings(kafka_bootstrap, kafka_topics), metrics, codec) as sink:
-        with pytest.raises(SinkRejected, match="MSG_SIZE_TOO_LARGE") as caught:
-            await sink.send(encoded(too_large))
-        await sink.send(encoded(event))  # the producer goes on with the next event
-
-    assert isinstance(caught.value.__cause__, KafkaException)
-    assert (
-        metrics.registry.get_sample_value(
-            "login_audit_publish_errors_total", {"sink": "kafka", "reason": "too_large"}
+    async def scenario() -> None:
+        small = NewTopic(
+            kafka_topics.success,
+            num_partitions=1,
+            replication_factor=1,
+            config={"max.message.bytes": "1024"},
         )
-        == 1
-    )
+        for future in kafka_topics.admin.create_topics([small]).values():
+            future.result()
+        event = make_events(2)[1]
+        assert event.status == "success"
+        record = copy.deepcopy(event.record)
+        record["user"]["name"] = os.urandom(
+            4096
+        ).hex()  # random: compression cannot shrink it enough
+        too_large = LoginEvent(record=record, source=event.source)
+
+        async with kafka_sink(
+            kafka_settings(kafka_bootstrap, kafka_topics), metrics, codec
+        ) as sink:
+            with pytest.raises(SinkRejected, match="MSG_SIZE_TOO_LARGE") as caught:
+                await sink.send(encoded(too_large))
+            await sink.send(encoded(event))  # the producer goes on with the next event
+
+        assert isinstance(caught.value.__cause__, KafkaException)
+        assert (
+            metrics.registry.get_sample_value(
+                "login_audit_publish_errors_total", {"sink": "kafka", "reason": "too_large"}
+            )
+            == 1
+        )
+
+    asyncio.run(scenario())
 
 
-async def test_an_event_for_a_missing_topic_fails_as_unavailable_within_the_publish_timeout(
+def test_an_event_for_a_missing_topic_fails_as_unavailable_within_the_publish_timeout(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
@@ -217,34 +234,41 @@ async def test_an_event_for_a_missing_topic_fails_as_unavailable_within_the_publ
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
     """The broker does not create topics on demand; the event must go to the spool, not vanish."""
-    settings = kafka_settings(
-        kafka_bootstrap, kafka_topics, kafka_create_topics=False, publish_timeout_seconds=2
-    )
-    async with kafka_sink(settings, metrics, codec) as sink:
-        with pytest.raises(SinkUnavailable, match="_MSG_TIMED_OUT"):
-            await sink.send(encoded(make_events(2)[1]))
-    assert (
-        metrics.registry.get_sample_value(
-            "login_audit_publish_errors_total", {"sink": "kafka", "reason": "timeout"}
+
+    async def scenario() -> None:
+        settings = kafka_settings(
+            kafka_bootstrap, kafka_topics, kafka_create_topics=False, publish_timeout_seconds=2
         )
-        == 1
-    )
+        async with kafka_sink(settings, metrics, codec) as sink:
+            with pytest.raises(SinkUnavailable, match="_MSG_TIMED_OUT"):
+                await sink.send(encoded(make_events(2)[1]))
+        assert (
+            metrics.registry.get_sample_value(
+                "login_audit_publish_errors_total", {"sink": "kafka", "reason": "timeout"}
+            )
+            == 1
+        )
+
+    asyncio.run(scenario())
 
 
-async def test_start_fails_as_unavailable_when_no_broker_answers(
+def test_start_fails_as_unavailable_when_no_broker_answers(
     metrics: Metrics,
     codec: AvroCodec,
 ) -> None:
-    settings = Settings(
-        sink="kafka",
-        kafka_bootstrap_servers=f"127.0.0.1:{unused_port()}",
-        publish_timeout_seconds=1,
-    )
-    sink = kafka_sink(settings, metrics, codec)
-    with pytest.raises(SinkUnavailable, match=r"no answer from 127\.0\.0\.1"):
-        await sink.start()
-    assert not sink.ready()
-    assert {"transport", "all_brokers_down"} <= _error_types(sink)
+    async def scenario() -> None:
+        settings = Settings(
+            sink="kafka",
+            kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+            publish_timeout_seconds=1,
+        )
+        sink = kafka_sink(settings, metrics, codec)
+        with pytest.raises(SinkUnavailable, match=r"no answer from 127\.0\.0\.1"):
+            await sink.start()
+        assert not sink.ready()
+        assert {"transport", "all_brokers_down"} <= _error_types(sink)
+
+    asyncio.run(scenario())
 
 
 def _error_types(sink: KafkaSink) -> set[str]:
@@ -256,26 +280,29 @@ def _error_types(sink: KafkaSink) -> set[str]:
     }
 
 
-async def test_librdkafka_statistics_are_served_while_started_and_withdrawn_at_stop(
+def test_librdkafka_statistics_are_served_while_started_and_withdrawn_at_stop(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
     codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
-    settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_statistics_interval_ms=100)
-    broker = {"broker": kafka_bootstrap}
-    async with kafka_sink(settings, metrics, codec) as sink:
-        await sink.send(encoded(make_events(2)[1]))
-        # A statistics snapshot taken while the event was in flight may still be the latest.
-        await eventually(lambda: sample(metrics, "login_audit_kafka_queue_messages") == 0)
-        assert sample(metrics, "login_audit_kafka_broker_up", broker) == 1
-        assert sample(metrics, "login_audit_kafka_queue_bytes") == 0
-    assert sample(metrics, "login_audit_kafka_broker_up", broker) is None
-    assert sample(metrics, "login_audit_kafka_queue_messages") is None
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_statistics_interval_ms=100)
+        broker = {"broker": kafka_bootstrap}
+        async with kafka_sink(settings, metrics, codec) as sink:
+            await sink.send(encoded(make_events(2)[1]))
+            # A statistics snapshot taken while the event was in flight may still be the latest.
+            await eventually(lambda: sample(metrics, "login_audit_kafka_queue_messages") == 0)
+            assert sample(metrics, "login_audit_kafka_broker_up", broker) == 1
+            assert sample(metrics, "login_audit_kafka_queue_bytes") == 0
+        assert sample(metrics, "login_audit_kafka_broker_up", broker) is None
+        assert sample(metrics, "login_audit_kafka_queue_messages") is None
+
+    asyncio.run(scenario())
 
 
-async def test_tail_reads_both_status_topics_from_the_beginning(
+def test_tail_reads_both_status_topics_from_the_beginning(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
@@ -283,36 +310,44 @@ async def test_tail_reads_both_status_topics_from_the_beginning(
     make_events: Callable[[int], list[LoginEvent]],
     decoded: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> None:
-    settings = kafka_settings(kafka_bootstrap, kafka_topics)
-    events = make_events(4)
-    async with kafka_sink(settings, metrics, codec) as sink:
-        await asyncio.gather(*(sink.send(encoded(e)) for e in events))
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics)
+        events = make_events(4)
+        async with kafka_sink(settings, metrics, codec) as sink:
+            await asyncio.gather(*(sink.send(encoded(e)) for e in events))
 
-    tailed = [e async for e in tail(settings, broker="kafka", limit=4, idle_timeout=WAIT_SECONDS)]
-    assert sorted((e.record for e in tailed), key=_uid) == sorted(
-        (decoded(e.record) for e in events), key=_uid
-    )
+        tailed = [
+            e async for e in tail(settings, broker="kafka", limit=4, idle_timeout=WAIT_SECONDS)
+        ]
+        assert sorted((e.record for e in tailed), key=_uid) == sorted(
+            (decoded(e.record) for e in events), key=_uid
+        )
+
+    asyncio.run(scenario())
 
 
-async def test_cli_tail_of_one_status_prints_its_records_and_ends_without_follow(
+def test_cli_tail_of_one_status_prints_its_records_and_ends_without_follow(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
     codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
 ) -> None:
-    settings = kafka_settings(kafka_bootstrap, kafka_topics)
-    events = make_events(7)
-    async with kafka_sink(settings, metrics, codec) as sink:
-        await asyncio.gather(*(sink.send(encoded(e)) for e in events))
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics)
+        events = make_events(7)
+        async with kafka_sink(settings, metrics, codec) as sink:
+            await asyncio.gather(*(sink.send(encoded(e)) for e in events))
 
-    # tail_broker runs its own event loop, as the CLI calls it: keep it off this test's loop.
-    records = await asyncio.to_thread(
-        lambda: list(tail_broker(settings, source="kafka", status="failure"))
-    )
-    expected = sorted(e.event_id for e in events if e.status == "failure")
-    assert sorted(r["metadata"]["uid"] for r in records) == expected
-    assert len(records) == 3
+        # tail_broker runs its own event loop, as the CLI calls it: keep it off this test's loop.
+        records = await asyncio.to_thread(
+            lambda: list(tail_broker(settings, source="kafka", status="failure"))
+        )
+        expected = sorted(e.event_id for e in events if e.status == "failure")
+        assert sorted(r["metadata"]["uid"] for r in records) == expected
+        assert len(records) == 3
+
+    asyncio.run(scenario())
 
 
 def _uid(record: dict[str, Any] | None) -> str:

@@ -22,8 +22,6 @@ from bridge.sinks.memory import MemorySink
 
 from conftest import encoded
 
-pytestmark = pytest.mark.anyio
-
 STATUSES: tuple[Status, ...] = ("success", "failure")
 # How long a reader waits for one more message after the expected ones, to prove there is none.
 QUIET_SECONDS = 2.0
@@ -78,7 +76,7 @@ class KafkaBackend(Backend):
         )
 
     async def arrivals(self, expected: int) -> Arrivals:
-        status_of = {
+        status_of: dict[str, Status] = {
             self.settings.kafka_topic_success: "success",
             self.settings.kafka_topic_failure: "failure",
         }
@@ -86,7 +84,7 @@ class KafkaBackend(Backend):
         async with KafkaReader(self.settings) as reader:
             async for event in reader.events(limit=expected + 1, idle_timeout=QUIET_SECONDS):
                 assert event.record is not None, event.error
-                found.append((status_of[event.destination], event.record))  # type: ignore[arg-type]
+                found.append((status_of[event.destination], event.record))
         return found
 
 
@@ -102,7 +100,7 @@ class RabbitMQBackend(Backend):
         )
 
     async def arrivals(self, expected: int) -> Arrivals:
-        queues = {
+        queues: dict[Status, str] = {
             "success": self.settings.rabbitmq_queue_success,
             "failure": self.settings.rabbitmq_queue_failure,
         }
@@ -111,7 +109,7 @@ class RabbitMQBackend(Backend):
             async with RabbitMQReader(self.settings, queue=queue) as reader:
                 async for event in reader.events(limit=expected + 1, idle_timeout=QUIET_SECONDS):
                     assert event.record is not None, event.error
-                    found.append((status, event.record))  # type: ignore[arg-type]
+                    found.append((status, event.record))
         return found
 
 
@@ -154,20 +152,23 @@ def backend(
         yield RabbitMQBackend(settings, metrics, codec)
 
 
-async def test_every_acknowledged_event_is_stored_once_under_its_status(
+def test_every_acknowledged_event_is_stored_once_under_its_status(
     backend: Backend,
     make_events: Callable[[int], list[LoginEvent]],
     decoded: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> None:
-    events = make_events(EVENT_COUNT)
-    async with backend.sink:
-        # Concurrent sends, as under load: each must still wait for its own acknowledgement.
-        await asyncio.gather(*(backend.sink.send(encoded(event)) for event in events))
-    found = await backend.arrivals(len(events))
+    async def scenario() -> None:
+        events = make_events(EVENT_COUNT)
+        async with backend.sink:
+            # Concurrent sends, as under load: each must still wait for its own acknowledgement.
+            await asyncio.gather(*(backend.sink.send(encoded(event)) for event in events))
+        found = await backend.arrivals(len(events))
 
-    expected = sorted(((e.status, decoded(e.record)) for e in events), key=_by_event_id)
-    assert sorted(found, key=_by_event_id) == expected
-    assert Counter(status for status, _ in found) == {"success": 16, "failure": 8}
+        expected = sorted(((e.status, decoded(e.record)) for e in events), key=_by_event_id)
+        assert sorted(found, key=_by_event_id) == expected
+        assert Counter(status for status, _ in found) == {"success": 16, "failure": 8}
+
+    asyncio.run(scenario())
 
 
 def _by_event_id(arrival: tuple[Status, dict[str, Any]]) -> str:
@@ -175,24 +176,33 @@ def _by_event_id(arrival: tuple[Status, dict[str, Any]]) -> str:
     return uid
 
 
-async def test_send_before_start_raises_sink_unavailable(
+def test_send_before_start_raises_sink_unavailable(
     backend: Backend, make_events: Callable[[int], list[LoginEvent]]
 ) -> None:
-    with pytest.raises(SinkUnavailable, match="not started"):
-        await backend.sink.send(encoded(make_events(1)[0]))
+    async def scenario() -> None:
+        with pytest.raises(SinkUnavailable, match="not started"):
+            await backend.sink.send(encoded(make_events(1)[0]))
+
+    asyncio.run(scenario())
 
 
-async def test_send_after_stop_raises_sink_unavailable(
+def test_send_after_stop_raises_sink_unavailable(
     backend: Backend, make_events: Callable[[int], list[LoginEvent]]
 ) -> None:
-    async with backend.sink:
-        pass
-    with pytest.raises(SinkUnavailable):
-        await backend.sink.send(encoded(make_events(1)[0]))
+    async def scenario() -> None:
+        async with backend.sink:
+            pass
+        with pytest.raises(SinkUnavailable):
+            await backend.sink.send(encoded(make_events(1)[0]))
+
+    asyncio.run(scenario())
 
 
-async def test_sink_is_ready_only_between_start_and_stop(backend: Backend) -> None:
-    assert not backend.sink.ready()
-    async with backend.sink:
-        assert backend.sink.ready()
-    assert not backend.sink.ready()
+def test_sink_is_ready_only_between_start_and_stop(backend: Backend) -> None:
+    async def scenario() -> None:
+        assert not backend.sink.ready()
+        async with backend.sink:
+            assert backend.sink.ready()
+        assert not backend.sink.ready()
+
+    asyncio.run(scenario())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,14 +14,13 @@ from . import podman_support
 from .deploy_support import (
     ALERTS,
     HOW_TO_INSTALL,
-    IN_CI,
     PrometheusProcess,
     Tools,
     render_text,
     tool_paths,
     wait_ready,
 )
-from conftest import free_port
+from support import free_port, skip_or_fail, stop_process
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +29,11 @@ def tools() -> Tools:
     # Only the tools these tests use: scripts/tools also prints the benchmark's (vegeta), which
     # `ensure` does not install.
     wanted = {k: v for k, v in tool_paths().items() if k in Tools.__dataclass_fields__}
-    found = Tools(**{k: (v if "{{" in v else Path(v)) for k, v in wanted.items()})
+    fields: dict[str, Any] = {k: (v if "{{" in v else Path(v)) for k, v in wanted.items()}
+    found = Tools(**fields)
     missing = [str(p) for p in vars(found).values() if isinstance(p, Path) and not p.exists()]
     if missing:
-        message = f"missing {', '.join(missing)}: {HOW_TO_INSTALL}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"missing {', '.join(missing)}: {HOW_TO_INSTALL}")
     return found
 
 
@@ -47,10 +43,7 @@ def image() -> podman_support.Image:
     try:
         built = podman_support.build_image()
     except (OSError, RuntimeError) as exc:
-        message = f"{exc}\n{podman_support.HOW_TO_INSTALL}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"{exc}\n{podman_support.HOW_TO_INSTALL}")
     megabytes, seconds = built.size_bytes / 1e6, built.build_seconds
     print(f"\nimage {built.ref}: {megabytes:.1f} MB, built in {seconds:.1f} s")
     return built
@@ -111,10 +104,4 @@ def prometheus_factory(
 
     yield start
     for prometheus in started:
-        if prometheus.process.poll() is None:
-            prometheus.process.send_signal(signal.SIGTERM)
-            try:
-                prometheus.process.wait(20)
-            except subprocess.TimeoutExpired:
-                prometheus.process.kill()
-                prometheus.process.wait(5)
+        stop_process(prometheus.process, grace=20)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ CRD_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 # The Kubernetes version the manifests are rendered for and validated against; it must match
 # KUBERNETES_VERSION in scripts/tools (the schemas it prepares).
 KUBE_VERSION = "1.33.0"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 HOW_TO_INSTALL = "run scripts/tools ensure (installs helm, kubeconform, hadolint, promtool)"
 
 
@@ -69,7 +68,10 @@ def run(*args: str | Path, check: bool = True, **kwargs: Any) -> subprocess.Comp
 
 
 def render_text(
-    tools: Tools, *values_files: Path, sets: dict[str, str] | None = None, check: bool = True
+    tools: Tools,
+    *values_files: Path,
+    sets: Mapping[str, str | int] | None = None,
+    check: bool = True,
 ) -> str:
     args: list[str | Path] = [
         tools.helm,

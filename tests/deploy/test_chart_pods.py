@@ -37,7 +37,7 @@ from .podman_support import (
     unique_name,
     wait_for,
 )
-from conftest import free_port
+from support import free_port
 
 pytestmark = pytest.mark.image
 
@@ -68,6 +68,7 @@ class Played:
 
     @property
     def bridge(self) -> dict[str, Any]:
+        container: dict[str, Any]
         (container,) = self.pod_spec["containers"]
         return container
 

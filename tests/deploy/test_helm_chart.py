@@ -45,6 +45,7 @@ def ci(name: str) -> Path:
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers: list[dict[str, Any]]
     containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["bridge"]
     return containers[0]

@@ -28,7 +28,7 @@ from .podman_support import (
     unique_name,
     wait_for,
 )
-from conftest import free_port
+from support import free_port
 
 pytestmark = pytest.mark.image
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 
 from .deploy_support import (
-    IN_CI,
     PrometheusProcess,
     alert_rules,
     dashboard_expressions,
@@ -25,6 +23,7 @@ from .deploy_support import (
     metric_names,
     post_sftpgo_login,
 )
+from support import reachable, skip_or_fail
 
 pytestmark = pytest.mark.helm
 
@@ -75,14 +74,8 @@ def test_every_kafka_metric_of_the_dashboard_is_exported_by_the_kafka_sink(
 
 
 def _require_kafka(host: str, port: int) -> None:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return
-    except OSError:
-        message = f"Kafka is not reachable at {host}:{port}: run scripts/brokers start"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    if not reachable(host, port):
+        skip_or_fail(f"Kafka is not reachable at {host}:{port}: run scripts/brokers start")
 
 
 @pytest.mark.slow

@@ -49,11 +49,13 @@ def pod_spec() -> dict[str, Any]:
 
 
 def sidecar() -> dict[str, Any]:
+    bridge: dict[str, Any]
     (bridge,) = pod_spec()["initContainers"]
     return bridge
 
 
 def sftpgo() -> dict[str, Any]:
+    container: dict[str, Any]
     (container,) = pod_spec()["containers"]
     return container
 
@@ -70,6 +72,7 @@ def bridge_env() -> dict[str, str]:
 
 def mounted_at(container: dict[str, Any], path: str) -> str:
     """The volume holding path in container (its mount is path or a parent of it)."""
+    name: str
     (name,) = [
         m["name"]
         for m in container["volumeMounts"]
@@ -290,7 +293,8 @@ def hook_check(pair: Pair) -> tuple[int, str]:
 
 
 def sftpgo_hook() -> str:
-    return {e["name"]: e["value"] for e in sftpgo()["env"]}["SFTPGO_COMMON__POST_LOGIN_HOOK"]
+    env: dict[str, str] = {e["name"]: e["value"] for e in sftpgo()["env"]}
+    return env["SFTPGO_COMMON__POST_LOGIN_HOOK"]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import html
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,20 +18,14 @@ import pytest
 
 from bridge.sinks.file import read_events
 
+from support import IN_CI, free_port
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "mediawiki"
 MW_CODE = Path("/usr/share/mediawiki")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TOKEN = "test-token"
 # Long enough for a POSTSEND update on a loaded CI machine; the loop ends as soon as events are in.
 EVENT_WAIT_SECONDS = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _mediawiki_missing() -> str | None:
@@ -120,8 +113,8 @@ def wiki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wiki]:
     env = {
         **os.environ,
         "LOGIN_AUDIT_RUN": str(run_base),
-        "MW_PORT": str(_free_port()),
-        "MW_FPM_PORT": str(_free_port()),
+        "MW_PORT": str(free_port()),
+        "MW_FPM_PORT": str(free_port()),
     }
     started = subprocess.run(
         [str(SCRIPT), "start"],

@@ -17,6 +17,7 @@ import pytest
 
 from bridge.sftpgo import EVENT_ID_HEADER
 
+from .conftest import Wiki, WikiClient
 from conftest import print_fault_row
 from wire import Relay, header, other_service
 
@@ -24,7 +25,6 @@ pytestmark = [pytest.mark.mediawiki, pytest.mark.slow]
 
 TOKEN = "test-token"  # the `wired` bridge's (tests/mediawiki/conftest.py)
 
-Wiki = WikiClient = Any
 EventsOf = Callable[[Any, int], list[dict[str, Any]]]
 
 

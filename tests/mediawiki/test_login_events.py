@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from .conftest import Wiki, WikiClient
+
 pytestmark = [pytest.mark.mediawiki, pytest.mark.slow]
 
-# The fixtures' classes live in conftest.py (not importable here): Wiki, WikiClient, the bridge.
-Wiki = WikiClient = Any
 EventsOf = Callable[[Any, int], list[dict[str, Any]]]
 
 

@@ -1,0 +1,72 @@
+"""Process and network helpers shared by the tests and the benchmarks: ports, health, CI.
+
+The tests import it as ``support`` (tests/ is on pytest's sys.path); a benchmark puts tests/ on
+sys.path first. It imports only the standard library, pytest only when a test skips or fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from typing import NoReturn
+
+# CI fails a test whose broker or tool is missing; a laptop skips it.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Fails in CI (a missing broker or tool there is a broken pipeline), skips elsewhere."""
+    import pytest
+
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def reachable(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections there."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Returns once the bridge at ``url`` answers /healthz with 200; raises if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bridge exited with {process.returncode} before answering")
+        try:
+            # The URL is always http://127.0.0.1:<port>, built by the caller.
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"bridge at {url} did not answer within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM by PID, then SIGKILL if it does not stop within the grace period."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
