@@ -61,12 +61,19 @@ def test_serve_workers_2_answers_on_one_port_takes_in_the_hook_spool_once_and_st
     assert bridge.process is not None
     workers = children_of(bridge.process.pid)
     assert len(workers) == 2
-    # Each request on a new connection: the kernel spreads them over both workers' sockets.
-    sent = {f"posted{i}" for i in range(40)}
-    for user in sorted(sent):
+    first, second = bridge.data_dir / "events", bridge.data_dir / "workers" / "1" / "events"
+    # Each request on a new connection: the kernel spreads them over the sockets of the workers
+    # listening by then. The first may answer before the second has bound its socket, so send
+    # (at least 40, at most 1,000) until both have stored some.
+    sent: set[str] = set()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(sent) < 40 or (
+        not names(second) and len(sent) < 1000 and time.monotonic() < deadline
+    ):
+        user = f"posted{len(sent)}"
         status, _, _ = post(f"{bridge.url}{HOOK}", json.dumps({"username": user}).encode())
         assert status == 200
-    first, second = bridge.data_dir / "events", bridge.data_dir / "workers" / "1" / "events"
+        sent.add(user)
     deadline = time.monotonic() + WAIT_SECONDS
     while spooled - set(names(first)) and time.monotonic() < deadline:
         time.sleep(0.1)
