@@ -270,12 +270,13 @@ def _records(args: argparse.Namespace, settings: Any) -> Iterator[dict[str, Any]
         yield from tail_broker(settings, source=args.source, status=args.status, follow=args.follow)
         return
     from bridge.sinks.file import event_files, read_file
+    from bridge.workers import worker_event_dirs
 
-    directory = settings.events_dir
     seen: dict[Path, int] = {}  # records already printed, per file
     sizes: dict[Path, int] = {}  # with --follow, only files that grew are read again
     while True:
-        for path in event_files(directory, args.status):
+        paths = (p for d in worker_event_dirs(settings) for p in event_files(d, args.status))
+        for path in paths:
             size = path.stat().st_size
             if sizes.get(path) == size:
                 continue

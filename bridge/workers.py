@@ -59,6 +59,23 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     )
 
 
+def worker_event_dirs(settings: Settings) -> list[Path]:
+    """The file sink directories of every worker that ever ran on this data directory:
+    worker 0's own, then ``workers/N`` in order (what ``tail`` reads)."""
+    extra = settings.file_dir if settings.file_dir is not None else settings.data_dir
+    found = sorted(
+        (p for p in (extra / "workers").glob("*") if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    events = [p if settings.file_dir is not None else p / "events" for p in found]
+    return [settings.events_dir, *events]
+
+
+def stranded_spools(settings: Settings, workers: int) -> list[Path]:
+    """Spools of workers numbered ``workers`` or more: no worker of this run replays them."""
+    found = (settings.data_dir / "workers").glob("*/spool.sqlite3")
+    return sorted(p for p in found if p.parent.name.isdigit() and int(p.parent.name) >= workers)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the parent dies, even by SIGKILL."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -70,6 +87,15 @@ def supervise(settings: Settings, workers: int, serve_argv: list[str]) -> int:
 
     ``serve_argv``: the parent's ``serve`` arguments; each child gets them and its index.
     """
+    for spool in stranded_spools(settings, workers):
+        # Left by an earlier run with more workers: its events are replayed only by a worker of
+        # that number. Say so loudly rather than leave them unnoticed.
+        log.warning(
+            "%s belongs to no worker of this run (%d workers): events spooled there are not "
+            "replayed until the bridge runs with more workers again",
+            spool,
+            workers,
+        )
     command = [sys.executable, "-m", "bridge", *serve_argv, "--workers", "1"]
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -100,6 +126,10 @@ def supervise(settings: Settings, workers: int, serve_argv: list[str]) -> int:
             if pid not in children:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            if stopping and code in (-signal.SIGTERM, -signal.SIGINT):
+                # Ended by the signal we forwarded before it had set up its own handlers, so
+                # before it took any request: a clean stop, not a failure.
+                code = 0
             children[pid].returncode = code
             codes.append(code)
             if not stopping:

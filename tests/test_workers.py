@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from bridge.settings import load_settings
 from bridge.sinks.file import read_events
 from bridge.workers import usable_cpus, worker_settings
 
-from conftest import BridgeProcess, post
+from conftest import BIN, BridgeProcess, post
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +84,31 @@ def test_serve_workers_2_answers_on_one_port_takes_in_the_hook_spool_once_and_st
     # Only worker 0 takes in the hook spool, and each spooled login becomes one event.
     assert sorted(n for n in in_first if n in spooled) == sorted(spooled)
     assert not spooled & set(in_second)
+    # `tail` on the data directory shows what every worker stored, not only worker 0.
+    tail = subprocess.run(
+        [str(BIN / "login-audit-bridge"), "tail", "--data-dir", str(bridge.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    tailed = {json.loads(line)["user"]["name"] for line in tail.stdout.splitlines()}
+    assert sent | spooled <= tailed
     assert bridge.stop() == Exit.OK
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_a_spool_no_worker_of_this_run_owns_is_named_in_a_warning(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """After a run with 3 workers, a run with 2 leaves worker 2's spool alone: it must say so."""
+    bridge = bridge_factory(start=False, auth_tokens="test-token", workers="2")
+    orphan = bridge.data_dir / "workers" / "2" / "spool.sqlite3"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"")
+    bridge.start()
+    assert bridge.stop() == Exit.OK
+    assert f"{orphan} belongs to no worker of this run (2 workers)" in bridge.logs()
 
 
 def test_each_worker_has_its_own_data_dir_and_only_the_first_the_admin_port(tmp_path: Path) -> None:
