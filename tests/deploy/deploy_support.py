@@ -95,6 +95,22 @@ def objects_of(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]
     return [o for o in objects if o and o["kind"] == kind]
 
 
+def hook_service(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Service SFTPGo posts to (the other one is the admin port's)."""
+    (service,) = [s for s in objects_of(objects, "Service") if not _is_admin(s)]
+    return service
+
+
+def admin_service(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The admin port's ClusterIP Service: health, readiness and metrics in plain HTTP."""
+    (service,) = [s for s in objects_of(objects, "Service") if _is_admin(s)]
+    return service
+
+
+def _is_admin(service: dict[str, Any]) -> bool:
+    return bool(service["metadata"].get("labels", {}).get("login-audit-bridge/port") == "admin")
+
+
 def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = objects_of(objects, kind)
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"

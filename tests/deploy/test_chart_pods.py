@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .deploy_support import CHART, Tools, objects_of, one, render_text
+from .deploy_support import CHART, Tools, hook_service, objects_of, one, render_text
 from .podman_support import (
     Image,
     exit_code,
@@ -87,7 +87,7 @@ class Played:
     def hook_url(self) -> str:
         """Where SFTPGo would post: the Service's http port, reached through its hostPort."""
         (service_port,) = [
-            p for p in one(self.objects, "Service")["spec"]["ports"] if p["name"] == "http"
+            p for p in hook_service(self.objects)["spec"]["ports"] if p["name"] == "http"
         ]
         port = self.container_port(service_port["targetPort"])
         tls = "BRIDGE_TLS_CERTFILE" in one(self.objects, "ConfigMap")["data"]
@@ -262,11 +262,13 @@ def hook_pod(played: Played, url: str, *, ready_seconds: str | None = None) -> t
 
 
 def service_url_in_the_pod_network(played: Played, rendered: str) -> str:
-    """The hook's Service URL as the cluster would route it: to the pod's IP and target port."""
+    """A Service URL as the cluster would route it: to the pod's IP and target port."""
     parts = urllib.parse.urlsplit(rendered)
-    service = one(played.objects, "Service")
-    meta = service["metadata"]
-    assert parts.hostname == f"{meta['name']}.{meta['namespace']}.svc"
+    (service,) = [
+        s
+        for s in objects_of(played.objects, "Service")
+        if parts.hostname == f"{s['metadata']['name']}.{s['metadata']['namespace']}.svc"
+    ]
     (port,) = [p for p in service["spec"]["ports"] if p["port"] == parts.port]
     target = played.container_port(port["targetPort"])
     return f"{parts.scheme}://{played.pod_ip()}:{target}"

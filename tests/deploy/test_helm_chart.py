@@ -413,7 +413,8 @@ def test_optional_objects_are_absent_by_default(render: Render) -> None:
     kinds = sorted(
         o["kind"] for o in objects if "helm.sh/hook" not in o["metadata"].get("annotations", {})
     )
-    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"]
+    # Two Services: the hook port's, and the admin port's (ClusterIP only).
+    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service", "Service", "ServiceAccount"]
 
 
 def test_all_optional_objects_render_when_enabled(render: Render) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .deploy_support import CHART, objects_of, one
+from .deploy_support import CHART, admin_service, objects_of, one
 
 pytestmark = pytest.mark.helm
 
@@ -52,14 +52,16 @@ def test_helm_test_pod_reads_readiness_and_metrics_and_never_posts_a_login(
     assert "POST" not in script
 
 
-def test_helm_test_pod_asks_the_service_the_way_sftpgo_would(render: Render) -> None:
-    objects = render(ci("default"))
-    service = one(objects, "Service")
-    assert env_of(helm_test_pod(objects))["LOGIN_AUDIT_TEST_URL"] == (
-        f"http://{service['metadata']['name']}.security.svc:{service['spec']['ports'][0]['port']}"
-    )
-    tls = render(ci("all-optional-objects-on"))
-    assert env_of(helm_test_pod(tls))["LOGIN_AUDIT_TEST_URL"].startswith("https://")
+def test_helm_test_pod_asks_the_admin_service_in_plain_http_even_under_mtls(
+    render: Render,
+) -> None:
+    """With tls.clientAuth the hook port wants a client certificate the pod does not have."""
+    for values in ("default", "all-optional-objects-on"):
+        objects = render(ci(values))
+        service = admin_service(objects)
+        assert env_of(helm_test_pod(objects))["LOGIN_AUDIT_TEST_URL"] == (
+            f"http://{service['metadata']['name']}.security.svc:{service['spec']['ports'][0]['port']}"
+        )
 
 
 def test_helm_test_pod_is_not_taken_for_a_bridge_by_the_service(render: Render) -> None:
