@@ -12,7 +12,9 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 # CI fails a test whose broker or tool is missing; a laptop skips it.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -70,3 +72,28 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def serve_in_thread(app: Any, port: int, **tls: Any) -> Iterator[None]:
+    """Serves an ASGI app with uvicorn on 127.0.0.1:``port`` in a thread, for in-process tests."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="off", **tls
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        threading.Event().wait(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import uvicorn
 
 from bridge import __version__
 from bridge.app import TokenCheck, create_app
@@ -30,7 +28,7 @@ from bridge.sinks.file import read_events
 from bridge.sinks.memory import MemorySink
 
 from conftest import BridgeProcess, mediawiki_observations, mediawiki_payload, post
-from support import free_port
+from support import free_port, serve_in_thread
 
 SFTPGO_QUERY = "ip=198.51.100.7&login_method=password&protocol=FTP&status=0"
 BOB = b'{"username":"bob","id":7}'
@@ -107,20 +105,6 @@ def test_a_hook_asked_with_get_is_a_405_that_is_not_final(bridge: BridgeProcess)
         )
 
 
-def _serve(app: Any, port: int) -> Iterator[None]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        threading.Event().wait(0.02)
-    yield
-    server.should_exit = True
-    thread.join(10)
-
-
 def test_a_503_names_the_bridge_and_is_not_final() -> None:
     """The sink down and no spool: come back later, with the same body."""
     sink, metrics = MemorySink(), Metrics()
@@ -134,7 +118,7 @@ def test_a_503_names_the_bridge_and_is_not_final() -> None:
         max_body_bytes=4096,
     )
     port = free_port()
-    for _ in _serve(app, port):
+    with serve_in_thread(app, port):
         url = f"http://127.0.0.1:{port}/v1/hooks/sftpgo?{SFTPGO_QUERY}"
         assert answer_of(url, BOB, token=None) == (503, __version__, False)
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import trustme
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import TokenCheck, create_app
@@ -35,7 +34,7 @@ from conftest import (
     sftpgo_vectors,
     vector_body,
 )
-from support import free_port
+from support import free_port, serve_in_thread
 
 OK_QUERY = "ip=198.51.100.7&login_method=password&protocol=FTP&status=0"
 BOB = b'{"username":"bob","id":7}'
@@ -70,22 +69,6 @@ def get(url: str) -> tuple[int, bytes]:
             return exc.code, exc.read()
 
 
-def _serve(app: Any, port: int, **tls: Any) -> Iterator[None]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="off", **tls
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        threading.Event().wait(0.02)
-    yield
-    server.should_exit = True
-    thread.join(10)
-
-
 def _app(sink: MemorySink, metrics: Metrics, *, tokens: list[str], header: str) -> Any:
     return create_app(
         pipeline=Pipeline(sink=sink, metrics=metrics, publish_timeout=5),
@@ -102,7 +85,7 @@ def live() -> Iterator[LiveApp]:
     asyncio.run(sink.start())
     port = free_port()
     app = _app(sink, metrics, tokens=["old-token", "new-token"], header="Authorization")
-    for _ in _serve(app, port):
+    with serve_in_thread(app, port):
         yield LiveApp(url=f"http://127.0.0.1:{port}", sink=sink, metrics=metrics)
 
 
@@ -217,7 +200,7 @@ def test_custom_token_header_as_sftpgo_http_headers_sends_it() -> None:
     asyncio.run(sink.start())
     port = free_port()
     app = _app(sink, metrics, tokens=["example-shared-token"], header="X-Sftpgo-Hook-Token")
-    for _ in _serve(app, port):
+    with serve_in_thread(app, port):
         url = f"http://127.0.0.1:{port}/v1/hooks/sftpgo?{OK_QUERY}"
         ok = post(url, BOB, token=None, headers={"X-Sftpgo-Hook-Token": "example-shared-token"})
         assert ok[0] == 200
@@ -239,7 +222,7 @@ def test_mutual_tls_accepts_a_client_certificate_and_refuses_none(tmp_path: Path
         "ssl_ca_certs": str(ca_pem),
         "ssl_cert_reqs": ssl.CERT_REQUIRED,
     }
-    for _ in _serve(app, port, **tls):
+    with serve_in_thread(app, port, **tls):
         url = f"https://127.0.0.1:{port}/v1/hooks/sftpgo?{OK_QUERY}"
         with_cert = ssl.create_default_context()
         ca.configure_trust(with_cert)
@@ -319,7 +302,7 @@ def test_full_spool_answers_503_with_retry_after(tmp_path: Path) -> None:
         max_body_bytes=4096,
     )
     port = free_port()
-    for _ in _serve(app, port):
+    with serve_in_thread(app, port):
         url = f"http://127.0.0.1:{port}/v1/hooks/sftpgo?{OK_QUERY}"
         assert post(url, BOB, token=None)[0] == 200  # spooled
         status, body, headers = post(url, BOB, token=None)
