@@ -47,7 +47,7 @@ _CLIENT_REASONS = {404: "not_found", 405: "method_not_allowed"}
 FINAL_STATUSES = (400, 413, 415)
 # On every answer of a hook route: a 404 or a 2xx without it came from something else.
 _IDENTITY = (IDENTITY_HEADER.lower().encode(), __version__.encode())
-_EVENT_ID = EVENT_ID_HEADER.lower().encode()
+_EVENT_ID = EVENT_ID_HEADER.lower()
 
 
 class TokenCheck:
@@ -113,7 +113,7 @@ class HookEndpoints:
         self._in_flight = 0
         # Read at each scrape: Gauge.inc()/dec() take a lock twice per request (5 % of the CPU).
         metrics.requests_in_flight.set_function(lambda: self._in_flight)
-        self._routes: dict[str, Callable[[Scope, bytes], LoginEvent]] = {
+        self._routes: dict[str, Callable[[Scope, dict[str, str], bytes], LoginEvent]] = {
             SFTPGO_PATH: self._sftpgo,
             MEDIAWIKI_PATH: self._mediawiki,
         }
@@ -136,16 +136,20 @@ class HookEndpoints:
         await send({"type": "http.response.start", "status": status, "headers": headers + extra})
         await send({"type": "http.response.body", "body": body})
 
-    def _sftpgo(self, scope: Scope, body: bytes) -> LoginEvent:
+    def _sftpgo(self, scope: Scope, headers: dict[str, str], body: bytes) -> LoginEvent:
+        # The event id the source fixed for this event, if it sent one.
         return self._normalizer.sftpgo_from_http(
-            _single_valued_query(scope), body, event_id=_source_event_id(scope)
+            _single_valued_query(scope), body, event_id=headers.get(_EVENT_ID)
         )
 
-    def _mediawiki(self, scope: Scope, body: bytes) -> LoginEvent:
-        return self._normalizer.mediawiki(parse_mediawiki(body), event_id=_source_event_id(scope))
+    def _mediawiki(self, scope: Scope, headers: dict[str, str], body: bytes) -> LoginEvent:
+        return self._normalizer.mediawiki(parse_mediawiki(body), event_id=headers.get(_EVENT_ID))
 
     async def _handle(
-        self, scope: Scope, receive: Receive, normalize: Callable[[Scope, bytes], LoginEvent]
+        self,
+        scope: Scope,
+        receive: Receive,
+        normalize: Callable[[Scope, dict[str, str], bytes], LoginEvent],
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         try:
             headers = _headers(scope)
@@ -158,7 +162,7 @@ class HookEndpoints:
                 raise Overloaded("too many requests in flight")
             self._in_flight += 1
             try:
-                event = normalize(scope, body)
+                event = normalize(scope, headers, body)
                 await self._pipeline.publish(event)
             finally:
                 self._in_flight -= 1
@@ -223,14 +227,6 @@ def error_response(status: int, reason: str, message: str, detail: str | None = 
         headers=headers,
         media_type="application/json",
     )
-
-
-def _source_event_id(scope: Scope) -> str | None:
-    """The X-Login-Audit-Event-Id the source fixed for this event, if it sent one."""
-    for name, value in scope["headers"]:
-        if name == _EVENT_ID:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def _headers(scope: Scope) -> dict[str, str]:
