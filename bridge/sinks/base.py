@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -32,6 +33,14 @@ class Sink(abc.ABC):
         """Returns once the event is durable (fsync'd, or acknowledged by the broker).
 
         ``encoded.datum`` is the event's Avro body, encoded once by :mod:`bridge.encode`."""
+
+    def submit(self, encoded: EncodedEvent) -> asyncio.Future[None]:
+        """Starts sending now; the future resolves once the event is durable, or with the
+        SinkError. May also raise a SinkError at once (the send could not even start).
+
+        The pipeline uses this to bound its wait without cancelling the send. This default runs
+        ``send`` as a task; a sink that can start a send without a coroutine overrides it."""
+        return asyncio.ensure_future(self.send(encoded))
 
     def ready(self) -> bool:
         """True while the sink can take events; drives ``/readyz``."""
