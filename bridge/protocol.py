@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from bridge.metrics import Metrics
 
@@ -112,7 +113,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._headers_too_large()
             return
         self._set_deadline(self.limits.body_timeout, self._body_too_slow)
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before and type(self.cycle) is RequestResponseCycle:
+            # uvicorn builds the cycle itself; its task has not run yet, so the class can still
+            # change. Same layout, one method more: see OneWriteCycle.
+            self.cycle.__class__ = OneWriteCycle
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -194,3 +200,79 @@ def _response_head(status: int, length: int) -> bytes:
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n" % (status, _PHRASES[status], length)
     )
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, writing a response's head and body in one write().
+
+    uvicorn writes the status line and headers as soon as the app sends them, then the body: two
+    system calls per answer, and on loopback each one also runs the receiving side's TCP work
+    and wakes the client. The head is held until the first body write (or the close) instead.
+    """
+
+    _head: bytes | None = None
+
+    async def send(self, message: ASGISendEvent) -> None:
+        transport = self.transport
+        if message["type"] == "http.response.start" and not self.response_started:
+            holder = _HeadHolder(transport)
+            self.transport = holder  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            self._head = holder.head
+            return
+        head, self._head = self._head, None
+        if head is None:
+            await super().send(message)
+            return
+        joined = _HeadFirst(transport, head)
+        self.transport = joined  # type: ignore[assignment]
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+            joined.flush()  # a HEAD answer, or a body that uvicorn refused, writes nothing
+
+
+class _HeadHolder:
+    """Stands in for the transport while uvicorn writes a response's head: keeps it."""
+
+    __slots__ = ("_transport", "head")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        self.head = data if self.head is None else self.head + data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _HeadFirst:
+    """Stands in for the transport while uvicorn writes a body: the held head goes first."""
+
+    __slots__ = ("_head", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, head: bytes) -> None:
+        self._transport = transport
+        self._head: bytes | None = head
+
+    def write(self, data: bytes) -> None:
+        head, self._head = self._head, None
+        self._transport.write(data if head is None else head + data)
+
+    def flush(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and not self._transport.is_closing():
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

@@ -1,0 +1,105 @@
+"""The bridge's HTTP protocol on a recording transport: what reaches the socket, and in what order.
+
+Each answer leaves in one write() (head and body together: one system call, one wake-up of the
+client); these tests prove the head is never lost or reordered on the paths where no body is
+written after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.server import ServerState
+
+from bridge.metrics import Metrics
+from bridge.protocol import ConnectionLimits, bounded_protocol
+
+LIMITS = ConnectionLimits(max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0)
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+    assert scope["type"] == "http"
+    await receive()
+    body = b'{"hello":"%s"}' % scope["path"].encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def exchange(data: bytes, answers: int) -> RecordingTransport:
+    config = uvicorn.Config(app=hello, lifespan="off", log_level="warning")
+    config.load()
+    protocol_class = bounded_protocol(LIMITS, Metrics())
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(data)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if sum(w.count(b"HTTP/1.1 ") for w in transport.writes) >= answers and (not protocol.tasks):
+            break
+    protocol.connection_lost(None)
+    return transport
+
+
+def test_an_answer_leaves_in_one_write_with_its_head_first() -> None:
+    transport = asyncio.run(exchange(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 1))
+    assert len(transport.writes) == 1
+    head, _, body = transport.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\ncontent-length: 14\r\n" in head + b"\r\n"
+    assert body == b'{"hello":"/a"}'
+
+
+def test_a_head_request_still_gets_its_head_though_no_body_is_written() -> None:
+    transport = asyncio.run(exchange(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n", 1))
+    assert len(transport.writes) == 1
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.writes[0].endswith(b"\r\n\r\n")
+
+
+def test_connection_close_writes_the_whole_answer_before_closing() -> None:
+    transport = asyncio.run(exchange(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 1))
+    assert transport.closed
+    assert len(transport.writes) == 1
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.writes[0].endswith(b'{"hello":"/a"}')
+
+
+def test_pipelined_requests_are_answered_in_order_one_write_each() -> None:
+    requests = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n"
+    transport = asyncio.run(exchange(requests, 2))
+    assert len(transport.writes) == 2
+    assert transport.writes[0].endswith(b'{"hello":"/first"}')
+    assert transport.writes[1].endswith(b'{"hello":"/second"}')
