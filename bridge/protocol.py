@@ -63,7 +63,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_headers = False
         self._received = 0  # bytes received since the current request began, while in its headers
-        self._deadline: asyncio.TimerHandle | None = None
+        # One timer per connection, re-armed only when it fires early (see _set_deadline).
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # loop time; None: no deadline
+        self._deadline_seconds = 0.0
+        self._expire: Callable[[], None] = _nothing
         self._refused = False
 
     # -- the transport
@@ -73,7 +77,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._set_deadline(self.limits.header_timeout, self._headers_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._clear_deadline()
+        self._stop_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -162,27 +166,47 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def _set_deadline(self, seconds: float, expire: Callable[[], None]) -> None:
-        self._clear_deadline()
+        # Every request sets two deadlines: a timer each (and a cancel) was 3 % of a worker's
+        # CPU under load. Deadlines only move later, so the armed timer is kept when it fires
+        # first; then it checks the deadline and is armed again for what is left.
+        at = self.loop.time() + seconds
+        self._deadline = at
+        self._deadline_seconds = seconds
+        self._expire = expire
+        if self._timer is None or self._timer.when() > at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(at, self._check_deadline)
 
-        def check() -> None:
-            if self.flow.read_paused:
-                self._set_deadline(seconds, expire)  # uvicorn holds the reading, not the client
-            else:
-                expire()
-
-        self._deadline = self.loop.call_later(seconds, check)
+    def _check_deadline(self) -> None:
+        self._timer = None
+        at = self._deadline
+        if at is None:
+            return
+        if self.loop.time() < at:
+            self._timer = self.loop.call_at(at, self._check_deadline)
+        elif self.flow.read_paused:
+            # uvicorn holds the reading (a pipelined request waits), not the client
+            self._set_deadline(self._deadline_seconds, self._expire)
+        else:
+            self._deadline = None
+            self._expire()
 
     def _clear_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None
+
+    def _stop_timer(self) -> None:
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _refuse(
         self, cause: str, status: int | None, message: str, *, reason: str | None = None
     ) -> None:
         """Answers ``status`` (None: nothing) with a JSON error and closes the connection."""
         self._refused = True
-        self._clear_deadline()
+        self._stop_timer()
         self.metrics.connections_closed.labels(cause).inc()
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a Unix socket client"
         log.warning("closed the connection from %s: %s", peer, message)
@@ -276,3 +300,7 @@ class _HeadFirst:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+def _nothing() -> None:
+    return None

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -253,6 +254,35 @@ def test_half_sent_headers_are_answered_408_and_closed(impatient: BridgeProcess)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")
     assert json.loads(body)["error"] == "header_timeout"
+
+
+def test_a_deadline_counts_from_its_own_request_on_a_kept_alive_connection(
+    impatient: BridgeProcess,
+) -> None:
+    """The timer armed for an earlier request fires before the later request's deadline: the
+    later request is neither cut short by it (200 at 1.2 s from the first) nor let off (408)."""
+    one = (
+        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n\r\n"
+    ).encode() + BOB
+    head, rest = one[:40], one[40:]
+    with connect(impatient) as sock:
+        sock.sendall(one)
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        assert reply.status == 200
+        reply.read()
+        time.sleep(0.6)
+        sock.sendall(head)  # a second request begins 0.6 s in: its deadline is at 1.6 s
+        time.sleep(0.6)  # past the first request's header deadline (1 s)
+        sock.sendall(rest)
+        second = http.client.HTTPResponse(sock)
+        second.begin()
+        assert second.status == 200
+        second.read()
+        sock.sendall(head)  # a third, never finished: answered 408 once its own second is up
+        answer = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ")
 
 
 def test_a_connection_that_sends_nothing_is_closed(impatient: BridgeProcess) -> None:
