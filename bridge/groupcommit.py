@@ -35,6 +35,7 @@ class GroupCommit(Generic[Item]):
         self._fail = fail
         self._pending: list[tuple[Item, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def busy(self) -> bool:
@@ -43,11 +44,19 @@ class GroupCommit(Generic[Item]):
 
     async def submit(self, item: Item) -> None:
         """Returns once the batch holding ``item`` is written; raises ``fail(...)`` if not."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.enqueue(item)
+
+    def enqueue(self, item: Item) -> asyncio.Future[None]:
+        """``submit`` without the coroutine: the future resolves as ``submit`` returns."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # Asked once per loop: on Python 3.11 get_running_loop() calls getpid() each time.
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._pending.append((item, future))
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
-        await future
+            self._task = loop.create_task(self._drain())
+        return future
 
     async def idle(self) -> None:
         """Waits for the batch in flight, if any (used before closing what ``write`` writes to)."""

@@ -97,11 +97,14 @@ class FileSink(Sink):
         return self._open
 
     async def send(self, encoded: EncodedEvent) -> None:
+        await self.submit(encoded)
+
+    def submit(self, encoded: EncodedEvent) -> asyncio.Future[None]:
         if not self._open:
             raise SinkUnavailable("file sink is not started")
         # fastavro's container writer takes records, not encoded bodies (no public API for
         # those), so the record is encoded again here; the fsync dominates this sink's cost.
-        await self._commits.submit(encoded.event)
+        return self._commits.enqueue(encoded.event)
 
     def _io_failure(self, exc: Exception) -> Exception:
         if self._metrics is not None:
