@@ -20,7 +20,9 @@ from typing import Any, ClassVar
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from bridge import __version__
 from bridge.metrics import Metrics
+from bridge.sftpgo import IDENTITY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -211,18 +213,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a Unix socket client"
         log.warning("closed the connection from %s: %s", peer, message)
         if status is not None and not self.transport.is_closing():
-            body = json.dumps({"error": reason or cause, "message": message}).encode()
+            # "final": false: what is refused here is how the request was sent, never its body,
+            # so a hook keeps the event (its spool is taken in without HTTP) instead of
+            # setting it aside as refused.
+            error = {"error": reason or cause, "message": message, "final": False}
+            body = json.dumps(error).encode()
             self.transport.write(_response_head(status, len(body)) + body)
         self.transport.close()
 
 
+_IDENTITY = b"%s: %s" % (IDENTITY_HEADER.lower().encode(), __version__.encode())
 _PHRASES = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 def _response_head(status: int, length: int) -> bytes:
+    # The bridge's identity header, as on every hook-route answer: the hook and the extension
+    # trust only answers that carry it.
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n" % (status, _PHRASES[status], length)
+        b"%s\r\nconnection: close\r\n\r\n" % (status, _PHRASES[status], length, _IDENTITY)
     )
 
 

@@ -220,6 +220,8 @@ def test_headers_over_the_cap_in_one_piece_are_answered_431(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431 ")
     assert json.loads(body)["error"] == "headers_too_large"
+    assert json.loads(body)["final"] is False
+    assert re.search(rb"(?im)^x-login-audit-bridge: \S+\r$", head + b"\r")
     assert "closed the connection from 127.0.0.1" in bridge.logs()
 
 
@@ -254,6 +256,8 @@ def test_half_sent_headers_are_answered_408_and_closed(impatient: BridgeProcess)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")
     assert json.loads(body)["error"] == "header_timeout"
+    assert json.loads(body)["final"] is False  # how it was sent, not what: the hook keeps it
+    assert re.search(rb"(?im)^x-login-audit-bridge: \S+\r$", head + b"\r")
 
 
 def test_a_deadline_counts_from_its_own_request_on_a_kept_alive_connection(
