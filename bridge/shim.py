@@ -72,6 +72,7 @@ HOOK_PATH = "/v1/hooks/sftpgo"
 PAM_HOOK_PATH = "/v1/hooks/pam"
 # --pam: beyond the timeout, what writing the spool may take before the process is killed.
 PAM_SPOOL_SECONDS = 1.0
+_PAM_TIMEOUT = "LOGIN_AUDIT_HOOK_PAM_TIMEOUT"
 MAX_REPLY_BYTES = 65536  # the bridge's answers are a few hundred bytes; stop reading past this
 # After a final 413, what is sent again: username and id, a name cut to this many characters
 # (SFTPGo takes a failed login's name from the client; the bridge keeps 256 and flags the cut).
@@ -606,8 +607,12 @@ def _pam(args: list[str]) -> int:
         _say(f"--pam needs success or failure on a {kind} line (docs/pam.md)")
         return EXIT_USAGE
     received_ms = time.time_ns() // 1_000_000
+    # Armed before the settings file is read (a file on a hung mount, a FIFO): the variable's
+    # timeout if set, else the longest one; then again with the file's.
+    early = {**DEFAULTS, "LOGIN_AUDIT_HOOK_PAM_TIMEOUT": environ.get(_PAM_TIMEOUT, "5")}
+    _hard_limit(_number(early, _PAM_TIMEOUT, 0.1, 5.0) + PAM_SPOOL_SECONDS)
     config = _settings(environ)
-    timeout = _number(config, "LOGIN_AUDIT_HOOK_PAM_TIMEOUT", 0.1, 5.0)
+    timeout = _number(config, _PAM_TIMEOUT, 0.1, 5.0)
     _hard_limit(timeout + PAM_SPOOL_SECONDS)
     document: dict[str, Any] = {
         "format": handoff.FORMAT,
