@@ -35,7 +35,8 @@ ENV_TO_FIELD = (
 # sshd with ExposeAuthInfo puts "<method> [<key type> <key>]" here, in the PAM environment that
 # pam_exec passes on: only the method (its first word) is taken, never a key.
 SSH_AUTH_INFO = "SSH_AUTH_INFO_0"
-FIELDS = ("format", "result", "host", "auth_method", *(name for _, name in ENV_TO_FIELD))
+FIELDS = ("format", "result", "time", "host", "auth_method", *(name for _, name in ENV_TO_FIELD))
+MAX_TIME_MS = 253_402_300_799_999  # Avro timestamp-millis as every reader decodes it
 # PAM_TYPE values of a session stack: the hook sends nothing when a session closes.
 OPEN_SESSION = "open_session"
 CLOSE_SESSION = "close_session"
@@ -64,6 +65,9 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
     from bridge.event import LoginEvent
 
     text = _texts(facts, InvalidField)
+    # The hook's clock at the login: the event's time even when it arrives late from a spool.
+    stamp = text.get("time", "")
+    time_ms = int(stamp) if stamp.isdigit() and int(stamp) <= MAX_TIME_MS else received_ms
     if text.get("format") != FORMAT:
         raise InvalidField("format", f"must be {FORMAT!r}")
     result = text.get("result")
@@ -91,7 +95,7 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
     logon_type = _logon_type(service, rhost)
     record = n._record(
         event_id=event_id,
-        time_ms=received_ms,
+        time_ms=time_ms,
         received_ms=received_ms,
         ok=ok,
         status_detail=None,

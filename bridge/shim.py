@@ -81,7 +81,7 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _IDENTITY = IDENTITY_HEADER.lower().encode()
 
 HELP = """\
-usage: login-audit-hook [--help] [--version] [--check] [--pam success|failure]
+usage: login-audit-hook [--help] [--version] [--check] [--pam success|failure] [--drain]
 
 SFTPGo post-login hook: set SFTPGo's common.post_login_hook to this program's absolute path.
 SFTPGo passes the login in SFTPGO_LOGIND_* variables; the hook posts it to the bridge (the user
@@ -114,6 +114,10 @@ named by LOGIN_AUDIT_HOOK_CONFIG; the environment wins):
 the argument says which outcome the stack line is reached on (a session's open_session is a
 success without it; close_session sends nothing). Silent, never reads stdin (so never a
 password, even with expose_authtok), killed after the timeout plus {pam_spool}s at most.
+
+--drain sends the PAM logins waiting in the spool to the bridge, oldest first, each with its
+event id and time, and deletes each the bridge stored: for a host without a bridge of its own
+reading the spool (run it from a timer). Exits 0 when none is left, 1 otherwise.
 
 --check prints whether the settings are usable and exits 0, or 2 with the problem. Unusable
 settings at login time: the login is spooled, not sent, and the hook exits 2.
@@ -201,6 +205,8 @@ def _flags(args: list[str]) -> int:
 
         sys.stdout.write(f"login-audit-hook {__version__}\n")
         return EXIT_OK
+    if args[0] == "--drain":
+        return _drain()
     if args[0] == "--check":
         config = _settings(os.environ)
         problem = _problem(config, _fields(config))
@@ -590,6 +596,43 @@ def _spool(directory: str, document: dict[str, Any]) -> str | None:
 # -- PAM (pam_exec)
 
 
+def _drain() -> int:
+    """Sends the spooled PAM logins to the bridge, oldest first, until one is not taken."""
+    from pathlib import Path
+
+    from bridge import pam
+    from bridge.errors import MalformedInput
+
+    config = _settings(os.environ)
+    problem = _problem(config, [])
+    if problem is not None:
+        _say(problem)
+        return EXIT_USAGE
+    spool = Path(config["LOGIN_AUDIT_HOOK_SPOOL_DIR"])
+    timeout = _number(config, "LOGIN_AUDIT_HOOK_TIMEOUT", 0.1, 10.0)
+    files = sorted(spool.glob("*" + handoff.SUFFIX)) if spool.is_dir() else []
+    sent = 0
+    for path in files:
+        try:
+            document = handoff.read(path)
+        except MalformedInput:
+            continue  # a bridge's intake sets such a file aside, with its reason
+        if document is None or document.get("source") != pam.SPOOL_SOURCE:
+            continue  # SFTPGo's files carry no time the route takes: a local bridge's intake
+        event_id = document.get("event_id") or _new_event_id()
+        body = _dumps(document["query"])
+        answer = _post(config, PAM_HOOK_PATH, body, event_id, time.monotonic() + timeout)
+        if not (answer.stored or answer.final):
+            _say(f"sent {sent} spooled PAM login(s); the bridge did not take {path.name}")
+            return 1
+        if answer.final and _keep_rejected(str(spool), document, answer) != EXIT_OK:
+            return 1
+        path.unlink(missing_ok=True)
+        sent += 1
+    _say(f"sent {sent} spooled PAM login(s); none left")
+    return EXIT_OK
+
+
 def _pam(args: list[str]) -> int:
     """pam_exec's mode: the login's facts from PAM_*, the outcome from the stack line's argument."""
     global _quiet
@@ -619,7 +662,7 @@ def _pam(args: list[str]) -> int:
         "source": pam.SPOOL_SOURCE,
         "received_ms": received_ms,
         "event_id": _new_event_id(),
-        "query": _pam_facts(pam, environ, args[0] if args else "success"),
+        "query": _pam_facts(pam, environ, args[0] if args else "success", received_ms),
         "user": {},
     }
     spool_dir = config["LOGIN_AUDIT_HOOK_SPOOL_DIR"]
@@ -637,9 +680,16 @@ def _pam(args: list[str]) -> int:
     return EXIT_OK if _spool(spool_dir, document) else EXIT_LOST
 
 
-def _pam_facts(pam: Any, environ: os._Environ[str], result: str) -> dict[str, str]:
+def _pam_facts(
+    pam: Any, environ: os._Environ[str], result: str, received_ms: int
+) -> dict[str, str]:
     """What the bridge is told: pam_exec's variables, this host's name, never a secret."""
-    facts = {"format": pam.FORMAT, "result": result, "host": _text(os.uname().nodename)}
+    facts = {
+        "format": pam.FORMAT,
+        "result": result,
+        "time": str(received_ms),
+        "host": _text(os.uname().nodename),
+    }
     for variable, name in pam.ENV_TO_FIELD:
         facts[name] = _text(environ.get(variable, ""))
     # sshd's ExposeAuthInfo: "publickey ssh-ed25519 AAAA..." per method; the first word only.

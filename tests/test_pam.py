@@ -22,6 +22,7 @@ import fastavro
 import pytest
 from fastavro import parse_schema
 
+from bridge import handoff
 from bridge.codec import AvroCodec, schema_text
 from bridge.errors import InvalidField
 from bridge.normalize import Normalizer
@@ -373,3 +374,50 @@ def test_the_pam_route_refuses_a_body_that_is_not_pam_facts_for_good(bridge: Bri
         "format",
         True,
     )
+
+
+def test_a_spooled_pam_login_keeps_the_hooks_time_not_the_time_it_was_taken_in() -> None:
+    record = normalizer().pam(facts(time="1700000000123"), received_ms=1_795_330_677_813).record
+
+    assert (record["time"], record["metadata"]["logged_time"]) == (
+        1_700_000_000_123,
+        1_795_330_677_813,
+    )
+
+
+def test_drain_sends_spooled_pam_logins_to_a_remote_bridge_with_their_id_and_time(
+    bridge_factory: BridgeFactory, tmp_path: Path
+) -> None:
+    """A host without a bridge of its own: its timer runs --drain once the bridge is back."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    for result in ("failure", "failure", "success"):
+        assert run_pam_hook(pam_env(tmp_path, dead), result).returncode == 0
+    documents = spooled(tmp_path)
+    sftpgo = handoff.write(str(tmp_path / "spool"), 1, b'{"format": "x"}')  # not PAM's: left
+    bridge = bridge_factory(auth_tokens=TOKEN)  # its own hook spool is elsewhere
+    env = pam_env(tmp_path, bridge.url)
+
+    drained = subprocess.run(
+        [str(HOOK), "--drain"], env=env, capture_output=True, timeout=60, check=False
+    )
+
+    assert drained.returncode == 0, drained.stderr
+    records = list(read_events(bridge.events_dir))
+    assert sorted(
+        (r["metadata"]["uid"], round(r["time"].timestamp() * 1000), r["status"]) for r in records
+    ) == sorted(
+        (d["event_id"], d["received_ms"], d["query"]["result"].capitalize()) for d in documents
+    )
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [Path(str(sftpgo)).name]
+
+
+def test_drain_keeps_every_pam_login_while_the_bridge_is_still_down(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert run_pam_hook(pam_env(tmp_path, dead), "failure").returncode == 0
+
+    drained = subprocess.run(
+        [str(HOOK), "--drain"], env=pam_env(tmp_path, dead), capture_output=True, timeout=60
+    )
+
+    assert drained.returncode == 1
+    assert len(spooled(tmp_path)) == 1
