@@ -6,6 +6,7 @@ end-to-end tests with Debian's pamtester and sshd are in tests/test_pam_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -24,13 +25,14 @@ from fastavro import parse_schema
 
 from bridge import handoff
 from bridge.codec import AvroCodec, schema_text
+from bridge.durable_spool import DurableSpool, Spooled
 from bridge.errors import InvalidField
 from bridge.normalize import Normalizer
 from bridge.pam import FORMAT
 from bridge.shim import DEFAULTS, PAM_SPOOL_SECONDS
 from bridge.sinks.file import read_events
 
-from conftest import BIN, BridgeProcess, post
+from conftest import BIN, BridgeProcess, encoded, post
 from support import free_port
 
 HOOK = BIN / "login-audit-hook"
@@ -421,3 +423,21 @@ def test_drain_keeps_every_pam_login_while_the_bridge_is_still_down(tmp_path: Pa
 
     assert drained.returncode == 1
     assert len(spooled(tmp_path)) == 1
+
+
+def test_a_pam_event_read_back_from_the_bridges_spool_is_still_pams(tmp_path: Path) -> None:
+    """A sink that is down sends the event through the durable spool: its replay must keep the
+    source, which names Kafka's `source` header and RabbitMQ's routing key."""
+    event = normalizer().pam(facts(service="sshd", rhost="192.0.2.1"))
+
+    async def scenario() -> list[tuple[str, str]]:
+        spool = DurableSpool(
+            tmp_path / "spool.sqlite3", AvroCodec(), max_bytes=1 << 20, max_events=10
+        )
+        await spool.open()
+        await spool.put(encoded(event))
+        head = await spool.head(10)
+        await spool.close()
+        return [(i.event.source, i.event.routing_key) for i in head if isinstance(i, Spooled)]
+
+    assert asyncio.run(scenario()) == [("pam", "failure.pam.sshd")]
