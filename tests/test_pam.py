@@ -22,11 +22,13 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro import parse_schema
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge import handoff
 from bridge.codec import AvroCodec, schema_text
 from bridge.durable_spool import DurableSpool, Spooled
-from bridge.errors import InvalidField
+from bridge.errors import InputError, InvalidField
 from bridge.normalize import Normalizer
 from bridge.pam import FORMAT
 from bridge.shim import DEFAULTS, PAM_SPOOL_SECONDS
@@ -441,3 +443,27 @@ def test_a_pam_event_read_back_from_the_bridges_spool_is_still_pams(tmp_path: Pa
         return [(i.event.source, i.event.routing_key) for i in head if isinstance(i, Spooled)]
 
     assert asyncio.run(scenario()) == [("pam", "failure.pam.sshd")]
+
+
+_SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+_TEXT = (
+    st.text(max_size=300)
+    | st.tuples(st.text(max_size=5), _SURROGATE).map("".join)
+    | st.sampled_from(["", "sshd", "sudo", "192.0.2.1", "::1", "fe80::1%eth0", "1.2.3.4%x"])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        {"format": st.just(FORMAT), "result": st.sampled_from(["success", "failure", "x"])},
+        optional={name: _TEXT for name in ("type", "service", "user", "rhost", "ruser", "tty",
+                                            "host", "auth_method", "time")},
+    )
+)  # fmt: skip
+def test_any_facts_become_a_valid_event_or_our_input_error(values: dict[str, str]) -> None:
+    try:
+        event = normalizer().pam(values)
+    except InputError:
+        return
+    assert AvroCodec().validate(event.record)
