@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,14 @@ from support import free_port
 
 HOOK = BIN / "login-audit-hook"
 TOKEN = "test-token"
+# test_shim.py's list, and what the PAM path could pull in: ipaddress (the bridge's address
+# check), signal (imports enum; the hook uses _signal), syslog (only on a problem).
+HEAVY_MODULES = {"json", "socket", "urllib", "re", "ssl", "asyncio", "pydantic", "fastavro"} | {
+    "ipaddress",
+    "signal",
+    "enum",
+    "syslog",
+}
 START_UP_MARGIN = 15.0  # a bound on a hang on a loaded machine, not a speed claim
 EVENT_ID = "5b7e0c5e-8d3a-4a51-9f0e-0c7a2b1d9e11"
 BridgeFactory = Callable[..., BridgeProcess]
@@ -467,3 +476,38 @@ def test_any_facts_become_a_valid_event_or_our_input_error(values: dict[str, str
     except InputError:
         return
     assert AvroCodec().validate(event.record)
+
+
+def test_a_pam_login_handed_to_the_bridge_loads_nothing_heavy(
+    bridge: BridgeProcess, tmp_path: Path
+) -> None:
+    """pam_exec runs the hook for every authentication step: its path imports what SFTPGo's
+    does plus bridge.pam's tables, nothing that costs start-up time."""
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", str(HOOK), "--pam", "failure"],
+        env=pam_env(tmp_path, bridge.url),
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert completed.returncode == 0
+    assert len(list(read_events(bridge.events_dir))) == 1
+    loaded = imported_modules(completed.stderr)
+    assert "bridge" in loaded
+    assert sorted(loaded & HEAVY_MODULES) == []
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """Top-level names of the modules an ``-X importtime`` run imported (as test_shim.py)."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                names.add(name.split(".")[0])
+    return names
