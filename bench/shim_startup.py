@@ -3,8 +3,9 @@
 SFTPGo spawns the hook once per login with a cleared environment, so under a brute-force attack
 its start-up cost is paid thousands of times a second. This runs, round-robin in one process and
 one environment, ``python -c pass``, ``python -I -S -c pass`` and the installed
-``login-audit-hook`` (bridge up, and bridge down so it spools), and prints a Markdown table of
-per-run CPU time (user + sys of the child, from RUSAGE_CHILDREN) and wall time.
+``login-audit-hook`` (bridge up, and bridge down so it spools), in SFTPGo's mode and in
+pam_exec's (``--pam failure`` with the PAM_* variables of a failed sshd password), and prints a
+Markdown table of per-run CPU time (user + sys of the child, from RUSAGE_CHILDREN) and wall time.
 
     python bench/shim_startup.py [--runs N] [--importtime] [--vector FILE] [--source DIR]
 
@@ -43,6 +44,14 @@ BIN = Path(PYTHON).parent
 HOOK = BIN / "login-audit-hook"
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a loopback-only bridge
 AIM = 1.3  # the aim: the hook costs at most 1.3x the bare interpreter
+# What pam_exec passes for a failed sshd password (pam_exec(8)); no PATH, as under pam_exec.
+PAM_LOGIN = {
+    "PAM_TYPE": "auth",
+    "PAM_SERVICE": "sshd",
+    "PAM_USER": "alice",
+    "PAM_RHOST": "203.0.113.10",
+    "PAM_TTY": "ssh",
+}
 WARM_UP_ROUNDS = 5
 
 
@@ -125,11 +134,16 @@ def commands(
     }
     up = {**login, **settings, "LOGIN_AUDIT_HOOK_URL": bridge_url}
     down = {**login, **settings, "LOGIN_AUDIT_HOOK_URL": f"http://127.0.0.1:{free_port()}"}
+    pam_up = {**PAM_LOGIN, **settings, "LOGIN_AUDIT_HOOK_URL": bridge_url}
+    pam_down = {**PAM_LOGIN, **settings, "LOGIN_AUDIT_HOOK_URL": down["LOGIN_AUDIT_HOOK_URL"]}
+    pam = [str(HOOK), "--pam", "failure"]
     return [
         Command("python -c pass", [PYTHON, "-c", "pass"], up),
         Command("python -I -S -c pass", [PYTHON, "-I", "-S", "-c", "pass"], up),
         Command("login-audit-hook, bridge up", [str(HOOK)], up),
         Command("login-audit-hook, bridge down (spools)", [str(HOOK)], down),
+        Command("login-audit-hook --pam, bridge up", pam, pam_up),
+        Command("login-audit-hook --pam, bridge down (spools)", pam, pam_down),
     ]
 
 
@@ -247,7 +261,7 @@ def main() -> int:
         )
         print(table(cmds))
         print(f"\n{verdict(cmds)}")
-        expected = args.runs + WARM_UP_ROUNDS
+        expected = 2 * (args.runs + WARM_UP_ROUNDS)  # SFTPGo's and PAM's
         print(f"Spooled: {spooled} files, expected {expected} (bridge-down runs only).")
         if spooled != expected:
             print("WARNING: the bridge-up runs did not all reach the bridge; see its log.")

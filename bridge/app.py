@@ -41,6 +41,7 @@ RETRY_AFTER_SECONDS = "5"
 RETRY_STATUSES = (429, 503)  # the answers that tell a client to come back later
 SFTPGO_PATH = "/v1/hooks/sftpgo"
 MEDIAWIKI_PATH = "/v1/hooks/mediawiki"
+PAM_PATH = "/v1/hooks/pam"
 _CLIENT_REASONS = {404: "not_found", 405: "method_not_allowed"}
 # The answers this bridge would give again for the same body: a client may stop retrying them.
 # Everything else (401 token, 405 method, 503 overload...) can change without the body changing.
@@ -84,7 +85,7 @@ class TokenCheck:
 
 
 class HookEndpoints:
-    """The two hook routes as a plain ASGI app, in front of Starlette for everything else.
+    """The hook routes as a plain ASGI app, in front of Starlette for everything else.
 
     The hooks are the hot path: under load, Starlette's request objects, middleware and router
     took about a third of the CPU per event (py-spy, bench/ingest.py). The handful of things a
@@ -116,6 +117,7 @@ class HookEndpoints:
         self._routes: dict[str, Callable[[Scope, dict[str, str], bytes], LoginEvent]] = {
             SFTPGO_PATH: self._sftpgo,
             MEDIAWIKI_PATH: self._mediawiki,
+            PAM_PATH: self._pam,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,6 +146,9 @@ class HookEndpoints:
 
     def _mediawiki(self, scope: Scope, headers: dict[str, str], body: bytes) -> LoginEvent:
         return self._normalizer.mediawiki(parse_mediawiki(body), event_id=headers.get(_EVENT_ID))
+
+    def _pam(self, scope: Scope, headers: dict[str, str], body: bytes) -> LoginEvent:
+        return self._normalizer.pam_from_http(body, event_id=headers.get(_EVENT_ID))
 
     async def _handle(
         self,

@@ -401,6 +401,8 @@ def _file_size(path: Path) -> int:
 
 
 def _source(value: str) -> Source:
+    if value == "pam":
+        return "pam"
     return "mediawiki" if value == "mediawiki" else "sftpgo"
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Status = Literal["success", "failure"]
-Source = Literal["sftpgo", "mediawiki"]
+Source = Literal["sftpgo", "mediawiki", "pam"]
 
 STATUS_SUCCESS = 1
 STATUS_FAILURE = 2
@@ -35,7 +35,7 @@ class LoginEvent:
 
     @property
     def protocol(self) -> str:
-        """The service logged in to, lower-cased for routing keys: ssh, ftp, …, mediawiki."""
+        """The service logged in to, lower-cased for routing keys: ssh, ftp, …, mediawiki, sshd."""
         svc: str = self.record["dst_endpoint"]["svc_name"]
         return svc.lower()
 

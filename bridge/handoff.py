@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # typing costs more than a run of the hook
 # Fields: format, received_ms, query (SFTPGo's hook parameters), user (allow-listed fields only)
 # and an optional event_id (added later, so v1 files without it still read): the id the hook
 # sent, so a login that reached the bridge and was spooled too is de-duplicable by it.
+# A PAM login (the hook's --pam mode) adds "source": "pam"; its query holds the facts that
+# bridge.pam reads, and its user is {}.
 FORMAT = "login-audit-bridge.hook-spool.v1"
 SUFFIX = ".json"
 # Where a file goes that can never become an event (the bridge's intake), or a login the bridge

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from bridge import handoff
+from bridge import handoff, pam
 from bridge.errors import BridgeError, Overloaded, SinkError
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
@@ -78,13 +78,19 @@ class HandoffIntake:
             spooled = await asyncio.to_thread(handoff.read, path)
             if spooled is None:
                 return 0  # gone meanwhile (another bridge took it)
-            event = self._normalizer.sftpgo(
-                spooled["query"],
-                spooled["user"],
-                received_ms=spooled["received_ms"],
-                # The id the shim sent, if it did (files from older shims carry none).
-                event_id=spooled.get("event_id"),
-            )
+            # The id the shim sent, if it did (files from older shims carry none).
+            event_id = spooled.get("event_id")
+            if spooled.get("source") == pam.SPOOL_SOURCE:  # the hook's --pam mode
+                event = self._normalizer.pam(
+                    spooled["query"], received_ms=spooled["received_ms"], event_id=event_id
+                )
+            else:
+                event = self._normalizer.sftpgo(
+                    spooled["query"],
+                    spooled["user"],
+                    received_ms=spooled["received_ms"],
+                    event_id=event_id,
+                )
             await self._pipeline.publish(event)
         except BridgeError as exc:
             if exc.retriable:  # the sink or the spool cannot take it now: pause, keep the file

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from bridge.errors import InvalidField, MalformedInput
 from bridge.event import STATUS_FAILURE, STATUS_SUCCESS, LoginEvent
 from bridge.mediawiki import MediaWikiLogin
+from bridge.pam import pam_event
 from bridge.sftpgo import EVENT_ID_HEADER, GROUP_TYPES, HOOK_FIELDS, project_user
 
 log = logging.getLogger(__name__)
@@ -289,6 +290,21 @@ class Normalizer:
         )
         return LoginEvent(record=record, source="mediawiki")
 
+    # -- PAM (the hook's --pam mode; the mapping is bridge.pam's)
+
+    def pam_from_http(self, body: bytes, *, event_id: str | None = None) -> LoginEvent:
+        return self.pam(parse_json_object(body), event_id=event_id)
+
+    def pam(
+        self,
+        facts: Mapping[str, Any],
+        *,
+        received_ms: int | None = None,
+        event_id: str | None = None,
+    ) -> LoginEvent:
+        received = self._clock() if received_ms is None else received_ms
+        return pam_event(facts, received_ms=received, event_id=self._event_id(event_id))
+
     def _event_id(self, candidate: object) -> str:
         """The source's id when it is a canonical UUID4 (any case), else a fresh one.
 
@@ -373,6 +389,7 @@ def _record(
             "product": product,
         },
         "unmapped": unmapped,
+        "actor": None,  # who asked for the login, when not the user (PAM's sudo and su)
     }
 
 

@@ -118,6 +118,22 @@ OPENAPI: dict[str, Any] = {
                 "responses": _HOOK_RESPONSES,
             }
         },
+        "/v1/hooks/pam": {
+            "post": {
+                "summary": "One PAM authentication from login-audit-hook --pam (docs/pam.md).",
+                "parameters": [_EVENT_ID],
+                "requestBody": {
+                    "required": True,
+                    "description": (
+                        "format 'login-audit-bridge.pam.v1', result 'success' or 'failure', and "
+                        "pam_exec's facts as strings: type, service, user, rhost, ruser, tty; "
+                        "host, auth_method optional."
+                    ),
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": _HOOK_RESPONSES,
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness.",

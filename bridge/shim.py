@@ -1,4 +1,5 @@
-"""login-audit-hook: SFTPGo's post-login hook program, handing each login to the bridge.
+"""login-audit-hook: SFTPGo's post-login hook program (and PAM's, through pam_exec), handing
+each login to the bridge.
 
 SFTPGo starts this program once per login, with a cleared environment and stdio on /dev/null,
 kills it after 30 s and never retries it. So it must start fast, never hang, and never lose an
@@ -13,11 +14,17 @@ common path imports nothing beyond what the interpreter has already loaded: ``so
 ``urllib`` and ``json`` each cost more than the rest of a run (measured with -X importtime),
 hence ``_socket``, the few lines of HTTP/1.1 below, and ``_json``'s C scanner and encoder
 (``json`` itself imports ``re``). ``ssl`` is loaded for https:// only.
+
+``--pam success|failure`` is the same program run by ``pam_exec`` (docs/pam.md): the facts come
+from the ``PAM_*`` variables and go to ``/v1/hooks/pam`` or the same spool, in a shorter time
+(``LOGIN_AUDIT_HOOK_PAM_TIMEOUT``) under a hard limit, and it never writes on the terminal: a
+login waits for it.
 """
 
 from __future__ import annotations
 
 import _json
+import _signal  # type: ignore[import-not-found]  # signal itself imports enum
 import _socket
 import os
 import sys
@@ -43,6 +50,7 @@ if TYPE_CHECKING:  # typing costs more than a run of the hook
 EXIT_OK = 0  # handed over, spooled, or refused for good by the bridge and kept in rejected/
 EXIT_LOST = 1  # neither the bridge nor the spool took the event
 EXIT_USAGE = 2  # not started by SFTPGo, a bad flag, or unsafe settings (the login is spooled)
+# pam_exec's exit code is ignored on the lines docs/pam.md gives (optional / default=ignore).
 
 DEFAULT_CONFIG = "/etc/login-audit-bridge/hook.env"
 DEFAULTS = {
@@ -56,8 +64,15 @@ DEFAULTS = {
     "LOGIN_AUDIT_HOOK_USER_FIELDS": "",
     "LOGIN_AUDIT_HOOK_CA_FILE": "",
     "LOGIN_AUDIT_HOOK_CLIENT_CERT": "",
+    # --pam: a login waits for the hook, so it waits at most this long for the bridge and then
+    # spools the event (a bridge that took it meanwhile makes a copy with the same event id).
+    "LOGIN_AUDIT_HOOK_PAM_TIMEOUT": "1",
 }
 HOOK_PATH = "/v1/hooks/sftpgo"
+PAM_HOOK_PATH = "/v1/hooks/pam"
+# --pam: beyond the timeout, what writing the spool may take before the process is killed.
+PAM_SPOOL_SECONDS = 1.0
+_PAM_TIMEOUT = "LOGIN_AUDIT_HOOK_PAM_TIMEOUT"
 MAX_REPLY_BYTES = 65536  # the bridge's answers are a few hundred bytes; stop reading past this
 # After a final 413, what is sent again: username and id, a name cut to this many characters
 # (SFTPGo takes a failed login's name from the client; the bridge keeps 256 and flags the cut).
@@ -66,7 +81,7 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _IDENTITY = IDENTITY_HEADER.lower().encode()
 
 HELP = """\
-usage: login-audit-hook [--help] [--version] [--check]
+usage: login-audit-hook [--help] [--version] [--check] [--pam success|failure] [--drain]
 
 SFTPGo post-login hook: set SFTPGo's common.post_login_hook to this program's absolute path.
 SFTPGo passes the login in SFTPGO_LOGIND_* variables; the hook posts it to the bridge (the user
@@ -92,6 +107,17 @@ named by LOGIN_AUDIT_HOOK_CONFIG; the environment wins):
                                 system's)
   LOGIN_AUDIT_HOOK_CLIENT_CERT  https://: client certificate and key (one PEM file), for a
                                 bridge with BRIDGE_TLS_CLIENT_CA
+  LOGIN_AUDIT_HOOK_PAM_TIMEOUT  --pam: seconds to wait for the bridge, 0.1 to 5 (default
+                                {pam_timeout}); then the login is spooled
+
+--pam success|failure: run by pam_exec (docs/pam.md), which passes the login in PAM_* variables;
+the argument says which outcome the stack line is reached on (a session's open_session is a
+success without it; close_session sends nothing). Silent, never reads stdin (so never a
+password, even with expose_authtok), killed after the timeout plus {pam_spool}s at most.
+
+--drain sends the PAM logins waiting in the spool to the bridge, oldest first, each with its
+event id and time, and deletes each the bridge stored: for a host without a bridge of its own
+reading the spool (run it from a timer). Exits 0 when none is left, 1 otherwise.
 
 --check prints whether the settings are usable and exits 0, or 2 with the problem. Unusable
 settings at login time: the login is spooled, not sent, and the hook exits 2.
@@ -103,6 +129,8 @@ rejected/), 1 lost (bridge and spool both failed), 2 usage or unsafe settings
     url=DEFAULTS["LOGIN_AUDIT_HOOK_URL"],
     spool=DEFAULTS["LOGIN_AUDIT_HOOK_SPOOL_DIR"],
     timeout=DEFAULTS["LOGIN_AUDIT_HOOK_TIMEOUT"],
+    pam_timeout=DEFAULTS["LOGIN_AUDIT_HOOK_PAM_TIMEOUT"],
+    pam_spool=PAM_SPOOL_SECONDS,
 )
 
 
@@ -129,6 +157,8 @@ _NO_ANSWER = _Answer(None)
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "--pam":
+        return _pam(args[1:])
     if args:
         return _flags(args)
     environ = os.environ
@@ -175,6 +205,8 @@ def _flags(args: list[str]) -> int:
 
         sys.stdout.write(f"login-audit-hook {__version__}\n")
         return EXIT_OK
+    if args[0] == "--drain":
+        return _drain()
     if args[0] == "--check":
         config = _settings(os.environ)
         problem = _problem(config, _fields(config))
@@ -189,11 +221,30 @@ def _flags(args: list[str]) -> int:
 
 
 def _say(text: str) -> None:
-    """One line on stderr (SFTPGo sends it to /dev/null; an operator running --check sees it)."""
+    """One line on stderr (SFTPGo sends it to /dev/null; an operator running --check sees it).
+
+    Under pam_exec, the line goes to syslog instead: stderr may be the user's terminal.
+    """
+    if _quiet:
+        _syslog(text)
+        return
     try:  # noqa: SIM105 - contextlib would be one more import on every run
         sys.stderr.write(f"login-audit-hook: {text}\n")
     except (AttributeError, OSError, ValueError):
         pass  # no usable stderr: nothing else to tell
+
+
+_quiet = False  # --pam: nothing on stdout or stderr
+
+
+def _syslog(text: str) -> None:
+    try:
+        import syslog  # a problem's path only: one small C module
+
+        syslog.openlog("login-audit-hook", 0, syslog.LOG_AUTHPRIV)
+        syslog.syslog(syslog.LOG_WARNING, text)
+    except (ImportError, OSError):
+        pass
 
 
 def _settings(environ: os._Environ[str]) -> dict[str, str]:
@@ -372,15 +423,21 @@ def _dumps(value: object) -> bytes:
 
 def _hand_over(config: dict[str, str], document: dict[str, Any], deadline: float) -> _Answer:
     """Posts the login to the bridge; what came back, or ``_NO_ANSWER``."""
-    url = config["LOGIN_AUDIT_HOOK_URL"]
     body = _dumps(document["user"])
     qs = "&".join(f"{name}={_quote(value)}" for name, value in document["query"].items())
+    return _post(config, f"{HOOK_PATH}?{qs}", body, document["event_id"], deadline)
+
+
+def _post(
+    config: dict[str, str], target: str, body: bytes, event_id: str, deadline: float
+) -> _Answer:
+    url = config["LOGIN_AUDIT_HOOK_URL"]
     head = [
-        f"POST {HOOK_PATH}?{qs} HTTP/1.1",
+        f"POST {target} HTTP/1.1",
         f"Host: {_host_header(url)}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
-        f"{EVENT_ID_HEADER}: {document['event_id']}",
+        f"{EVENT_ID_HEADER}: {event_id}",
         "User-Agent: login-audit-hook",
         "Connection: close",
     ]
@@ -534,6 +591,124 @@ def _keep_rejected(spool_dir: str, document: dict[str, Any], answer: _Answer) ->
 def _spool(directory: str, document: dict[str, Any]) -> str | None:
     """Hands the event over durably through the hand-off directory; the file's path."""
     return handoff.write(directory, document["received_ms"], _dumps(document))
+
+
+# -- PAM (pam_exec)
+
+
+def _drain() -> int:
+    """Sends the spooled PAM logins to the bridge, oldest first, until one is not taken."""
+    from pathlib import Path
+
+    from bridge import pam
+    from bridge.errors import MalformedInput
+
+    config = _settings(os.environ)
+    problem = _problem(config, [])
+    if problem is not None:
+        _say(problem)
+        return EXIT_USAGE
+    spool = Path(config["LOGIN_AUDIT_HOOK_SPOOL_DIR"])
+    timeout = _number(config, "LOGIN_AUDIT_HOOK_TIMEOUT", 0.1, 10.0)
+    files = sorted(spool.glob("*" + handoff.SUFFIX)) if spool.is_dir() else []
+    sent = 0
+    for path in files:
+        try:
+            document = handoff.read(path)
+        except MalformedInput:
+            continue  # a bridge's intake sets such a file aside, with its reason
+        if document is None or document.get("source") != pam.SPOOL_SOURCE:
+            continue  # SFTPGo's files carry no time the route takes: a local bridge's intake
+        event_id = document.get("event_id") or _new_event_id()
+        body = _dumps(document["query"])
+        answer = _post(config, PAM_HOOK_PATH, body, event_id, time.monotonic() + timeout)
+        if not (answer.stored or answer.final):
+            _say(f"sent {sent} spooled PAM login(s); the bridge did not take {path.name}")
+            return 1
+        if answer.final and _keep_rejected(str(spool), document, answer) != EXIT_OK:
+            return 1
+        path.unlink(missing_ok=True)
+        sent += 1
+    _say(f"sent {sent} spooled PAM login(s); none left")
+    return EXIT_OK
+
+
+def _pam(args: list[str]) -> int:
+    """pam_exec's mode: the login's facts from PAM_*, the outcome from the stack line's argument."""
+    global _quiet
+    _quiet = True
+    from bridge import pam  # tables only: imports nothing
+
+    environ = os.environ
+    kind = environ.get("PAM_TYPE")
+    if kind is None or len(args) > 1 or (args and args[0] not in pam.RESULTS):
+        _say("--pam success|failure is run by pam_exec, which sets PAM_TYPE (--help)")
+        return EXIT_USAGE
+    if kind == pam.CLOSE_SESSION:
+        return EXIT_OK  # the login was reported when the session opened
+    if not args and kind != pam.OPEN_SESSION:
+        _say(f"--pam needs success or failure on a {kind} line (docs/pam.md)")
+        return EXIT_USAGE
+    received_ms = time.time_ns() // 1_000_000
+    # Armed before the settings file is read (a file on a hung mount, a FIFO): the variable's
+    # timeout if set, else the longest one; then again with the file's.
+    early = {**DEFAULTS, "LOGIN_AUDIT_HOOK_PAM_TIMEOUT": environ.get(_PAM_TIMEOUT, "5")}
+    _hard_limit(_number(early, _PAM_TIMEOUT, 0.1, 5.0) + PAM_SPOOL_SECONDS)
+    config = _settings(environ)
+    timeout = _number(config, _PAM_TIMEOUT, 0.1, 5.0)
+    _hard_limit(timeout + PAM_SPOOL_SECONDS)
+    document: dict[str, Any] = {
+        "format": handoff.FORMAT,
+        "source": pam.SPOOL_SOURCE,
+        "received_ms": received_ms,
+        "event_id": _new_event_id(),
+        "query": _pam_facts(pam, environ, args[0] if args else "success", received_ms),
+        "user": {},
+    }
+    spool_dir = config["LOGIN_AUDIT_HOOK_SPOOL_DIR"]
+    problem = _problem(config, [])
+    if problem is not None:
+        _say(f"{problem}; this login was spooled, not sent (login-audit-hook --check)")
+        return EXIT_USAGE if _spool(spool_dir, document) else EXIT_LOST
+    body = _dumps(document["query"])
+    deadline = time.monotonic() + timeout
+    answer = _post(config, PAM_HOOK_PATH, body, document["event_id"], deadline)
+    if answer.stored:
+        return EXIT_OK
+    if answer.final:
+        return _keep_rejected(spool_dir, document, answer)
+    return EXIT_OK if _spool(spool_dir, document) else EXIT_LOST
+
+
+def _pam_facts(
+    pam: Any, environ: os._Environ[str], result: str, received_ms: int
+) -> dict[str, str]:
+    """What the bridge is told: pam_exec's variables, this host's name, never a secret."""
+    facts = {
+        "format": pam.FORMAT,
+        "result": result,
+        "time": str(received_ms),
+        "host": _text(os.uname().nodename),
+    }
+    for variable, name in pam.ENV_TO_FIELD:
+        facts[name] = _text(environ.get(variable, ""))
+    # sshd's ExposeAuthInfo: "publickey ssh-ed25519 AAAA..." per method; the first word only.
+    words = environ.get(pam.SSH_AUTH_INFO, "").split(None, 1)
+    if words and len(words[0]) <= 64 and words[0].replace("-", "").isalnum():
+        facts["auth_method"] = words[0]
+    return facts
+
+
+def _hard_limit(seconds: float) -> None:
+    """SIGALRM's default action ends the process after ``seconds``, whatever it is waiting on
+    (a disk, a DNS lookup): a login never waits longer. The caller may have ignored or blocked
+    SIGALRM; a child inherits both, so both are undone."""
+    try:
+        _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [_signal.SIGALRM])
+        _signal.setitimer(_signal.ITIMER_REAL, seconds)
+    except (OSError, ValueError):
+        pass  # no timer: the socket timeouts still bound the wait for the bridge
 
 
 if __name__ == "__main__":

@@ -1,0 +1,161 @@
+"""PAM logins through pam_exec: the facts the hook passes on, and their OCSF Authentication event.
+
+``pam_exec`` runs the hook (``login-audit-hook --pam success|failure``) with the login's facts in
+``PAM_*`` variables. It does not say whether the authentication succeeded: the PAM stack line's
+place does (docs/pam.md), and the line passes it as the argument. The hook sends these facts, as
+strings, in one JSON object to ``POST /v1/hooks/pam`` (or keeps the same object in its hand-off
+spool), and :func:`pam_event` makes the event of it.
+
+The hook imports this module for its tables, once per login: nothing is imported at the top.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs more than a run of the hook
+    from collections.abc import Mapping
+
+    from bridge.event import LoginEvent
+
+FORMAT = "login-audit-bridge.pam.v1"
+# The hand-off spool's ``source`` for a PAM login (files without one are SFTPGo's).
+SPOOL_SOURCE = "pam"
+RESULTS = ("success", "failure")
+# What pam_exec passes (pam_exec(8)) -> the key in the hook's JSON. PAM_AUTHTOK is never among
+# them: the password reaches pam_exec's child only on stdin, only with expose_authtok, and the
+# hook never reads its stdin.
+ENV_TO_FIELD = (
+    ("PAM_TYPE", "type"),
+    ("PAM_SERVICE", "service"),
+    ("PAM_USER", "user"),
+    ("PAM_RHOST", "rhost"),
+    ("PAM_RUSER", "ruser"),
+    ("PAM_TTY", "tty"),
+)
+# sshd with ExposeAuthInfo puts "<method> [<key type> <key>]" here, in the PAM environment that
+# pam_exec passes on: only the method (its first word) is taken, never a key.
+SSH_AUTH_INFO = "SSH_AUTH_INFO_0"
+FIELDS = ("format", "result", "time", "host", "auth_method", *(name for _, name in ENV_TO_FIELD))
+MAX_TIME_MS = 253_402_300_799_999  # Avro timestamp-millis as every reader decodes it
+# PAM_TYPE values of a session stack: the hook sends nothing when a session closes.
+OPEN_SESSION = "open_session"
+CLOSE_SESSION = "close_session"
+
+# OCSF 1.3.0 logon types (logon_type_id: caption).
+LOGON_INTERACTIVE = (2, "Interactive")
+LOGON_NETWORK = (3, "Network")
+LOGON_BATCH = (4, "Batch")
+LOGON_OS_SERVICE = (5, "OS Service")
+# Services that are logged in to over the network even when PAM_RHOST is empty.
+REMOTE_SERVICES = frozenset(
+    {"sshd", "dovecot", "vsftpd", "proftpd", "pure-ftpd", "xrdp-sesman", "cockpit", "rsh",
+     "rlogin", "rexec", "ppp", "openvpn", "samba", "imap", "pop3", "smtp"}
+)  # fmt: skip
+BATCH_SERVICES = frozenset({"cron", "atd"})
+OS_SERVICES = frozenset({"systemd-user", "systemd-run0"})
+MAX_TTY_CHARS = 64
+PRODUCT = {"name": "Linux-PAM", "vendor_name": "Linux-PAM", "version": None}
+
+
+def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -> LoginEvent:
+    """One event of the facts the hook sent; an InputError names the first unusable one."""
+    # The bridge has these loaded already; the hook, which imports this module, never calls it.
+    from bridge import normalize as n
+    from bridge.errors import InvalidField
+    from bridge.event import LoginEvent
+
+    text = _texts(facts, InvalidField)
+    # The hook's clock at the login: the event's time even when it arrives late from a spool.
+    stamp = text.get("time", "")
+    time_ms = int(stamp) if stamp.isdigit() and int(stamp) <= MAX_TIME_MS else received_ms
+    if text.get("format") != FORMAT:
+        raise InvalidField("format", f"must be {FORMAT!r}")
+    result = text.get("result")
+    if result not in RESULTS:
+        raise InvalidField("result", "must be 'success' or 'failure'")
+    ok = result == "success"
+    flags = n._Flags()
+    service = flags.fit("service.name", text.get("service") or "", n.MAX_NAME_CHARS)
+    if not service:
+        raise InvalidField("service", "is missing (PAM_SERVICE)")
+    name = flags.fit("user.name", text.get("user") or "", n.MAX_NAME_CHARS) or None
+    requester = flags.fit("actor.user.name", text.get("ruser") or "", n.MAX_NAME_CHARS) or None
+    rhost = text.get("rhost") or ""
+    ip = n._ip(rhost, flags) if _is_ip(rhost) else None
+    method = text.get("auth_method") or None
+    if method is not None and not n._TOKEN.fullmatch(method):
+        raise InvalidField("auth_method", "must be 1-64 letters, digits or _.+-")
+    unmapped = {"pam.type": flags.fit("unmapped.pam.type", text.get("type") or "", 64)}
+    if rhost and ip is None:  # a host name (sshd with UseDNS yes) or "localhost"
+        unmapped["pam.rhost"] = flags.fit("unmapped.pam.rhost", rhost, n.MAX_NAME_CHARS)
+    if text.get("tty"):
+        unmapped["pam.tty"] = flags.fit("unmapped.pam.tty", text["tty"], MAX_TTY_CHARS)
+    flags.note(unmapped)
+    host = flags.fit("dst_endpoint.hostname", text.get("host") or "", n.MAX_NAME_CHARS) or None
+    logon_type = _logon_type(service, rhost)
+    record = n._record(
+        event_id=event_id,
+        time_ms=time_ms,
+        received_ms=received_ms,
+        ok=ok,
+        status_detail=None,
+        message=_message(service, ok, name, requester, ip or rhost),
+        user={"name": name, "uid": None, "email_addr": None, "groups": []},
+        ip=ip,
+        svc_name=service,
+        hostname=host,
+        service={"name": service, "uid": None, "version": None},
+        product=dict(PRODUCT),
+        auth_protocol_id=n.AUTH_PROTOCOL_OTHER if method else n.AUTH_PROTOCOL_UNKNOWN,
+        auth_protocol=method,
+        http_request=None,
+        correlation_uid=None,
+        unmapped=unmapped,
+    )
+    record["logon_type_id"], record["logon_type"] = logon_type
+    record["is_remote"] = logon_type == LOGON_NETWORK
+    record["actor"] = {"user": {"name": requester, "uid": None}} if requester else None
+    return LoginEvent(record=record, source="pam")
+
+
+def _texts(facts: Mapping[str, object], invalid: type[Exception]) -> dict[str, str]:
+    """The known facts, each a string; unknown keys are ignored (a newer hook may add some)."""
+    text: dict[str, str] = {}
+    for key in FIELDS:
+        value = facts.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise invalid(key, "must be a string")
+        text[key] = value
+    return text
+
+
+def _is_ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _logon_type(service: str, rhost: str) -> tuple[int, str]:
+    """Network when the login came from another host; else by what kind of service asked."""
+    if service in REMOTE_SERVICES or (rhost and rhost != "localhost"):
+        return LOGON_NETWORK
+    if service in BATCH_SERVICES:
+        return LOGON_BATCH
+    if service in OS_SERVICES:
+        return LOGON_OS_SERVICE
+    return LOGON_INTERACTIVE  # login, su, sudo, a display manager, a screen locker
+
+
+def _message(service: str, ok: bool, name: str | None, requester: str | None, src: str) -> str:
+    outcome = "succeeded" if ok else "failed"
+    who = repr(name) if name is not None else "an unnamed user"
+    text = f"PAM {service} authentication {outcome} for {who}"
+    if requester is not None:
+        text += f" requested by {requester!r}"
+    return text + (f" from {src}" if src else "")
