@@ -129,9 +129,13 @@ async def _serve_holding_the_spool(settings: Settings, *, metrics: Metrics | Non
     finally:
         await background.stop()
         if stopped and replayer is not None and replayer.spool.depth:
-            await _drain_before_exit(
-                sink, sink_started, replayer, budget=settings.shutdown_drain_seconds
+            draining = asyncio.ensure_future(
+                _drain_before_exit(
+                    sink, sink_started, replayer, budget=settings.shutdown_drain_seconds
+                )
             )
+            with _signals_while_draining(draining), contextlib.suppress(asyncio.CancelledError):
+                await draining
         if sink_started.is_set():
             await sink.stop()
         if spool is not None:
@@ -178,6 +182,28 @@ async def _drain_before_exit(
         )
     else:
         log.info("spool drained at shutdown: %d event(s) sent", before)
+
+
+@contextlib.contextmanager
+def _signals_while_draining(draining: asyncio.Future[None]) -> Iterator[None]:
+    """A second SIGTERM (an impatient stop) does not cut the drain short: the pod's grace
+    period and SIGKILL bound it; SIGINT (an operator at a terminal) ends it now."""
+    loop = asyncio.get_running_loop()
+
+    def again() -> None:
+        log.warning("already stopping: draining the spool first (SIGINT stops the drain)")
+
+    def interrupt() -> None:
+        log.warning("SIGINT: drain stopped, what is left stays in the spool")
+        draining.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, again)
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 # Young objects collected once per this many allocations instead of 700: a request allocates a
