@@ -236,6 +236,22 @@ def test_drain_refuses_a_spool_a_running_bridge_holds(bridge: BridgeProcess) -> 
     assert f"is in use by process {bridge.process.pid}" in done.stderr
 
 
+def test_a_second_bridge_on_the_same_data_directory_is_refused(bridge: BridgeProcess) -> None:
+    """Two processes replaying one spool would send every event twice: the second exits 3."""
+    assert bridge.process is not None
+    env = bridge.env | {"BRIDGE_PORT": str(free_port()), "BRIDGE_ADMIN_PORT": str(free_port())}
+    second = subprocess.run(
+        [str(BIN / "login-audit-bridge"), "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 3, second.stderr
+    assert f"is in use by process {bridge.process.pid}" in second.stderr
+
+
 def test_a_spool_lock_is_exclusive_and_released_with_its_holder(tmp_path: Path) -> None:
     path = tmp_path / "spool.sqlite3"
     with SpoolLock(path), pytest.raises(SpoolInUse, match=f"in use by process {os.getpid()}"):
