@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,60 +31,17 @@ from bridge.settings import Settings
 from bridge.sinks.file import event_files, read_file
 from bridge.sinks.memory import MemorySink
 
-from conftest import BIN, REPO, BridgeProcess, encoded, post, print_fault_row
-from support import free_port, skip_or_fail
+from conftest import BIN, BridgeProcess, encoded, post, print_fault_row
+from support import OwnKafka, free_port, own_kafka_instance
 
 N_EVENTS = 40
-
-
-@dataclass
-class OwnKafka:
-    """A Kafka only these tests use: started and stopped by scripts/brokers with its own
-    LOGIN_AUDIT_RUN and ports, so the shared brokers are never touched."""
-
-    run_dir: Path
-    port: int
-    controller_port: int
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _brokers(self, command: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_TEST_")}
-        env |= {
-            "LOGIN_AUDIT_RUN": str(self.run_dir),
-            "LOGIN_AUDIT_KAFKA_PORT": str(self.port),
-            "LOGIN_AUDIT_KAFKA_CONTROLLER_PORT": str(self.controller_port),
-        }
-        subprocess.run(
-            [str(REPO / "scripts/brokers"), command],
-            env=env,
-            check=True,
-            timeout=240,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def start(self) -> None:
-        self._brokers("start-kafka")
-
-    def stop(self) -> None:
-        self._brokers("stop-kafka")
 
 
 @pytest.fixture
 def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnKafka]:
     """Stopped at first; whatever a test did, it is stopped again afterwards (by its pid file)."""
-    port = free_port()
-    controller = free_port()
-    while controller == port:
-        controller = free_port()
-    kafka = OwnKafka(tmp_path_factory.mktemp("own-kafka"), port, controller)
-    if not (Path.home() / ".cache/login-audit-bridge").is_dir() and "CI" not in os.environ:
-        skip_or_fail("Kafka is not installed: run scripts/brokers ensure")
-    yield kafka
-    kafka.stop()
+    with own_kafka_instance(tmp_path_factory.mktemp("own-kafka")) as kafka:
+        yield kafka
 
 
 def _kafka_bridge(
