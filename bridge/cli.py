@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import json
 import sqlite3
@@ -22,7 +23,8 @@ class Exit(enum.IntEnum):
     FAILURE = 1  # a runtime error, e.g. the sink failed while serving
     USAGE = 2  # argparse's own code for bad flags
     CONFIG = 3  # settings that cannot work
-    SINK_UNAVAILABLE = 4  # the sink could not be started
+    SINK_UNAVAILABLE = 4  # the sink could not be started (or, for drain, events stay spooled)
+    SPOOL_IN_USE = 5  # drain: a running bridge (or another drain) holds a spool
 
 
 DESCRIPTION = """\
@@ -111,6 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--all", action="store_true", help="every dead letter")
     chosen.add_argument("event_ids", nargs="*", default=[], metavar="EVENT_ID", help="these ones")
 
+    drain = commands.add_parser(
+        "drain",
+        help="send a spool no bridge replays (a volume whose pod is gone) into the sink",
+        description="Send every event waiting in the spools under the data directory (the "
+        "bridge's own and those of workers/N, including workers a smaller --workers no longer "
+        "runs) to the configured sink, then exit. For a spool left on a volume whose pod does "
+        "not come back. Each spool is locked first: one a running bridge holds is left to it. "
+        "Prints one JSON line per spool; exits 0 only when every spool is empty and holds no "
+        "dead letters.",
+    )
+    _add_config_flag(drain)
+    _add_flags(drain, (("--sink", "sink", "file, kafka or rabbitmq"), *DATA_FLAGS))
+    drain.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for the sink and send everything (default: 300)",
+    )
+
     settings = commands.add_parser(
         "settings",
         help="list every setting with its variable, default and meaning",
@@ -150,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _tail(args)
         if command == "dead-letters":
             return _dead_letters(args)
+        if command == "drain":
+            return _drain(args)
         return _serve(args)
     except ConfigError as exc:
         print(f"login-audit-bridge: {exc.message}", file=sys.stderr)
@@ -308,6 +331,61 @@ def _dead_letters(args: argparse.Namespace) -> int:
     missing = sorted(set(wanted or ()) - set(moved))
     if missing:
         print(f"login-audit-bridge: no dead letter with id {', '.join(missing)}", file=sys.stderr)
+        return Exit.FAILURE
+    return Exit.OK
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from bridge.drain import drain_data_dir
+    from bridge.logs import configure_logging
+    from bridge.service import run
+
+    flags = (("--sink", "sink", ""), *DATA_FLAGS)
+    settings = _load(args, _overrides(args, flags))
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    reports: list[Any] = []
+
+    async def drain_all() -> None:
+        reports.extend(await drain_data_dir(settings, budget=args.timeout))
+
+    try:
+        run(drain_all())
+    except (OSError, sqlite3.Error) as exc:
+        print(f"login-audit-bridge: drain {settings.data_dir}: {exc}", file=sys.stderr)
+        return Exit.FAILURE
+    for report in reports:
+        line = dataclasses.asdict(report) | {"spool": str(report.spool)}
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+    return _drain_verdict(settings.data_dir, reports)
+
+
+def _drain_verdict(data_dir: Path, reports: Sequence[Any]) -> int:
+    """One line on stderr saying what the operator must do, and the exit code that goes with it."""
+    if not reports:
+        print(f"drain: no spool under {data_dir}: nothing to do", file=sys.stderr)
+        return Exit.OK
+    delivered = sum(r.delivered for r in reports)
+    in_use = [r for r in reports if r.left is None]
+    left = sum(r.left for r in reports if r.left)
+    dead = sum(r.dead_letters for r in reports if r.dead_letters)
+    print(f"drain: {delivered} event(s) delivered from {len(reports)} spool(s)", file=sys.stderr)
+    for report in reports:
+        if report.error is not None:
+            print(f"login-audit-bridge: drain {report.spool}: {report.error}", file=sys.stderr)
+    if in_use:
+        return Exit.SPOOL_IN_USE
+    if left:
+        print(
+            f"login-audit-bridge: {left} event(s) stay spooled: keep the volume, drain again",
+            file=sys.stderr,
+        )
+        return Exit.SINK_UNAVAILABLE
+    if dead:
+        print(
+            f"login-audit-bridge: {dead} dead letter(s) stay in the spool: keep the volume; "
+            "see `login-audit-bridge dead-letters list`",
+            file=sys.stderr,
+        )
         return Exit.FAILURE
     return Exit.OK
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -29,7 +31,7 @@ from typing import Any
 from fastavro import parse_schema
 
 from bridge.codec import SINGLE_OBJECT_MAGIC, AvroCodec
-from bridge.errors import MalformedInput, Overloaded, SinkUnavailable
+from bridge.errors import MalformedInput, Overloaded, SinkUnavailable, SpoolInUse
 from bridge.event import EncodedEvent, LoginEvent, Source
 from bridge.groupcommit import GroupCommit
 
@@ -456,3 +458,50 @@ def _open_existing(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise FileNotFoundError(f"no spool at {path}")
     return _connect(path, BUSY_TIMEOUT_SECONDS)
+
+
+# -- one process per spool
+
+
+class SpoolLock:
+    """An exclusive lock beside the spool (``spool.sqlite3.lock``): one process replays it.
+
+    A serving bridge holds it for its lifetime and ``login-audit-bridge drain`` for the drain,
+    so a drain run against the volume of a bridge that is still up (or two bridges given one
+    data directory) is refused instead of sending the same events twice. ``flock`` is released
+    by the kernel when the process dies, even by SIGKILL, so a crash leaves no stale lock. The
+    file keeps the holder's pid, for the message the next one prints.
+    """
+
+    def __init__(self, spool_path: Path) -> None:
+        self.path = Path(f"{spool_path}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Takes the lock or raises SpoolInUse naming the holder; never waits."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolInUse(
+                f"spool {self.path.parent / self.path.stem} is in use by process {holder} "
+                "(a running bridge or drain on this data directory)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> SpoolLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

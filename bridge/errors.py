@@ -10,6 +10,7 @@
     │   └── MethodNotAllowed         no         405   a hook asked with anything but POST
     ├── Unauthorized                 no         401
     ├── ConfigError                  no          -    settings that cannot work; the CLI exits
+    │   └── SpoolInUse               no          -    another process holds this spool's lock
     ├── Overloaded                   yes        503   the bridge cannot store more right now
     └── SinkError                    yes        503   a sink could not make an event durable
         ├── SinkUnavailable          yes        503   broker down, timed out, not started
@@ -84,6 +85,10 @@ class Unauthorized(BridgeError):
 
 class ConfigError(BridgeError):
     """Settings that cannot work; raised at start-up, never while serving."""
+
+
+class SpoolInUse(ConfigError):
+    """Another process (a bridge, or ``login-audit-bridge drain``) holds this spool's lock."""
 
 
 class Overloaded(BridgeError):

@@ -49,6 +49,7 @@ class Pipeline:
         # own acknowledgement timeout, so that the sink's more specific error wins the race.
         self._wait = spool_after if spool is not None else publish_timeout + 1.0
         self._background = background
+        self.stopping = False  # set on SIGTERM: /readyz answers 503 so no new hooks are routed
         # .labels() takes a lock and builds a key on every call: 4.5 % of a worker's CPU under
         # load (py-spy). The label values here come from small fixed sets, so cache the children.
         self._received = functools.cache(metrics.events_received.labels)
@@ -178,6 +179,8 @@ class Pipeline:
     def unready(self) -> tuple[str, str] | None:
         """Why not ready, as (reason, message): a background task the promise depends on is
         down, or neither the sink nor a spool with room can take an event now."""
+        if self.stopping:
+            return "stopping", "the bridge is shutting down"
         if self._background is not None and self._background.problem is not None:
             return "task_down", self._background.problem
         if self.sink.ready() or (self.spool is not None and not self.spool.full):

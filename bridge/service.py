@@ -19,7 +19,8 @@ import uvicorn
 from bridge import __version__
 from bridge.app import TokenCheck, create_admin_app, create_app
 from bridge.codec import AvroCodec
-from bridge.durable_spool import DurableSpool
+from bridge.drain import drain, start_sink_within
+from bridge.durable_spool import DurableSpool, SpoolLock
 from bridge.encode import Encoder, build_wire_encoder
 from bridge.errors import SinkError
 from bridge.intake import HandoffIntake
@@ -52,7 +53,19 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
-    """Runs until SIGINT or SIGTERM; returns once in-flight requests are answered and flushed."""
+    """Runs until SIGINT or SIGTERM; returns once in-flight requests are answered, the spool is
+    drained as far as the sink and ``shutdown_drain_seconds`` allow, and the sink is flushed.
+
+    The spool's lock is held throughout: a second bridge, or ``login-audit-bridge drain``, on
+    the same data directory is refused (SpoolInUse, a ConfigError) rather than replaying the
+    same events.
+    """
+    held = SpoolLock(settings.spool_path) if settings.spool_enabled else contextlib.nullcontext()
+    with held:
+        await _serve_holding_the_spool(settings, metrics=metrics)
+
+
+async def _serve_holding_the_spool(settings: Settings, *, metrics: Metrics | None) -> None:
     metrics = metrics if metrics is not None else Metrics()
     codec = AvroCodec()
     encoder = build_wire_encoder(settings, codec)
@@ -93,6 +106,8 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         settings.hook_spool_path, normalizer=normalizer, pipeline=pipeline, metrics=metrics
     )
     sink_started = asyncio.Event()
+    replayer = None
+    stopped = False  # by a signal, not by a fatal error
     try:
         if spool is None:
             # Without a spool there is nowhere to put events: wait for the sink.
@@ -110,15 +125,85 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         _settle_heap()
         await _serve_until_fatal(background, _serve_http(settings, pipeline, normalizer, metrics))
+        stopped = True
     finally:
         await background.stop()
+        if stopped and replayer is not None and replayer.spool.depth:
+            draining = asyncio.ensure_future(
+                _drain_before_exit(
+                    sink, sink_started, replayer, budget=settings.shutdown_drain_seconds
+                )
+            )
+            with _signals_while_draining(draining), contextlib.suppress(asyncio.CancelledError):
+                await draining
         if sink_started.is_set():
             await sink.stop()
         if spool is not None:
             await spool.close()
             if spool.depth:
-                log.info("%d event(s) stay spooled for the next start", spool.depth)
+                log.warning(
+                    "%d event(s) stay in the spool %s: the next bridge on this data directory "
+                    "sends them, or `login-audit-bridge drain` if none comes back",
+                    spool.depth,
+                    spool.path,
+                )
     log.info("login-audit-bridge stopped")
+
+
+async def _drain_before_exit(
+    sink: Sink, sink_started: asyncio.Event, replayer: Replayer, *, budget: float
+) -> None:
+    """Sends the spool's backlog before the process goes: its volume may not come back (a
+    scaled-down StatefulSet, an emptyDir). Within ``budget`` seconds, starting the sink once
+    more if it was not up; what stays is logged by the caller."""
+    before = replayer.spool.depth
+    if budget <= 0:
+        return
+    log.info(
+        "draining %d spooled event(s) into the %s sink (up to %g s)", before, sink.name, budget
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    if not sink_started.is_set():
+        why = await start_sink_within(sink, budget=budget)
+        if why is not None:
+            log.error(
+                "spool not drained at shutdown: the %s sink did not start: %s", sink.name, why
+            )
+            return
+        sink_started.set()
+    left = await drain(replayer, budget=max(0.0, deadline - loop.time()))
+    if left:
+        log.error(
+            "spool drained only in part at shutdown: %d of %d event(s) sent, %d left",
+            before - left,
+            before,
+            left,
+        )
+    else:
+        log.info("spool drained at shutdown: %d event(s) sent", before)
+
+
+@contextlib.contextmanager
+def _signals_while_draining(draining: asyncio.Future[None]) -> Iterator[None]:
+    """A second SIGTERM (an impatient stop) does not cut the drain short: the pod's grace
+    period and SIGKILL bound it; SIGINT (an operator at a terminal) ends it now."""
+    loop = asyncio.get_running_loop()
+
+    def again() -> None:
+        log.warning("already stopping: draining the spool first (SIGINT stops the drain)")
+
+    def interrupt() -> None:
+        log.warning("SIGINT: drain stopped, what is left stays in the spool")
+        draining.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, again)
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 # Young objects collected once per this many allocations instead of 700: a request allocates a
@@ -223,7 +308,7 @@ async def _serve_http(
         pipeline.sink.name,
     )
     try:
-        with _stop_on_signals([server for server, _ in hooks]):
+        with _stop_on_signals([server for server, _ in hooks], pipeline):
             await _run(hooks, admin)
     finally:
         _unlink_socket(settings.uds)
@@ -256,8 +341,12 @@ async def _run(
 
 
 @contextlib.contextmanager
-def _stop_on_signals(servers: Sequence[uvicorn.Server]) -> Iterator[None]:
+def _stop_on_signals(
+    servers: Sequence[uvicorn.Server], pipeline: Pipeline | None = None
+) -> Iterator[None]:
     """SIGINT or SIGTERM stops every hook listener gracefully; a second SIGINT forces it.
+
+    /readyz turns 503 first, so a load balancer still probing stops routing hooks here.
 
     Each listener then stops accepting and waits for its requests in flight (up to
     timeout_graceful_shutdown); ``serve`` returns and flushes the sink. The handlers that were
@@ -267,6 +356,8 @@ def _stop_on_signals(servers: Sequence[uvicorn.Server]) -> Iterator[None]:
 
     def stop(signum: int, frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
+        if pipeline is not None:
+            pipeline.stopping = True
         for server in servers:
             if server.should_exit and signum == signal.SIGINT:
                 server.force_exit = True

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(
         20.0, gt=0, description="On SIGTERM, how long to wait for in-flight requests to finish."
     )
+    shutdown_drain_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM, once the hooks stopped, how long to keep sending the spool's "
+        "backlog to the sink before exiting (0: leave it for the next start or "
+        "`login-audit-bridge drain`); what is left is logged. Keep shutdown_timeout_seconds plus "
+        "this under the pod's terminationGracePeriodSeconds.",
+    )
     max_in_flight: int = Field(
         4096,
         ge=1,

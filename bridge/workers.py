@@ -92,9 +92,11 @@ def supervise(settings: Settings, workers: int, serve_argv: list[str]) -> int:
         # that number. Say so loudly rather than leave them unnoticed.
         log.warning(
             "%s belongs to no worker of this run (%d workers): events spooled there are not "
-            "replayed until the bridge runs with more workers again",
+            "replayed until the bridge runs with more workers again, or `login-audit-bridge "
+            "drain --data-dir %s` sends them",
             spool,
             workers,
+            settings.data_dir,
         )
     command = [sys.executable, "-m", "bridge", *serve_argv, "--workers", "1"]
     children: dict[int, subprocess.Popen[bytes]] = {}

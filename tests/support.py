@@ -14,6 +14,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 # CI fails a test whose broker or tool is missing; a laptop skips it.
@@ -97,3 +99,58 @@ def serve_in_thread(app: Any, port: int, **tls: Any) -> Iterator[None]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# -- a Kafka of a test's own, to stop on purpose (never the shared one)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class OwnKafka:
+    """A Kafka only one test uses: started and stopped by scripts/brokers with its own
+    LOGIN_AUDIT_RUN and ports, so the shared brokers are never touched."""
+
+    run_dir: Path
+    port: int
+    controller_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _brokers(self, command: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_TEST_")}
+        env |= {
+            "LOGIN_AUDIT_RUN": str(self.run_dir),
+            "LOGIN_AUDIT_KAFKA_PORT": str(self.port),
+            "LOGIN_AUDIT_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+        }
+        subprocess.run(
+            [str(REPO / "scripts/brokers"), command],
+            env=env,
+            check=True,
+            timeout=240,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        self._brokers("start-kafka")
+
+    def stop(self) -> None:
+        self._brokers("stop-kafka")
+
+
+@contextmanager
+def own_kafka_instance(run_dir: Path) -> Iterator[OwnKafka]:
+    """Stopped at first; stopped again on the way out (by its pid file), whatever happened."""
+    port = free_port()
+    controller = free_port()
+    while controller == port:
+        controller = free_port()
+    kafka = OwnKafka(run_dir, port, controller)
+    try:
+        yield kafka
+    finally:
+        kafka.stop()

@@ -17,6 +17,7 @@ from .deploy_support import (
     CRD_SCHEMAS,
     KUBE_VERSION,
     Tools,
+    hook_service,
     objects_of,
     one,
     render_text,
@@ -44,9 +45,15 @@ def ci(name: str) -> Path:
     return CHART / "ci" / f"{name}-values.yaml"
 
 
+def workload(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bridge's pods' owner: a StatefulSet with a spool claim per pod, else a Deployment."""
+    (owner,) = objects_of(objects, "Deployment") + objects_of(objects, "StatefulSet")
+    return owner
+
+
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     containers: list[dict[str, Any]]
-    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers = workload(objects)["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["bridge"]
     return containers[0]
 
@@ -62,7 +69,7 @@ def secret_data(objects: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def checksum(objects: list[dict[str, Any]]) -> str:
-    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = workload(objects)["spec"]["template"]["metadata"]["annotations"]
     value: str = annotations["checksum/config"]
     return value
 
@@ -183,7 +190,7 @@ def test_probes_stay_plain_http_when_the_bridge_requires_client_certificates(
 
 def test_container_runs_non_root_read_only_without_capabilities(render: Render) -> None:
     objects = render(ci("default"))
-    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(objects)["spec"]["template"]["spec"]
     security = container(objects)["securityContext"]
     assert security["runAsNonRoot"] is True
     assert security["runAsUser"] == 10001
@@ -198,7 +205,7 @@ def test_container_runs_non_root_read_only_without_capabilities(render: Render) 
 def test_data_dir_and_tmp_are_writable_volumes_on_the_read_only_root(render: Render) -> None:
     objects = render(ci("default"))
     mounts = {m["name"]: m["mountPath"] for m in container(objects)["volumeMounts"]}
-    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(objects)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts == {"data": "/var/lib/login-audit-bridge", "tmp": "/tmp"}
     assert volumes["data"]["emptyDir"] == {"sizeLimit": "2Gi"}
@@ -207,15 +214,21 @@ def test_data_dir_and_tmp_are_writable_volumes_on_the_read_only_root(render: Ren
     assert config_data(objects)["BRIDGE_HOST"] == "0.0.0.0"  # noqa: S104  (inside the pod)
 
 
-def test_grace_period_exceeds_the_drain_timeout(render: Render) -> None:
+def test_grace_period_exceeds_the_in_flight_timeout_plus_the_spool_drain(render: Render) -> None:
     objects = render(ci("default"))
-    grace = one(objects, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    drain = float(config_data(objects)["BRIDGE_SHUTDOWN_TIMEOUT_SECONDS"])
-    assert (grace, drain) == (40, 20.0)
+    grace = workload(objects)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    in_flight = float(config_data(objects)["BRIDGE_SHUTDOWN_TIMEOUT_SECONDS"])
+    drain = float(config_data(objects)["BRIDGE_SHUTDOWN_DRAIN_SECONDS"])
+    assert (grace, in_flight, drain) == (50, 20.0, 20.0)
+
+
+def test_grace_period_that_leaves_no_time_for_the_spool_drain_is_refused(tools: Tools) -> None:
+    message = render_text(tools, sets={"terminationGracePeriodSeconds": 40}, check=False)
+    assert "must exceed bridge.shutdownTimeoutSeconds plus bridge.shutdownDrainSeconds" in message
 
 
 def test_service_links_are_off_so_no_stray_bridge_variables_appear(render: Render) -> None:
-    pod = one(render(ci("default")), "Deployment")["spec"]["template"]["spec"]
+    pod = workload(render(ci("default")))["spec"]["template"]["spec"]
     assert pod["enableServiceLinks"] is False
 
 
@@ -232,7 +245,7 @@ def test_every_configmap_key_is_a_setting_of_the_bridge(render: Render) -> None:
 
 
 def test_topology_spread_gets_the_selector_labels(render: Render) -> None:
-    pod = one(render(ci("default")), "Deployment")["spec"]["template"]["spec"]
+    pod = workload(render(ci("default")))["spec"]["template"]["spec"]
     assert pod["topologySpreadConstraints"] == [
         {
             "maxSkew": 1,
@@ -249,7 +262,7 @@ def test_topology_spread_gets_the_selector_labels(render: Render) -> None:
 
 
 def test_selector_labels_carry_no_chart_version(render: Render) -> None:
-    deployment = one(render(ci("default")), "Deployment")
+    deployment = workload(render(ci("default")))
     assert deployment["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/name": "login-audit-bridge",
         "app.kubernetes.io/instance": "audit",
@@ -427,7 +440,7 @@ def test_hpa_replaces_the_fixed_replica_count(render: Render) -> None:
     hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
     assert hpa["scaleTargetRef"]["name"] == "audit-login-audit-bridge"
-    assert "replicas" not in one(objects, "Deployment")["spec"]
+    assert "replicas" not in workload(objects)["spec"]
 
 
 def test_service_monitor_scrapes_metrics_as_the_job_the_alerts_expect(render: Render) -> None:
@@ -527,7 +540,7 @@ def test_a_pdb_that_would_block_every_node_drain_is_refused(
 def test_pvc_spool_mounts_a_claim_and_recreates_pods(render: Render) -> None:
     objects = render(ci("pvc"))
     claim = one(objects, "PersistentVolumeClaim")
-    deployment = one(objects, "Deployment")["spec"]
+    deployment = workload(objects)["spec"]
     volumes = {v["name"]: v for v in deployment["template"]["spec"]["volumes"]}
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -601,8 +614,149 @@ def test_default_file_sink_retention_stays_below_the_data_volume_size(render: Re
     """An emptyDir past its sizeLimit gets the pod evicted with every file: never let it fill."""
     objects = render()
     retain = int(config_data(objects)["BRIDGE_FILE_RETAIN_BYTES"])
-    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    volumes = workload(objects)["spec"]["template"]["spec"]["volumes"]
     (data,) = [v for v in volumes if "emptyDir" in v and v["name"] != "tmp"]
     size_limit = data["emptyDir"]["sizeLimit"]
     assert size_limit.endswith("Gi")
     assert 0 < retain <= 0.6 * int(size_limit[:-2]) * 1024**3
+
+
+# -- where each replica keeps its spool (issue 15)
+
+
+@pytest.mark.parametrize("values", ["per-pod-spool", "kafka-sasl-tls", "rabbitmq"])
+def test_a_broker_sink_gives_each_replica_its_own_spool_claim_by_default(
+    render: Render, values: str
+) -> None:
+    objects = render(ci(values))
+    assert objects_of(objects, "Deployment") == []
+    assert objects_of(objects, "PersistentVolumeClaim") == []  # the StatefulSet makes them
+    spec = one(objects, "StatefulSet")["spec"]
+    (template,) = spec["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "login-audit-spool"
+    assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    mounts = {
+        m["name"]: m["mountPath"] for m in spec["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
+    assert mounts["login-audit-spool"] == "/var/lib/login-audit-bridge"
+    volumes = {v["name"] for v in spec["template"]["spec"]["volumes"]}
+    assert "login-audit-spool" not in volumes and "data" not in volumes
+    # A scaled-down pod's claim, and what it could not drain, stays.
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    assert spec["podManagementPolicy"] == "Parallel"
+
+
+def test_hpa_scales_the_statefulset_and_the_pdb_still_selects_its_pods(render: Render) -> None:
+    objects = render(ci("per-pod-spool"))
+    statefulset = one(objects, "StatefulSet")
+    hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": statefulset["metadata"]["name"],
+    }
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+    assert "replicas" not in statefulset["spec"]
+    pdb = one(objects, "PodDisruptionBudget")["spec"]
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert statefulset["spec"]["selector"] == pdb["selector"]
+    assert pdb["maxUnavailable"] == 1
+    per_pod = statefulset["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert (per_pod["storageClassName"], per_pod["resources"]["requests"]["storage"]) == (
+        "standard",
+        "5Gi",
+    )
+
+
+def test_an_emptydir_only_when_chosen_and_then_a_deployment(render: Render) -> None:
+    objects = render(ci("empty-dir"))
+    assert objects_of(objects, "StatefulSet") == []
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["emptyDir"] == {"sizeLimit": "2Gi"}
+
+
+def test_values_file_states_the_emptydir_risk() -> None:
+    values = (CHART / "values.yaml").read_text(encoding="utf-8")
+    assert "RISK: an emptyDir dies with its pod, and with it" in values
+    assert "every event the pod answered 2xx for and spooled while the broker was away" in values
+
+
+def test_notes_warn_of_an_emptydir_and_tell_how_to_drain_a_claim_without_pod(
+    tools: Tools, tmp_path: Path
+) -> None:
+    risky = rendered_notes(tools, tmp_path / "a", ci("empty-dir"))
+    assert "WARNING: the data directory is an emptyDir (spool.volume emptyDir)" in risky
+    assert "spooled while the rabbitmq sink was away are LOST if the pod is deleted" in risky
+    durable = rendered_notes(tools, tmp_path / "b", ci("per-pod-spool"))
+    assert "WARNING" not in durable
+    assert "--set drainJob.claimName=login-audit-spool-audit-login-audit-bridge-<ordinal>" in (
+        durable
+    )
+    assert "port-forward statefulset/audit-login-audit-bridge" in durable
+
+
+def test_persistence_and_an_explicit_volume_together_are_refused(tools: Tools) -> None:
+    message = render_text(tools, ci("pvc"), sets={"spool.volume": "emptyDir"}, check=False)
+    assert "spool.persistence.enabled is the sharedClaim volume" in message
+
+
+CLAIM = "login-audit-spool-audit-login-audit-bridge-3"
+
+
+def test_drain_job_is_rendered_only_for_a_claim(render: Render) -> None:
+    assert objects_of(render(ci("per-pod-spool")), "Job") == []
+
+
+def test_drain_job_mounts_the_claim_and_drains_it_with_the_bridges_settings(
+    render: Render,
+) -> None:
+    objects = render(ci("kafka-sasl-tls"), sets={"drainJob.claimName": CLAIM})
+    job = one(objects, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (drain,) = pod["containers"]
+    bridge = one(objects, "StatefulSet")["spec"]["template"]
+    (served,) = bridge["spec"]["containers"]
+    assert drain["args"] == ["drain", "--timeout", "300"]
+    assert drain["image"] == served["image"]
+    assert drain["envFrom"] == served["envFrom"]  # the same sink, credentials and data_dir
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": CLAIM}
+    mounts = {m["name"]: m["mountPath"] for m in drain["volumeMounts"]}
+    assert mounts["data"] == config_data(objects)["BRIDGE_DATA_DIR"]
+    assert "kafka-tls" in mounts  # the broker's CA, as the bridge has it
+    assert pod["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] == 3
+    # The Services select the bridge's pods: never the drain's.
+    selector = hook_service(objects)["spec"]["selector"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert drain["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_drain_job_passes_kubeconform_strict(tools: Tools, tmp_path: Path) -> None:
+    manifest = tmp_path / "drain.yaml"
+    manifest.write_text(
+        render_text(
+            tools,
+            ci("rabbitmq"),
+            sets={"drainJob.claimName": CLAIM, "drainJob.timeoutSeconds": 120},
+        )
+    )
+    done = run(
+        tools.kubeconform,
+        "-strict",
+        "-summary",
+        "-output",
+        "text",
+        "-kubernetes-version",
+        KUBE_VERSION,
+        "-schema-location",
+        tools.kubeconform_schema_location,
+        manifest,
+    )
+    assert "Invalid: 0, Errors: 0, Skipped: 0" in done.stdout, done.stdout
+    assert "kind: Job" in manifest.read_text()

@@ -65,6 +65,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-spool" (include "login-audit-bridge.fullname" .)) .Values.spool.persistence.existingClaim }}
 {{- end }}
 
+{{/* Where the data directory (spool, file sink) lives: perPodClaim (a StatefulSet's claim per
+pod), sharedClaim (spool.persistence: one claim, one pod) or emptyDir (lost with the pod). auto:
+perPodClaim for a broker sink, whose spool holds acknowledged events the broker has not taken. */}}
+{{- define "login-audit-bridge.spoolVolume" -}}
+{{- $v := .Values.spool.volume }}
+{{- if ne $v "auto" }}{{ $v }}
+{{- else if .Values.spool.persistence.enabled }}sharedClaim
+{{- else if has .Values.sink.type (list "kafka" "rabbitmq") }}perPodClaim
+{{- else }}emptyDir
+{{- end }}
+{{- end }}
+
 {{/* Where the mounted TLS material lives inside the container. */}}
 {{- define "login-audit-bridge.tlsDir" -}}/etc/login-audit-bridge/tls{{- end }}
 {{- define "login-audit-bridge.kafkaTlsDir" -}}/etc/login-audit-bridge/kafka-tls{{- end }}
@@ -101,8 +113,11 @@ BRIDGE_SCHEMA_REGISTRY_PASSWORD: {{ . | b64enc | quote }}
 {{- if and $p.enabled (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
 {{- fail "spool.persistence.enabled needs replicaCount 1 and autoscaling.enabled false: the spool on one claim belongs to one bridge process" }}
 {{- end }}
-{{- if le (float64 .Values.terminationGracePeriodSeconds) (float64 .Values.bridge.shutdownTimeoutSeconds) }}
-{{- fail "terminationGracePeriodSeconds must exceed bridge.shutdownTimeoutSeconds, or Kubernetes kills the bridge while it drains" }}
+{{- if and $p.enabled (ne .Values.spool.volume "auto") }}
+{{- fail (printf "spool.persistence.enabled is the sharedClaim volume: leave spool.volume auto (not %s), or turn persistence off" .Values.spool.volume) }}
+{{- end }}
+{{- if le (float64 .Values.terminationGracePeriodSeconds) (addf .Values.bridge.shutdownTimeoutSeconds .Values.bridge.shutdownDrainSeconds) }}
+{{- fail "terminationGracePeriodSeconds must exceed bridge.shutdownTimeoutSeconds plus bridge.shutdownDrainSeconds, or Kubernetes kills the bridge while it drains" }}
 {{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.enabled needs tls.secretName" }}
