@@ -25,7 +25,6 @@ from urllib.parse import quote, urlsplit
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from ocsf import assert_ocsf
 
 from bridge.codec import AvroCodec
 from bridge.errors import InputError
@@ -34,6 +33,7 @@ from bridge.mediawiki import parse_mediawiki
 from bridge.normalize import Normalizer
 
 from conftest import BridgeProcess, post
+from ocsf import assert_ocsf
 from support import free_port
 
 CODEC = AvroCodec()
