@@ -12,6 +12,7 @@ cannot be stored as is is cleaned; the event names such fields in ``unmapped["tr
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -563,24 +564,30 @@ def _who(name: str | None) -> str:
 
 def _mediawiki_server(server: str | None, flags: _Flags) -> dict[str, Any]:
     """The wiki as ``dst_endpoint``: $wgServer's host name, or its address, and its port."""
-    endpoint: dict[str, Any] = {"svc_name": "MediaWiki", "hostname": None, "ip": None, "port": None}
-    if not server:
-        return endpoint
+    host, ip, port = _parse_server(server) if server else (None, None, None)
+    if host is not None:
+        host = flags.fit("dst_endpoint.hostname", host, MAX_NAME_CHARS)
+        # OCSF's hostname type is a DNS name; anything else (an IDN in Unicode, "_") has no
+        # OCSF home and stays in unmapped["mediawiki.server"].
+        host = host if _DNS_NAME.fullmatch(host) else None
+    return {"svc_name": "MediaWiki", "hostname": host, "ip": ip, "port": port}
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_server(server: str) -> tuple[str | None, str | None, int | None]:
+    """(host name, address, port) of $wgServer; one wiki sends the same one on every login."""
     # $wgServer may be protocol-relative ("//wiki.example.org").
     try:
         parts = urlsplit(server if "//" in server else f"//{server}")
         host = parts.hostname
     except ValueError:
-        return endpoint  # not a URL ("//[", NFKC tricks): the login still counts, without a host
-    if host is None:
-        return endpoint
-    try:
-        endpoint["ip"] = str(ipaddress.ip_address(host))
-    except ValueError:
-        host = flags.fit("dst_endpoint.hostname", host, MAX_NAME_CHARS)
-        # OCSF's hostname type is a DNS name; anything else (an IDN in Unicode, "_") has no
-        # OCSF home and stays in unmapped["mediawiki.server"].
-        endpoint["hostname"] = host if _DNS_NAME.fullmatch(host) else None
+        return None, None, None  # not a URL ("//[", NFKC tricks): the login counts, without a host
+    port = None
     with contextlib.suppress(ValueError):  # a port out of range is no port
-        endpoint["port"] = parts.port
-    return endpoint
+        port = parts.port
+    if host is None:
+        return None, None, port
+    try:
+        return None, str(ipaddress.ip_address(host)), port
+    except ValueError:
+        return host, None, port
