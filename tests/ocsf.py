@@ -1,8 +1,9 @@
 """Checks events against OCSF 1.3.0 itself: the export PyPI's ocsf-json-schema bundles.
 
 Nothing of OCSF is copied here. The JSON Schema of class Authentication comes from the package
-(``OcsfJsonSchemaEmbedded``), ``jsonschema`` validates; what JSON Schema cannot say (a caption
-must be the caption of its id, unless the id is 99 Other) is read off the same export's enums.
+(``OcsfJsonSchemaEmbedded``), ``jsonschema`` validates; what JSON Schema cannot say (a caption or
+name must be the caption of its ``_id``/``_uid``, unless the id is 99 Other) is read off the same
+export's enums: ``auth_protocol`` of ``auth_protocol_id``, ``type_name`` of ``type_uid``, ….
 Every event checked is counted; the run's summary prints the count (conftest.py).
 """
 
@@ -58,9 +59,10 @@ def _caption_errors(obj: dict[str, Any], attributes: dict[str, Any], at: str) ->
         if spec is None:
             continue
         enum = spec.get("enum")
-        if enum and key.endswith("_id") and isinstance(value, int) and value != OTHER:
+        stem = key[:-3] if key.endswith("_id") else key[:-4] if key.endswith("_uid") else None
+        if enum and stem and isinstance(value, int) and value % 100 != OTHER:
             caption = enum.get(str(value), {}).get("caption")
-            for sibling in (key[:-3], key[:-3] + "_name"):
+            for sibling in (stem, stem + "_name"):
                 if sibling in obj and obj[sibling] != caption:
                     yield (
                         f"{at}{sibling}: {obj[sibling]!r} is not the caption of"

@@ -80,6 +80,8 @@ def _broken(change: str) -> dict[str, Any]:
         event["auth_protocol_id"], event["auth_protocol"] = 4, "IDP"
     elif change == "time-dt-without-the-datetime-profile":
         event["time_dt"] = "2026-11-22T07:12:15.682Z"
+    elif change == "name-not-of-its-uid":
+        event["type_name"] = "Authentication: Logoff"
     elif change == "unknown-attribute":
         event["login_method"] = "password"
     return event
@@ -92,6 +94,7 @@ def _broken(change: str) -> dict[str, Any]:
         "null-written-out",
         "user-without-name-uid-or-account",
         "caption-not-of-its-id",
+        "name-not-of-its-uid",
         "time-dt-without-the-datetime-profile",
         "unknown-attribute",
     ],
