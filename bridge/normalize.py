@@ -50,10 +50,10 @@ USER_TYPE_UNKNOWN = (0, "Unknown")
 USER_TYPE_USER = (1, "User")
 OBSERVABLE_IP = (2, "IP Address")
 OBSERVABLE_USER_NAME = (4, "User Name")
-# SFTPGo's login methods that combine two factors (a key or certificate and a password, or a
-# key and keyboard-interactive); keyboard-interactive alone may or may not ask a TOTP code.
+# SFTPGo's methods with a "+" combine two factors (a key or certificate and a password, or a
+# key and keyboard-interactive); these are one. keyboard-interactive alone may or may not have
+# asked a TOTP code, and IDP's factors are the identity provider's: the hook cannot tell.
 _SFTPGO_SINGLE_FACTOR = frozenset(("password", "publickey", "TLSCertificate", NO_AUTH_TRIED))
-_SFTPGO_UNKNOWN_FACTORS = frozenset(("keyboard-interactive", "IDP"))
 # MediaWiki refuses "@" in user names ($wgInvalidUsernameCharacters): a name with one is the
 # "User@app" form of a bot password (BotPassword::getSeparator()).
 _BOT_PASSWORD_SEPARATOR = "@"  # noqa: S105 (a separator, not a password)
