@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail = commands.add_parser(
         "tail",
         help="decode and print events as JSON lines",
-        description="Decode events from the file sink (or a broker) and print one JSON per line.",
+        description="Decode events from the file sink (or a broker) and print one JSON per line: "
+        "strict OCSF 1.3.0 (times as integer epoch milliseconds, no nulls; bridge/ocsf_json.py).",
     )
     _add_config_flag(tail)
     tail.add_argument(
@@ -95,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--status", choices=("success", "failure"), help="only this status")
     tail.add_argument("-n", "--limit", type=int, help="stop after this many events")
     tail.add_argument("-f", "--follow", action="store_true", help="keep waiting for new events")
+    tail.add_argument(
+        "--datetime",
+        action="store_true",
+        help="also write time_dt and metadata.logged_time_dt (RFC 3339) and name OCSF's "
+        "datetime profile in metadata.profiles",
+    )
 
     dead = commands.add_parser(
         "dead-letters",
@@ -277,10 +284,12 @@ def _plain(value: Any) -> str:
 
 
 def _tail(args: argparse.Namespace) -> int:
+    from bridge.ocsf_json import dumps
+
     settings = _load(args, _overrides(args, DATA_FLAGS))
     records = _records(args, settings)
     for count, record in enumerate(records, start=1):
-        print(json.dumps(record, default=_json_default, ensure_ascii=False), flush=True)
+        print(dumps(record, datetime_profile=args.datetime), flush=True)
         if args.limit is not None and count >= args.limit:
             break
     return Exit.OK
@@ -399,12 +408,6 @@ def _dead_letter_line(letter: Any) -> dict[str, Any]:
         "reason": letter.reason,
         "seq": letter.seq,
     }
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="milliseconds")
-    raise TypeError(f"cannot print {type(value).__name__}")
 
 
 if __name__ == "__main__":

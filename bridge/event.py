@@ -11,6 +11,8 @@ Source = Literal["sftpgo", "mediawiki", "pam"]
 
 STATUS_SUCCESS = 1
 STATUS_FAILURE = 2
+# user.name when the source gave no name (OCSF requires a user to carry a name, uid or account).
+UNKNOWN_USER = "<unknown>"
 
 # A routing key's words are split on "."; anything but these characters becomes "_" in the
 # protocol word, so a protocol such as "SSH.v2" cannot add a word and escape `*` bindings.
@@ -41,8 +43,13 @@ class LoginEvent:
 
     @property
     def user_name(self) -> str | None:
+        """The name the source gave, or None when it gave none (the record says UNKNOWN_USER)."""
         name: str | None = self.record["user"]["name"]
-        return name
+        if name != UNKNOWN_USER:
+            return name
+        # A typed "<unknown>" is a real (attacker's) name: the source-given one is an observable.
+        named = any(o["name"] == "user.name" for o in self.record.get("observables", ()))
+        return name if named else None
 
     @property
     def routing_key(self) -> str:

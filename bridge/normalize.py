@@ -11,6 +11,8 @@ cannot be stored as is is cleaned; the event names such fields in ``unmapped["tr
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -22,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.errors import InvalidField, MalformedInput
-from bridge.event import STATUS_FAILURE, STATUS_SUCCESS, LoginEvent
+from bridge.event import STATUS_FAILURE, STATUS_SUCCESS, UNKNOWN_USER, LoginEvent
 from bridge.mediawiki import MediaWikiLogin
 from bridge.pam import pam_event
 from bridge.sftpgo import EVENT_ID_HEADER, GROUP_TYPES, HOOK_FIELDS, project_user
@@ -38,6 +40,24 @@ LEGACY_NO_AUTH_TRIED = "no_auth_tryed"
 AUTH_PROTOCOL_UNKNOWN = 0
 AUTH_PROTOCOL_OPENID = 4
 AUTH_PROTOCOL_OTHER = 99
+# OCSF's captions of the auth_protocol_id values we use; for 99 (Other) auth_protocol is the
+# source's own word.
+_AUTH_PROTOCOL_CAPTIONS = {AUTH_PROTOCOL_UNKNOWN: "Unknown", AUTH_PROTOCOL_OPENID: "OpenID"}
+# UNKNOWN_USER is user.name when the source gave none (SFTPGo no_auth_tried, an unknown web
+# client user): OCSF requires a user to carry a name, uid or account. No SFTPGo or MediaWiki
+# user name can be it; one typed by an attacker is still told apart, as a source-given name is
+# listed in observables and this one is not.
+USER_TYPE_UNKNOWN = (0, "Unknown")
+USER_TYPE_USER = (1, "User")
+OBSERVABLE_IP = (2, "IP Address")
+OBSERVABLE_USER_NAME = (4, "User Name")
+# SFTPGo's methods with a "+" combine two factors (a key or certificate and a password, or a
+# key and keyboard-interactive); these are one. keyboard-interactive alone may or may not have
+# asked a TOTP code, and IDP's factors are the identity provider's: the hook cannot tell.
+_SFTPGO_SINGLE_FACTOR = frozenset(("password", "publickey", "TLSCertificate", NO_AUTH_TRIED))
+# MediaWiki refuses "@" in user names ($wgInvalidUsernameCharacters): a name with one is the
+# "User@app" form of a bot password (BotPassword::getSeparator()).
+_BOT_PASSWORD_SEPARATOR = "@"  # noqa: S105 (a separator, not a password)
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -53,8 +73,13 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_TEXT_CHARS = 1024  # user agent, message parameters
 MAX_VERSION_CHARS = 64
 MAX_ZONE_CHARS = 64  # an IPv6 scope id: an interface name or number
+OCSF_IP_MAX_CHARS = 40  # OCSF 1.3.0 ip_t max_len
 # Kept in a scope id: printable ASCII but "%" (Python's ipaddress refuses a second one).
 _ZONE_UNSAFE = re.compile(r"[^\x21-\x24\x26-\x7e]")
+# A host name as OCSF's hostname_t takes it: dot-separated labels of letters, digits and inner "-".
+_DNS_NAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+)
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 TRUNCATED = "truncated"
 SANITIZED = "sanitized"
@@ -71,6 +96,7 @@ _CONSTANT_FIELDS: dict[str, Any] = {
     "logon_type_id": 3,
     "logon_type": "Network",
     "is_remote": True,
+    "timezone_offset": 0,
 }
 
 
@@ -170,7 +196,7 @@ class Normalizer:
         """``event_id``: the id the source fixed (the shim), kept as ``metadata.uid``."""
         received = self._clock() if received_ms is None else received_ms
         flags = _Flags()
-        ip = _ip(query.get("ip"), flags)
+        ip, zone = _ip(query.get("ip"), flags)
         method = _token("login_method", query.get("login_method"))
         protocol = _token("protocol", query.get("protocol"))
         ok = _sftpgo_status(query.get("status"))
@@ -181,11 +207,14 @@ class Normalizer:
             ok = False  # a client that never tried to authenticate cannot have logged in
         kept = project_user(user, self.sftpgo_user_fields)
         name = _optional_text("username", kept.get("username"), flags, "user.name")
+        uid = _positive_id(kept.get("id"))
+        type_id, type_caption = USER_TYPE_USER if uid is not None else USER_TYPE_UNKNOWN
         user_record = {
-            "name": name,
-            "uid": _positive_id(kept.get("id")),
+            "uid": uid,
             "email_addr": _optional_text("email", kept.get("email"), flags, "user.email_addr"),
             "groups": _groups(kept.get("groups", []), flags),
+            "type_id": type_id,
+            "type": type_caption,
         }
         unmapped = {"sftpgo.login_method": method}
         unmapped.update(_extra_params(query, flags))
@@ -198,6 +227,7 @@ class Normalizer:
         else:
             outcome = "succeeded" if ok else "failed"
             message = f"SFTPGo {protocol} login {outcome} for {_who(name)} from {ip} ({method})"
+        auth_protocol_id = _auth_protocol_id(method)
         record = _record(
             event_id=self._event_id(event_id),
             time_ms=received,
@@ -205,16 +235,20 @@ class Normalizer:
             ok=ok,
             status_detail=NO_AUTH_TRIED if no_attempt else None,
             message=message,
+            user_name=name,
             user=user_record,
             ip=ip,
-            svc_name=protocol,
-            hostname=None,
+            zone=zone,
+            dst_endpoint={"svc_name": protocol, "hostname": None, "ip": None, "port": None},
             service={"name": "SFTPGo", "uid": None, "version": None},
             product={"name": "SFTPGo", "vendor_name": "SFTPGo", "version": None},
-            auth_protocol_id=_auth_protocol_id(method),
-            auth_protocol=method,
+            auth_protocol_id=auth_protocol_id,
+            auth_protocol=_AUTH_PROTOCOL_CAPTIONS.get(auth_protocol_id, method),
             http_request=None,
             correlation_uid=None,
+            original_time=None,
+            is_mfa=_sftpgo_is_mfa(method),
+            status_code=query["status"],
             unmapped=unmapped,
         )
         return LoginEvent(record=record, source="sftpgo")
@@ -225,7 +259,7 @@ class Normalizer:
         """``event_id``: the id the extension fixed, kept as ``metadata.uid``."""
         ok = login.status == "PASS"
         flags = _Flags()
-        ip = _ip(login.ip, flags) if login.ip else None
+        ip, zone = _ip(login.ip, flags) if login.ip else (None, None)
         raw_name = flags.fit("unmapped.mediawiki.raw_username", login.username, MAX_NAME_CHARS)
         name = _optional_text(
             "username",
@@ -234,6 +268,7 @@ class Normalizer:
             "user.name",
         )
         uid = str(login.user.id) if login.user is not None and login.user.id > 0 else None
+        type_id, type_caption = USER_TYPE_USER if uid is not None else USER_TYPE_UNKNOWN
         # X-Request-Id when the wiki accepts it from clients: any text, even "".
         request_id = flags.fit("http_request.uid", login.request_id, MAX_REQUEST_ID_CHARS) or None
         user_agent = flags.fit_optional("http_request.user_agent", login.user_agent, MAX_TEXT_CHARS)
@@ -257,9 +292,11 @@ class Normalizer:
             )
         message_key = flags.fit_optional("status_detail", login.message_key, MAX_NAME_CHARS)
         wiki_id = flags.fit("service.uid", login.wiki_id, MAX_NAME_CHARS)
-        hostname = _host(login.server)
-        if hostname is not None:
-            hostname = flags.fit("dst_endpoint.hostname", hostname, MAX_NAME_CHARS)
+        dst_endpoint = _mediawiki_server(login.server, flags)
+        if login.server and dst_endpoint["hostname"] is None and dst_endpoint["ip"] is None:
+            unmapped["mediawiki.server"] = flags.fit(
+                "unmapped.mediawiki.server", login.server, MAX_NAME_CHARS
+            )
         flags.note(unmapped)
         record = _record(
             event_id=self._event_id(event_id),
@@ -272,10 +309,17 @@ class Normalizer:
                 f" from {ip or 'an unknown address'}"
                 + ("" if ok or not message_key else f" ({message_key})")
             ),
-            user={"name": name, "uid": uid, "email_addr": None, "groups": []},
+            user_name=name,
+            user={
+                "uid": uid,
+                "email_addr": None,
+                "groups": [],
+                "type_id": type_id,
+                "type": type_caption,
+            },
             ip=ip,
-            svc_name="MediaWiki",
-            hostname=hostname,
+            zone=zone,
+            dst_endpoint=dst_endpoint,
             service={"name": "MediaWiki", "uid": wiki_id, "version": version},
             product={
                 "name": "MediaWiki",
@@ -283,9 +327,14 @@ class Normalizer:
                 "version": version,
             },
             auth_protocol_id=AUTH_PROTOCOL_OTHER,
-            auth_protocol="bot-password" if login.app_id else "password",
+            auth_protocol="bot-password"
+            if login.app_id or _BOT_PASSWORD_SEPARATOR in login.username
+            else "password",
             http_request={"user_agent": user_agent, "uid": request_id},
             correlation_uid=request_id,
+            original_time=str(login.time),
+            is_mfa=None,  # the hook does not say whether a second factor (OATHAuth) was asked
+            status_code=login.status,
             unmapped=unmapped,
         )
         return LoginEvent(record=record, source="mediawiki")
@@ -352,18 +401,26 @@ def _record(
     ok: bool,
     status_detail: str | None,
     message: str,
+    user_name: str | None,
     user: dict[str, Any],
     ip: str | None,
-    svc_name: str,
-    hostname: str | None,
+    zone: str | None,
+    dst_endpoint: dict[str, Any],
     service: dict[str, Any],
     product: dict[str, Any],
     auth_protocol_id: int,
     auth_protocol: str | None,
     http_request: dict[str, Any] | None,
     correlation_uid: str | None,
+    original_time: str | None,
+    is_mfa: bool | None,
+    status_code: str,
     unmapped: dict[str, str],
 ) -> dict[str, Any]:
+    observables = [] if ip is None else [_observable("src_endpoint.ip", OBSERVABLE_IP, ip)]
+    if user_name is not None:
+        observables.append(_observable("user.name", OBSERVABLE_USER_NAME, user_name))
+    user["name"] = UNKNOWN_USER if user_name is None else user_name
     return {
         **_CONSTANT_FIELDS,
         "time": time_ms,
@@ -374,8 +431,8 @@ def _record(
         "status_detail": status_detail,
         "message": message,
         "user": user,
-        "src_endpoint": {"ip": ip},
-        "dst_endpoint": {"svc_name": svc_name, "hostname": hostname},
+        "src_endpoint": {"ip": ip, "interface_name": zone},
+        "dst_endpoint": dst_endpoint,
         "service": service,
         "auth_protocol_id": auth_protocol_id,
         "auth_protocol": auth_protocol,
@@ -387,8 +444,13 @@ def _record(
             "logged_time": received_ms,
             "correlation_uid": correlation_uid,
             "product": product,
+            "profiles": [],
+            "original_time": original_time,
         },
         "unmapped": unmapped,
+        "is_mfa": is_mfa,
+        "status_code": status_code,
+        "observables": observables,
         "actor": None,  # who asked for the login, when not the user (PAM's sudo and su)
     }
 
@@ -401,11 +463,13 @@ def _sftpgo_status(value: str | None) -> bool:
     raise InvalidField("status", "must be '1' (success) or '0' (failure)")
 
 
-def _ip(value: str | None, flags: _Flags) -> str:
+def _ip(value: str | None, flags: _Flags) -> tuple[str, str | None]:
     """Checks that the value is an IP address and returns it as sent, but for a hostile zone.
 
     An IPv6 scope id ("fe80::1%eth0") may be any text to Python and to the sender: one too long
     is cut to MAX_ZONE_CHARS, and characters that are not printable ASCII (newlines) become "_".
+    OCSF's ip type holds at most 40 characters: an address with a zone longer than that keeps
+    the bare address there and returns the zone apart (``src_endpoint.interface_name``).
     """
     if not value:
         raise InvalidField("ip", "is missing")
@@ -415,14 +479,18 @@ def _ip(value: str | None, flags: _Flags) -> str:
     except ValueError:
         raise InvalidField("ip", "is not an IPv4 or IPv6 address") from None
     if not percent:
-        return value
+        return value, None
     if parsed.version != 6:
         raise InvalidField("ip", "is not an IPv4 or IPv6 address")
     kept = flags.fit("src_endpoint.ip", zone, MAX_ZONE_CHARS)
     clean = _ZONE_UNSAFE.sub("_", kept)
     if clean != kept or not clean:
         flags.sanitized.append("src_endpoint.ip")
-    return f"{address}%{clean}" if clean else address
+    if not clean:
+        return address, None
+    if len(address) + 1 + len(clean) > OCSF_IP_MAX_CHARS:
+        return address, clean
+    return f"{address}%{clean}", None
 
 
 def _token(field: str, value: str | None) -> str:
@@ -487,6 +555,18 @@ def _user_extras(kept: Mapping[str, Any], flags: _Flags) -> dict[str, str]:
     return extras
 
 
+def _sftpgo_is_mfa(method: str) -> bool | None:
+    if "+" in method:
+        return True
+    if method in _SFTPGO_SINGLE_FACTOR:
+        return False
+    return None  # keyboard-interactive, IDP, or a method SFTPGo adds later
+
+
+def _observable(name: str, kind: tuple[int, str], value: str) -> dict[str, Any]:
+    return {"name": name, "type_id": kind[0], "type": kind[1], "value": value}
+
+
 def _auth_protocol_id(method: str) -> int:
     if method == NO_AUTH_TRIED:
         return AUTH_PROTOCOL_UNKNOWN
@@ -499,11 +579,32 @@ def _who(name: str | None) -> str:
     return repr(name) if name is not None else "an unnamed user"
 
 
-def _host(server: str | None) -> str | None:
-    if not server:
-        return None
+def _mediawiki_server(server: str | None, flags: _Flags) -> dict[str, Any]:
+    """The wiki as ``dst_endpoint``: $wgServer's host name, or its address, and its port."""
+    host, ip, port = _parse_server(server) if server else (None, None, None)
+    if host is not None:
+        host = flags.fit("dst_endpoint.hostname", host, MAX_NAME_CHARS)
+        # OCSF's hostname type is a DNS name; anything else (an IDN in Unicode, "_") has no
+        # OCSF home and stays in unmapped["mediawiki.server"].
+        host = host if _DNS_NAME.fullmatch(host) else None
+    return {"svc_name": "MediaWiki", "hostname": host, "ip": ip, "port": port}
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_server(server: str) -> tuple[str | None, str | None, int | None]:
+    """(host name, address, port) of $wgServer; one wiki sends the same one on every login."""
     # $wgServer may be protocol-relative ("//wiki.example.org").
     try:
-        return urlsplit(server if "//" in server else f"//{server}").hostname
+        parts = urlsplit(server if "//" in server else f"//{server}")
+        host = parts.hostname
     except ValueError:
-        return None  # not a URL ("//[", NFKC tricks): the login still counts, without a host
+        return None, None, None  # not a URL ("//[", NFKC tricks): the login counts, without a host
+    port = None
+    with contextlib.suppress(ValueError):  # a port out of range is no port
+        port = parts.port
+    if host is None:
+        return None, None, port
+    try:
+        return None, str(ipaddress.ip_address(host)), port
+    except ValueError:
+        return host, None, port

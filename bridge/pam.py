@@ -67,7 +67,8 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
     text = _texts(facts, InvalidField)
     # The hook's clock at the login: the event's time even when it arrives late from a spool.
     stamp = text.get("time", "")
-    time_ms = int(stamp) if stamp.isdigit() and int(stamp) <= MAX_TIME_MS else received_ms
+    from_hook = stamp.isdigit() and int(stamp) <= MAX_TIME_MS
+    time_ms = int(stamp) if from_hook else received_ms
     if text.get("format") != FORMAT:
         raise InvalidField("format", f"must be {FORMAT!r}")
     result = text.get("result")
@@ -81,7 +82,7 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
     name = flags.fit("user.name", text.get("user") or "", n.MAX_NAME_CHARS) or None
     requester = flags.fit("actor.user.name", text.get("ruser") or "", n.MAX_NAME_CHARS) or None
     rhost = text.get("rhost") or ""
-    ip = n._ip(rhost, flags) if _is_ip(rhost) else None
+    ip, zone = n._ip(rhost, flags) if _is_ip(rhost) else (None, None)
     method = text.get("auth_method") or None
     if method is not None and not n._TOKEN.fullmatch(method):
         raise InvalidField("auth_method", "must be 1-64 letters, digits or _.+-")
@@ -90,9 +91,14 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
         unmapped["pam.rhost"] = flags.fit("unmapped.pam.rhost", rhost, n.MAX_NAME_CHARS)
     if text.get("tty"):
         unmapped["pam.tty"] = flags.fit("unmapped.pam.tty", text["tty"], MAX_TTY_CHARS)
-    flags.note(unmapped)
     host = flags.fit("dst_endpoint.hostname", text.get("host") or "", n.MAX_NAME_CHARS) or None
+    if host is not None and not n._DNS_NAME.fullmatch(host):
+        # OCSF's hostname_t is a DNS name; anything else the host calls itself stays unmapped.
+        unmapped["pam.host"] = host
+        host = None
+    flags.note(unmapped)
     logon_type = _logon_type(service, rhost)
+    auth_protocol_id = n.AUTH_PROTOCOL_OTHER if method else n.AUTH_PROTOCOL_UNKNOWN
     record = n._record(
         event_id=event_id,
         time_ms=time_ms,
@@ -100,16 +106,27 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
         ok=ok,
         status_detail=None,
         message=_message(service, ok, name, requester, ip or rhost),
-        user={"name": name, "uid": None, "email_addr": None, "groups": []},
+        user_name=name,
+        # PAM_USER is what was typed: whether such an account exists, PAM does not say.
+        user={
+            "uid": None,
+            "email_addr": None,
+            "groups": [],
+            "type_id": n.USER_TYPE_UNKNOWN[0],
+            "type": n.USER_TYPE_UNKNOWN[1],
+        },
         ip=ip,
-        svc_name=service,
-        hostname=host,
+        zone=zone,
+        dst_endpoint={"svc_name": service, "hostname": host, "ip": None, "port": None},
         service={"name": service, "uid": None, "version": None},
         product=dict(PRODUCT),
-        auth_protocol_id=n.AUTH_PROTOCOL_OTHER if method else n.AUTH_PROTOCOL_UNKNOWN,
-        auth_protocol=method,
+        auth_protocol_id=auth_protocol_id,
+        auth_protocol=n._AUTH_PROTOCOL_CAPTIONS.get(auth_protocol_id, method),
         http_request=None,
         correlation_uid=None,
+        original_time=stamp if from_hook else None,
+        is_mfa=None,  # one PAM module's verdict: whether others asked more, the hook cannot see
+        status_code=result,
         unmapped=unmapped,
     )
     record["logon_type_id"], record["logon_type"] = logon_type

@@ -38,6 +38,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Prints how many events were checked against OCSF 1.3.0 itself (tests/ocsf.py)."""
+    from ocsf import COUNTS, OCSF_VERSION
+
+    if COUNTS["valid"] or COUNTS["rejected"]:
+        terminalreporter.write_line(
+            f"OCSF {OCSF_VERSION} Authentication (3002): {COUNTS['valid']} events validated,"
+            f" {COUNTS['rejected']} not valid"
+        )
+
+
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the developer's BRIDGE_* or hook settings."""

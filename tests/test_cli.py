@@ -11,6 +11,7 @@ from bridge import __version__
 from bridge.cli import Exit
 
 from conftest import BIN, BridgeProcess, post
+from ocsf import assert_ocsf_json
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -86,7 +87,9 @@ def test_tail_prints_stored_events_as_json_lines(bridge: BridgeProcess) -> None:
     run = _run("tail", "--data-dir", str(bridge.data_dir))
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert [line["src_endpoint"]["ip"] for line in lines] == ["192.0.2.1", "192.0.2.2"]
-    assert lines[0]["time"].endswith("+00:00")
+    assert isinstance(lines[0]["time"], int)  # OCSF timestamp_t: epoch milliseconds
+    for line in lines:
+        assert_ocsf_json(line)
     limited = _run("tail", "--file-dir", str(bridge.events_dir), "-n", "1")
     assert len(limited.stdout.splitlines()) == 1
 

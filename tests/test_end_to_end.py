@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bridge.event import UNKNOWN_USER
 from bridge.sinks.file import read_events
 
 from conftest import BIN, BridgeProcess, post, secret_strings, sftpgo_vectors, vector_body
+from ocsf import assert_ocsf
 
 VECTORS = sftpgo_vectors()
 
@@ -59,7 +61,8 @@ def test_every_vector_arrives_as_expected_and_no_secret_reaches_sink_or_logs(
     seen = {(r["src_endpoint"]["ip"], r["user"]["name"]): r for r in records}
     for vector in VECTORS:
         expected = vector["expected"]
-        record = seen[(expected["ip"], expected["username"] or None)]
+        record = seen[(expected["ip"], expected["username"] or UNKNOWN_USER)]
+        assert_ocsf(record)  # HTTP mode, through the real bridge: strict OCSF
         assert record["status"] == expected["status"].capitalize()
         assert record["dst_endpoint"]["svc_name"] == expected["protocol"]
         assert record["unmapped"]["sftpgo.login_method"] == expected["login_method"]
@@ -90,8 +93,8 @@ def test_spooled_hook_events_are_taken_in_at_start_and_deleted(
     while list(spool.glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert list(spool.glob("*.json")) == []
-    names = sorted(r["user"]["name"] or "" for r in read_events(bridge.events_dir))
-    assert names == sorted(v["expected"]["username"] for v in program)
+    names = sorted(r["user"]["name"] for r in read_events(bridge.events_dir))
+    assert names == sorted(v["expected"]["username"] or UNKNOWN_USER for v in program)
 
 
 def test_an_unusable_spool_file_is_moved_aside_and_counted(

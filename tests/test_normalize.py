@@ -11,6 +11,7 @@ import pytest
 
 from bridge.codec import AvroCodec
 from bridge.errors import InputError, InvalidField, MalformedInput
+from bridge.event import UNKNOWN_USER
 from bridge.mediawiki import parse_mediawiki
 from bridge.normalize import _EVENT_ID, Normalizer, RandomIds
 
@@ -38,7 +39,7 @@ def test_sftpgo_vector_becomes_the_expected_event(vector: dict[str, Any]) -> Non
     record = _sftpgo_event(vector)
     expected = vector["expected"]
     assert record["status"] == expected["status"].capitalize()
-    assert record["user"]["name"] == (expected["username"] or None)
+    assert record["user"]["name"] == (expected["username"] or UNKNOWN_USER)
     assert record["src_endpoint"]["ip"] == expected["ip"]
     assert record["dst_endpoint"]["svc_name"] == expected["protocol"]
     assert record["unmapped"]["sftpgo.login_method"] == expected["login_method"]
@@ -71,7 +72,14 @@ def test_vectors_with_secrets_exist_so_the_secret_scan_means_something() -> None
 def test_by_default_only_name_and_id_of_the_user_are_kept() -> None:
     full = next(v for v in SFTPGO if v["name"].startswith("01_"))
     record = _sftpgo_event(full)
-    assert record["user"] == {"name": "alice", "uid": "42", "email_addr": None, "groups": []}
+    assert record["user"] == {
+        "name": "alice",
+        "uid": "42",
+        "email_addr": None,
+        "groups": [],
+        "type_id": 1,
+        "type": "User",
+    }
     assert not any(k.startswith("sftpgo.user.") for k in record["unmapped"])
     assert b"alice@example.com" not in CODEC.encode(record)
 
@@ -240,7 +248,14 @@ def _case(name: str) -> list[dict[str, Any]]:
 def test_failed_login_keeps_the_raw_name_and_success_the_canonical_one() -> None:
     (ok,) = _case("clientlogin_ok")
     (wrong,) = _case("clientlogin_wrongpass")
-    assert _mediawiki(ok)["user"] == {"name": "Alice", "uid": "3", "email_addr": None, "groups": []}
+    assert _mediawiki(ok)["user"] == {
+        "name": "Alice",
+        "uid": "3",
+        "email_addr": None,
+        "groups": [],
+        "type_id": 1,
+        "type": "User",
+    }
     assert _mediawiki(wrong)["user"]["name"] == "Alice"
     assert _mediawiki(wrong)["user"]["uid"] is None
 
@@ -279,6 +294,8 @@ def test_unknown_bot_password_user_with_id_zero_has_no_uid() -> None:
         "uid": None,
         "email_addr": None,
         "groups": [],
+        "type_id": 0,
+        "type": "Unknown",
     }
 
 
@@ -380,15 +397,21 @@ def test_long_allow_listed_fields_and_too_many_groups_are_cut_and_flagged() -> N
         ("eth0", "eth0", {}),
         ("eth0\nFAKE LOG LINE", "eth0_FAKE_LOG_LINE", {"sanitized": "src_endpoint.ip"}),
         ("z" * 2000, "z" * 64, {"truncated": "src_endpoint.ip"}),
+        ("z" * 33, "z" * 33, {}),
         ("\ud800", "_", {"sanitized": "src_endpoint.ip"}),
     ],
-    ids=["plain", "newline", "2000-chars", "lone-surrogate"],
+    ids=["plain", "newline", "2000-chars", "33-chars", "lone-surrogate"],
 )
 def test_an_ipv6_zone_id_is_kept_when_clean_and_cut_or_cleaned_and_flagged_when_not(
     zone: str, kept: str, flags: dict[str, str]
 ) -> None:
+    """Kept in ip up to OCSF's 40 characters for address and zone, in interface_name past them."""
     record = _sftpgo({**FAILED_SSH, "ip": f"fe80::1%{zone}"}, {"username": "bob"})
-    assert record["src_endpoint"]["ip"] == f"fe80::1%{kept}"
+    endpoint = record["src_endpoint"]
+    if len(f"fe80::1%{kept}") <= 40:
+        assert (endpoint["ip"], endpoint["interface_name"]) == (f"fe80::1%{kept}", None)
+    else:
+        assert (endpoint["ip"], endpoint["interface_name"]) == ("fe80::1", kept)
     assert {k: v for k, v in record["unmapped"].items() if k in ("truncated", "sanitized")} == flags
 
 
@@ -430,7 +453,8 @@ def test_long_mediawiki_fields_an_attacker_sends_are_cut_and_flagged() -> None:
     assert record["user"]["name"] == "u" * 256
     assert record["unmapped"]["mediawiki.raw_username"] == "u" * 256
     assert len(record["http_request"]["user_agent"]) == 1024
-    assert record["src_endpoint"]["ip"] == "fe80::1%" + "_" * 64
+    assert record["src_endpoint"]["ip"] == "fe80::1"  # the zone is past OCSF's 40 characters
+    assert record["src_endpoint"]["interface_name"] == "_" * 64
     assert record["unmapped"]["truncated"].split(",") == [
         "src_endpoint.ip",
         "unmapped.mediawiki.raw_username",

@@ -36,6 +36,7 @@ from bridge.shim import DEFAULTS, PAM_SPOOL_SECONDS
 from bridge.sinks.file import read_events
 
 from conftest import BIN, BridgeProcess, encoded, post
+from ocsf import assert_ocsf
 from support import free_port
 
 HOOK = BIN / "login-audit-hook"
@@ -83,7 +84,12 @@ def test_a_failed_sudo_names_the_target_user_and_the_requesting_user_as_actor() 
     assert record["user"]["name"] == "root"
     assert record["actor"] == {"user": {"name": "alice", "uid": None}}
     assert record["service"]["name"] == "sudo"
-    assert record["dst_endpoint"] == {"svc_name": "sudo", "hostname": "web-1"}
+    assert record["dst_endpoint"] == {
+        "svc_name": "sudo",
+        "hostname": "web-1",
+        "ip": None,
+        "port": None,
+    }
     assert (record["logon_type_id"], record["logon_type"], record["is_remote"]) == (
         2,
         "Interactive",
@@ -130,6 +136,13 @@ def test_a_host_name_in_pam_rhost_is_kept_in_unmapped_not_as_an_address() -> Non
     assert record["is_remote"] is True
 
 
+def test_a_host_name_that_is_not_a_dns_name_is_kept_in_unmapped_and_the_event_is_ocsf() -> None:
+    record = normalizer().pam(facts(host="web_1:prod")).record
+    assert record["dst_endpoint"]["hostname"] is None
+    assert record["unmapped"]["pam.host"] == "web_1:prod"
+    assert_ocsf(record)
+
+
 @pytest.mark.parametrize(
     ("service", "logon_type_id"), [("cron", 4), ("systemd-user", 5), ("login", 2), ("su", 2)]
 )
@@ -170,6 +183,7 @@ def test_every_pam_event_validates_and_an_old_reader_without_actor_still_reads_i
     codec = AvroCodec()
     record = normalizer().pam(facts(), event_id=EVENT_ID).record
     assert codec.validate(record)
+    assert_ocsf(record)
     new = json.loads(schema_text())
     old = {**new, "fields": [f for f in new["fields"] if f["name"] != "actor"]}
     buffer = io.BytesIO()
@@ -476,6 +490,7 @@ def test_any_facts_become_a_valid_event_or_our_input_error(values: dict[str, str
     except InputError:
         return
     assert AvroCodec().validate(event.record)
+    assert_ocsf(event.record)
 
 
 def test_a_pam_login_handed_to_the_bridge_loads_nothing_heavy(

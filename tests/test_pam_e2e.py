@@ -33,6 +33,7 @@ from bridge.settings import Settings
 from bridge.sinks.file import read_events
 
 from conftest import BIN, BridgeProcess, print_fault_row
+from ocsf import assert_ocsf
 from support import free_port, reachable, skip_or_fail
 
 pytestmark = [pytest.mark.slow, pytest.mark.pam]
@@ -229,11 +230,14 @@ class Attempt:
 
 
 def attempts(lab: Lab) -> list[Attempt]:
+    # auth_protocol: the method sshd names (ExposeAuthInfo), else OCSF's caption of id 0.
     def local(status: str, user: str) -> Expected:  # sudo's stack: no address, the requester
-        return Expected(status, user, lab.service, None, lab.requester, None, False)
+        return Expected(status, user, lab.service, None, lab.requester, "Unknown", False)
 
     def remote(status: str, user: str, method: str | None) -> Expected:
-        return Expected(status, user, lab.sshd_service, "127.0.0.1", None, method, True)
+        return Expected(
+            status, user, lab.sshd_service, "127.0.0.1", None, method or "Unknown", True
+        )
 
     return [
         Attempt("pamtester, right password", True, local("Success", lab.user)),
@@ -331,6 +335,7 @@ def check(done: list[tuple[Attempt, bool, str]], records: list[dict[str, Any]], 
     for record in records:
         assert record["metadata"]["product"]["name"] == "Linux-PAM"
         assert record["dst_endpoint"]["hostname"] == os.uname().nodename
+        assert_ocsf(record)
     text = repr(records)
     assert lab.password not in text and "Wrong-" not in text
 

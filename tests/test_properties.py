@@ -28,11 +28,12 @@ from hypothesis import strategies as st
 
 from bridge.codec import AvroCodec
 from bridge.errors import InputError
-from bridge.event import LoginEvent
+from bridge.event import UNKNOWN_USER, LoginEvent
 from bridge.mediawiki import parse_mediawiki
 from bridge.normalize import Normalizer
 
 from conftest import BridgeProcess, post
+from ocsf import assert_ocsf
 from support import free_port
 
 CODEC = AvroCodec()
@@ -192,7 +193,9 @@ def _millis(value: Any) -> Any:
 def assert_encodes_and_round_trips(event: LoginEvent) -> bytes:
     assert CODEC.validate(event.record)
     encoded = CODEC.encode(event.record)
-    assert _millis(CODEC.decode(encoded)) == event.record
+    decoded = CODEC.decode(encoded)
+    assert _millis(decoded) == event.record
+    assert_ocsf(decoded)
     return encoded
 
 
@@ -237,7 +240,7 @@ def test_a_valid_sftpgo_login_becomes_an_event_with_exactly_its_facts(
     record = event.record
     no_auth = query["login_method"] in NO_AUTH
     assert record["src_endpoint"]["ip"] == query["ip"]
-    assert record["user"]["name"] == (user["username"] or None)
+    assert record["user"]["name"] == (user["username"] or UNKNOWN_USER)
     assert record["user"]["uid"] == (str(user["id"]) if user["id"] > 0 else None)
     assert record["dst_endpoint"]["svc_name"] == query["protocol"]
     assert record["unmapped"]["sftpgo.login_method"] == (
@@ -347,7 +350,7 @@ def test_a_valid_mediawiki_login_becomes_an_event_with_exactly_its_facts(
         else (payload["username"])
     )
     assert record["src_endpoint"]["ip"] == (payload["ip"] or None)
-    assert record["user"]["name"] == (name or None)
+    assert record["user"]["name"] == (name or UNKNOWN_USER)
     assert record["status_id"] == (1 if ok else 2)
     assert record["time"] == payload["time"]
     assert record["metadata"]["correlation_uid"] == payload["request_id"]

@@ -22,6 +22,7 @@ import pytest
 import trustme
 
 from bridge import __version__, handoff
+from bridge.event import UNKNOWN_USER
 from bridge.settings import Settings
 from bridge.sftpgo import ENV_TO_QUERY, EVENT_ID_HEADER
 from bridge.shim import DEFAULTS
@@ -36,6 +37,7 @@ from conftest import (
     vector_body,
     vector_query,
 )
+from ocsf import assert_ocsf
 from support import free_port
 from wire import Relay, header, other_service
 
@@ -109,6 +111,7 @@ def with_username(vector: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def facts(record: dict[str, Any]) -> tuple[int, str | None, str, str, str]:
+    assert_ocsf(record)  # program mode, through the real hook and bridge: strict OCSF too
     return (
         record["status_id"],
         record["user"]["name"],
@@ -122,7 +125,7 @@ def expected_facts(vector: dict[str, Any]) -> tuple[int, str | None, str, str, s
     expected = vector["expected"]
     return (
         1 if expected["status"] == "SUCCESS" else 2,
-        expected["username"] or None,
+        expected["username"] or UNKNOWN_USER,
         expected["ip"],
         expected["protocol"],
         expected["login_method"],

@@ -18,6 +18,7 @@ import pytest
 
 from bridge.sinks.file import read_events
 
+from ocsf import assert_ocsf
 from support import IN_CI, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,6 +240,8 @@ def wait_for_events(events_dir: Path, count: int) -> list[dict[str, Any]]:
     while time.monotonic() < deadline:
         events = list(read_events(events_dir)) if events_dir.exists() else []
         if len(events) >= count:
+            for event in events:  # every event a real wiki made is OCSF 1.3.0 as handed out
+                assert_ocsf(event)
             return sorted(events, key=lambda e: (e["time"], e["unmapped"]["mediawiki.invocation"]))
         time.sleep(0.1)
     return events

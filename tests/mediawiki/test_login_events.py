@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,7 +32,9 @@ def test_clientlogin_success_is_a_success_event_with_the_account_id(
     )
     assert event["metadata"]["correlation_uid"] == event["http_request"]["uid"]
     assert event["service"] == {"name": "MediaWiki", "uid": "wiki", "version": "1.39.17"}
-    assert event["dst_endpoint"]["hostname"] == "127.0.0.1"
+    # $wgServer is http://127.0.0.1:<port>: an address (OCSF's hostname is a DNS name) and a port
+    assert (event["dst_endpoint"]["ip"], event["dst_endpoint"]["hostname"]) == ("127.0.0.1", None)
+    assert event["dst_endpoint"]["port"] == urlsplit(wiki.url).port
     assert event["auth_protocol"] == "password"
     assert event["unmapped"] == {
         "mediawiki.raw_username": "Alice",
@@ -57,7 +60,14 @@ def test_wrong_password_is_a_failure_named_by_the_raw_input(
 
     [event] = events_of(wired, 1)
     assert (event["status_id"], event["status_detail"]) == (2, "wrongpassword")
-    assert event["user"] == {"name": "alice_", "uid": None, "email_addr": None, "groups": []}
+    assert event["user"] == {
+        "name": "alice_",
+        "uid": None,
+        "email_addr": None,
+        "groups": [],
+        "type_id": 0,
+        "type": "Unknown",
+    }
     assert event["unmapped"]["mediawiki.raw_username"] == "alice_"
 
 
@@ -130,6 +140,8 @@ def test_failed_bot_password_login_is_two_events_linked_by_the_request_id(
     assert second["unmapped"]["mediawiki.invocation"] == "2"
     assert "mediawiki.app_id" not in second["unmapped"]
     assert (second["user"]["name"], second["user"]["uid"]) == ("Alice@harness", None)
+    # No app id on the second call, yet the User@app name says it was a bot password too.
+    assert (first["auth_protocol"], second["auth_protocol"]) == ("bot-password", "bot-password")
 
 
 def test_web_form_login_is_reported_from_the_index_entry_point(
