@@ -255,7 +255,8 @@ def _check_media_type(headers: dict[str, str]) -> None:
 
 def _single_valued_query(scope: Scope) -> dict[str, str]:
     # As Starlette does: the raw query is latin-1, each part percent-decoded as UTF-8.
-    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    raw: bytes = scope["query_string"]
+    pairs = parse_query(raw.decode("latin-1"))
     query: dict[str, str] = {}
     for key, value in pairs:
         if key in query:
@@ -264,6 +265,14 @@ def _single_valued_query(scope: Scope) -> dict[str, str]:
     if not query:
         raise MalformedInput("no query string: expected ip, login_method, protocol and status")
     return query
+
+
+def parse_query(query: str) -> list[tuple[str, str]]:
+    """``parse_qsl(query, keep_blank_values=True)``, without its per-part unquoting when there is
+    nothing to unquote: SFTPGo's query never has any, and parse_qsl was 3 % of a worker's CPU."""
+    if "%" in query or "+" in query:
+        return parse_qsl(query, keep_blank_values=True)
+    return [(name, value) for name, _, value in (p.partition("=") for p in query.split("&") if p)]
 
 
 def create_app(

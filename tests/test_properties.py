@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from bridge.app import parse_query
 from bridge.codec import AvroCodec
 from bridge.errors import InputError
 from bridge.event import UNKNOWN_USER, LoginEvent
@@ -248,6 +249,19 @@ def test_a_valid_sftpgo_login_becomes_an_event_with_exactly_its_facts(
     )
     assert record["status_id"] == (1 if query["status"] == "1" and not no_auth else 2)
     assert event.source == "sftpgo"
+
+
+@settings(max_examples=2000)
+@given(
+    query=st.text(
+        alphabet=st.sampled_from(list("ab=&%+;2F0 \u00e9\u00ff"))
+        | st.characters(max_codepoint=255),
+        max_size=40,
+    )
+)
+@example(query="ip=1.2.3.4&&status=&flag&=x&a=b=c")
+def test_the_query_fast_path_parses_exactly_as_parse_qsl(query: str) -> None:
+    assert parse_query(query) == parse_qsl(query, keep_blank_values=True)
 
 
 def test_a_json_true_group_type_is_not_read_as_group_type_1() -> None:
