@@ -117,6 +117,12 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def workload(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bridge's pods' owner: a StatefulSet with a spool claim per pod, else a Deployment."""
+    (owner,) = objects_of(objects, "Deployment") + objects_of(objects, "StatefulSet")
+    return owner
+
+
 # -- the expressions of the dashboard and the alerts
 
 

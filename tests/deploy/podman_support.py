@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import json
 import os
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .deploy_support import REPO
+import yaml
+
+from .deploy_support import REPO, workload
 
 SCRIPT = REPO / "scripts" / "image"
 # What scripts/image needs on a cold machine: Debian packages, a debootstrap, a build from PyPI.
@@ -85,6 +88,76 @@ def build_image() -> Image:
     return Image(ref, size, seconds)
 
 
+# -- rendered pods played by `podman kube play`
+
+
+class Lab:
+    """podman objects made by one test, removed afterwards (pods first: volumes go last)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.pods: list[str] = []
+        self.names: list[tuple[str, ...]] = []
+
+    def secret(self, secret: dict[str, Any]) -> None:
+        """kube play reads a secretRef from a podman secret holding the Secret's data as JSON
+        (it mishandles Secret documents)."""
+        name = secret["metadata"]["name"]
+        path = self.workdir / f"{name}.json"
+        path.write_text(json.dumps(secret.get("data", {})))
+        path.chmod(0o600)
+        podman("secret", "create", name, path)
+        self.names.append(("secret", "rm", name))
+
+    def play(self, name: str, documents: list[dict[str, Any]]) -> None:
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump_all(documents))
+        self.pods.append(name)
+        # podman 4.3 turns probes into systemd healthchecks and says on stderr that it cannot.
+        podman("kube", "play", path, timeout=180)
+
+    def cleanup(self) -> None:
+        for pod in self.pods:
+            podman("pod", "rm", "--force", "--time", "0", pod, check=False)
+        for args in self.names:
+            podman(*args, check=False)
+
+
+def as_pod(
+    name: str, template: dict[str, Any], volumes: dict[str, str], *, host_network: bool = True
+) -> dict[str, Any]:
+    """A rendered pod template as a bare Pod, its claims and the emptyDirs named in ``volumes``
+    as podman volumes of this run (volume name -> podman volume). podman 4.3 cannot play a
+    StatefulSet: this is the pod it would make, with its claim. On the host network (the
+    default) the container ports go: the settings bind the ports instead."""
+    spec = copy.deepcopy(template["spec"])
+    if host_network:
+        spec["hostNetwork"] = True
+        for container in spec["containers"]:
+            container.pop("ports", None)
+    kept = [v for v in spec.get("volumes", []) if v["name"] not in volumes]
+    spec["volumes"] = kept + [
+        {"name": volume, "persistentVolumeClaim": {"claimName": claim}}
+        for volume, claim in volumes.items()
+    ]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def statefulset_pod(
+    lab: Lab, statefulset: dict[str, Any], ordinal: int = 0, *, host_network: bool = True
+) -> dict[str, Any]:
+    """The StatefulSet's pod of that ordinal, with the claims the StatefulSet would make
+    (<template>-<statefulset>-<ordinal>) made as podman volumes; they outlive the pod."""
+    name = f"{statefulset['metadata']['name']}-{ordinal}"
+    claims = {}
+    for template in statefulset["spec"].get("volumeClaimTemplates", []):
+        volume = template["metadata"]["name"]
+        claims[volume] = f"{volume}-{name}"
+        podman("volume", "create", claims[volume])
+        lab.names.append(("volume", "rm", "--force", claims[volume]))
+    return as_pod(name, statefulset["spec"]["template"], claims, host_network=host_network)
+
+
 # -- HTTP, as SFTPGo and the kubelet use it
 
 
@@ -147,11 +220,9 @@ def post_sftpgo_login(base: str, *, user: str, token: str | None) -> Answer:
 
 
 def pod_environment(objects: list[dict[str, Any]]) -> dict[str, str]:
-    """The environment the Deployment's container gets, as the kubelet builds it: envFrom
+    """The environment the bridge's container gets, as the kubelet builds it: envFrom
     (ConfigMaps, Secrets decoded) in order, then env (values and key references)."""
-    (container,) = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"][
-        "spec"
-    ]["containers"]
+    (container,) = workload(objects)["spec"]["template"]["spec"]["containers"]
     data: dict[tuple[str, str], dict[str, str]] = {}
     for o in objects:
         if o["kind"] == "ConfigMap":

@@ -1,23 +1,24 @@
-"""The chart's Deployment played by `podman kube play` on the built image, and its `helm test` pod.
+"""The chart's pod played by `podman kube play` on the built image, and its `helm test` pod.
 
-Each scenario is rendered by the real helm, then played as rendered, with three changes podman 4.3
-needs (issue 12): the Secret is created with `podman secret create` (kube play mishandles Secret
+Each scenario is rendered by the real helm, then played as rendered, with the changes podman 4.3
+needs (issue 12): it cannot play a StatefulSet, so its pod 0 is played as a bare Pod with each
+claim the StatefulSet would make (<template>-<statefulset>-0) as a podman volume that outlives
+the pod; the Secret is created with `podman secret create` (kube play mishandles Secret
 documents), each container port gets a hostPort on 127.0.0.1 (kube play has no --publish), and
 each emptyDir gets a name of this run's own (podman makes a named volume of it, shared by name).
 kube play runs no probes, so the tests probe what the rendered spec names, as the kubelet would.
 Names come from a fullnameOverride unique to the run: pods, volumes and secrets are global here.
-The tests of a scenario run in file order against one pod; the last one stops it.
+The tests of a scenario run in file order against one pod; the last two delete it and play it
+again on its claim, then stop it.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import re
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ import yaml
 from .deploy_support import CHART, Tools, hook_service, objects_of, one, render_text
 from .podman_support import (
     Image,
+    Lab,
     exit_code,
     logs,
     pod_environment,
@@ -33,6 +35,7 @@ from .podman_support import (
     post_sftpgo_login,
     process_status,
     request,
+    statefulset_pod,
     tail_events,
     unique_name,
     wait_for,
@@ -51,19 +54,19 @@ KUBELET_HEADERS = {"User-Agent": "kube-probe/1.33", "Accept": "*/*"}
 
 @dataclass
 class Played:
-    """One scenario's objects as rendered and the podman pod playing its Deployment."""
+    """One scenario's objects as rendered and the podman pod playing its StatefulSet's pod 0."""
 
     name: str
     objects: list[dict[str, Any]]
     pod: str
     host_ports: dict[int, int]
     token: str | None
-    workdir: Path
-    cleanup: list[tuple[str, ...]] = field(default_factory=list)
+    lab: Lab
+    played: dict[str, Any]  # the Pod document given to kube play
 
     @property
     def pod_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = one(self.objects, "Deployment")["spec"]["template"]["spec"]
+        spec: dict[str, Any] = one(self.objects, "StatefulSet")["spec"]["template"]["spec"]
         return spec
 
     @property
@@ -124,16 +127,6 @@ def helm_test_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return hook
 
 
-def podman_secret(played: Played, secret: dict[str, Any]) -> None:
-    """kube play reads a secretRef from a podman secret holding the Secret's data as JSON."""
-    name = secret["metadata"]["name"]
-    path = played.workdir / f"{name}.json"
-    path.write_text(json.dumps(secret.get("data", {})))
-    path.chmod(0o600)
-    podman("secret", "create", name, path)
-    played.cleanup.append(("secret", "rm", name))
-
-
 def playable(played: Played, pod: str, pod_spec: dict[str, Any], *, publish: bool) -> None:
     """The three changes podman needs, made in place on a copy of a rendered pod spec."""
     renamed = {}
@@ -141,22 +134,13 @@ def playable(played: Played, pod: str, pod_spec: dict[str, Any], *, publish: boo
         if "emptyDir" in volume:
             renamed[volume["name"]] = f"{pod}-{volume['name']}"
             volume["name"] = renamed[volume["name"]]
-            played.cleanup.append(("volume", "rm", "--force", volume["name"]))
+            played.lab.names.append(("volume", "rm", "--force", volume["name"]))
     for container in pod_spec["containers"]:
         for mount in container.get("volumeMounts", []):
             mount["name"] = renamed.get(mount["name"], mount["name"])
         for port in container.get("ports", []) if publish else []:
             played.host_ports[port["containerPort"]] = free_port()
             port |= {"hostIP": "127.0.0.1", "hostPort": played.host_ports[port["containerPort"]]}
-
-
-def kube_play(played: Played, documents: list[dict[str, Any]], name: str) -> None:
-    path = played.workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump_all(documents))
-    # Pods first: their volumes go with them.
-    played.cleanup.insert(0, ("pod", "rm", "--force", "--time", "0", name))
-    # podman 4.3 turns probes into systemd healthchecks and says on stderr that it cannot.
-    podman("kube", "play", path, timeout=180)
 
 
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
@@ -174,26 +158,26 @@ def played(
         sets={"fullnameOverride": name, "image.repository": repository, "image.tag": tag},
     )
     objects = [o for o in yaml.safe_load_all(text) if o]
-    deployment = one(objects, "Deployment")
-    played = Played(
-        name=name,
-        objects=objects,
-        pod=f"{deployment['metadata']['name']}-pod-0",
-        host_ports={},
-        token=rendered_token(objects),
-        workdir=tmp_path_factory.mktemp(request.param),
-    )
+    lab = Lab(tmp_path_factory.mktemp(request.param))
     try:
+        pod = statefulset_pod(lab, one(objects, "StatefulSet"), host_network=False)
+        played = Played(
+            name=name,
+            objects=objects,
+            pod=pod["metadata"]["name"],
+            host_ports={},
+            token=rendered_token(objects),
+            lab=lab,
+            played=pod,
+        )
         for secret in objects_of(objects, "Secret"):
-            podman_secret(played, secret)
-        deployment = copy.deepcopy(deployment)
-        playable(played, played.pod, deployment["spec"]["template"]["spec"], publish=True)
-        kube_play(played, [one(objects, "ConfigMap"), deployment], played.pod)
+            lab.secret(secret)
+        playable(played, played.pod, pod["spec"], publish=True)
+        lab.play(played.pod, [one(objects, "ConfigMap"), pod])
         wait_for(played.probe_url(played.bridge["readinessProbe"]), what=logs(played.container))
         yield played
     finally:
-        for args in played.cleanup:
-            podman(*args, check=False)
+        lab.cleanup()
 
 
 def test_pod_runs_as_its_rendered_security_context(played: Played) -> None:
@@ -255,7 +239,7 @@ def hook_pod(played: Played, url: str, *, ready_seconds: str | None = None) -> t
         if env["name"] == "LOGIN_AUDIT_TEST_READY_SECONDS" and ready_seconds:
             env["value"] = ready_seconds
     playable(played, hook["metadata"]["name"], hook["spec"], publish=False)
-    kube_play(played, [hook], hook["metadata"]["name"])
+    played.lab.play(hook["metadata"]["name"], [hook])
     name = f"{hook['metadata']['name']}-{container['name']}"
     podman("wait", name, timeout=180)
     return exit_code(name), logs(name)
@@ -299,6 +283,18 @@ def test_helm_test_pod_fails_when_the_bridge_does_not_answer(played: Played) -> 
     code, output = hook_pod(played, f"http://{played.pod_ip()}:9", ready_seconds="1")
     assert code == 1, output
     assert "FAIL: http" in output and "/readyz did not answer 200 in time" in output
+
+
+def test_stored_events_outlive_the_pod_on_its_claim(played: Played) -> None:
+    """The data directory (the file sink's event files, the spool) is the pod's claim: a pod
+    deleted and made again with its ordinal finds every event it acknowledged."""
+    before = {e["metadata"]["uid"] for e in tail_events(played.container)}
+    assert before  # the login stored above
+    podman("pod", "rm", "--force", "--time", "0", played.pod)
+    played.lab.play(played.pod, [one(played.objects, "ConfigMap"), played.played])
+    wait_for(played.probe_url(played.bridge["readinessProbe"]), what=logs(played.container))
+    after = {e["metadata"]["uid"] for e in tail_events(played.container)}
+    assert before <= after
 
 
 def test_pod_stops_cleanly_within_its_termination_grace_period(played: Played) -> None:

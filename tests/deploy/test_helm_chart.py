@@ -22,6 +22,7 @@ from .deploy_support import (
     one,
     render_text,
     run,
+    workload,
 )
 
 pytestmark = pytest.mark.helm
@@ -43,12 +44,6 @@ OPTIONAL_KINDS = (
 
 def ci(name: str) -> Path:
     return CHART / "ci" / f"{name}-values.yaml"
-
-
-def workload(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    """The bridge's pods' owner: a StatefulSet with a spool claim per pod, else a Deployment."""
-    (owner,) = objects_of(objects, "Deployment") + objects_of(objects, "StatefulSet")
-    return owner
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -205,10 +200,13 @@ def test_container_runs_non_root_read_only_without_capabilities(render: Render) 
 def test_data_dir_and_tmp_are_writable_volumes_on_the_read_only_root(render: Render) -> None:
     objects = render(ci("default"))
     mounts = {m["name"]: m["mountPath"] for m in container(objects)["volumeMounts"]}
-    pod = workload(objects)["spec"]["template"]["spec"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert mounts == {"data": "/var/lib/login-audit-bridge", "tmp": "/tmp"}
-    assert volumes["data"]["emptyDir"] == {"sizeLimit": "2Gi"}
+    spec = workload(objects)["spec"]
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert mounts == {"login-audit-spool": "/var/lib/login-audit-bridge", "tmp": "/tmp"}
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "login-audit-spool"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert volumes.keys() == {"tmp"}
     assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "64Mi"}
     assert config_data(objects)["BRIDGE_DATA_DIR"] == "/var/lib/login-audit-bridge"
     assert config_data(objects)["BRIDGE_HOST"] == "0.0.0.0"  # noqa: S104  (inside the pod)
@@ -427,7 +425,7 @@ def test_optional_objects_are_absent_by_default(render: Render) -> None:
         o["kind"] for o in objects if "helm.sh/hook" not in o["metadata"].get("annotations", {})
     )
     # Two Services: the hook port's, and the admin port's (ClusterIP only).
-    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Secret", "Service", "Service", "ServiceAccount", "StatefulSet"]
 
 
 def test_all_optional_objects_render_when_enabled(render: Render) -> None:
@@ -610,15 +608,22 @@ def test_notes_say_where_the_token_the_chart_made_is(tools: Tools, tmp_path: Pat
     assert "https://" not in notes
 
 
-def test_default_file_sink_retention_stays_below_the_data_volume_size(render: Render) -> None:
-    """An emptyDir past its sizeLimit gets the pod evicted with every file: never let it fill."""
-    objects = render()
+@pytest.mark.parametrize("volume", ["auto", "emptyDir"])
+def test_default_file_sink_retention_stays_below_the_data_volume_size(
+    render: Render, volume: str
+) -> None:
+    """A full claim stops the sink, and an emptyDir past its sizeLimit gets the pod evicted with
+    every file: never let either fill."""
+    objects = render(sets={"spool.volume": volume})
     retain = int(config_data(objects)["BRIDGE_FILE_RETAIN_BYTES"])
-    volumes = workload(objects)["spec"]["template"]["spec"]["volumes"]
-    (data,) = [v for v in volumes if "emptyDir" in v and v["name"] != "tmp"]
-    size_limit = data["emptyDir"]["sizeLimit"]
-    assert size_limit.endswith("Gi")
-    assert 0 < retain <= 0.6 * int(size_limit[:-2]) * 1024**3
+    spec = workload(objects)["spec"]
+    if volume == "auto":
+        size: str = spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    else:
+        (data,) = [v for v in spec["template"]["spec"]["volumes"] if v["name"] == "data"]
+        size = data["emptyDir"]["sizeLimit"]
+    assert size.endswith("Gi")
+    assert 0 < retain <= 0.6 * int(size[:-2]) * 1024**3
 
 
 # -- where each replica keeps its spool (issue 15)
@@ -647,6 +652,27 @@ def test_a_broker_sink_gives_each_replica_its_own_spool_claim_by_default(
         "whenScaled": "Retain",
     }
     assert spec["podManagementPolicy"] == "Parallel"
+
+
+@pytest.mark.parametrize("values", ["default", "file-sink"])
+def test_the_file_sink_keeps_its_files_on_a_claim_per_pod_by_default(
+    render: Render, values: str
+) -> None:
+    """The data directory holds the file sink's event files: an emptyDir loses every one."""
+    objects = render(ci(values))
+    assert config_data(objects)["BRIDGE_SINK"] == "file"
+    assert objects_of(objects, "Deployment") == []
+    spec = one(objects, "StatefulSet")["spec"]
+    (template,) = spec["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "login-audit-spool"
+    pod = spec["template"]["spec"]
+    data_dir = config_data(objects)["BRIDGE_DATA_DIR"]
+    (data,) = [
+        m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == data_dir
+    ]
+    assert data == "login-audit-spool"
+    assert [v["name"] for v in pod["volumes"] if "emptyDir" in v] == ["tmp"]
+    assert spec["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
 
 
 def test_hpa_scales_the_statefulset_and_the_pdb_still_selects_its_pods(render: Render) -> None:
@@ -698,6 +724,21 @@ def test_notes_warn_of_an_emptydir_and_tell_how_to_drain_a_claim_without_pod(
         durable
     )
     assert "port-forward statefulset/audit-login-audit-bridge" in durable
+
+
+def test_notes_warn_of_the_file_sinks_emptydir_only_when_it_is_chosen(
+    tools: Tools, tmp_path: Path
+) -> None:
+    default = rendered_notes(tools, tmp_path / "a", ci("default"))
+    assert "WARNING" not in default
+    assert "Each pod keeps its spool and the file sink's event files on a claim of its own" in (
+        default
+    )
+    chosen = tmp_path / "empty-dir-file-sink.yaml"
+    chosen.write_text("spool:\n  volume: emptyDir\n", encoding="utf-8")
+    risky = rendered_notes(tools, tmp_path / "b", chosen)
+    assert "WARNING: the data directory is an emptyDir (spool.volume emptyDir)" in risky
+    assert "and so are the file sink's event files" in risky
 
 
 def test_persistence_and_an_explicit_volume_together_are_refused(tools: Tools) -> None:

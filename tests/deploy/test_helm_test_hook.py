@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .deploy_support import CHART, admin_service, objects_of, one
+from .deploy_support import CHART, admin_service, objects_of, one, workload
 
 pytestmark = pytest.mark.helm
 
@@ -78,7 +78,7 @@ def test_helm_test_pod_is_not_taken_for_a_bridge_by_the_service(render: Render) 
 def test_helm_test_pod_runs_with_the_bridges_image_and_restrictions(render: Render) -> None:
     objects = render(ci("default"))
     pod = helm_test_pod(objects)
-    bridge_pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    bridge_pod = workload(objects)["spec"]["template"]["spec"]
     (container,) = pod["spec"]["containers"]
     (bridge,) = bridge_pod["containers"]
     assert container["image"] == bridge["image"]

@@ -1,7 +1,8 @@
 """The image built from the Dockerfile, run as the chart runs it: read-only, uid 10001, no caps.
 
 podman runs it with the chart's environment (the ConfigMap and the Secret of the file-sink
-scenario), a tmpfs where the chart mounts its emptyDirs, and its port published on 127.0.0.1 only.
+scenario), a tmpfs where the chart mounts its data volume and /tmp, and its port published on
+127.0.0.1 only.
 The tests run in file order against one container; the last one stops it.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .deploy_support import CHART, REPO, one
+from .deploy_support import CHART, REPO, workload
 from .podman_support import (
     Image,
     exit_code,
@@ -60,7 +61,7 @@ def container(
 ) -> Iterator[Container]:
     objects = render(SCENARIO)
     env = pod_environment(objects)
-    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(objects)["spec"]["template"]["spec"]
     # The token goes through a file, not the command line other users can read.
     env_file = tmp_path_factory.mktemp("env") / "bridge.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -81,7 +82,7 @@ def container(
         "no-new-privileges",
         "--env-file",
         env_file,
-        # The chart's emptyDirs: the data directory (owned by the bridge's user) and /tmp.
+        # The chart's volumes: the data directory (owned by the bridge's user) and /tmp.
         "--mount",
         f"type=tmpfs,destination={data_dir},tmpfs-size=256m,tmpfs-mode=0770,chown=true",
         "--mount",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import threading
 import time
 import uuid
@@ -27,7 +26,17 @@ from bridge.consume import KafkaReader
 from bridge.settings import Settings
 
 from .deploy_support import CHART, Tools, one, render_text
-from .podman_support import Image, exit_code, logs, podman, post_sftpgo_login, unique_name, wait_for
+from .podman_support import (
+    Image,
+    Lab,
+    as_pod,
+    exit_code,
+    logs,
+    podman,
+    post_sftpgo_login,
+    unique_name,
+    wait_for,
+)
 from conftest import print_fault_row
 from support import OwnKafka, free_port, own_kafka_instance
 
@@ -41,49 +50,6 @@ TOKEN = "ci-token-0123456789abcdef"  # the per-pod-spool scenario's throwaway to
 def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnKafka]:
     with own_kafka_instance(tmp_path_factory.mktemp("own-kafka")) as kafka:
         yield kafka
-
-
-class Lab:
-    """podman objects made by one test, removed afterwards (pods first: volumes go last)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.pods: list[str] = []
-        self.names: list[tuple[str, ...]] = []
-
-    def secret(self, secret: dict[str, Any]) -> None:
-        path = self.workdir / "secret.json"
-        path.write_text(json.dumps(secret.get("data", {})))
-        path.chmod(0o600)
-        podman("secret", "create", secret["metadata"]["name"], path)
-        self.names.append(("secret", "rm", secret["metadata"]["name"]))
-
-    def play(self, name: str, documents: list[dict[str, Any]]) -> None:
-        path = self.workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump_all(documents))
-        self.pods.append(name)
-        podman("kube", "play", path, timeout=180)
-
-    def cleanup(self) -> None:
-        for pod in self.pods:
-            podman("pod", "rm", "--force", "--time", "0", pod, check=False)
-        for args in self.names:
-            podman(*args, check=False)
-
-
-def as_pod(name: str, template: dict[str, Any], volumes: dict[str, str]) -> dict[str, Any]:
-    """A rendered pod template as a bare Pod on the host network, its claims and emptyDirs as
-    podman volumes of this run (``volumes``: volume name -> podman volume)."""
-    spec = copy.deepcopy(template["spec"])
-    spec["hostNetwork"] = True
-    kept = [v for v in spec.get("volumes", []) if v["name"] not in volumes]
-    spec["volumes"] = kept + [
-        {"name": volume, "persistentVolumeClaim": {"claimName": claim}}
-        for volume, claim in volumes.items()
-    ]
-    for container in spec["containers"]:
-        container.pop("ports", None)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
 def loopback_config(config_map: dict[str, Any], port: int, admin: int) -> dict[str, Any]:

@@ -67,13 +67,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Where the data directory (spool, file sink) lives: perPodClaim (a StatefulSet's claim per
 pod), sharedClaim (spool.persistence: one claim, one pod) or emptyDir (lost with the pod). auto:
-perPodClaim for a broker sink, whose spool holds acknowledged events the broker has not taken. */}}
+perPodClaim for every sink: a broker sink's spool, and the file sink's files, hold events the pod
+acknowledged. emptyDir only when spool.volume says so. */}}
 {{- define "login-audit-bridge.spoolVolume" -}}
 {{- $v := .Values.spool.volume }}
 {{- if ne $v "auto" }}{{ $v }}
 {{- else if .Values.spool.persistence.enabled }}sharedClaim
-{{- else if has .Values.sink.type (list "kafka" "rabbitmq") }}perPodClaim
-{{- else }}emptyDir
+{{- else }}perPodClaim
 {{- end }}
 {{- end }}
 
