@@ -25,6 +25,7 @@ Reason = Literal[
     "rejected",
     "transport",
     "not_started",
+    "internal",
 ]
 
 _TOO_LARGE = {

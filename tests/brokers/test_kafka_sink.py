@@ -354,3 +354,34 @@ def _uid(record: dict[str, Any] | None) -> str:
     assert record is not None
     uid: str = record["metadata"]["uid"]
     return uid
+
+
+def test_a_full_producer_queue_fails_only_the_sends_past_it_as_queue_full(
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    """Sends submitted in one turn of the loop are produced together; each one librdkafka
+    refuses fails on its own (a retriable error: the pipeline spools it), the rest arrive."""
+
+    async def scenario() -> list[BaseException | None]:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics)
+        sink = kafka_sink(settings, metrics, codec)
+        sink._config["queue.buffering.max.messages"] = 2
+        async with sink:
+            sends = [sink.submit(encoded(event)) for event in make_events(5)]
+            return await asyncio.gather(*sends, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert results[:2] == [None, None]
+    for refused in results[2:]:
+        assert isinstance(refused, SinkUnavailable)
+        assert refused.detail == "_QUEUE_FULL"
+    assert (
+        sample(
+            metrics, "login_audit_publish_errors_total", {"sink": "kafka", "reason": "queue_full"}
+        )
+        == 3
+    )
