@@ -220,10 +220,9 @@ def test_authenticated_event_is_stored_and_read_back_with_tail_in_the_pod(
 
 def test_event_without_the_rendered_token_is_refused(played: Played) -> None:
     answer = post_sftpgo_login(played.hook_url, user="mallory-pod", token=None)
-    if played.token is None:
-        # The chart's NOTES warn about this; a chart that generates a token turns it into a pass.
-        assert answer.status == 200
-        pytest.xfail("these values render no token, so the bridge accepts anyone who reaches it")
+    # Secure by default: the chart generates a token when none is given, so no scenario here
+    # may render a bridge that accepts anyone who reaches it.
+    assert played.token is not None, "these values render no token"
     assert answer.status == 401
     assert "mallory-pod" not in {e["user"]["name"] for e in tail_events(played.container)}
 
