@@ -141,6 +141,30 @@ class OwnKafka:
     def stop(self) -> None:
         self._brokers("stop-kafka")
 
+    def user_names(self, topic: str, expected: int) -> list[str]:
+        """The user names of the events on ``<topic>.success`` and ``<topic>.failure``, read
+        until ``expected`` have come and the topics stay quiet (duplicates included)."""
+        import asyncio
+
+        from bridge.consume import KafkaReader
+        from bridge.settings import Settings
+
+        settings = Settings(
+            kafka_bootstrap_servers=self.bootstrap,
+            kafka_topic_success=f"{topic}.success",
+            kafka_topic_failure=f"{topic}.failure",
+        )
+
+        async def read() -> list[str]:
+            names: list[str] = []
+            async with KafkaReader(settings) as reader:
+                async for event in reader.events(idle_timeout=10 if len(names) < expected else 2):
+                    assert event.record is not None, event.error
+                    names.append(event.record["user"]["name"])
+            return names
+
+        return asyncio.run(read())
+
 
 @contextmanager
 def own_kafka_instance(run_dir: Path) -> Iterator[OwnKafka]:

@@ -9,7 +9,6 @@ host's network (bound to 127.0.0.1) because the test's Kafka listens on loopback
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import threading
 import time
@@ -21,9 +20,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-from bridge.consume import KafkaReader
-from bridge.settings import Settings
 
 from .deploy_support import CHART, Tools, one, render_text
 from .podman_support import (
@@ -62,24 +58,6 @@ def loopback_config(config_map: dict[str, Any], port: int, admin: int) -> dict[s
         "BRIDGE_ADMIN_PORT": str(admin),
     }
     return config_map
-
-
-def delivered(kafka: OwnKafka, topic: str, expected: int) -> list[str]:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka.bootstrap,
-        kafka_topic_success=f"{topic}.success",
-        kafka_topic_failure=f"{topic}.failure",
-    )
-
-    async def read() -> list[str]:
-        names: list[str] = []
-        async with KafkaReader(settings) as reader:
-            async for event in reader.events(idle_timeout=10 if len(names) < expected else 2):
-                assert event.record is not None, event.error
-                names.append(event.record["user"]["name"])
-        return names
-
-    return asyncio.run(read())
 
 
 def wait_exited(container: str, timeout: float = 120) -> None:
@@ -200,7 +178,7 @@ def test_pod_deleted_while_the_broker_is_down_its_claim_is_drained_by_the_job(
     assert exit_code(drain) == 0, output
     assert f'"delivered": {N_EVENTS}, "left": 0' in output
 
-    got = delivered(own_kafka, bridge.topic, N_EVENTS)
+    got = own_kafka.user_names(bridge.topic, N_EVENTS)
     scenario = "pod deleted while the broker is down (played pod, drain Job)"
     assert _report(scenario, acknowledged, got, capsys) == set()
 
@@ -228,6 +206,6 @@ def test_pod_stopped_with_a_backlog_drains_it_within_its_grace_period(
     assert exit_code(bridge.container) == 0, output  # not killed: done within the grace period
     assert f"spool drained at shutdown: {N_EVENTS} event(s) sent" in output
 
-    got = delivered(own_kafka, bridge.topic, N_EVENTS)
+    got = own_kafka.user_names(bridge.topic, N_EVENTS)
     scenario = "scaled down with a backlog (played pod)"
     assert _report(scenario, acknowledged, got, capsys) == set()
