@@ -204,6 +204,7 @@ def _signals_while_draining(draining: asyncio.Future[None]) -> Iterator[None]:
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGTERM, _already_stopping)  # the sink's flush is still to come
 
 
 # Young objects collected once per this many allocations instead of 700: a request allocates a
@@ -354,7 +355,11 @@ def _stop_on_signals(
     must not die before the flush.
     """
 
+    stopping = False
+
     def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
         if pipeline is not None:
             pipeline.stopping = True
@@ -368,7 +373,13 @@ def _stop_on_signals(
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # Stopping already: a second SIGTERM (an impatient caller) must not kill the process
+            # with the default action while it drains its spool and flushes its sink.
+            signal.signal(sig, _already_stopping if stopping and sig == signal.SIGTERM else handler)
+
+
+def _already_stopping(signum: int, frame: object) -> None:
+    log.warning("already stopping: draining the spool and flushing the sink first")
 
 
 def _uvicorn_config(

@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,13 +22,11 @@ from pathlib import Path
 import pytest
 
 from bridge.codec import AvroCodec
-from bridge.consume import KafkaReader
 from bridge.durable_spool import DurableSpool, SpoolLock
 from bridge.errors import SpoolInUse
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
-from bridge.settings import Settings
 from bridge.sinks.file import event_files, read_file
 from bridge.sinks.memory import MemorySink
 
@@ -77,24 +76,6 @@ def _send(bridge: BridgeProcess, names: list[str]) -> dict[str, str]:
 def _spooled(data_dir: Path) -> int:
     with sqlite3.connect(data_dir / "spool.sqlite3") as db:
         return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-
-
-def _delivered(kafka: OwnKafka, topic: str, expected: int) -> list[str]:
-    settings = Settings(
-        kafka_bootstrap_servers=kafka.bootstrap,
-        kafka_topic_success=f"{topic}.success",
-        kafka_topic_failure=f"{topic}.failure",
-    )
-
-    async def read() -> list[str]:
-        names: list[str] = []
-        async with KafkaReader(settings) as reader:
-            async for event in reader.events(idle_timeout=10 if len(names) < expected else 2):
-                assert event.record is not None, event.error
-                names.append(event.record["user"]["name"])
-        return names
-
-    return asyncio.run(read())
 
 
 def _drain(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -156,7 +137,7 @@ def test_pod_deleted_while_the_broker_is_down_leaves_a_spool_the_drain_command_d
     line = json.loads(done.stdout.splitlines()[0])
     assert (line["delivered"], line["left"], line["error"]) == (N_EVENTS, 0, None)
     assert _spooled(bridge.data_dir) == 0
-    delivered = _delivered(own_kafka, topic, N_EVENTS)
+    delivered = own_kafka.user_names(topic, N_EVENTS)
     lost = _report("pod deleted while the broker is down", names, acknowledged, delivered, capsys)
     assert lost == 0
 
@@ -180,9 +161,33 @@ def test_scaled_down_with_a_backlog_the_bridge_drains_it_before_exiting(
     assert bridge.stop(timeout=120) == 0
     assert _spooled(bridge.data_dir) == 0
     assert f"spool drained at shutdown: {N_EVENTS} event(s) sent" in bridge.logs()
-    delivered = _delivered(own_kafka, topic, N_EVENTS)
+    delivered = own_kafka.user_names(topic, N_EVENTS)
     lost = _report("scaled down with a backlog", names, acknowledged, delivered, capsys)
     assert lost == 0
+
+
+@pytest.mark.kafka
+def test_sigterm_after_sigterm_never_kills_a_bridge_while_it_drains_and_flushes(
+    bridge_factory: Callable[..., BridgeProcess], own_kafka: OwnKafka
+) -> None:
+    """An impatient caller repeats SIGTERM every 20 ms from the first to the exit: none of them
+    may end the process with the default action (exit -15) between the listeners' stop, the
+    drain and the sink's flush; the bridge drains everything and exits 0."""
+    topic = f"drain-{uuid.uuid4().hex[:8]}"
+    bridge = _kafka_bridge(bridge_factory, own_kafka, topic, shutdown_drain_seconds="90")
+    acknowledged = _send(bridge, [f"{topic}-{i}" for i in range(N_EVENTS)])
+    assert len(acknowledged) == N_EVENTS
+    process = bridge.process
+    assert process is not None
+    process.terminate()
+    own_kafka.start()
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        process.terminate()
+        time.sleep(0.02)
+    assert bridge.stop(timeout=5) == 0
+    assert _spooled(bridge.data_dir) == 0
+    assert "already stopping" in bridge.logs()
 
 
 def test_drain_refuses_a_spool_a_running_bridge_holds(bridge: BridgeProcess) -> None:
