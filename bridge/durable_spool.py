@@ -32,7 +32,7 @@ from fastavro import parse_schema
 
 from bridge.codec import SINGLE_OBJECT_MAGIC, AvroCodec
 from bridge.errors import MalformedInput, Overloaded, SinkUnavailable, SpoolInUse
-from bridge.event import EncodedEvent, LoginEvent, Source
+from bridge.event import SOURCES, EncodedEvent, LoginEvent, Source
 from bridge.groupcommit import GroupCommit
 
 log = logging.getLogger(__name__)
@@ -403,9 +403,8 @@ def _file_size(path: Path) -> int:
 
 
 def _source(value: str) -> Source:
-    if value == "pam":
-        return "pam"
-    return "mediawiki" if value == "mediawiki" else "sftpgo"
+    # Rows written before the column told sources apart read as SFTPGo's, the only source then.
+    return next((source for source in SOURCES if source == value), "sftpgo")
 
 
 # -- the dead letters, for the command line (works while the bridge runs: WAL allows it)

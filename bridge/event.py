@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Status = Literal["success", "failure"]
 Source = Literal["sftpgo", "mediawiki", "pam"]
+SOURCES: tuple[Source, ...] = get_args(Source)
 
 STATUS_SUCCESS = 1
 STATUS_FAILURE = 2

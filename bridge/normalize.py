@@ -47,6 +47,8 @@ _AUTH_PROTOCOL_CAPTIONS = {AUTH_PROTOCOL_UNKNOWN: "Unknown", AUTH_PROTOCOL_OPENI
 # client user): OCSF requires a user to carry a name, uid or account. No SFTPGo or MediaWiki
 # user name can be it; one typed by an attacker is still told apart, as a source-given name is
 # listed in observables and this one is not.
+# OCSF 1.3.0 logon types (logon_type_id, caption); every login but a local PAM one is Network.
+LOGON_NETWORK = (3, "Network")
 USER_TYPE_UNKNOWN = (0, "Unknown")
 USER_TYPE_USER = (1, "User")
 OBSERVABLE_IP = (2, "IP Address")
@@ -93,9 +95,6 @@ _CONSTANT_FIELDS: dict[str, Any] = {
     "activity_name": "Logon",
     "type_uid": 300201,
     "type_name": "Authentication: Logon",
-    "logon_type_id": 3,
-    "logon_type": "Network",
-    "is_remote": True,
     "timezone_offset": 0,
 }
 
@@ -421,6 +420,8 @@ def _record(
     is_mfa: bool | None,
     status_code: str,
     unmapped: dict[str, str],
+    logon_type: tuple[int, str] = LOGON_NETWORK,
+    actor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     observables = [] if ip is None else [_observable("src_endpoint.ip", OBSERVABLE_IP, ip)]
     if user_name is not None:
@@ -441,6 +442,9 @@ def _record(
         "service": service,
         "auth_protocol_id": auth_protocol_id,
         "auth_protocol": auth_protocol,
+        "logon_type_id": logon_type[0],
+        "logon_type": logon_type[1],
+        "is_remote": logon_type == LOGON_NETWORK,
         "http_request": http_request,
         "metadata": {
             "uid": event_id,
@@ -456,7 +460,7 @@ def _record(
         "is_mfa": is_mfa,
         "status_code": status_code,
         "observables": observables,
-        "actor": None,  # who asked for the login, when not the user (PAM's sudo and su)
+        "actor": actor,  # who asked for the login, when not the user (PAM's sudo and su)
     }
 
 

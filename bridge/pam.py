@@ -97,7 +97,6 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
         unmapped["pam.host"] = host
         host = None
     flags.note(unmapped)
-    logon_type = _logon_type(service, rhost)
     auth_protocol_id = n.AUTH_PROTOCOL_OTHER if method else n.AUTH_PROTOCOL_UNKNOWN
     record = n._record(
         event_id=event_id,
@@ -128,10 +127,9 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
         is_mfa=None,  # one PAM module's verdict: whether others asked more, the hook cannot see
         status_code=result,
         unmapped=unmapped,
+        logon_type=_logon_type(service, rhost),
+        actor={"user": {"name": requester, "uid": None}} if requester else None,
     )
-    record["logon_type_id"], record["logon_type"] = logon_type
-    record["is_remote"] = logon_type == LOGON_NETWORK
-    record["actor"] = {"user": {"name": requester, "uid": None}} if requester else None
     return LoginEvent(record=record, source="pam")
 
 

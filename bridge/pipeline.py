@@ -96,8 +96,7 @@ class Pipeline:
             return
         error = sent.exception()
         if error is None:
-            self._latency.observe(time.perf_counter() - started)
-            self._published(self.sink.name, event.status).inc()
+            self._count_published(event, started)
             return
         if spool is None or not isinstance(error, SinkError):
             raise error
@@ -132,7 +131,9 @@ class Pipeline:
         """Sends one event to the sink, timed and counted; the replayer delivers through it too."""
         started = time.perf_counter()
         await self.sink.send(encoded)
-        event = encoded.event
+        self._count_published(encoded.event, started)
+
+    def _count_published(self, event: LoginEvent, started: float) -> None:
         self._latency.observe(time.perf_counter() - started)
         self._published(self.sink.name, event.status).inc()
 
@@ -150,8 +151,7 @@ class Pipeline:
                 await send
             except Exception:
                 return  # not acknowledged after all: the spooled copy is the one that counts
-            self._latency.observe(time.perf_counter() - started)
-            self._published(self.sink.name, event.status).inc()
+            self._count_published(event, started)
             assert self.spool is not None  # noqa: S101
             try:
                 await self.spool.remove_event(event.event_id)

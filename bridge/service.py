@@ -186,25 +186,21 @@ async def _drain_before_exit(
 
 @contextlib.contextmanager
 def _signals_while_draining(draining: asyncio.Future[None]) -> Iterator[None]:
-    """A second SIGTERM (an impatient stop) does not cut the drain short: the pod's grace
-    period and SIGKILL bound it; SIGINT (an operator at a terminal) ends it now."""
+    """SIGINT (an operator at a terminal) ends the drain now; SIGTERM only logs
+    (``_already_stopping``, as from the first stop signal on), so an impatient second stop does
+    not cut the drain short: the pod's grace period and SIGKILL bound it."""
     loop = asyncio.get_running_loop()
-
-    def again() -> None:
-        log.warning("already stopping: draining the spool first (SIGINT stops the drain)")
+    signal.signal(signal.SIGTERM, _already_stopping)
 
     def interrupt() -> None:
         log.warning("SIGINT: drain stopped, what is left stays in the spool")
         draining.cancel()
 
-    loop.add_signal_handler(signal.SIGTERM, again)
     loop.add_signal_handler(signal.SIGINT, interrupt)
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
-        signal.signal(signal.SIGTERM, _already_stopping)  # the sink's flush is still to come
 
 
 # Young objects collected once per this many allocations instead of 700: a request allocates a
@@ -379,7 +375,9 @@ def _stop_on_signals(
 
 
 def _already_stopping(signum: int, frame: object) -> None:
-    log.warning("already stopping: draining the spool and flushing the sink first")
+    log.warning(
+        "already stopping: draining the spool and flushing the sink first (SIGINT stops the drain)"
+    )
 
 
 def _uvicorn_config(
