@@ -141,29 +141,9 @@ class OwnKafka:
     def stop(self) -> None:
         self._brokers("stop-kafka")
 
-    def user_names(self, topic: str, expected: int) -> list[str]:
-        """The user names of the events on ``<topic>.success`` and ``<topic>.failure``, read
-        until ``expected`` have come and the topics stay quiet (duplicates included)."""
-        import asyncio
-
-        from bridge.consume import KafkaReader
-        from bridge.settings import Settings
-
-        settings = Settings(
-            kafka_bootstrap_servers=self.bootstrap,
-            kafka_topic_success=f"{topic}.success",
-            kafka_topic_failure=f"{topic}.failure",
-        )
-
-        async def read() -> list[str]:
-            names: list[str] = []
-            async with KafkaReader(settings) as reader:
-                async for event in reader.events(idle_timeout=10 if len(names) < expected else 2):
-                    assert event.record is not None, event.error
-                    names.append(event.record["user"]["name"])
-            return names
-
-        return asyncio.run(read())
+    def user_names(self, topic: str) -> list[str]:
+        """See kafka_user_names."""
+        return kafka_user_names(self.bootstrap, topic)
 
 
 @contextmanager
@@ -178,3 +158,28 @@ def own_kafka_instance(run_dir: Path) -> Iterator[OwnKafka]:
         yield kafka
     finally:
         kafka.stop()
+
+
+def kafka_user_names(bootstrap: str, topic: str) -> list[str]:
+    """The user names of the events on ``<topic>.success`` and ``<topic>.failure``, duplicates
+    included, read until the topics stay quiet for 10 s."""
+    import asyncio
+
+    from bridge.consume import KafkaReader
+    from bridge.settings import Settings
+
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        kafka_topic_success=f"{topic}.success",
+        kafka_topic_failure=f"{topic}.failure",
+    )
+
+    async def read() -> list[str]:
+        names: list[str] = []
+        async with KafkaReader(settings) as reader:
+            async for event in reader.events(idle_timeout=10):
+                assert event.record is not None, event.error
+                names.append(event.record["user"]["name"])
+        return names
+
+    return asyncio.run(read())

@@ -27,14 +27,12 @@ import pytest
 from test_intake import spool_document, write_spool_file
 
 from bridge.codec import AvroCodec
-from bridge.consume import KafkaReader
 from bridge.durable_spool import DurableSpool
 from bridge.normalize import Normalizer
-from bridge.settings import Settings
 from bridge.sinks.file import read_events
 
 from conftest import BridgeProcess, encoded, post, print_fault_row
-from support import free_port
+from support import free_port, kafka_user_names
 
 KAFKA = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 T = TypeVar("T")
@@ -243,7 +241,7 @@ def test_a_full_disk_under_the_spool_refuses_events_then_recovers_and_loses_noth
     bridge.env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"] = KAFKA
     bridge.start()
     _drained(bridge)
-    delivered = _kafka_users(topic, len(acknowledged))
+    delivered = kafka_user_names(KAFKA, topic)
     lost = set(acknowledged) - set(delivered)
     print_fault_row(
         "disk full on the spool",
@@ -291,24 +289,6 @@ def _send_until_refused(
     for thread in threads:
         thread.join(300)
     return sum(statuses.values()), acknowledged, statuses
-
-
-def _kafka_users(topic: str, expected: int) -> list[str]:
-    settings = Settings(
-        kafka_bootstrap_servers=KAFKA,
-        kafka_topic_success=f"{topic}.success",
-        kafka_topic_failure=f"{topic}.failure",
-    )
-
-    async def read() -> list[str]:
-        names: list[str] = []
-        async with KafkaReader(settings) as reader:
-            async for event in reader.events(idle_timeout=10 if len(names) < expected else 3):
-                assert event.record is not None, event.error
-                names.append(event.record["user"]["name"])
-        return names
-
-    return asyncio.run(read())
 
 
 # -- the hook spool

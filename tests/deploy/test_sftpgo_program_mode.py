@@ -9,6 +9,7 @@ and spools it when the bridge is down, for the bridge to take in at its next sta
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -234,11 +235,11 @@ def stored(pair: Pair, user: str, timeout: float = 30) -> dict[str, Any]:
         time.sleep(0.5)
 
 
-def login(pair: Pair, user: str) -> tuple[int, list[str]]:
-    """One login as SFTPGo reports it to its hook; returns the exit code and the spool's files."""
+def in_sftpgo_container(pair: Pair, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``args`` in SFTPGo's image as the pod runs it: its user, a read-only root, no network,
+    the hook's env file and the pod's mounts."""
     security = pod_spec()["securityContext"]
-    spool = hook_env()["LOGIN_AUDIT_HOOK_SPOOL_DIR"]
-    done = podman(
+    return podman(
         "run",
         "--rm",
         "--pull=never",
@@ -250,6 +251,16 @@ def login(pair: Pair, user: str) -> tuple[int, list[str]]:
         "--volume",
         f"{pair.hook_env_file}:/etc/login-audit-bridge/hook.env:ro",
         *mounts(pair, sftpgo()),
+        *args,
+        check=False,
+    )
+
+
+def login(pair: Pair, user: str) -> tuple[int, list[str]]:
+    """One login as SFTPGo reports it to its hook; returns the exit code and the spool's files."""
+    spool = hook_env()["LOGIN_AUDIT_HOOK_SPOOL_DIR"]
+    done = in_sftpgo_container(
+        pair,
         "--env",
         f'SFTPGO_LOGIND_USER={{"username": "{user}", "id": 11}}',
         "--env",
@@ -264,31 +275,13 @@ def login(pair: Pair, user: str) -> tuple[int, list[str]]:
         "sh",
         "-c",
         f'{sftpgo_hook()}; code=$?; ls -1 {spool}; exit "$code"',
-        check=False,
     )
     return done.returncode, done.stdout.split()
 
 
 def hook_check(pair: Pair) -> tuple[int, str]:
     """`login-audit-hook --check` in SFTPGo's container, as the docs tell operators to run it."""
-    security = pod_spec()["securityContext"]
-    done = podman(
-        "run",
-        "--rm",
-        "--pull=never",
-        "--network",
-        "none",
-        "--read-only",
-        "--user",
-        f"{security['runAsUser']}:{security['runAsGroup']}",
-        "--volume",
-        f"{pair.hook_env_file}:/etc/login-audit-bridge/hook.env:ro",
-        *mounts(pair, sftpgo()),
-        pair.sftpgo_image,
-        sftpgo_hook(),
-        "--check",
-        check=False,
-    )
+    done = in_sftpgo_container(pair, pair.sftpgo_image, sftpgo_hook(), "--check")
     return done.returncode, done.stdout + done.stderr
 
 
