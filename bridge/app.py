@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -24,6 +26,7 @@ from bridge.errors import (
     MalformedInput,
     MethodNotAllowed,
     Overloaded,
+    SinkUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -84,6 +87,22 @@ class TokenCheck:
             raise Unauthorized("token not accepted")
 
 
+# An answer: status, JSON body, headers beyond content-type, content-length and the identity.
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+# Reads one hook request (scope, headers, body) into its event; raises BridgeError if it cannot.
+Normalize = Callable[[Scope, dict[str, str], bytes], LoginEvent]
+
+
+class Accepted:
+    """A hook request whose event is on its way to being durable."""
+
+    __slots__ = ("durable", "event_id")
+
+    def __init__(self, event_id: str, durable: asyncio.Future[None]) -> None:
+        self.event_id = event_id
+        self.durable = durable
+
+
 class HookEndpoints:
     """The hook routes as a plain ASGI app, in front of Starlette for everything else.
 
@@ -114,13 +133,16 @@ class HookEndpoints:
         self._in_flight = 0
         # Read at each scrape: Gauge.inc()/dec() take a lock twice per request (5 % of the CPU).
         metrics.requests_in_flight.set_function(lambda: self._in_flight)
-        self._routes: dict[str, Callable[[Scope, dict[str, str], bytes], LoginEvent]] = {
+        self._routes: dict[str, Normalize] = {
             SFTPGO_PATH: self._sftpgo,
             MEDIAWIKI_PATH: self._mediawiki,
             PAM_PATH: self._pam,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The hook POSTs reach here only when served by something other than the bridge's own
+        # connection class (bridge.protocol.HookCycle answers them without ASGI): other
+        # servers, tests. Both paths go through admit, accept and answer.
         normalize = self._routes.get(scope["path"]) if scope["type"] == "http" else None
         if normalize is None:
             await self._fallback(scope, receive, send)
@@ -138,6 +160,71 @@ class HookEndpoints:
         await send({"type": "http.response.start", "status": status, "headers": headers + extra})
         await send({"type": "http.response.body", "body": body})
 
+    def route(self, scope: Scope) -> Normalize | None:
+        """How to read a request, when it is a hook POST; None for anything else."""
+        if scope["method"] != "POST":
+            return None
+        return self._routes.get(scope["path"])
+
+    def admit(self, scope: Scope) -> tuple[dict[str, str], Answer | None]:
+        """The request's headers, and the refusal if they alone rule it out (token, media type,
+        declared size): checked before the body is read, or a 100 Continue asks for it."""
+        headers = _headers(scope)
+        try:
+            self._tokens.check(headers.get(self._tokens.header, ""))
+            _check_media_type(headers)
+            declared = headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+                raise BodyTooLarge(
+                    f"body of {declared} bytes is over the {self._max_body} byte limit"
+                )
+        except BridgeError as exc:
+            return headers, self._reject(scope, exc)
+        return headers, None
+
+    def over_limit(self, scope: Scope, size: int) -> Answer | None:
+        """The refusal of a body that has grown past the limit while being received."""
+        if size <= self._max_body:
+            return None
+        return self._reject(scope, BodyTooLarge(f"body is over the {self._max_body} byte limit"))
+
+    def accept(
+        self, scope: Scope, headers: dict[str, str], body: bytes, normalize: Normalize
+    ) -> Answer | Accepted:
+        """Reads the event and hands it to the pipeline: a refusal now, or the event under way.
+
+        Counted in flight only now: a client still sending its body (or not allowed to) holds
+        no slot, so slow or unauthenticated clients cannot turn real events into 503s.
+        """
+        try:
+            if self._in_flight >= self._max_in_flight:
+                raise Overloaded("too many requests in flight")
+            event = normalize(scope, headers, body)
+            durable = self._pipeline.submit(event)
+        except BridgeError as exc:
+            return self._reject(scope, exc)
+        self._in_flight += 1
+        durable.add_done_callback(self._settled)
+        return Accepted(event.event_id, durable)
+
+    def _settled(self, _durable: asyncio.Future[None]) -> None:
+        self._in_flight -= 1
+
+    def answer(self, scope: Scope, accepted: Accepted) -> Answer:
+        """The answer once the event is durable (200) or cannot be (the error's own status).
+
+        Anything but a BridgeError is a bug: it is raised, and the server answers 500.
+        """
+        durable = accepted.durable
+        if durable.cancelled():
+            return self._reject(scope, SinkUnavailable("the event was not stored: shutting down"))
+        error = durable.exception()
+        if error is None:
+            return 200, b'{"status":"stored","event_id":"%s"}' % accepted.event_id.encode(), []
+        if isinstance(error, BridgeError):
+            return self._reject(scope, error)
+        raise error
+
     def _sftpgo(self, scope: Scope, headers: dict[str, str], body: bytes) -> LoginEvent:
         # The event id the source fixed for this event, if it sent one.
         return self._normalizer.sftpgo_from_http(
@@ -150,35 +237,23 @@ class HookEndpoints:
     def _pam(self, scope: Scope, headers: dict[str, str], body: bytes) -> LoginEvent:
         return self._normalizer.pam_from_http(body, event_id=headers.get(_EVENT_ID))
 
-    async def _handle(
-        self,
-        scope: Scope,
-        receive: Receive,
-        normalize: Callable[[Scope, dict[str, str], bytes], LoginEvent],
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _handle(self, scope: Scope, receive: Receive, normalize: Normalize) -> Answer:
+        headers, refused = self.admit(scope)
+        if refused is not None:
+            return refused
         try:
-            headers = _headers(scope)
-            self._tokens.check(headers.get(self._tokens.header, ""))
-            _check_media_type(headers)
-            body = await self._read_body(headers, receive)
-            # Counted only now: a client still sending its body (or not allowed to) holds no
-            # slot, so slow or unauthenticated clients cannot turn real events into 503s.
-            if self._in_flight >= self._max_in_flight:
-                raise Overloaded("too many requests in flight")
-            self._in_flight += 1
-            try:
-                event = normalize(scope, headers, body)
-                await self._pipeline.publish(event)
-            finally:
-                self._in_flight -= 1
+            body = await self._read_body(scope, receive)
         except BridgeError as exc:
             return self._reject(scope, exc)
-        return 200, b'{"status":"stored","event_id":"%s"}' % event.event_id.encode(), []
+        accepted = self.accept(scope, headers, body, normalize)
+        if not isinstance(accepted, Accepted):
+            return accepted
+        # Not cancelled with this request: the event is made durable all the same.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(accepted.durable)
+        return self.answer(scope, accepted)
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-            raise BodyTooLarge(f"body of {declared} bytes is over the {self._max_body} byte limit")
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -193,9 +268,7 @@ class HookEndpoints:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _reject(
-        self, scope: Scope, exc: BridgeError
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def _reject(self, scope: Scope, exc: BridgeError) -> Answer:
         self._metrics.requests_rejected.labels(exc.reason).inc()
         client = scope["client"][0] if scope.get("client") else "unknown"
         # The message names the problem, never the body: the body may carry secrets.
@@ -283,7 +356,7 @@ def create_app(
     tokens: TokenCheck,
     max_body_bytes: int,
     max_in_flight: int = 4096,
-) -> ASGIApp:
+) -> HookEndpoints:
     """The main port: the hooks, the admin routes (see create_admin_app) and the OpenAPI spec."""
 
     async def openapi(request: Request) -> Response:

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from bridge.codec import AvroCodec
+from bridge.deadlines import Deadlines
 from bridge.durable_spool import DurableSpool
 from bridge.encode import Encoder
 from bridge.errors import SinkError, SinkUnavailable
@@ -58,6 +59,7 @@ class Pipeline:
         if spool is not None:
             metrics.watch_spool(spool)
         self._late: set[asyncio.Task[None]] = set()
+        self._deadlines: Deadlines[_Publish] | None = None  # made on the loop, at the first event
 
     # -- accepting
 
@@ -65,14 +67,25 @@ class Pipeline:
         """Returns once the event is durable; raises SinkError or Overloaded (spool full) if not.
 
         Raises UnencodableEvent (bad input, 4xx) for an event that does not fit the schema, before
-        any sink or the spool sees it, so that it can only fail alone.
+        any sink or the spool sees it, so that it can only fail alone. Cancelling the caller does
+        not cancel the event: it is still made durable.
+        """
+        await asyncio.shield(self.submit(event))
+
+    def submit(self, event: LoginEvent) -> asyncio.Future[None]:
+        """Starts making the event durable; the future says when it is, or why it cannot be.
+
+        Raises UnencodableEvent at once, as ``publish`` does. This is the hook routes' path: no
+        task and no timer of its own per event, only callbacks (issue 11). With a spool, the sink
+        has ``spool_after`` seconds to acknowledge; then the event goes to the spool, and an
+        acknowledgement that still comes removes the spooled copy again. Without one, the wait
+        ends a little after the sink's own acknowledgement timeout, with an error.
         """
         self._received(event.source, event.status).inc()
         encoded = self._encoder.encode(event)
         spool = self.spool
         if spool is not None and spool.busy:
-            await self._to_spool(encoded)  # behind the backlog, to keep arrival order
-            return
+            return self._spool_later(encoded)  # behind the backlog, to keep arrival order
         started = time.perf_counter()
         try:
             sent = self.sink.submit(encoded)
@@ -80,49 +93,62 @@ class Pipeline:
             if spool is None:
                 raise
             self._spooling(event, exc)
-            await self._to_spool(encoded)
-            return
-        if not sent.done():
-            await self._wait_for(sent)
-        if not sent.done():
-            self._failed("timeout")
-            if spool is None:
-                sent.cancel()
-                raise SinkUnavailable(
-                    f"{self.sink.name} sink did not confirm the event within {self._wait:g} s"
-                )
-            self._watch_late_acknowledgement(sent, event, started)
-            await self._to_spool(encoded)
-            return
-        error = sent.exception()
-        if error is None:
-            self._count_published(event, started)
-            return
-        if spool is None or not isinstance(error, SinkError):
-            raise error
-        self._spooling(event, error)
-        await self._to_spool(encoded)
-
-    async def _wait_for(self, sent: asyncio.Future[None]) -> None:
-        """Waits for ``sent`` at most ``self._wait`` seconds, never cancelling it.
-
-        One future and one timer: a task, ``shield`` and ``wait_for`` per event cost about a
-        tenth of a worker's CPU (issue 11), with getpid() calls on Python 3.11."""
+            return self._spool_later(encoded)
         loop = sent.get_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        wake = functools.partial(_wake, waiter)
-        sent.add_done_callback(wake)
-        timer = loop.call_later(self._wait, wake, sent)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            # The request was cancelled (shutdown); the send goes on and may still fail: read
-            # its outcome so that asyncio does not log it as never retrieved.
-            sent.add_done_callback(_retrieve)
-            raise
-        finally:
-            timer.cancel()
-            sent.remove_done_callback(wake)
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines(loop, self._wait, self._expired)
+        publish = _Publish(encoded, sent, loop.create_future(), started)
+        deadlines.add(publish)
+        sent.add_done_callback(functools.partial(self._sent, publish))
+        return publish.done
+
+    def _sent(self, publish: _Publish, sent: asyncio.Future[None]) -> None:
+        """The sink's answer; after a timeout, the late acknowledgement of a spooled event."""
+        event = publish.encoded.event
+        if self._deadlines is not None:
+            self._deadlines.discard(publish)
+        if sent.cancelled():  # given up on without a spool: the caller has its error already
+            return
+        late = publish.spooling
+        done = publish.done
+        error = sent.exception()
+        if late:
+            if error is None:
+                self._forget_spooled(publish)
+            return
+        if error is None:
+            self._count_published(event, publish.started)
+            if not done.done():
+                done.set_result(None)
+            return
+        if self.spool is None or not isinstance(error, SinkError):
+            if not done.done():
+                done.set_exception(error)
+            return
+        self._spooling(event, error)
+        self._spool_into(publish)
+
+    def _expired(self, publish: _Publish) -> None:
+        """The sink did not answer in time: spool the event, or fail it without a spool."""
+        if publish.sent.done() or publish.done.done():
+            return
+        self._failed("timeout")
+        if self.spool is None:
+            publish.sent.cancel()
+            message = f"{self.sink.name} sink did not confirm the event within {self._wait:g} s"
+            publish.done.set_exception(SinkUnavailable(message))
+            return
+        self._spool_into(publish)
+
+    def _spool_into(self, publish: _Publish) -> None:
+        publish.spooling = asyncio.ensure_future(self._to_spool(publish.encoded))
+        publish.spooling.add_done_callback(functools.partial(_settle, publish.done))
+
+    def _spool_later(self, encoded: EncodedEvent) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(self._to_spool(encoded))
+        task.add_done_callback(_retrieve)  # read even when the caller has gone: no asyncio noise
+        return task
 
     def _spooling(self, event: LoginEvent, exc: SinkError) -> None:
         log.warning("%s sink failed, spooling %s: %s", self.sink.name, event.event_id, exc)
@@ -141,18 +167,19 @@ class Pipeline:
         assert self.spool is not None  # noqa: S101 - callers checked
         await self.spool.put(encoded)
 
-    def _watch_late_acknowledgement(
-        self, send: asyncio.Future[None], event: LoginEvent, started: float
-    ) -> None:
-        """A send that times out may still succeed; then the spooled copy is dropped again."""
+    def _forget_spooled(self, publish: _Publish) -> None:
+        """A send that timed out succeeded after all: the spooled copy is dropped again, once
+        it is in the spool."""
+        event = publish.encoded.event
+        self._count_published(event, publish.started)
+        spooling = publish.spooling
 
-        async def forget_if_acknowledged() -> None:
+        async def forget() -> None:
+            assert self.spool is not None and spooling is not None  # noqa: S101 - late: spooled
             try:
-                await send
+                await spooling
             except Exception:
-                return  # not acknowledged after all: the spooled copy is the one that counts
-            self._count_published(event, started)
-            assert self.spool is not None  # noqa: S101
+                return  # not spooled: nothing to remove
             try:
                 await self.spool.remove_event(event.event_id)
             except Exception as exc:
@@ -163,7 +190,7 @@ class Pipeline:
                     exc,
                 )
 
-        task = asyncio.create_task(forget_if_acknowledged())
+        task = asyncio.create_task(forget())
         self._late.add(task)
         task.add_done_callback(self._late.discard)
 
@@ -188,9 +215,36 @@ class Pipeline:
         return "sink_unavailable", f"{self.sink.name} sink is not ready"
 
 
-def _wake(waiter: asyncio.Future[None], _sent: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+class _Publish:
+    """One event on its way to the sink: what the pipeline needs when the answer comes."""
+
+    __slots__ = ("done", "encoded", "sent", "spooling", "started")
+
+    def __init__(
+        self,
+        encoded: EncodedEvent,
+        sent: asyncio.Future[None],
+        done: asyncio.Future[None],
+        started: float,
+    ) -> None:
+        self.encoded = encoded
+        self.sent = sent
+        self.done = done  # what the caller waits for: durable, or the error
+        self.started = started
+        self.spooling: asyncio.Future[None] | None = None  # set once handed over to the spool
+
+
+def _settle(done: asyncio.Future[None], outcome: asyncio.Future[None]) -> None:
+    if done.done():
+        _retrieve(outcome)
+        return
+    error = None if outcome.cancelled() else outcome.exception()
+    if outcome.cancelled():
+        done.cancel()
+    elif error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(None)
 
 
 def _retrieve(sent: asyncio.Future[None]) -> None:

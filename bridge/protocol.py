@@ -11,16 +11,25 @@ client, authenticated or not: no token has been read yet when they are needed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
+from starlette.types import Scope
 from uvicorn._types import ASGISendEvent
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from bridge import __version__
+from bridge.app import Accepted, Answer, HookEndpoints, Normalize
 from bridge.metrics import Metrics
 from bridge.sftpgo import IDENTITY_HEADER
 
@@ -36,14 +45,21 @@ class ConnectionLimits:
     body_timeout: float  # seconds from the last header to the body's last byte
 
 
-def bounded_protocol(limits: ConnectionLimits, metrics: Metrics) -> type[HttpToolsProtocol]:
-    """The protocol class to give ``uvicorn.Config(http=...)``, bound to these limits."""
+def bounded_protocol(
+    limits: ConnectionLimits, metrics: Metrics, hooks: HookEndpoints | None = None
+) -> type[HttpToolsProtocol]:
+    """The protocol class to give ``uvicorn.Config(http=...)``, bound to these limits.
+
+    With ``hooks``, the hook POSTs are answered by :class:`HookCycle`, without ASGI; the app
+    given to uvicorn must then be those same hooks (or wrap them).
+    """
 
     class Protocol(BoundedHttpToolsProtocol):
         pass
 
     Protocol.limits = limits
     Protocol.metrics = metrics
+    Protocol.hooks = hooks
     return Protocol
 
 
@@ -60,6 +76,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
     metrics: ClassVar[Metrics]
+    hooks: ClassVar[HookEndpoints | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -125,6 +142,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # uvicorn builds the cycle itself; its task has not run yet, so the class can still
             # change. Same layout, one method more: see OneWriteCycle.
             self.cycle.__class__ = OneWriteCycle
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn starts each request here, pipelined ones included, once its headers are in.
+        hooks = self.hooks
+        if hooks is None or app is service_unavailable:
+            super()._start_asgi_task(cycle, app)
+            return
+        normalize = hooks.route(cast("Scope", cycle.scope))
+        if normalize is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        cycle.__class__ = HookCycle
+        assert isinstance(cycle, HookCycle)  # noqa: S101 - for the type checker
+        cycle.begin(hooks, normalize)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -311,5 +342,161 @@ class _HeadFirst:
         return getattr(self._transport, name)
 
 
+class HookCycle(RequestResponseCycle):
+    """A hook POST answered by callbacks, without ASGI: no task, no coroutine, no messages.
+
+    uvicorn's cycle runs the app as a task per request that awaits its body and the event's
+    durability, and formats the answer from ASGI messages; for the hook routes that was about
+    a fifth of the CPU per event (issue 11). Here the parser's callbacks drive the request:
+    headers checked (``admit``), body gathered up to the limit, event handed to the pipeline
+    (``accept``), and the answer written in one piece when the event is durable (``answer``).
+    The connection's own bookkeeping is uvicorn's: this class keeps the attributes it reads
+    (``body``, ``more_body``, ``disconnected``, ``response_complete``, ``keep_alive``) and
+    calls ``on_response`` as its cycle does, so keep-alive, pipelining and graceful shutdown
+    behave as for any other request.
+    """
+
+    _hooks: HookEndpoints
+    _normalize: Normalize
+    _scope: Scope
+    _headers: dict[str, str]
+    _taken: bool
+
+    def begin(self, hooks: HookEndpoints, normalize: Normalize) -> None:
+        self._hooks = hooks
+        self._scope = cast("Scope", self.scope)
+        self._normalize = normalize
+        self._taken = False  # the body has been read, or the request answered without it
+        self._headers, refused = hooks.admit(self._scope)
+        if refused is not None:
+            self._taken = True
+            self._write_answer(refused)
+            return
+        # uvicorn's parser callbacks (on_body, on_message_complete, connection_lost) set the
+        # cycle's message event: here that is the cue to look at the body again.
+        self.message_event = _Cue(self._progress)  # type: ignore[assignment]
+        self._progress()
+
+    def _progress(self) -> None:
+        if self._taken:
+            return
+        if self.disconnected:  # gone before the whole body came: nothing was accepted
+            self._taken = True
+            self._finish()
+            return
+        refused = self._hooks.over_limit(self._scope, len(self.body))
+        if refused is not None:
+            self._taken = True
+            self._write_answer(refused)
+            return
+        if self.more_body:
+            if self.waiting_for_100_continue and not self.transport.is_closing():
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.waiting_for_100_continue = False
+            # uvicorn pauses reading past 64 KiB of body until the app takes it; the body is
+            # bounded by the limit checked above instead.
+            self.flow.resume_reading()
+            return
+        self._taken = True
+        body = bytes(self.body)
+        self.body = bytearray()
+        try:
+            accepted = self._hooks.accept(self._scope, self._headers, body, self._normalize)
+        except Exception:
+            log.exception("a hook request failed unexpectedly")
+            self._write_answer(_INTERNAL_ERROR)
+            return
+        if isinstance(accepted, Accepted):
+            accepted.durable.add_done_callback(functools.partial(self._durable, accepted))
+        else:
+            self._write_answer(accepted)
+
+    def _durable(self, accepted: Accepted, _durable: asyncio.Future[None]) -> None:
+        try:
+            answer = self._hooks.answer(self._scope, accepted)
+        except Exception:
+            log.exception("event %s: the pipeline failed unexpectedly", accepted.event_id)
+            answer = _INTERNAL_ERROR
+        self._write_answer(answer)
+
+    def _write_answer(self, answer: Answer) -> None:
+        if self.disconnected or self.response_complete:
+            self._finish()
+            return
+        status, body, extra = answer
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                self.scope["method"],
+                get_path_with_query_string(self.scope),
+                self.scope["http_version"],
+                status,
+            )
+        head = [STATUS_LINE[status]]
+        for name, value in self.default_headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        head.append(_IDENTITY_LINE)
+        for name, value in extra:
+            head += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head += (b"\r\n", body)
+        self.transport.write(b"".join(head))
+        self.response_complete = True
+        if not self.keep_alive:
+            self.transport.close()
+        if self.flow.write_paused:
+            # The client is not reading its answers: take its next request only once it has.
+            task = asyncio.ensure_future(self._respond_when_drained())
+            _DRAINING.add(task)
+            task.add_done_callback(_DRAINING.discard)
+            return
+        self.on_response()
+        self._finish()
+
+    async def _respond_when_drained(self) -> None:
+        try:
+            await self.flow.drain()
+            self.on_response()
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        # The cycle and its connection refer to each other (on_response, the cue's callback):
+        # cut those links once done, as uvicorn's run_asgi does, so that each request's objects
+        # go when the next request replaces it, not at the next garbage collection.
+        self.message_event = _SPENT  # type: ignore[assignment]
+        self.on_response = _nothing
+
+
+class _Cue:
+    """Stands in for the cycle's asyncio.Event: each ``set()`` runs the callback."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+
+    def set(self) -> None:
+        self._callback()
+
+    def clear(self) -> None:
+        return None
+
+
 def _nothing() -> None:
     return None
+
+
+_SPENT = _Cue(_nothing)
+_IDENTITY_LINE = _IDENTITY + b"\r\n"
+_INTERNAL_ERROR: Answer = (
+    500,
+    b'{"error": "internal", "message": "the bridge failed to handle the request", "final": false}',
+    [],
+)
+_DRAINING: set[asyncio.Task[None]] = set()

@@ -283,11 +283,12 @@ async def _serve_http(
         body_timeout=settings.body_timeout_seconds,
     )
     protocol = bounded_protocol(limits, metrics)
+    hook_protocol = bounded_protocol(limits, metrics, hooks=app)
     # One uvicorn server per listener, because uvicorn applies one TLS setting to all of its
     # sockets: TLS (and client certificates) belong on TCP only. The Unix socket is reached by
     # the shim on the same host, which speaks plain HTTP; the admin port serves probes.
     hooks = [
-        (_Listener(_uvicorn_config(app, settings, http=protocol, tls=_is_tcp(s))), s)
+        (_Listener(_uvicorn_config(app, settings, http=hook_protocol, tls=_is_tcp(s))), s)
         for s in _bind(settings)
     ]
     admin = None

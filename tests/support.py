@@ -6,6 +6,7 @@ sys.path first. It imports only the standard library, pytest only when a test sk
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -183,3 +184,33 @@ def kafka_user_names(bootstrap: str, topic: str) -> list[str]:
         return names
 
     return asyncio.run(read())
+
+
+class RecordingTransport(asyncio.Transport):
+    """A connection's transport that keeps each write() apart, for protocol-level tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass

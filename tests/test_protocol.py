@@ -8,7 +8,6 @@ written after it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import uvicorn
 from starlette.types import Receive, Scope, Send
@@ -17,35 +16,9 @@ from uvicorn.server import ServerState
 from bridge.metrics import Metrics
 from bridge.protocol import ConnectionLimits, bounded_protocol
 
+from support import RecordingTransport
+
 LIMITS = ConnectionLimits(max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0)
-
-
-class RecordingTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert not self.closed, "write after close"
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(
-            name, default
-        )
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:

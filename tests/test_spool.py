@@ -412,3 +412,27 @@ def test_the_gauges_read_the_spool_at_each_scrape_without_a_replayer(tmp_path: P
     assert oldest_age is not None and oldest_age > 0.1
     spool_bytes = sample("login_audit_spool_bytes")
     assert spool_bytes is not None and spool_bytes > 0
+
+
+def test_without_a_spool_a_sink_that_never_answers_fails_the_event_after_the_wait() -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        sink = GatedSink()  # its gate shut: the send waits until the test opens it
+        await sink.start()
+        pipeline = Pipeline(sink=sink, metrics=metrics, publish_timeout=0.05)
+        with pytest.raises(SinkUnavailable, match=r"did not confirm the event within 1\.05 s"):
+            await pipeline.publish(_events(1)[0])
+        sink.gate.set()
+        await asyncio.sleep(0.05)
+        assert sink.events == []  # the send was given up on, not left to finish unseen
+
+    asyncio.run(scenario())
+    timeouts = metrics.registry.get_sample_value(
+        "login_audit_publish_errors_total", {"sink": "memory", "reason": "timeout"}
+    )
+    assert timeouts == 1
+    published = metrics.registry.get_sample_value(
+        "login_audit_events_published_total", {"sink": "memory", "status": "failure"}
+    )
+    assert not published

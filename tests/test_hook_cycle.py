@@ -1,0 +1,249 @@
+"""Hook POSTs answered by the bridge's connection class itself (bridge.protocol.HookCycle).
+
+The connection is driven in-process on a recording transport, with the real app, normalizer
+and pipeline in front of an in-memory sink whose acknowledgements the test releases: so each
+test sees exactly what reaches the socket, and when, relative to the event becoming durable.
+The same routes through a real bridge process are covered by test_http.py, test_edge.py and
+the broker tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import weakref
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from bridge.app import TokenCheck, create_app
+from bridge.event import EncodedEvent, LoginEvent
+from bridge.metrics import Metrics
+from bridge.normalize import Normalizer
+from bridge.pipeline import Pipeline
+from bridge.protocol import ConnectionLimits, HookCycle, bounded_protocol
+from bridge.sinks.memory import MemorySink
+
+from support import RecordingTransport
+
+LIMITS = ConnectionLimits(max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0)
+QUERY = b"ip=198.51.100.7&login_method=password&protocol=FTP&status=0"
+BODY = b'{"username":"bob","id":7}'
+TOKEN = b"s3cret"
+
+
+class HeldSink(MemorySink):
+    """Acknowledges an event only when the test says so (``release``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[LoginEvent, asyncio.Future[None]]] = []
+
+    def submit(self, encoded: EncodedEvent) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.held.append((encoded.event, future))
+        return future
+
+    def release(self) -> None:
+        for event, future in self.held:
+            self.events.append(event)
+            future.set_result(None)
+        self.held.clear()
+
+
+def request(
+    body: bytes = BODY,
+    *,
+    token: bytes = TOKEN,
+    extra: bytes = b"",
+    length: int | None = None,
+) -> bytes:
+    declared = len(body) if length is None else length
+    return (
+        b"POST /v1/hooks/sftpgo?" + QUERY + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nAuthorization: Bearer " + token + b"\r\n"
+        b"Content-Length: %d\r\n" % declared + extra + b"\r\n" + body
+    )
+
+
+class Connection:
+    def __init__(self, sink: MemorySink, *, max_body: int = 4096) -> None:
+        metrics = Metrics()
+        app = create_app(
+            pipeline=Pipeline(sink=sink, metrics=metrics, publish_timeout=5),
+            normalizer=Normalizer(),
+            metrics=metrics,
+            tokens=TokenCheck([TOKEN.decode()], header="Authorization"),
+            max_body_bytes=max_body,
+        )
+        config = uvicorn.Config(app=app, lifespan="off", log_level="warning")
+        config.load()
+        protocol_class = bounded_protocol(LIMITS, metrics, hooks=app)
+        self.protocol: HttpToolsProtocol = protocol_class(
+            config=config, server_state=ServerState(), app_state={}
+        )
+        self.transport = RecordingTransport()
+        self.protocol.connection_made(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.data_received(data)
+
+    def answers(self) -> list[bytes]:
+        return [w for w in self.transport.writes if w.startswith(b"HTTP/1.1 ")]
+
+
+def status_and_body(answer: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_hook_post_is_answered_once_its_event_is_durable_in_one_write_without_a_task() -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        connection = Connection(sink)
+        connection.send(request())
+        await settle()
+        assert isinstance(connection.protocol.cycle, HookCycle)
+        assert not connection.protocol.tasks  # no ASGI task per request
+        assert connection.transport.writes == []  # nothing answered before the event is durable
+        sink.release()
+        await settle()
+        [answer] = connection.transport.writes
+        status, body = status_and_body(answer)
+        assert status == 200
+        assert body == {"status": "stored", "event_id": sink.events[0].event_id}
+        assert b"\r\nx-login-audit-bridge: " in answer
+        assert not connection.transport.closed  # keep-alive
+
+    asyncio.run(scenario())
+
+
+def test_pipelined_hook_posts_are_answered_in_order_each_after_its_own_event() -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        connection = Connection(sink)
+        connection.send(request() + request(b"{nope") + request())
+        await settle()
+        assert len(sink.held) == 1  # the second waits for the first answer, as uvicorn does
+        sink.release()
+        await settle()
+        assert len(sink.held) == 1  # the bad one was answered at once; the third is held
+        sink.release()
+        await settle()
+        answers = [status_and_body(a) for a in connection.answers()]
+        assert [status for status, _ in answers] == [200, 400, 200]
+        assert [answers[0][1]["event_id"], answers[2][1]["event_id"]] == [
+            e.event_id for e in sink.events
+        ]
+
+    asyncio.run(scenario())
+
+
+def test_100_continue_is_sent_only_once_the_token_is_accepted() -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        accepted, refused = Connection(sink), Connection(sink)
+        expect = b"Expect: 100-continue\r\n"
+        accepted.send(request(b"", extra=expect, length=len(BODY)))
+        refused.send(request(b"", token=b"wrong", extra=expect, length=len(BODY)))
+        await settle()
+        assert accepted.transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+        [answer] = refused.transport.writes
+        assert status_and_body(answer)[0] == 401
+        accepted.send(BODY)
+        await settle()
+        sink.release()
+        await settle()
+        assert status_and_body(accepted.transport.writes[-1])[0] == 200
+        assert len(sink.events) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_body_that_grows_past_the_limit_is_refused_and_stores_nothing() -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        connection = Connection(sink, max_body=64)
+        chunked = (
+            b"POST /v1/hooks/sftpgo?" + QUERY + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nAuthorization: Bearer " + TOKEN + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        connection.send(chunked + b"40\r\n" + b" " * 64 + b"\r\n")
+        await settle()
+        assert connection.transport.writes == []  # 64 bytes: still within the limit
+        connection.send(b"1\r\n \r\n")
+        await settle()
+        [answer] = connection.answers()
+        assert status_and_body(answer) == (
+            413,
+            {"error": "too_large", "message": "body is over the 64 byte limit", "final": True},
+        )
+        assert sink.held == [] and sink.events == []
+
+    asyncio.run(scenario())
+
+
+def test_an_event_accepted_before_the_client_went_away_is_still_made_durable() -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        connection = Connection(sink)
+        connection.send(request())
+        await settle()
+        connection.protocol.connection_lost(None)
+        connection.transport.writes.clear()
+        sink.release()
+        await settle()
+        assert len(sink.events) == 1
+        assert connection.transport.writes == []  # nothing written to a closed connection
+
+    asyncio.run(scenario())
+
+
+def test_a_client_gone_before_its_whole_body_leaves_no_event() -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        connection = Connection(sink)
+        connection.send(request()[:-5])
+        await settle()
+        connection.protocol.connection_lost(None)
+        await settle()
+        assert sink.held == [] and sink.events == []
+        assert connection.answers() == []
+
+    asyncio.run(scenario())
+
+
+def test_an_answered_hook_request_is_freed_without_the_garbage_collector() -> None:
+    async def scenario() -> None:
+        sink = MemorySink()
+        await sink.start()
+        connection = Connection(sink)
+        connection.send(request())
+        for _ in range(50):
+            await asyncio.sleep(0)
+            if connection.answers():
+                break
+        first = weakref.ref(connection.protocol.cycle)
+        connection.send(request())  # replaces the connection's cycle
+        assert first() is None  # freed by reference counting: no cycle left for the collector
+
+    gc.disable()
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()
