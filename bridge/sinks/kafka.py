@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from bridge.codec import WireEncoder
+from bridge.deadlines import Deadlines
 from bridge.errors import ConfigError, SinkError, SinkUnavailable
 from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
@@ -241,12 +242,12 @@ class KafkaSink(Sink):
         self._header_lists: dict[tuple[str, str], list[tuple[str, str | bytes | None]]] = {}
         self._loop_thread = 0
         # Delivery reports served by a flush() off the loop, handed to the loop in one wake-up.
-        self._reports: list[
-            tuple[asyncio.Future[None], asyncio.TimerHandle, KafkaError | None]
-        ] = []
+        self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
         self._reports_lock = threading.Lock()
         # Submitted in this turn of the loop, produced together at its end (see submit).
-        self._unproduced: list[tuple[EncodedEvent, asyncio.Future[None], asyncio.TimerHandle]] = []
+        self._unproduced: list[tuple[EncodedEvent, asyncio.Future[None]]] = []
+        # Each send's deadline, made on the loop by start().
+        self._deadlines: Deadlines[asyncio.Future[None]]
         self._reachable = False
         self._fatal: KafkaError | None = None
 
@@ -275,6 +276,7 @@ class KafkaSink(Sink):
         self._header_lists.clear()  # a registry may give the schema another id after a restart
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._deadlines = Deadlines(self._loop, self._publish_timeout, self._expire)
         self._fatal = None
         self._client = self._new_client()
         try:
@@ -455,12 +457,11 @@ class KafkaSink(Sink):
     def _on_delivery(
         self,
         future: asyncio.Future[None],
-        timer: asyncio.TimerHandle,
         err: KafkaError | None,
         _msg: object,
     ) -> None:
         if threading.get_ident() == self._loop_thread:  # poll() on the loop: the usual case
-            self._settle(future, timer, err)
+            self._settle(future, err)
             return
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -468,20 +469,18 @@ class KafkaSink(Sink):
         # A flush() in a thread (closing) serves many reports: the loop is woken once for all.
         with self._reports_lock:
             first = not self._reports
-            self._reports.append((future, timer, err))
+            self._reports.append((future, err))
         if first:
             loop.call_soon_threadsafe(self._settle_reports)
 
     def _settle_reports(self) -> None:
         with self._reports_lock:
             reports, self._reports = self._reports, []
-        for future, timer, err in reports:
-            self._settle(future, timer, err)
+        for future, err in reports:
+            self._settle(future, err)
 
-    def _settle(
-        self, future: asyncio.Future[None], timer: asyncio.TimerHandle, err: KafkaError | None
-    ) -> None:
-        timer.cancel()
+    def _settle(self, future: asyncio.Future[None], err: KafkaError | None) -> None:
+        self._deadlines.discard(future)
         if future.done():  # timed out, or its waiter was cancelled
             return
         if err is None:
@@ -493,10 +492,10 @@ class KafkaSink(Sink):
         error.__cause__ = KafkaException(err)
         future.set_exception(error)
 
-    def _expire(self, future: asyncio.Future[None], event_id: str) -> None:
-        if future.done():  # the delivery report came first
+    def _expire(self, future: asyncio.Future[None]) -> None:
+        if future.done():  # its waiter gave up on it
             return
-        message = f"kafka: no delivery report for {event_id} in {self._publish_timeout}s"
+        message = f"kafka: no delivery report in {self._publish_timeout}s"
         future.set_exception(self._failed(SinkUnavailable(message), "timeout"))
 
     # -- sending
@@ -507,12 +506,12 @@ class KafkaSink(Sink):
     def submit(self, encoded: EncodedEvent) -> asyncio.Future[None]:
         """Queues the event for produce(); the future resolves with its own delivery report.
 
-        No coroutine and no task per event: the delivery report settles the future, and one
-        timer bounds the wait (issue 11: a task, shield and wait_for per event cost about a
-        tenth of the CPU, with two getpid() calls each on Python 3.11). The events submitted
-        in one turn of the loop are produced together at its end: produced one by one between
-        other requests' work, librdkafka's broker thread sent twice as many, smaller, requests
-        (its CPU per event doubled in bench/ingest.py).
+        No coroutine, task or timer per event: the delivery report settles the future, and the
+        sink's one queue of deadlines bounds the wait (issue 11: a task, shield and wait_for per
+        event cost about a tenth of the CPU, with two getpid() calls each on Python 3.11).
+        The events submitted in one turn of the loop are produced together at its end: one by
+        one between other requests' work, librdkafka's broker thread sent twice as many, smaller,
+        requests (its CPU per event doubled in bench/ingest.py).
         """
         self._require_producer()
         if self._fatal is not None:
@@ -523,30 +522,30 @@ class KafkaSink(Sink):
         loop = self._loop
         assert loop is not None  # noqa: S101 - a producer exists, so start() has run
         future: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(self._publish_timeout, self._expire, future, encoded.event.event_id)
+        self._deadlines.add(future)
         if not self._unproduced:
             loop.call_soon(self._produce_submitted)
-        self._unproduced.append((encoded, future, timer))
+        self._unproduced.append((encoded, future))
         return future
 
     def _produce_submitted(self) -> None:
         batch, self._unproduced = self._unproduced, []
         producer = self._producer
-        for encoded, future, timer in batch:
+        for encoded, future in batch:
             if future.done():  # its waiter gave up already (the request was cancelled)
-                timer.cancel()
+                self._deadlines.discard(future)
                 continue
             try:
                 if producer is None:
                     raise self._failed(SinkUnavailable("kafka sink is stopped"), "not_started")
                 topic = self._topics[encoded.event.status]
-                self._produce(producer, encoded, topic, partial(self._on_delivery, future, timer))
+                self._produce(producer, encoded, topic, partial(self._on_delivery, future))
             except SinkError as exc:
-                timer.cancel()
+                self._deadlines.discard(future)
                 future.set_exception(exc)
             except Exception as exc:  # a bug here must fail the send, not leave it hanging
                 log.exception("kafka: produce failed unexpectedly")
-                timer.cancel()
+                self._deadlines.discard(future)
                 failure = self._failed(SinkUnavailable(f"kafka: produce failed: {exc}"), "internal")
                 future.set_exception(failure)
         client = self._client
