@@ -247,3 +247,25 @@ def test_an_answered_hook_request_is_freed_without_the_garbage_collector() -> No
         asyncio.run(scenario())
     finally:
         gc.enable()
+
+
+def test_a_client_not_reading_its_answers_has_its_next_request_taken_once_it_does() -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        connection = Connection(sink)
+        connection.send(request() + request())
+        await settle()
+        connection.protocol.pause_writing()  # the socket's send buffer is full
+        sink.release()
+        await settle()
+        assert len(connection.answers()) == 1
+        assert sink.held == []  # the pipelined request waits, as its answer could not be sent
+        connection.protocol.resume_writing()
+        await settle()
+        assert len(sink.held) == 1
+        sink.release()
+        await settle()
+        assert [status_and_body(a)[0] for a in connection.answers()] == [200, 200]
+
+    asyncio.run(scenario())
