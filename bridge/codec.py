@@ -66,11 +66,18 @@ class AvroCodec:
         return self._header + datum
 
     def decode_datum(self, body: bytes, *, writer_schema: Any = None) -> dict[str, Any]:
+        return self.decode_datum_whole(body, writer_schema=writer_schema)[0]
+
+    def decode_datum_whole(
+        self, body: bytes, *, writer_schema: Any = None
+    ) -> tuple[dict[str, Any], bool]:
+        """The record, and whether it took the whole body (no bytes left past it)."""
         writer = writer_schema if writer_schema is not None else self.parsed
-        record = fastavro.schemaless_reader(io.BytesIO(body), writer, self.parsed)
+        buffer = io.BytesIO(body)
+        record = fastavro.schemaless_reader(buffer, writer, self.parsed)
         if not isinstance(record, dict):
             raise MalformedInput("Avro body is not a login event record")
-        return record
+        return record, buffer.tell() == len(body)
 
     def decode(self, data: bytes) -> dict[str, Any]:
         """Decodes single-object encoding written with this schema."""

@@ -243,17 +243,22 @@ class DurableSpool:
 
     def _read_row(self, seq: int, event_id: str, source: str, body: bytes) -> Spooled | Unreadable:
         try:
-            record = self._decode(body)
+            record, whole = self._decode(body)
             event = LoginEvent(record=record, source=_source(source))
-            if body[2:10] == self._codec.fingerprint:
+            if body[2:10] == self._codec.fingerprint and whole:
                 datum = bytes(body[10:])
-            else:  # written before a schema upgrade: the sink gets it in today's schema
+            else:
+                # Written before a schema upgrade: the sink gets it in today's schema. Or bytes
+                # past the record (never written by a bridge): sinks copy bodies as they are, and
+                # in a file sink block they would make the records after it unreadable.
+                if not whole:
+                    log.warning("spooled event %s has bytes past its record: dropped", event_id)
                 datum = self._codec.encode_datum(record)
         except Exception as exc:  # whatever is wrong with one row is its own problem
             return Unreadable(seq=seq, event_id=event_id, reason=f"cannot be decoded: {exc}")
         return Spooled(seq=seq, encoded=EncodedEvent(event=event, datum=datum))
 
-    def _decode(self, body: bytes) -> dict[str, Any]:
+    def _decode(self, body: bytes) -> tuple[dict[str, Any], bool]:
         if body[:2] != SINGLE_OBJECT_MAGIC:
             raise MalformedInput("not Avro single-object encoding (no C3 01 marker)")
         fingerprint = bytes(body[2:10])
@@ -263,7 +268,7 @@ class DurableSpool:
                 f"written with schema fingerprint {fingerprint.hex()}, "
                 "which is not in this spool's schemas table"
             )
-        return self._codec.decode_datum(body[10:], writer_schema=writer)
+        return self._codec.decode_datum_whole(body[10:], writer_schema=writer)
 
     async def remove(self, seqs: Sequence[int]) -> None:
         if seqs:

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 from pathlib import Path
 from typing import Any, cast
 
 import fastavro
 import pytest
+from fastavro.write import Writer
 
 from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent
+from bridge.mediawiki import parse_mediawiki
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
-from bridge.sinks.file import FileSink, event_files, read_events
+from bridge.sinks.file import BLOCK_BYTES, FileSink, _write_blocks, event_files, read_events
 
-from conftest import encoded
+from conftest import (
+    encoded,
+    mediawiki_observations,
+    mediawiki_payload,
+    sftpgo_vectors,
+    vector_body,
+    vector_query,
+)
 
 CODEC = AvroCodec()
 
@@ -167,3 +178,39 @@ def test_retention_deletes_closed_files_older_than_the_age_limit(tmp_path: Path)
     asyncio.run(_write(tmp_path, _events(2), retain_seconds=3600))
     assert not old.exists()
     assert kept.exists()
+
+
+def _every_source_event() -> list[LoginEvent]:
+    normalizer = Normalizer()
+    events = [
+        normalizer.sftpgo_from_http(vector_query(v), vector_body(v)) for v in sftpgo_vectors()
+    ]
+    events += [
+        normalizer.mediawiki(parse_mediawiki(json.dumps(mediawiki_payload(o)).encode()))
+        for o in mediawiki_observations()
+    ]
+    return events + _events(40)
+
+
+@pytest.mark.parametrize("block_bytes", [BLOCK_BYTES, 2000])
+def test_blocks_of_encoded_bodies_are_the_bytes_fastavro_writes_for_the_records(
+    block_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sink writes the bodies bridge.encode made (Writer.write_block) instead of encoding
+    # each record again (Writer.write): the files must not differ by a byte, blocks included.
+    monkeypatch.setattr("bridge.sinks.file.BLOCK_BYTES", block_bytes)
+    events = _every_source_event()
+    marker = os.urandom(16)
+    by_records, by_bodies = io.BytesIO(), io.BytesIO()
+    records = Writer(by_records, CODEC.parsed, sync_interval=block_bytes, sync_marker=marker)
+    for event in events:
+        records.write(event.record)
+    records.flush()
+    bodies = Writer(by_bodies, CODEC.parsed, sync_interval=block_bytes, sync_marker=marker)
+    _write_blocks(bodies, [encoded(e).datum for e in events])
+    bodies.flush()
+    assert by_bodies.getvalue() == by_records.getvalue()
+    by_bodies.seek(0)
+    blocks = list(fastavro.block_reader(by_bodies))
+    assert len(blocks) > (1 if block_bytes < BLOCK_BYTES else 0)
+    assert sum(block.num_records for block in blocks) == len(events)

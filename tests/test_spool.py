@@ -19,6 +19,7 @@ from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
+from bridge.sinks.file import FileSink, read_events
 from bridge.sinks.memory import MemorySink
 
 from conftest import encoded, replayer
@@ -436,3 +437,31 @@ def test_without_a_spool_a_sink_that_never_answers_fails_the_event_after_the_wai
         "login_audit_events_published_total", {"sink": "memory", "status": "failure"}
     )
     assert not published
+
+
+def test_a_spooled_body_with_bytes_past_its_record_reaches_the_file_sink_as_the_record_alone(
+    tmp_path: Path,
+) -> None:
+    # Sinks copy an event's encoded body as is (the file sink into its blocks). Bytes past the
+    # record in a spooled row (never written by a bridge: a damaged or planted row) would make
+    # every record after it in the block unreadable; the row is re-encoded from its record.
+    events = _events(3)
+
+    async def scenario() -> None:
+        spool = _spool(tmp_path)
+        await spool.open()
+        for event in events:
+            await spool.put(encoded(event))
+        with contextlib.closing(sqlite3.connect(spool.path)) as db, db:
+            seq, body = db.execute("SELECT seq, body FROM events ORDER BY seq LIMIT 1").fetchone()
+            db.execute("UPDATE events SET body = ? WHERE seq = ?", (body + b"\x02\xff", seq))
+        sink = FileSink(tmp_path / "files", CODEC)
+        await sink.start()
+        pipeline = Pipeline(sink=sink, metrics=Metrics(), spool=spool)
+        assert await replayer(pipeline).replay_once()
+        await sink.stop()
+        await spool.close()
+
+    asyncio.run(scenario())
+    read = [record["metadata"]["uid"] for record in read_events(tmp_path / "files")]
+    assert sorted(read) == sorted(e.event_id for e in events)

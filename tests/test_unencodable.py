@@ -9,14 +9,14 @@ import pytest
 
 from bridge.codec import AvroCodec
 from bridge.encode import Encoder
-from bridge.errors import InputError, SinkError
-from bridge.event import EncodedEvent, LoginEvent
+from bridge.errors import InputError
+from bridge.event import LoginEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.sinks.file import FileSink, read_events
 
-from conftest import encoded, print_fault_row
+from conftest import print_fault_row
 
 CODEC = AvroCodec()
 # Every test here must finish; a future left unresolved shows up as this timeout, not a hang.
@@ -82,31 +82,3 @@ def test_an_unencodable_event_in_a_batch_fails_alone_and_every_neighbour_is_read
         duplicated=len(readable) - len(set(readable)),
         capsys=capsys,
     )
-
-
-def test_a_record_the_file_writer_chokes_on_fails_its_batch_and_the_file_stays_readable(
-    tmp_path: Path,
-) -> None:
-    """Below the pipeline too: whatever the writer raises, every send returns and no torn
-    record is left in a file that later events are appended to."""
-    good = _events(50)
-    later = _events(10)
-    # Past the encode stage, as if it had let the record through: the writer meets it itself.
-    choking = EncodedEvent(event=_unencodable(), datum=b"")
-
-    async def scenario() -> list[BaseException | None]:
-        async with FileSink(tmp_path, CODEC) as sink:
-            results = await asyncio.gather(
-                *(sink.send(e) for e in [*map(encoded, good), choking]), return_exceptions=True
-            )
-            for event in later:
-                await sink.send(encoded(event))
-        return results
-
-    results = asyncio.run(asyncio.wait_for(scenario(), NO_HANG_SECONDS))
-    assert all(r is None or isinstance(r, SinkError) for r in results)
-    assert isinstance(results[-1], SinkError)
-    acknowledged = {e.event_id for e, r in zip(good, results, strict=False) if r is None}
-    acknowledged |= {e.event_id for e in later}
-    readable = [r["metadata"]["uid"] for r in read_events(tmp_path)]
-    assert acknowledged <= set(readable)
