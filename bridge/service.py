@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -148,6 +149,10 @@ async def _serve_holding_the_spool(settings: Settings, *, metrics: Metrics | Non
                     spool.path,
                 )
     log.info("login-audit-bridge stopped")
+    # Nothing is left to stop. Python gives every signal it handled its default action back
+    # while the interpreter exits, so a late SIGTERM (an impatient caller repeating it) ended
+    # a clean exit as "killed by SIGTERM" (-15); ignored from here on, the exit code stands.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 async def _drain_before_exit(
@@ -357,7 +362,7 @@ def _stop_on_signals(
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
-        log.info("received %s: draining and flushing", signal.Signals(signum).name)
+        _log_soon(logging.INFO, "received %s: draining and flushing", signal.Signals(signum).name)
         if pipeline is not None:
             pipeline.stopping = True
         for server in servers:
@@ -376,9 +381,24 @@ def _stop_on_signals(
 
 
 def _already_stopping(signum: int, frame: object) -> None:
-    log.warning(
-        "already stopping: draining the spool and flushing the sink first (SIGINT stops the drain)"
+    _log_soon(
+        logging.WARNING,
+        "already stopping: draining the spool and flushing the sink first (SIGINT stops the drain)",
     )
+
+
+def _log_soon(level: int, message: str, *args: object) -> None:
+    """Logs from a signal handler, through the loop.
+
+    A handler runs between any two bytecodes of the main thread, also while logging is writing
+    to stderr: logging there again failed ("reentrant call inside BufferedWriter") and the line
+    was lost. The loop writes it instead, right after.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop: the bridge is past stopping, nothing to say
+    loop.call_soon_threadsafe(functools.partial(log.log, level, message, *args))
 
 
 def _uvicorn_config(
