@@ -139,5 +139,7 @@ def supervise(settings: Settings, workers: int, serve_argv: list[str]) -> int:
                 forward(signal.SIGTERM, None)
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # Stopped: a late SIGTERM must not end the exit as "killed" (see bridge.service).
+            late = stopping and sig == signal.SIGTERM
+            signal.signal(sig, signal.SIG_IGN if late else handler)
     return max(1 if code < 0 else code for code in codes)
