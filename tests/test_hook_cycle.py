@@ -95,6 +95,12 @@ class Connection:
         return [w for w in self.transport.writes if w.startswith(b"HTTP/1.1 ")]
 
 
+async def held_connection(*, max_body: int = 4096) -> tuple[HeldSink, Connection]:
+    sink = HeldSink()
+    await sink.start()
+    return sink, Connection(sink, max_body=max_body)
+
+
 def status_and_body(answer: bytes) -> tuple[int, dict[str, Any]]:
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), json.loads(body)
@@ -107,9 +113,7 @@ async def settle() -> None:
 
 def test_a_hook_post_is_answered_once_its_event_is_durable_in_one_write_without_a_task() -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        connection = Connection(sink)
+        sink, connection = await held_connection()
         connection.send(request())
         await settle()
         assert isinstance(connection.protocol.cycle, HookCycle)
@@ -129,9 +133,7 @@ def test_a_hook_post_is_answered_once_its_event_is_durable_in_one_write_without_
 
 def test_pipelined_hook_posts_are_answered_in_order_each_after_its_own_event() -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        connection = Connection(sink)
+        sink, connection = await held_connection()
         connection.send(request() + request(b"{nope") + request())
         await settle()
         assert len(sink.held) == 1  # the second waits for the first answer, as uvicorn does
@@ -173,9 +175,7 @@ def test_100_continue_is_sent_only_once_the_token_is_accepted() -> None:
 
 def test_a_body_that_grows_past_the_limit_is_refused_and_stores_nothing() -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        connection = Connection(sink, max_body=64)
+        sink, connection = await held_connection(max_body=64)
         chunked = (
             b"POST /v1/hooks/sftpgo?" + QUERY + b" HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\nAuthorization: Bearer " + TOKEN + b"\r\n"
@@ -198,9 +198,7 @@ def test_a_body_that_grows_past_the_limit_is_refused_and_stores_nothing() -> Non
 
 def test_an_event_accepted_before_the_client_went_away_is_still_made_durable() -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        connection = Connection(sink)
+        sink, connection = await held_connection()
         connection.send(request())
         await settle()
         connection.protocol.connection_lost(None)
@@ -215,9 +213,7 @@ def test_an_event_accepted_before_the_client_went_away_is_still_made_durable() -
 
 def test_a_client_gone_before_its_whole_body_leaves_no_event() -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        connection = Connection(sink)
+        sink, connection = await held_connection()
         connection.send(request()[:-5])
         await settle()
         connection.protocol.connection_lost(None)
@@ -251,9 +247,7 @@ def test_an_answered_hook_request_is_freed_without_the_garbage_collector() -> No
 
 def test_a_client_not_reading_its_answers_has_its_next_request_taken_once_it_does() -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        connection = Connection(sink)
+        sink, connection = await held_connection()
         connection.send(request() + request())
         await settle()
         connection.protocol.pause_writing()  # the socket's send buffer is full
