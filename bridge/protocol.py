@@ -420,7 +420,8 @@ class HookCycle(RequestResponseCycle):
         self._write_answer(answer)
 
     def _write_answer(self, answer: Answer) -> None:
-        if self.disconnected or self.response_complete:
+        # Closing: refused meanwhile (a pipelined request's header deadline), or shut down.
+        if self.disconnected or self.response_complete or self.transport.is_closing():
             self._finish()
             return
         status, body, extra = answer

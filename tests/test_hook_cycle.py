@@ -263,3 +263,24 @@ def test_a_client_not_reading_its_answers_has_its_next_request_taken_once_it_doe
         assert [status_and_body(a)[0] for a in connection.answers()] == [200, 200]
 
     asyncio.run(scenario())
+
+
+def test_an_answer_due_on_a_connection_closed_meanwhile_is_not_written() -> None:
+    # A pipelined request's header deadline, or the server's shutdown, may close the connection
+    # while an earlier request's event is still on its way: its answer has nowhere to go.
+    async def scenario() -> list[dict[str, Any]]:
+        errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: errors.append(context)
+        )
+        sink, connection = await held_connection()
+        connection.send(request())
+        await settle()
+        connection.transport.close()
+        sink.release()
+        await settle()
+        assert len(sink.events) == 1
+        assert connection.answers() == []
+        return errors
+
+    assert asyncio.run(scenario()) == []
