@@ -104,12 +104,16 @@ class Accepted:
 
 
 class HookEndpoints:
-    """The hook routes as a plain ASGI app, in front of Starlette for everything else.
+    """The hook routes, in front of Starlette for everything else.
 
-    The hooks are the hot path: under load, Starlette's request objects, middleware and router
-    took about a third of the CPU per event (py-spy, bench/ingest.py). The handful of things a
-    hook needs from the request, headers, query string and a bounded body, are read straight
-    from the ASGI scope instead; the other routes stay on Starlette.
+    The hooks are the hot path. A hook request is handled in three steps that need no ASGI:
+    ``admit`` (the headers: token, media type, declared size), ``accept`` (the bounded body
+    becomes an event handed to the pipeline) and ``answer`` (once the event is durable, or
+    cannot be). The bridge's own connection class drives them from the HTTP parser's callbacks
+    (:class:`bridge.protocol.HookCycle`); ``__call__`` drives the same steps as an ASGI app, for
+    any other server. Starlette's request objects, middleware and router once took about a third
+    of the CPU per event, and uvicorn's ASGI cycle and task a fifth of what was left (py-spy,
+    bench/ingest.py); the other routes stay on Starlette.
     """
 
     def __init__(
