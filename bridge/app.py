@@ -50,7 +50,7 @@ _CLIENT_REASONS = {404: "not_found", 405: "method_not_allowed"}
 # Everything else (401 token, 405 method, 503 overload...) can change without the body changing.
 FINAL_STATUSES = (400, 413, 415)
 # On every answer of a hook route: a 404 or a 2xx without it came from something else.
-_IDENTITY = (IDENTITY_HEADER.lower().encode(), __version__.encode())
+IDENTITY = (IDENTITY_HEADER.lower().encode(), __version__.encode())
 _EVENT_ID = EVENT_ID_HEADER.lower()
 
 
@@ -159,7 +159,7 @@ class HookEndpoints:
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
-            _IDENTITY,
+            IDENTITY,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers + extra})
         await send({"type": "http.response.body", "body": body})
@@ -246,7 +246,7 @@ class HookEndpoints:
         if refused is not None:
             return refused
         try:
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(receive)
         except BridgeError as exc:
             return self._reject(scope, exc)
         accepted = self.accept(scope, headers, body, normalize)
@@ -257,7 +257,7 @@ class HookEndpoints:
             await asyncio.shield(accepted.durable)
         return self.answer(scope, accepted)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:

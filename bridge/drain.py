@@ -27,6 +27,7 @@ from bridge.replay import Replayer
 from bridge.settings import Settings
 from bridge.sinks import build_sink
 from bridge.sinks.base import Sink
+from bridge.workers import spools_under
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,6 @@ async def start_sink_within(sink: Sink, *, budget: float) -> str | None:
         await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
         delay = min(delay * 2, RETRY_MAX_SECONDS * 2)
     return why
-
-
-def spools_under(data_dir: Path) -> list[Path]:
-    """Every bridge spool in a data directory: its own, then those of ``workers/N`` in order
-    (including workers a smaller ``--workers`` no longer runs)."""
-    found = [data_dir / "spool.sqlite3"] if (data_dir / "spool.sqlite3").is_file() else []
-    workers = (p for p in (data_dir / "workers").glob("*/spool.sqlite3") if p.parent.name.isdigit())
-    return found + sorted(workers, key=lambda p: int(p.parent.name))
 
 
 async def drain_data_dir(settings: Settings, *, budget: float) -> list[DrainReport]:

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -28,10 +28,8 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from bridge import __version__
-from bridge.app import Accepted, Answer, HookEndpoints, Normalize
+from bridge.app import IDENTITY, Accepted, Answer, HookEndpoints, Normalize
 from bridge.metrics import Metrics
-from bridge.sftpgo import IDENTITY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -249,21 +247,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # setting it aside as refused.
             error = {"error": reason or cause, "message": message, "final": False}
             body = json.dumps(error).encode()
-            self.transport.write(_response_head(status, len(body)) + body)
+            self.transport.write(_json_answer((status, body, []), close=True))
         self.transport.close()
 
 
-_IDENTITY = b"%s: %s" % (IDENTITY_HEADER.lower().encode(), __version__.encode())
-_PHRASES = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+def _json_answer(
+    answer: Answer, *, close: bool, default_headers: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """A whole JSON answer, head and body, for one write().
+
+    It carries the bridge's identity header, as every hook-route answer does: the hook and the
+    extension trust only answers that carry it.
+    """
+    status, body, extra = answer
+    length = (b"content-length", b"%d" % len(body))
+    head = [STATUS_LINE[status]]
+    for name, value in (*default_headers, _JSON, length, IDENTITY, *extra):
+        head += (name, b": ", value, b"\r\n")
+    if close:
+        head.append(b"connection: close\r\n")
+    head += (b"\r\n", body)
+    return b"".join(head)
 
 
-def _response_head(status: int, length: int) -> bytes:
-    # The bridge's identity header, as on every hook-route answer: the hook and the extension
-    # trust only answers that carry it.
-    return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"%s\r\nconnection: close\r\n\r\n" % (status, _PHRASES[status], length, _IDENTITY)
-    )
+_JSON = (b"content-type", b"application/json")
 
 
 class OneWriteCycle(RequestResponseCycle):
@@ -424,7 +431,7 @@ class HookCycle(RequestResponseCycle):
         if self.disconnected or self.response_complete or self.transport.is_closing():
             self._finish()
             return
-        status, body, extra = answer
+        status = answer[0]
         self.response_started = True
         self.waiting_for_100_continue = False
         if self.access_log:
@@ -436,19 +443,12 @@ class HookCycle(RequestResponseCycle):
                 self.scope["http_version"],
                 status,
             )
-        head = [STATUS_LINE[status]]
-        for name, value in self.default_headers:
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
-        head.append(_IDENTITY_LINE)
-        for name, value in extra:
-            head += (name, b": ", value, b"\r\n")
-        if not self.keep_alive:
-            head.append(b"connection: close\r\n")
-        head += (b"\r\n", body)
-        self.transport.write(b"".join(head))
+        close = not self.keep_alive
+        self.transport.write(
+            _json_answer(answer, close=close, default_headers=self.default_headers)
+        )
         self.response_complete = True
-        if not self.keep_alive:
+        if close:
             self.transport.close()
         if self.flow.write_paused:
             # The client is not reading its answers: take its next request only once it has.
@@ -485,16 +485,12 @@ class _Cue:
     def set(self) -> None:
         self._callback()
 
-    def clear(self) -> None:
-        return None
-
 
 def _nothing() -> None:
     return None
 
 
 _SPENT = _Cue(_nothing)
-_IDENTITY_LINE = _IDENTITY + b"\r\n"
 _INTERNAL_ERROR: Answer = (
     500,
     b'{"error": "internal", "message": "the bridge failed to handle the request", "final": false}',

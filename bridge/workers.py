@@ -70,10 +70,19 @@ def worker_event_dirs(settings: Settings) -> list[Path]:
     return [settings.events_dir, *events]
 
 
+def spools_under(data_dir: Path) -> list[Path]:
+    """Every bridge spool in a data directory: its own, then those of ``workers/N`` in order
+    (including workers a smaller ``--workers`` no longer runs)."""
+    found = [data_dir / "spool.sqlite3"] if (data_dir / "spool.sqlite3").is_file() else []
+    workers = (p for p in (data_dir / "workers").glob("*/spool.sqlite3") if p.parent.name.isdigit())
+    return found + sorted(workers, key=lambda p: int(p.parent.name))
+
+
 def stranded_spools(settings: Settings, workers: int) -> list[Path]:
     """Spools of workers numbered ``workers`` or more: no worker of this run replays them."""
-    found = (settings.data_dir / "workers").glob("*/spool.sqlite3")
-    return sorted(p for p in found if p.parent.name.isdigit() and int(p.parent.name) >= workers)
+    own = settings.data_dir / "spool.sqlite3"
+    spools = (p for p in spools_under(settings.data_dir) if p != own)
+    return [p for p in spools if int(p.parent.name) >= workers]
 
 
 def _die_with_parent() -> None:
