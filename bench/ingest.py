@@ -377,6 +377,8 @@ class Lab:
             "BRIDGE_HOST": "127.0.0.1",
             "BRIDGE_PORT": str(port),
             "BRIDGE_DATA_DIR": str(data_dir),
+            # Per-worker numbers: one process unless the round asks for more (--workers N).
+            "BRIDGE_WORKERS": "1",
             "BRIDGE_SINK": sink,
             "BRIDGE_AUTH_TOKENS": TOKEN,
             "BRIDGE_LOG_LEVEL": "warning",

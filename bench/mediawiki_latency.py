@@ -65,6 +65,7 @@ def real_bridge(data_dir: Path) -> Iterator[str]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "BRIDGE_PORT": str(port),
         "BRIDGE_DATA_DIR": str(data_dir),
+        "BRIDGE_WORKERS": "1",
         "BRIDGE_AUTH_TOKENS": TOKEN,
         "BRIDGE_LOG_LEVEL": "warning",
     }

@@ -102,6 +102,7 @@ def running_bridge(data_dir: Path, extra: dict[str, str]) -> Iterator[str]:
         "BRIDGE_HOST": "127.0.0.1",
         "BRIDGE_PORT": str(port),
         "BRIDGE_DATA_DIR": str(data_dir),
+        "BRIDGE_WORKERS": "1",
         "BRIDGE_AUTH_TOKENS": TOKEN,
         "BRIDGE_LOG_LEVEL": "warning",
     }

@@ -37,6 +37,7 @@ from bridge.normalize import Normalizer
 from bridge.openapi import OPENAPI
 from bridge.pipeline import Pipeline
 from bridge.sftpgo import EVENT_ID_HEADER, IDENTITY_HEADER
+from bridge.workergroup import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -360,13 +361,17 @@ def create_app(
     tokens: TokenCheck,
     max_body_bytes: int,
     max_in_flight: int = 4096,
+    group: WorkerGroup | None = None,
 ) -> HookEndpoints:
     """The main port: the hooks, the admin routes (see create_admin_app) and the OpenAPI spec."""
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
-    routes = [*_admin_routes(pipeline, metrics), Route("/openapi.json", openapi, methods=["GET"])]
+    routes = [
+        *_admin_routes(pipeline, metrics, group),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
     others = Starlette(routes=routes, exception_handlers={HTTPException: _json_errors(metrics)})
     return HookEndpoints(
         pipeline=pipeline,
@@ -379,40 +384,59 @@ def create_app(
     )
 
 
-def create_admin_app(*, pipeline: Pipeline, metrics: Metrics) -> ASGIApp:
+def create_admin_app(
+    *, pipeline: Pipeline, metrics: Metrics, group: WorkerGroup | None = None
+) -> ASGIApp:
     """The admin port: health, readiness and metrics, for probes and scrapers without a token.
 
     They stay on the main port as well: they carry no secret and no event, and whatever already
     reaches the main port (tests, a load balancer's health check, an existing scrape) keeps
     working. The admin port is for what cannot present the main port's token or client
     certificate: Kubernetes probes and a Prometheus without one.
+
+    ``group``: under ``serve --workers N``, /readyz and /metrics answer for every worker (see
+    bridge.workergroup); without it, for this process only (as on a worker's admin socket).
     """
     return Starlette(
-        routes=_admin_routes(pipeline, metrics),
+        routes=_admin_routes(pipeline, metrics, group),
         exception_handlers={HTTPException: _json_errors(None)},
     )
 
 
-def _admin_routes(pipeline: Pipeline, metrics: Metrics) -> list[Route]:
+def _admin_routes(
+    pipeline: Pipeline, metrics: Metrics, group: WorkerGroup | None = None
+) -> list[Route]:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
         sink = pipeline.sink
         unready = pipeline.unready()
-        if unready is None:
-            return JSONResponse(
-                {
-                    "status": "ready",
-                    "sink": sink.name,
-                    "sink_ready": sink.ready(),
-                    "spooled": pipeline.spool.depth if pipeline.spool is not None else 0,
-                }
-            )
-        return error_response(503, *unready)
+        if unready is not None:
+            return error_response(503, *unready)
+        sink_ready = sink.ready()
+        spooled = pipeline.spool.depth if pipeline.spool is not None else 0
+        ready = {"status": "ready", "sink": sink.name, "sink_ready": sink_ready, "spooled": spooled}
+        if group is None:
+            return JSONResponse(ready)
+        for answer in await group.ask("/readyz"):
+            if answer.status == 0:
+                message = f"worker {answer.worker} does not answer: {answer.why}"
+                return error_response(503, "worker_unreachable", message)
+            said = answer.json()
+            if answer.status != 200:
+                reason = str(said.get("error", "unready"))
+                message = f"worker {answer.worker}: {said.get('message', answer.status)}"
+                return error_response(503, reason, message)
+            sink_ready = sink_ready and said.get("sink_ready") is True
+            spooled += int(said.get("spooled", 0))
+        whole = {"sink_ready": sink_ready, "spooled": spooled, "workers": group.count}
+        return JSONResponse(ready | whole)
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        own = generate_latest(metrics.registry)
+        body = own if group is None else await group.metrics(own)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return [
         Route("/healthz", healthz, methods=["GET"]),

@@ -43,7 +43,7 @@ SERVE_FLAGS = (
     ("--host", "host", "address to listen on"),
     ("--port", "port", "TCP port"),
     ("--uds", "uds", "also listen on this Unix socket"),
-    ("--workers", "workers", "worker processes on the one port (0: one per usable CPU)"),
+    ("--workers", "workers", "worker processes on the one port (default 0: one per usable CPU)"),
     ("--sink", "sink", "file, kafka or rabbitmq"),
     *DATA_FLAGS,
     ("--log-format", "log_format", "json or text"),
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flags(serve, SERVE_FLAGS)
     # Set by `serve --workers N` on the workers it starts (see bridge.workers).
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-sockets", type=Path, default=None, help=argparse.SUPPRESS)
 
     schema = commands.add_parser(
         "schema",
@@ -198,18 +200,23 @@ def _serve(args: argparse.Namespace) -> int:
     from bridge.logs import configure_logging
     from bridge.service import run, serve
     from bridge.settings import check_can_serve
-    from bridge.workers import supervise, usable_cpus, worker_settings
+    from bridge.workergroup import WorkerGroup
+    from bridge.workers import supervise, worker_count, worker_settings, workers_needed
 
     settings = _load(args, _overrides(args, SERVE_FLAGS))
     check_can_serve(settings)  # a ConfigError here exits with Exit.CONFIG, like a bad setting
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    group = None
     if args.worker_index is not None:
         settings = worker_settings(settings, args.worker_index)
-    workers = usable_cpus() if settings.workers == 0 else settings.workers
-    if workers > 1:
-        return supervise(settings, workers, _serve_argv(args))
+        if args.worker_sockets is not None:
+            group = WorkerGroup(args.worker_index, args.worker_count, args.worker_sockets)
+    else:
+        workers = workers_needed(settings, worker_count(settings))
+        if workers > 1:
+            return supervise(settings, workers, _serve_argv(args))
     try:
-        run(serve(settings))
+        run(serve(settings, group=group))
     except ConfigError as exc:
         # Found while running (e.g. the registry refuses the schema once the broker answers).
         print(f"login-audit-bridge: {exc.message}", file=sys.stderr)

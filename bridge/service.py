@@ -34,6 +34,7 @@ from bridge.settings import Settings
 from bridge.sinks import build_sink
 from bridge.sinks.base import Sink
 from bridge.supervisor import Supervisor
+from bridge.workergroup import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,13 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
+async def serve(
+    settings: Settings, *, metrics: Metrics | None = None, group: WorkerGroup | None = None
+) -> None:
     """Runs until SIGINT or SIGTERM; returns once in-flight requests are answered, the spool is
     drained as far as the sink and ``shutdown_drain_seconds`` allow, and the sink is flushed.
+
+    ``group``: this process is one worker of ``serve --workers N`` (see bridge.workergroup).
 
     The spool's lock is held throughout: a second bridge, or ``login-audit-bridge drain``, on
     the same data directory is refused (SpoolInUse, a ConfigError) rather than replaying the
@@ -63,10 +68,12 @@ async def serve(settings: Settings, *, metrics: Metrics | None = None) -> None:
     """
     held = SpoolLock(settings.spool_path) if settings.spool_enabled else contextlib.nullcontext()
     with held:
-        await _serve_holding_the_spool(settings, metrics=metrics)
+        await _serve_holding_the_spool(settings, metrics=metrics, group=group)
 
 
-async def _serve_holding_the_spool(settings: Settings, *, metrics: Metrics | None) -> None:
+async def _serve_holding_the_spool(
+    settings: Settings, *, metrics: Metrics | None, group: WorkerGroup | None
+) -> None:
     metrics = metrics if metrics is not None else Metrics()
     codec = AvroCodec()
     encoder = build_wire_encoder(settings, codec)
@@ -125,7 +132,9 @@ async def _serve_holding_the_spool(settings: Settings, *, metrics: Metrics | Non
             background.start("replay", lambda: replayer.run(sink_started))
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         _settle_heap()
-        await _serve_until_fatal(background, _serve_http(settings, pipeline, normalizer, metrics))
+        await _serve_until_fatal(
+            background, _serve_http(settings, pipeline, normalizer, metrics, group)
+        )
         stopped = True
     finally:
         await background.stop()
@@ -267,7 +276,11 @@ async def _start_sink(sink: Sink, started: asyncio.Event, *, retry: bool) -> Non
 
 
 async def _serve_http(
-    settings: Settings, pipeline: Pipeline, normalizer: Normalizer, metrics: Metrics
+    settings: Settings,
+    pipeline: Pipeline,
+    normalizer: Normalizer,
+    metrics: Metrics,
+    group: WorkerGroup | None,
 ) -> None:
     tokens = TokenCheck(
         [t.get_secret_value() for t in settings.auth_tokens], header=settings.auth_header
@@ -281,6 +294,7 @@ async def _serve_http(
         tokens=tokens,
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
+        group=group,
     )
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
@@ -296,14 +310,18 @@ async def _serve_http(
         (_Listener(_uvicorn_config(app, settings, http=hook_protocol, tls=_is_tcp(s))), s)
         for s in _bind(settings)
     ]
-    admin = None
+    admin: list[tuple[uvicorn.Server, socket.socket]] = []
     if settings.admin_port is not None:
-        admin_app = create_admin_app(pipeline=pipeline, metrics=metrics)
+        admin_app = create_admin_app(pipeline=pipeline, metrics=metrics, group=group)
         admin_config = _uvicorn_config(admin_app, settings, http=protocol, tls=False)
-        admin = (_Listener(admin_config), _bind_admin(settings))
+        admin.append((_Listener(admin_config), _bind_admin(settings)))
+    if group is not None:
+        # Where the other workers ask this one for its own readiness and metrics only.
+        local_app = create_admin_app(pipeline=pipeline, metrics=metrics)
+        local_config = _uvicorn_config(local_app, settings, http=protocol, tls=False)
+        admin.append((_Listener(local_config), _unix_listener(group.socket(group.index), 0o600)))
     where = [_describe(sock, settings) for _, sock in hooks]
-    if admin is not None:
-        where.append(_describe(admin[1], settings, admin=True))
+    where += [_describe(sock, settings, admin=True) for _, sock in admin]
     log.info(
         "login-audit-bridge %s serving on %s with the %s sink",
         __version__,
@@ -315,6 +333,8 @@ async def _serve_http(
             await _run(hooks, admin)
     finally:
         _unlink_socket(settings.uds)
+        if group is not None:
+            _unlink_socket(group.socket(group.index))
 
 
 class _Listener(uvicorn.Server):
@@ -327,10 +347,10 @@ class _Listener(uvicorn.Server):
 
 async def _run(
     hooks: Sequence[tuple[uvicorn.Server, socket.socket]],
-    admin: tuple[uvicorn.Server, socket.socket] | None,
+    admin: Sequence[tuple[uvicorn.Server, socket.socket]],
 ) -> None:
-    """Serves until the hook listeners stop; the admin port stays up until they have drained."""
-    admin_task = asyncio.create_task(admin[0].serve(sockets=[admin[1]])) if admin else None
+    """Serves until the hook listeners stop; the admin listeners stay up until they have drained."""
+    admin_tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in admin]
     tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in hooks]
     try:
         await asyncio.gather(*tasks)
@@ -338,9 +358,9 @@ async def _run(
         for server, _ in hooks:  # if one listener failed, the others stop too
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
-        if admin is not None and admin_task is not None:
-            admin[0].should_exit = True
-            await admin_task
+        for server, _ in admin:
+            server.should_exit = True
+        await asyncio.gather(*admin_tasks)
 
 
 @contextlib.contextmanager
@@ -439,13 +459,18 @@ def _bind(settings: Settings) -> list[socket.socket]:
     tcp = _tcp_listener(settings.host, settings.port, reuse_port=settings.reuse_port)
     sockets = [tcp]
     if settings.uds is not None:
-        _unlink_socket(settings.uds)
-        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        unix.bind(str(settings.uds))
-        os.chmod(settings.uds, 0o660)  # the SFTPGo user reaches it through the group
-        unix.listen(2048)
-        sockets.append(unix)
+        # 0o660: the SFTPGo user reaches it through the group.
+        sockets.append(_unix_listener(settings.uds, 0o660))
     return sockets
+
+
+def _unix_listener(path: Path, mode: int) -> socket.socket:
+    _unlink_socket(path)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(path))
+    os.chmod(path, mode)
+    unix.listen(2048)
+    return unix
 
 
 def _bind_admin(settings: Settings) -> socket.socket:
@@ -470,7 +495,7 @@ def _is_tcp(sock: socket.socket) -> bool:
 
 def _describe(sock: socket.socket, settings: Settings, *, admin: bool = False) -> str:
     if not _is_tcp(sock):
-        return f"unix://{sock.getsockname()} (plain HTTP)"
+        return f"unix://{sock.getsockname()} ({'admin' if admin else 'plain HTTP'})"
     host, port = sock.getsockname()[:2]
     scheme = "https" if settings.tls_certfile is not None and not admin else "http"
     where = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"

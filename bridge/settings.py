@@ -64,13 +64,14 @@ class Settings(BaseSettings):
         None, description="Also listen on this Unix socket (for the hook shim on the same host)."
     )
     workers: int = Field(
-        1,
+        0,
         ge=0,
         le=256,
         description="Worker processes serving the one port (SO_REUSEPORT), each with its own "
         "data directory: the first uses data_dir and takes in the hook spool, the admin port "
-        "and the Unix socket; worker N uses data_dir/workers/N. 0: one per CPU the process "
-        "may use (CPU affinity and cgroup quota).",
+        "and the Unix socket; worker N uses data_dir/workers/N. /readyz and /metrics answer "
+        "for all of them. 0: one per CPU the process may use (CPU affinity and cgroup quota), "
+        "or one when port is 0.",
     )
     max_body_bytes: int = Field(
         65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted (413)."
@@ -403,7 +404,7 @@ def check_can_serve(settings: Settings) -> None:
     """
     if settings.sink == "memory":
         raise ConfigError("sink memory (BRIDGE_SINK) keeps nothing: it is for tests, not serve")
-    if settings.workers != 1 and settings.port == 0:
+    if settings.workers > 1 and settings.port == 0:
         raise ConfigError("workers (BRIDGE_WORKERS) share one port: set a port other than 0")
     authenticated = bool(settings.auth_tokens) or settings.tls_client_ca is not None
     if not authenticated and not is_loopback(settings.host) and not settings.allow_unauthenticated:

@@ -7,18 +7,24 @@ itself (an existing spool stays where it is) and is the only one that takes in t
 and listens on the admin port and the Unix socket; worker N uses ``data_dir/workers/N``.
 
 The parent only supervises: it forwards SIGTERM and SIGINT to every worker, stops the others
-when one exits on its own, and exits with the worst code of them.
+when one exits on its own, and exits with the worst code of them. It also makes a private
+directory for the workers' admin sockets, through which each worker's /metrics and /readyz
+answer for all of them (see bridge.workergroup).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bridge.settings import Settings
@@ -38,6 +44,17 @@ def usable_cpus() -> int:
     if quota != "max":
         cpus = min(cpus, math.ceil(int(quota) / int(period)))
     return max(1, cpus)
+
+
+def worker_count(settings: Settings) -> int:
+    """The workers ``serve`` runs: ``workers``, or for 0 (the default) one per usable CPU.
+
+    Port 0 asks the kernel for any free port, which each worker would get on its own: there,
+    the default is one worker (check_can_serve refuses more).
+    """
+    if settings.workers:
+        return settings.workers
+    return usable_cpus() if settings.port != 0 else 1
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
@@ -78,11 +95,39 @@ def spools_under(data_dir: Path) -> list[Path]:
     return found + sorted(workers, key=lambda p: int(p.parent.name))
 
 
-def stranded_spools(settings: Settings, workers: int) -> list[Path]:
-    """Spools of workers numbered ``workers`` or more: no worker of this run replays them."""
+def spool_holds_events(path: Path) -> bool:
+    """Whether a spool has events waiting to be sent (dead letters aside). One that cannot be
+    read counts as holding some: its own worker, not this glance, says what is wrong with it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
+    except sqlite3.Error:
+        return True
+    return bool(row[0])
+
+
+def workers_needed(settings: Settings, workers: int) -> int:
+    """``workers``, or more when the spool of a worker numbered ``workers`` or higher (left by a
+    run with more workers, or on a machine with more CPUs) still holds events: only a worker of
+    that number replays them, so it is started too. Empty ones are left alone."""
     own = settings.data_dir / "spool.sqlite3"
-    spools = (p for p in spools_under(settings.data_dir) if p != own)
-    return [p for p in spools if int(p.parent.name) >= workers]
+    holding = [
+        p
+        for p in spools_under(settings.data_dir)
+        if p != own and int(p.parent.name) >= workers and spool_holds_events(p)
+    ]
+    if not holding:
+        return workers
+    needed = 1 + max(int(p.parent.name) for p in holding)
+    log.warning(
+        "starting %d workers rather than %d: %s still hold(s) events that only the worker of "
+        "that number replays; once they are empty, the bridge starts %d again",
+        needed,
+        workers,
+        ", ".join(map(str, holding)),
+        workers,
+    )
+    return needed
 
 
 def _die_with_parent() -> None:
@@ -96,18 +141,20 @@ def supervise(settings: Settings, workers: int, serve_argv: list[str]) -> int:
 
     ``serve_argv``: the parent's ``serve`` arguments; each child gets them and its index.
     """
-    for spool in stranded_spools(settings, workers):
-        # Left by an earlier run with more workers: its events are replayed only by a worker of
-        # that number. Say so loudly rather than leave them unnoticed.
-        log.warning(
-            "%s belongs to no worker of this run (%d workers): events spooled there are not "
-            "replayed until the bridge runs with more workers again, or `login-audit-bridge "
-            "drain --data-dir %s` sends them",
-            spool,
-            workers,
-            settings.data_dir,
-        )
-    command = [sys.executable, "-m", "bridge", *serve_argv, "--workers", "1"]
+    # Private to this user: a worker's admin socket answers /readyz and /metrics for no token.
+    sockets = Path(tempfile.mkdtemp(prefix="login-audit-bridge-"))
+    command = [
+        sys.executable,
+        "-m",
+        "bridge",
+        *serve_argv,
+        "--workers",
+        "1",
+        "--worker-count",
+        str(workers),
+        "--worker-sockets",
+        str(sockets),
+    ]
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -151,4 +198,5 @@ def supervise(settings: Settings, workers: int, serve_argv: list[str]) -> int:
             # Stopped: a late SIGTERM must not end the exit as "killed" (see bridge.service).
             late = stopping and sig == signal.SIGTERM
             signal.signal(sig, signal.SIG_IGN if late else handler)
+        shutil.rmtree(sockets, ignore_errors=True)
     return max(1 if code < 0 else code for code in codes)

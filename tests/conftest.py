@@ -198,6 +198,9 @@ def bridge_factory(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
             "BRIDGE_DATA_DIR": str(data_dir),
             "BRIDGE_HOOK_SPOOL_INTERVAL_SECONDS": "0.2",
             "BRIDGE_LOG_LEVEL": "debug",
+            # One process, as most tests signal it and read its data directory; test_workers
+            # asks for more.
+            "BRIDGE_WORKERS": "1",
         }
         env.update({f"BRIDGE_{k.upper()}": v for k, v in settings.items()})
         bridge = BridgeProcess(

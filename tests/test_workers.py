@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import handoff
 from bridge.cli import Exit
+from bridge.codec import AvroCodec
+from bridge.durable_spool import DurableSpool
+from bridge.normalize import Normalizer
 from bridge.settings import load_settings
 from bridge.sinks.file import read_events
-from bridge.workers import usable_cpus, worker_settings
+from bridge.workers import usable_cpus, worker_count, worker_settings
 
-from conftest import BIN, BridgeProcess, post
+from conftest import BIN, BridgeProcess, encoded, post
 
 pytestmark = pytest.mark.slow
 
@@ -98,17 +108,122 @@ def test_serve_workers_2_answers_on_one_port_takes_in_the_hook_spool_once_and_st
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 
-def test_a_spool_no_worker_of_this_run_owns_is_named_in_a_warning(
+def spool_events(spool_path: Path, users: list[str]) -> None:
+    """Stores events in a spool as a bridge whose sink was down would have."""
+    normalizer = Normalizer()
+
+    async def store() -> None:
+        spool = DurableSpool(spool_path, AvroCodec(), max_bytes=10**8, max_events=1000)
+        await spool.open()
+        for user in users:
+            query = {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH"}
+            await spool.put(encoded(normalizer.sftpgo(query | {"status": "1"}, {"username": user})))
+        await spool.close()
+
+    asyncio.run(store())
+
+
+def test_a_spool_holding_events_beyond_the_worker_count_gets_its_worker_started(
     bridge_factory: Callable[..., BridgeProcess],
 ) -> None:
-    """After a run with 3 workers, a run with 2 leaves worker 2's spool alone: it must say so."""
+    """A run with 2 workers after one with 4 (or on a machine with fewer CPUs): worker 2's spool
+    still holds events, which only worker 2 replays, so worker 2 runs too; worker 3's spool is
+    empty and gets none."""
     bridge = bridge_factory(start=False, auth_tokens="test-token", workers="2")
-    orphan = bridge.data_dir / "workers" / "2" / "spool.sqlite3"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"")
+    holding = bridge.data_dir / "workers" / "2" / "spool.sqlite3"
+    holding.parent.mkdir(parents=True)
+    spool_events(holding, ["left-0", "left-1"])
+    empty = bridge.data_dir / "workers" / "3" / "spool.sqlite3"
+    empty.parent.mkdir(parents=True)
+    spool_events(empty, [])
     bridge.start()
+    assert bridge.process is not None
+    assert len(children_of(bridge.process.pid)) == 3
+    replayed = bridge.data_dir / "workers" / "2" / "events"
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(names(replayed)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(names(replayed)) == ["left-0", "left-1"]
     assert bridge.stop() == Exit.OK
-    assert f"{orphan} belongs to no worker of this run (2 workers)" in bridge.logs()
+    assert f"starting 3 workers rather than 2: {holding} still hold(s) events" in bridge.logs()
+    with sqlite3.connect(holding) as db:
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return int(reply.status), bytes(reply.read())
+    except urllib.error.HTTPError as reply:
+        return reply.code, reply.read()
+
+
+def received(exposition: bytes) -> dict[str, float]:
+    """login_audit_events_received_total per worker label."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition.decode()):
+        for sample in family.samples:
+            if sample.name == "login_audit_events_received_total":
+                worker = sample.labels["worker"]
+                counts[worker] = counts.get(worker, 0) + sample.value
+    return counts
+
+
+def test_with_2_workers_the_admin_port_answers_metrics_and_readiness_for_both(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    bridge = bridge_factory(auth_tokens="test-token", workers="2")
+    assert bridge.process is not None
+    first, second = bridge.data_dir / "events", bridge.data_dir / "workers" / "1" / "events"
+    sent = 0
+    deadline = time.monotonic() + WAIT_SECONDS
+    while sent < 20 or (not names(second) and sent < 1000 and time.monotonic() < deadline):
+        status, _, _ = post(f"{bridge.url}{HOOK}", json.dumps({"username": f"u{sent}"}).encode())
+        assert status == 200
+        sent += 1
+    status, body = get(f"{bridge.admin_url}/metrics")
+    assert status == 200
+    counts = received(body)
+    # Each worker's own count, labelled with its number, and together every event sent.
+    assert counts == {"0": len(names(first)), "1": len(names(second))}
+    assert sum(counts.values()) == sent
+    assert b'login_audit_worker_up{worker="1"} 1.0' in body
+    status, body = get(f"{bridge.admin_url}/readyz")
+    assert (status, json.loads(body)["workers"]) == (200, 2)
+
+    # A worker that cannot answer (stopped here) makes the group unready, and the scrape says
+    # which worker is missing instead of failing.
+    worker_1 = max(children_of(bridge.process.pid))
+    os.kill(worker_1, signal.SIGSTOP)
+    try:
+        status, body = get(f"{bridge.admin_url}/readyz")
+        assert status == 503
+        assert json.loads(body)["error"] == "worker_unreachable"
+        status, body = get(f"{bridge.admin_url}/metrics")
+        assert status == 200
+        assert b'login_audit_worker_up{worker="1"} 0.0' in body
+        assert set(received(body)) == {"0"}
+    finally:
+        os.kill(worker_1, signal.SIGCONT)
+    assert get(f"{bridge.admin_url}/readyz")[0] == 200
+    assert bridge.stop() == Exit.OK
+
+
+def test_by_default_serve_runs_one_worker_per_usable_cpu(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    bridge = bridge_factory(auth_tokens="test-token", workers="0")
+    assert bridge.process is not None
+    cpus = usable_cpus()
+    assert len(children_of(bridge.process.pid)) == (cpus if cpus > 1 else 0)
+    assert bridge.stop() == Exit.OK
+
+
+def test_the_default_worker_count_is_the_usable_cpus_or_one_on_port_0(tmp_path: Path) -> None:
+    assert load_settings(data_dir=tmp_path).workers == 0
+    assert worker_count(load_settings(data_dir=tmp_path, port=8080)) == usable_cpus()
+    assert worker_count(load_settings(data_dir=tmp_path, port=0)) == 1
+    assert worker_count(load_settings(data_dir=tmp_path, port=8080, workers=3)) == 3
 
 
 def test_each_worker_has_its_own_data_dir_and_only_the_first_the_admin_port(tmp_path: Path) -> None:

@@ -212,6 +212,13 @@ def test_data_dir_and_tmp_are_writable_volumes_on_the_read_only_root(render: Ren
     assert config_data(objects)["BRIDGE_HOST"] == "0.0.0.0"  # noqa: S104  (inside the pod)
 
 
+def test_each_pod_runs_one_worker_unless_bridge_workers_says_more(render: Render) -> None:
+    """The bridge alone defaults to one worker per CPU it may use; in a pod without a CPU limit
+    that would be the node's, so the chart pins the count and pods are what scales."""
+    assert config_data(render(ci("default")))["BRIDGE_WORKERS"] == "1"
+    assert config_data(render(ci("default"), sets={"bridge.workers": 4}))["BRIDGE_WORKERS"] == "4"
+
+
 def test_grace_period_exceeds_the_in_flight_timeout_plus_the_spool_drain(render: Render) -> None:
     objects = render(ci("default"))
     grace = workload(objects)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
