@@ -281,7 +281,7 @@ class Normalizer:
         user_record = {
             "uid": uid,
             "email_addr": _optional_text("email", kept.get("email"), flags, "user.email_addr"),
-            "groups": _groups(kept.get("groups", []), flags),
+            "groups": _groups(kept["groups"], flags) if "groups" in kept else [],
             "type_id": type_id,
             "type": type_caption,
             "name": UNKNOWN_USER if name is None else name,
@@ -318,7 +318,7 @@ class Normalizer:
         record["unmapped"] = unmapped
         record["status_code"] = status
         record["observables"] = _observables(ip, name)
-        return LoginEvent(record=record, source="sftpgo")
+        return LoginEvent(record, "sftpgo")
 
     # -- MediaWiki
 
@@ -358,7 +358,7 @@ class Normalizer:
                 "unmapped.mediawiki.entry_point", login.entry_point, MAX_NAME_CHARS
             )
         if login.message_params:
-            params = json.dumps(login.message_params, separators=(",", ":"), ensure_ascii=False)
+            params = _COMPACT_JSON.encode(login.message_params)
             unmapped["mediawiki.message_params"] = fit(
                 "unmapped.mediawiki.message_params", params, MAX_TEXT_CHARS
             )
@@ -403,7 +403,7 @@ class Normalizer:
         # is_mfa stays None: the hook does not say whether a second factor (OATHAuth) was asked.
         record["status_code"] = login.status
         record["observables"] = _observables(ip, name)
-        return LoginEvent(record=record, source="mediawiki")
+        return LoginEvent(record, "mediawiki")
 
     # -- PAM (the hook's --pam mode; the mapping is bridge.pam's)
 
@@ -427,8 +427,10 @@ class Normalizer:
         """
         if candidate is None:
             return self._new_id()
-        if isinstance(candidate, str) and _EVENT_ID.fullmatch(candidate.lower()):
-            return candidate.lower()
+        if isinstance(candidate, str):
+            canonical = candidate.lower()
+            if _EVENT_ID.fullmatch(canonical):
+                return canonical
         log.warning(
             "ignored %s %s: not a canonical UUID4; the event gets a fresh id",
             EVENT_ID_HEADER,
@@ -507,6 +509,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# json.dumps() with any option builds a new encoder per call (a quarter of a MediaWiki event).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 # One decoder for every body: json.loads() with any option builds a new decoder and scanner per
 # call (1 % of a worker's CPU).
 _JSON = json.JSONDecoder(parse_constant=_reject_constant)

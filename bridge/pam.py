@@ -129,7 +129,7 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
     record["status_code"] = result
     record["observables"] = n._observables(ip, name)
     record["actor"] = {"user": {"name": requester, "uid": None}} if requester else None
-    return LoginEvent(record=record, source="pam")
+    return LoginEvent(record, "pam")
 
 
 def _texts(facts: Mapping[str, object], invalid: type[Exception]) -> dict[str, str]:
