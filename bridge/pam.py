@@ -84,7 +84,9 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
     name = flags.fit("user.name", text.get("user") or "", n.MAX_NAME_CHARS) or None
     requester = flags.fit("actor.user.name", text.get("ruser") or "", n.MAX_NAME_CHARS) or None
     rhost = text.get("rhost") or ""
-    ip, zone = n._ip(rhost, flags) if _is_ip(rhost) else (None, None)
+    # An address (its check cached: the same hosts log in again), or a host name, or nothing.
+    is_ip = n._address_version(rhost.partition("%")[0]) is not None
+    ip, zone = n._ip(rhost, flags) if is_ip else (None, None)
     method = text.get("auth_method") or None
     if method is not None and not n._is_token(method):
         raise InvalidField("auth_method", "must be 1-64 letters, digits or _.+-")
@@ -143,12 +145,6 @@ def _texts(facts: Mapping[str, object], invalid: type[Exception]) -> dict[str, s
             raise invalid(key, "must be a string")
         text[key] = value
     return text
-
-
-def _is_ip(value: str) -> bool:
-    from bridge.normalize import _address_version  # cached: the same hosts log in again
-
-    return _address_version(value.partition("%")[0]) is not None
 
 
 def _logon_type(service: str, rhost: str) -> tuple[int, str]:
