@@ -615,11 +615,20 @@ def _ip(value: str | None, flags: _Flags) -> tuple[str, str | None]:
     return f"{address}%{clean}", None
 
 
-@functools.lru_cache(maxsize=4096)
 def _address_version(address: str) -> int | None:
-    """4 or 6; None if not an address. Cached: the same clients log in again and again, and
-    ipaddress parses in Python (4 % of a worker's CPU). A miss (an address never seen) costs
-    what it did before."""
+    """4 or 6; None if not an address."""
+    # Longer text is no address and is not kept in the cache: the sender chooses its length.
+    return _parsed_address_version(address) if len(address) <= _MAX_ADDRESS_CHARS else None
+
+
+# The longest address ipaddress takes: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".
+_MAX_ADDRESS_CHARS = 45
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_address_version(address: str) -> int | None:
+    """Cached: the same clients log in again and again, and ipaddress parses in Python (4 % of a
+    worker's CPU). A miss (an address never seen) costs what it did before."""
     try:
         return ipaddress.ip_address(address).version
     except ValueError:
@@ -634,9 +643,17 @@ def _token(field: str, value: str | None) -> str:
     return value
 
 
+_MAX_TOKEN_CHARS = 64  # as _TOKEN says
+
+
+def _is_token(value: str) -> bool:
+    # Longer text is no token and is not kept in the cache: the sender chooses its length.
+    return len(value) <= _MAX_TOKEN_CHARS and _is_short_token(value)
+
+
 # Few distinct values (protocols, methods) on every event: a cached answer beats the regex.
 @functools.lru_cache(maxsize=256)
-def _is_token(value: str) -> bool:
+def _is_short_token(value: str) -> bool:
     return _TOKEN.fullmatch(value) is not None
 
 
