@@ -13,7 +13,13 @@ from bridge.codec import AvroCodec
 from bridge.errors import InputError, InvalidField, MalformedInput
 from bridge.event import UNKNOWN_USER
 from bridge.mediawiki import parse_mediawiki
-from bridge.normalize import _EVENT_ID, Normalizer, RandomIds
+from bridge.normalize import (
+    _EVENT_ID,
+    Normalizer,
+    RandomIds,
+    _is_short_token,
+    _parsed_address_version,
+)
 
 from conftest import (
     mediawiki_observations,
@@ -556,3 +562,19 @@ def test_events_share_no_mutable_object_so_changing_one_record_changes_no_other(
         _scribble_on(record)
     assert json.dumps(second) == pristine
     assert json.dumps(_events_of_every_source(normalizer)) == pristine
+
+
+def test_long_text_from_a_sender_never_enters_the_address_or_token_caches() -> None:
+    """The checks of addresses and tokens are cached (the same ones come again and again), but
+    text longer than any address or token is refused without the cache: a sender cannot fill
+    it with large strings."""
+    usual = {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": "1"}
+    Normalizer().sftpgo(usual, {})  # what the cache may hold, in it before counting
+    before = (_parsed_address_version.cache_info().currsize, _is_short_token.cache_info().currsize)
+    long_ip = usual | {"ip": "1" * 10_000}
+    long_token = usual | {"login_method": "p" * 10_000}
+    for query in (long_ip, long_token):
+        with pytest.raises(InvalidField):
+            Normalizer().sftpgo(query, {})
+    after = (_parsed_address_version.cache_info().currsize, _is_short_token.cache_info().currsize)
+    assert after == before
