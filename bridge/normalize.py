@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -141,14 +142,17 @@ _OUTCOME = {
 _IMMUTABLE = (int, str, type(None))
 
 
-def _templates(**constant: Any) -> dict[bool, dict[str, Any]]:
-    """A source's record templates by outcome (True: success), with its ``constant`` fields."""
+def _templates(**constant: Any) -> dict[bool, MappingProxyType[str, Any]]:
+    """A source's record templates by outcome (True: success), with its ``constant`` fields.
+
+    Read-only: an event's record is ``template.copy()``, a dict of its own.
+    """
     unknown = constant.keys() - _RECORD.keys()
     if unknown:
         raise ValueError(f"not a record field: {sorted(unknown)}")
     if not all(isinstance(value, _IMMUTABLE) for value in constant.values()):
         raise ValueError("a template holds only immutable values")
-    return {ok: {**_RECORD, **_OUTCOME[ok], **constant} for ok in (True, False)}
+    return {ok: MappingProxyType({**_RECORD, **_OUTCOME[ok], **constant}) for ok in (True, False)}
 
 
 _MEDIAWIKI_RECORDS = _templates(auth_protocol_id=AUTH_PROTOCOL_OTHER)
@@ -721,7 +725,7 @@ class _SftpgoMethod:
 
     name: str  # the method as recorded: today's spelling
     no_attempt: bool  # the client never tried to authenticate
-    records: dict[bool, dict[str, Any]]  # record templates by outcome
+    records: dict[bool, MappingProxyType[str, Any]]  # record templates by outcome
 
 
 # A handful of methods in practice; bounded all the same, as the sender chooses the text.
