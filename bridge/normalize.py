@@ -20,6 +20,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -88,7 +90,11 @@ _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 TRUNCATED = "truncated"
 SANITIZED = "sanitized"
 
-_CONSTANT_FIELDS: dict[str, Any] = {
+# Every field of a record, in the schema's order (the JSON rendering keeps it), with what no login
+# changes: OCSF's class, category, activity and type. Each source derives its templates from it
+# (:func:`_templates`); an event copies one and sets only its own fields. A copy is cheaper than
+# building 32 fields anew, and the order lives in one place.
+_RECORD: dict[str, Any] = {
     "class_uid": 3002,
     "class_name": "Authentication",
     "category_uid": 3,
@@ -98,7 +104,60 @@ _CONSTANT_FIELDS: dict[str, Any] = {
     "type_uid": 300201,
     "type_name": "Authentication: Logon",
     "timezone_offset": 0,
+    "time": None,
+    "severity_id": None,
+    "severity": None,
+    "status_id": None,
+    "status": None,
+    "status_detail": None,
+    "message": None,
+    "user": None,
+    "src_endpoint": None,
+    "dst_endpoint": None,
+    "service": None,
+    "auth_protocol_id": None,
+    "auth_protocol": None,
+    "logon_type_id": LOGON_NETWORK[0],
+    "logon_type": LOGON_NETWORK[1],
+    "is_remote": True,
+    "http_request": None,
+    "metadata": None,
+    "unmapped": None,
+    "is_mfa": None,
+    "status_code": None,
+    "observables": None,
+    "actor": None,  # who asked for the login, when not the user (PAM's sudo and su)
 }
+_OUTCOME = {
+    True: {
+        "severity_id": 1,
+        "severity": "Informational",
+        "status_id": STATUS_SUCCESS,
+        "status": "Success",
+    },
+    False: {"severity_id": 2, "severity": "Low", "status_id": STATUS_FAILURE, "status": "Failure"},
+}
+# What a template may hold: values no event can change in place. A dict or a list in a template
+# would be one object shared by every event made from it.
+_IMMUTABLE = (int, str, type(None))
+
+
+def _templates(**constant: Any) -> dict[bool, MappingProxyType[str, Any]]:
+    """A source's record templates by outcome (True: success), with its ``constant`` fields.
+
+    Read-only: an event's record is ``template.copy()``, a dict of its own.
+    """
+    unknown = constant.keys() - _RECORD.keys()
+    if unknown:
+        raise ValueError(f"not a record field: {sorted(unknown)}")
+    if not all(isinstance(value, _IMMUTABLE) for value in constant.values()):
+        raise ValueError("a template holds only immutable values")
+    return {ok: MappingProxyType({**_RECORD, **_OUTCOME[ok], **constant}) for ok in (True, False)}
+
+
+_MEDIAWIKI_RECORDS = _templates(auth_protocol_id=AUTH_PROTOCOL_OTHER)
+# PAM's events are built by bridge.pam, on this layout.
+_PAM_RECORDS = _templates()
 
 
 def now_ms() -> int:
@@ -106,31 +165,57 @@ def now_ms() -> int:
 
 
 # uuid.uuid4() reads 16 bytes with a getrandom() syscall per event: read them 256 ids at a time.
-_ID_POOL_BYTES = 16 * 256
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version nibble and variant bits
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+_IDS_PER_READ = 256
+
+
+def _repeated(width: int, value: int) -> int:
+    """``value`` as ``width`` bytes, once per id of a read, as one integer."""
+    return int.from_bytes(value.to_bytes(width) * _IDS_PER_READ)
+
+
+# The masks of a UUID's third group (the version: 4) and fourth (the RFC 4122 variant), over
+# the groups of a whole read: one big-integer operation marks all 256 ids.
+_VERSION_CLEAR, _VERSION_SET = _repeated(2, 0x0FFF), _repeated(2, 0x4000)
+_VARIANT_CLEAR, _VARIANT_SET = _repeated(2, 0x3FFF), _repeated(2, 0x8000)
 
 
 class RandomIds:
     """Random (version 4) UUIDs in canonical form, as ``str(uuid.uuid4())`` gives them, from
-    the same OS randomness, read in bulk. A forked child starts from fresh bytes."""
+    the same OS randomness, read and formatted in bulk. A forked child starts from fresh bytes."""
 
     def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
+        self._ids: list[str] = []
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
-        self._pool, self._at = b"", 0
+        self._ids = []
 
     def __call__(self) -> str:
-        at = self._at
-        if at >= len(self._pool):
-            self._pool, at = os.urandom(_ID_POOL_BYTES), 0
-        self._at = at + 16
-        value = int.from_bytes(self._pool[at : at + 16]) & _UUID4_CLEAR | _UUID4_SET
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        try:
+            return self._ids.pop()
+        except IndexError:  # once every _IDS_PER_READ ids
+            self._ids = _read_ids()
+            return self._ids.pop()
+
+
+def _read_ids() -> list[str]:
+    """_IDS_PER_READ fresh ids, from one read of OS randomness.
+
+    Formatted a group at a time rather than an id at a time: each of the five groups
+    (8-4-4-4-12 hex digits) of all the ids is one slice of the read, hexed and split in C.
+    """
+    n = _IDS_PER_READ
+    raw = os.urandom(16 * n)
+    version = int.from_bytes(raw[6 * n : 8 * n]) & _VERSION_CLEAR | _VERSION_SET
+    variant = int.from_bytes(raw[8 * n : 10 * n]) & _VARIANT_CLEAR | _VARIANT_SET
+    groups = (
+        raw[: 4 * n].hex(" ", 4),
+        raw[4 * n : 6 * n].hex(" ", 2),
+        version.to_bytes(2 * n).hex(" ", 2),
+        variant.to_bytes(2 * n).hex(" ", 2),
+        raw[10 * n :].hex(" ", 6),
+    )
+    return list(map("-".join, zip(*(group.split() for group in groups), strict=True)))
 
 
 class _Flags:
@@ -144,6 +229,8 @@ class _Flags:
 
     def fit(self, path: str, value: str, limit: int) -> str:
         """``value`` cut to ``limit`` characters, lone surrogates replaced; noted if changed."""
+        if value.isascii() and len(value) <= limit:  # most text; isascii() reads a flag
+            return value
         if len(value) > limit:
             self.truncated.append(path)
             value = value[:limit]
@@ -176,6 +263,8 @@ class Normalizer:
     ) -> None:
         self.sftpgo_user_fields = tuple(sftpgo_user_fields)
         self._user_reader = UserFieldsReader((*ALWAYS_KEPT, *self.sftpgo_user_fields))
+        # Whether an allow-listed field goes to unmapped (see _user_extras).
+        self._user_extras = any(f not in _USER_FIELDS_HOMED for f in self.sftpgo_user_fields)
         self._clock = clock
         self._new_id = new_id if new_id is not None else RandomIds()
 
@@ -199,14 +288,11 @@ class Normalizer:
         received = self._clock() if received_ms is None else received_ms
         flags = _Flags()
         ip, zone = _ip(query.get("ip"), flags)
-        method = _token("login_method", query.get("login_method"))
+        method = _sftpgo_method(_token("login_method", query.get("login_method")))
         protocol = _token("protocol", query.get("protocol"))
-        ok = _sftpgo_status(query.get("status"))
-        if method == LEGACY_NO_AUTH_TRIED:
-            method = NO_AUTH_TRIED
-        no_attempt = method == NO_AUTH_TRIED
-        if no_attempt:
-            ok = False  # a client that never tried to authenticate cannot have logged in
+        status = query.get("status")
+        # A client that never tried to authenticate cannot have logged in.
+        ok = _sftpgo_status(status) and not method.no_attempt
         kept = project_user(user, self.sftpgo_user_fields)
         name = _optional_text("username", kept.get("username"), flags, "user.name")
         uid = _positive_id(kept.get("id"))
@@ -214,46 +300,44 @@ class Normalizer:
         user_record = {
             "uid": uid,
             "email_addr": _optional_text("email", kept.get("email"), flags, "user.email_addr"),
-            "groups": _groups(kept.get("groups", []), flags),
+            "groups": _groups(kept["groups"], flags) if "groups" in kept else [],
             "type_id": type_id,
             "type": type_caption,
+            "name": UNKNOWN_USER if name is None else name,
         }
-        unmapped = {"sftpgo.login_method": method}
-        unmapped.update(_extra_params(query, flags))
-        unmapped.update(_user_extras(kept, flags))
+        unmapped = {"sftpgo.login_method": method.name}
+        if len(query) > len(HOOK_FIELDS):  # all four are there (checked above): more are extras
+            unmapped.update(_extra_params(query, flags))
+        if self._user_extras:
+            unmapped.update(_user_extras(kept, flags))
         flags.note(unmapped)
-        if no_attempt:
+        if method.no_attempt:
             message = (
                 f"SFTPGo {protocol} connection from {ip} closed before any authentication attempt"
             )
         else:
             outcome = "succeeded" if ok else "failed"
-            message = f"SFTPGo {protocol} login {outcome} for {_who(name)} from {ip} ({method})"
-        auth_protocol_id = _auth_protocol_id(method)
-        record = _record(
-            event_id=self._event_id(event_id),
-            time_ms=received,
-            received_ms=received,
-            ok=ok,
-            status_detail=NO_AUTH_TRIED if no_attempt else None,
-            message=message,
-            user_name=name,
-            user=user_record,
-            ip=ip,
-            zone=zone,
-            dst_endpoint={"svc_name": protocol, "hostname": None, "ip": None, "port": None},
-            service={"name": "SFTPGo", "uid": None, "version": None},
-            product={"name": "SFTPGo", "vendor_name": "SFTPGo", "version": None},
-            auth_protocol_id=auth_protocol_id,
-            auth_protocol=_AUTH_PROTOCOL_CAPTIONS.get(auth_protocol_id, method),
-            http_request=None,
-            correlation_uid=None,
-            original_time=None,
-            is_mfa=_sftpgo_is_mfa(method),
-            status_code=query["status"],
-            unmapped=unmapped,
+            message = (
+                f"SFTPGo {protocol} login {outcome} for {_who(name)} from {ip} ({method.name})"
+            )
+        record = method.records[ok].copy()
+        record["time"] = received
+        record["message"] = message
+        record["user"] = user_record
+        record["src_endpoint"] = {"ip": ip, "interface_name": zone}
+        record["dst_endpoint"] = {"svc_name": protocol, "hostname": None, "ip": None, "port": None}
+        record["service"] = {"name": "SFTPGo", "uid": None, "version": None}
+        record["metadata"] = _metadata(
+            self._event_id(event_id),
+            received,
+            None,
+            {"name": "SFTPGo", "vendor_name": "SFTPGo", "version": None},
+            None,
         )
-        return LoginEvent(record=record, source="sftpgo")
+        record["unmapped"] = unmapped
+        record["status_code"] = status
+        record["observables"] = _observables(ip, name)
+        return LoginEvent(record, "sftpgo")
 
     # -- MediaWiki
 
@@ -261,8 +345,9 @@ class Normalizer:
         """``event_id``: the id the extension fixed, kept as ``metadata.uid``."""
         ok = login.status == "PASS"
         flags = _Flags()
+        fit = flags.fit
         ip, zone = _ip(login.ip, flags) if login.ip else (None, None)
-        raw_name = flags.fit("unmapped.mediawiki.raw_username", login.username, MAX_NAME_CHARS)
+        raw_name = fit("unmapped.mediawiki.raw_username", login.username, MAX_NAME_CHARS)
         name = _optional_text(
             "username",
             login.canonical_username if ok and login.canonical_username else login.username,
@@ -272,74 +357,72 @@ class Normalizer:
         uid = str(login.user.id) if login.user is not None and login.user.id > 0 else None
         type_id, type_caption = USER_TYPE_USER if uid is not None else USER_TYPE_UNKNOWN
         # X-Request-Id when the wiki accepts it from clients: any text, even "".
-        request_id = flags.fit("http_request.uid", login.request_id, MAX_REQUEST_ID_CHARS) or None
+        request_id = fit("http_request.uid", login.request_id, MAX_REQUEST_ID_CHARS) or None
         user_agent = flags.fit_optional("http_request.user_agent", login.user_agent, MAX_TEXT_CHARS)
-        version = flags.fit("service.version", login.mw_version, MAX_VERSION_CHARS)
+        version = fit("service.version", login.mw_version, MAX_VERSION_CHARS)
         unmapped = {
             "mediawiki.raw_username": raw_name,
             "mediawiki.invocation": str(login.invocation),
         }
-        optional = {
-            "mediawiki.app_id": login.app_id,
-            "mediawiki.performer": login.performer,
-            "mediawiki.entry_point": login.entry_point,
-        }
-        for key, value in optional.items():
-            if value is not None:
-                unmapped[key] = flags.fit(f"unmapped.{key}", value, MAX_NAME_CHARS)
+        if login.app_id is not None:
+            unmapped["mediawiki.app_id"] = fit(
+                "unmapped.mediawiki.app_id", login.app_id, MAX_NAME_CHARS
+            )
+        if login.performer is not None:
+            unmapped["mediawiki.performer"] = fit(
+                "unmapped.mediawiki.performer", login.performer, MAX_NAME_CHARS
+            )
+        if login.entry_point is not None:
+            unmapped["mediawiki.entry_point"] = fit(
+                "unmapped.mediawiki.entry_point", login.entry_point, MAX_NAME_CHARS
+            )
         if login.message_params:
-            params = json.dumps(login.message_params, separators=(",", ":"), ensure_ascii=False)
-            unmapped["mediawiki.message_params"] = flags.fit(
+            params = _COMPACT_JSON.encode(login.message_params)
+            unmapped["mediawiki.message_params"] = fit(
                 "unmapped.mediawiki.message_params", params, MAX_TEXT_CHARS
             )
         message_key = flags.fit_optional("status_detail", login.message_key, MAX_NAME_CHARS)
-        wiki_id = flags.fit("service.uid", login.wiki_id, MAX_NAME_CHARS)
+        wiki_id = fit("service.uid", login.wiki_id, MAX_NAME_CHARS)
         dst_endpoint = _mediawiki_server(login.server, flags)
         if login.server and dst_endpoint["hostname"] is None and dst_endpoint["ip"] is None:
-            unmapped["mediawiki.server"] = flags.fit(
+            unmapped["mediawiki.server"] = fit(
                 "unmapped.mediawiki.server", login.server, MAX_NAME_CHARS
             )
         flags.note(unmapped)
-        record = _record(
-            event_id=self._event_id(event_id),
-            time_ms=login.time,
-            received_ms=self._clock(),
-            ok=ok,
-            status_detail=message_key,
-            message=(
-                f"MediaWiki login {'succeeded' if ok else 'failed'} for {_who(name)}"
-                f" from {ip or 'an unknown address'}"
-                + ("" if ok or not message_key else f" ({message_key})")
-            ),
-            user_name=name,
-            user={
-                "uid": uid,
-                "email_addr": None,
-                "groups": [],
-                "type_id": type_id,
-                "type": type_caption,
-            },
-            ip=ip,
-            zone=zone,
-            dst_endpoint=dst_endpoint,
-            service={"name": "MediaWiki", "uid": wiki_id, "version": version},
-            product={
-                "name": "MediaWiki",
-                "vendor_name": "Wikimedia Foundation",
-                "version": version,
-            },
-            auth_protocol_id=AUTH_PROTOCOL_OTHER,
-            auth_protocol="bot-password"
-            if login.app_id or _BOT_PASSWORD_SEPARATOR in login.username
-            else "password",
-            http_request={"user_agent": user_agent, "uid": request_id},
-            correlation_uid=request_id,
-            original_time=str(login.time),
-            is_mfa=None,  # the hook does not say whether a second factor (OATHAuth) was asked
-            status_code=login.status,
-            unmapped=unmapped,
+        record = _MEDIAWIKI_RECORDS[ok].copy()
+        record["time"] = login.time
+        record["status_detail"] = message_key
+        record["message"] = (
+            f"MediaWiki login {'succeeded' if ok else 'failed'} for {_who(name)}"
+            f" from {ip or 'an unknown address'}"
+            + ("" if ok or not message_key else f" ({message_key})")
         )
-        return LoginEvent(record=record, source="mediawiki")
+        record["user"] = {
+            "uid": uid,
+            "email_addr": None,
+            "groups": [],
+            "type_id": type_id,
+            "type": type_caption,
+            "name": UNKNOWN_USER if name is None else name,
+        }
+        record["src_endpoint"] = {"ip": ip, "interface_name": zone}
+        record["dst_endpoint"] = dst_endpoint
+        record["service"] = {"name": "MediaWiki", "uid": wiki_id, "version": version}
+        bot = login.app_id or _BOT_PASSWORD_SEPARATOR in login.username
+        record["auth_protocol"] = "bot-password" if bot else "password"
+        record["http_request"] = {"user_agent": user_agent, "uid": request_id}
+        record["metadata"] = _metadata(
+            self._event_id(event_id),
+            self._clock(),
+            request_id,
+            {"name": "MediaWiki", "vendor_name": "Wikimedia Foundation", "version": version},
+            str(login.time),
+        )
+        record["unmapped"] = unmapped
+        # is_mfa stays None: the hook does not say whether a second factor (OATHAuth) was asked.
+        record["status_code"] = login.status
+        record["observables"] = _observables(ip, name)
+        return LoginEvent(record, "mediawiki")
 
     # -- PAM (the hook's --pam mode; the mapping is bridge.pam's)
 
@@ -363,8 +446,10 @@ class Normalizer:
         """
         if candidate is None:
             return self._new_id()
-        if isinstance(candidate, str) and _EVENT_ID.fullmatch(candidate.lower()):
-            return candidate.lower()
+        if isinstance(candidate, str):
+            canonical = candidate.lower()
+            if _EVENT_ID.fullmatch(canonical):
+                return canonical
         log.warning(
             "ignored %s %s: not a canonical UUID4; the event gets a fresh id",
             EVENT_ID_HEADER,
@@ -443,6 +528,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# json.dumps() with any option builds a new encoder per call (a quarter of a MediaWiki event).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 # One decoder for every body: json.loads() with any option builds a new decoder and scanner per
 # call (1 % of a worker's CPU).
 _JSON = json.JSONDecoder(parse_constant=_reject_constant)
@@ -452,71 +539,47 @@ def _short(exc: BaseException) -> str:
     return str(exc)[:200] if not isinstance(exc, RecursionError) else "nested too deeply"
 
 
-def _record(
-    *,
+def _metadata(
     event_id: str,
-    time_ms: int,
-    received_ms: int,
-    ok: bool,
-    status_detail: str | None,
-    message: str,
-    user_name: str | None,
-    user: dict[str, Any],
-    ip: str | None,
-    zone: str | None,
-    dst_endpoint: dict[str, Any],
-    service: dict[str, Any],
-    product: dict[str, Any],
-    auth_protocol_id: int,
-    auth_protocol: str | None,
-    http_request: dict[str, Any] | None,
+    logged_ms: int,
     correlation_uid: str | None,
+    product: dict[str, Any],
     original_time: str | None,
-    is_mfa: bool | None,
-    status_code: str,
-    unmapped: dict[str, str],
-    logon_type: tuple[int, str] = LOGON_NETWORK,
-    actor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    observables = [] if ip is None else [_observable("src_endpoint.ip", OBSERVABLE_IP, ip)]
-    if user_name is not None:
-        observables.append(_observable("user.name", OBSERVABLE_USER_NAME, user_name))
-    user["name"] = UNKNOWN_USER if user_name is None else user_name
     return {
-        **_CONSTANT_FIELDS,
-        "time": time_ms,
-        "severity_id": 1 if ok else 2,
-        "severity": "Informational" if ok else "Low",
-        "status_id": STATUS_SUCCESS if ok else STATUS_FAILURE,
-        "status": "Success" if ok else "Failure",
-        "status_detail": status_detail,
-        "message": message,
-        "user": user,
-        "src_endpoint": {"ip": ip, "interface_name": zone},
-        "dst_endpoint": dst_endpoint,
-        "service": service,
-        "auth_protocol_id": auth_protocol_id,
-        "auth_protocol": auth_protocol,
-        "logon_type_id": logon_type[0],
-        "logon_type": logon_type[1],
-        "is_remote": logon_type == LOGON_NETWORK,
-        "http_request": http_request,
-        "metadata": {
-            "uid": event_id,
-            "version": OCSF_VERSION,
-            "log_name": LOG_NAME,
-            "logged_time": received_ms,
-            "correlation_uid": correlation_uid,
-            "product": product,
-            "profiles": [],
-            "original_time": original_time,
-        },
-        "unmapped": unmapped,
-        "is_mfa": is_mfa,
-        "status_code": status_code,
-        "observables": observables,
-        "actor": actor,  # who asked for the login, when not the user (PAM's sudo and su)
+        "uid": event_id,
+        "version": OCSF_VERSION,
+        "log_name": LOG_NAME,
+        "logged_time": logged_ms,
+        "correlation_uid": correlation_uid,
+        "product": product,
+        "profiles": [],
+        "original_time": original_time,
     }
+
+
+def _observables(ip: str | None, user_name: str | None) -> list[dict[str, Any]]:
+    """The address and the source-given user name (never UNKNOWN_USER), as OCSF observables."""
+    observables = []
+    if ip is not None:
+        observables.append(
+            {
+                "name": "src_endpoint.ip",
+                "type_id": OBSERVABLE_IP[0],
+                "type": OBSERVABLE_IP[1],
+                "value": ip,
+            }
+        )
+    if user_name is not None:
+        observables.append(
+            {
+                "name": "user.name",
+                "type_id": OBSERVABLE_USER_NAME[0],
+                "type": OBSERVABLE_USER_NAME[1],
+                "value": user_name,
+            }
+        )
+    return observables
 
 
 def _sftpgo_status(value: str | None) -> bool:
@@ -538,10 +601,9 @@ def _ip(value: str | None, flags: _Flags) -> tuple[str, str | None]:
     if not value:
         raise InvalidField("ip", "is missing")
     address, percent, zone = value.partition("%")
-    try:
-        version = _ip_version(address)
-    except ValueError:
-        raise InvalidField("ip", "is not an IPv4 or IPv6 address") from None
+    version = _address_version(address)
+    if version is None:
+        raise InvalidField("ip", "is not an IPv4 or IPv6 address")
     if not percent:
         return value, None
     if version != 6:
@@ -557,20 +619,46 @@ def _ip(value: str | None, flags: _Flags) -> tuple[str, str | None]:
     return f"{address}%{clean}", None
 
 
+def _address_version(address: str) -> int | None:
+    """4 or 6; None if not an address."""
+    # Longer text is no address and is not kept in the cache: the sender chooses its length.
+    return _parsed_address_version(address) if len(address) <= _MAX_ADDRESS_CHARS else None
+
+
+# The longest address ipaddress takes: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".
+_MAX_ADDRESS_CHARS = 45
+
+
 @functools.lru_cache(maxsize=4096)
-def _ip_version(address: str) -> int:
-    """4 or 6; ValueError if not an address. Cached: the same clients log in again and again,
-    and ipaddress parses in Python (4 % of a worker's CPU). A miss (an address never seen, or
-    no address at all) costs what it did before."""
-    return ipaddress.ip_address(address).version
+def _parsed_address_version(address: str) -> int | None:
+    """Cached: the same clients log in again and again, and ipaddress parses in Python (4 % of a
+    worker's CPU). A miss (an address never seen) costs what it did before."""
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return None  # kept too: PAM asks about host names (PAM_RHOST) at every login
 
 
 def _token(field: str, value: str | None) -> str:
     if not value:
         raise InvalidField(field, "is missing")
-    if not _TOKEN.fullmatch(value):
+    if len(value) > _MAX_TOKEN_CHARS or not _is_short_token(value):  # _is_token, one call less
         raise InvalidField(field, "must be 1-64 letters, digits or _.+-")
     return value
+
+
+_MAX_TOKEN_CHARS = 64  # as _TOKEN says
+
+
+def _is_token(value: str) -> bool:
+    # Longer text is no token and is not kept in the cache: the sender chooses its length.
+    return len(value) <= _MAX_TOKEN_CHARS and _is_short_token(value)
+
+
+# Few distinct values (protocols, methods) on every event: a cached answer beats the regex.
+@functools.lru_cache(maxsize=256)
+def _is_short_token(value: str) -> bool:
+    return _TOKEN.fullmatch(value) is not None
 
 
 def _optional_text(field: str, value: Any, flags: _Flags, path: str) -> str | None:
@@ -615,11 +703,15 @@ def _extra_params(query: Mapping[str, str], flags: _Flags) -> dict[str, str]:
     return kept
 
 
+# The user fields with a home in the record (user.name, uid, email_addr, groups).
+_USER_FIELDS_HOMED = frozenset(("username", "id", "email", "groups"))
+
+
 def _user_extras(kept: Mapping[str, Any], flags: _Flags) -> dict[str, str]:
     """Allow-listed user fields without an OCSF home go to unmapped as sftpgo.user.<field>."""
     extras: dict[str, str] = {}
     for field, value in kept.items():
-        if field in ("username", "id", "email", "groups"):
+        if field in _USER_FIELDS_HOMED:
             continue
         text = value if isinstance(value, str) else json.dumps(value)
         name = f"sftpgo.user.{field}"
@@ -627,24 +719,41 @@ def _user_extras(kept: Mapping[str, Any], flags: _Flags) -> dict[str, str]:
     return extras
 
 
-def _sftpgo_is_mfa(method: str) -> bool | None:
+@dataclass(frozen=True, slots=True)
+class _SftpgoMethod:
+    """What an SFTPGo login method says about every login made with it."""
+
+    name: str  # the method as recorded: today's spelling
+    no_attempt: bool  # the client never tried to authenticate
+    records: dict[bool, MappingProxyType[str, Any]]  # record templates by outcome
+
+
+# A handful of methods in practice; bounded all the same, as the sender chooses the text.
+@functools.lru_cache(maxsize=64)
+def _sftpgo_method(method: str) -> _SftpgoMethod:
+    """The method's facts and record templates, once per method (``method`` is a token)."""
+    if method == LEGACY_NO_AUTH_TRIED:
+        method = NO_AUTH_TRIED
+    no_attempt = method == NO_AUTH_TRIED
+    if no_attempt:
+        auth_protocol_id = AUTH_PROTOCOL_UNKNOWN
+    elif method == "IDP":
+        auth_protocol_id = AUTH_PROTOCOL_OPENID
+    else:
+        auth_protocol_id = AUTH_PROTOCOL_OTHER
     if "+" in method:
-        return True
-    if method in _SFTPGO_SINGLE_FACTOR:
-        return False
-    return None  # keyboard-interactive, IDP, or a method SFTPGo adds later
-
-
-def _observable(name: str, kind: tuple[int, str], value: str) -> dict[str, Any]:
-    return {"name": name, "type_id": kind[0], "type": kind[1], "value": value}
-
-
-def _auth_protocol_id(method: str) -> int:
-    if method == NO_AUTH_TRIED:
-        return AUTH_PROTOCOL_UNKNOWN
-    if method == "IDP":
-        return AUTH_PROTOCOL_OPENID
-    return AUTH_PROTOCOL_OTHER
+        is_mfa: bool | None = True
+    elif method in _SFTPGO_SINGLE_FACTOR:
+        is_mfa = False
+    else:
+        is_mfa = None  # keyboard-interactive, IDP, or a method SFTPGo adds later
+    records = _templates(
+        status_detail=NO_AUTH_TRIED if no_attempt else None,
+        auth_protocol_id=auth_protocol_id,
+        auth_protocol=_AUTH_PROTOCOL_CAPTIONS.get(auth_protocol_id, method),
+        is_mfa=is_mfa,
+    )
+    return _SftpgoMethod(method, no_attempt, records)
 
 
 def _who(name: str | None) -> str:

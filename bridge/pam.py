@@ -60,9 +60,11 @@ PRODUCT = {"name": "Linux-PAM", "vendor_name": "Linux-PAM", "version": None}
 def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -> LoginEvent:
     """One event of the facts the hook sent; an InputError names the first unusable one."""
     # The bridge has these loaded already; the hook, which imports this module, never calls it.
-    from bridge import normalize as n
+    # (`import a.b as c` finds a loaded module without importlib's Python code; `from a import b`
+    # of a package runs it on every call.)
+    import bridge.normalize as n
     from bridge.errors import InvalidField
-    from bridge.event import LoginEvent
+    from bridge.event import UNKNOWN_USER, LoginEvent
 
     text = _texts(facts, InvalidField)
     # The hook's clock at the login: the event's time even when it arrives late from a spool.
@@ -82,9 +84,11 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
     name = flags.fit("user.name", text.get("user") or "", n.MAX_NAME_CHARS) or None
     requester = flags.fit("actor.user.name", text.get("ruser") or "", n.MAX_NAME_CHARS) or None
     rhost = text.get("rhost") or ""
-    ip, zone = n._ip(rhost, flags) if _is_ip(rhost) else (None, None)
+    # An address (its check cached: the same hosts log in again), or a host name, or nothing.
+    is_ip = n._address_version(rhost.partition("%")[0]) is not None
+    ip, zone = n._ip(rhost, flags) if is_ip else (None, None)
     method = text.get("auth_method") or None
-    if method is not None and not n._TOKEN.fullmatch(method):
+    if method is not None and not n._is_token(method):
         raise InvalidField("auth_method", "must be 1-64 letters, digits or _.+-")
     unmapped = {"pam.type": flags.fit("unmapped.pam.type", text.get("type") or "", 64)}
     if rhost and ip is None:  # a host name (sshd with UseDNS yes) or "localhost"
@@ -98,39 +102,36 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
         host = None
     flags.note(unmapped)
     auth_protocol_id = n.AUTH_PROTOCOL_OTHER if method else n.AUTH_PROTOCOL_UNKNOWN
-    record = n._record(
-        event_id=event_id,
-        time_ms=time_ms,
-        received_ms=received_ms,
-        ok=ok,
-        status_detail=None,
-        message=_message(service, ok, name, requester, ip or rhost),
-        user_name=name,
-        # PAM_USER is what was typed: whether such an account exists, PAM does not say.
-        user={
-            "uid": None,
-            "email_addr": None,
-            "groups": [],
-            "type_id": n.USER_TYPE_UNKNOWN[0],
-            "type": n.USER_TYPE_UNKNOWN[1],
-        },
-        ip=ip,
-        zone=zone,
-        dst_endpoint={"svc_name": service, "hostname": host, "ip": None, "port": None},
-        service={"name": service, "uid": None, "version": None},
-        product=dict(PRODUCT),
-        auth_protocol_id=auth_protocol_id,
-        auth_protocol=n._AUTH_PROTOCOL_CAPTIONS.get(auth_protocol_id, method),
-        http_request=None,
-        correlation_uid=None,
-        original_time=stamp if from_hook else None,
-        is_mfa=None,  # one PAM module's verdict: whether others asked more, the hook cannot see
-        status_code=result,
-        unmapped=unmapped,
-        logon_type=_logon_type(service, rhost),
-        actor={"user": {"name": requester, "uid": None}} if requester else None,
+    logon_type = _logon_type(service, rhost)
+    # The fields not set here are the same for every PAM event (status_detail, http_request and
+    # is_mfa: one PAM module's verdict, whether others asked more the hook cannot see).
+    record = n._PAM_RECORDS[ok].copy()
+    record["time"] = time_ms
+    record["message"] = _message(service, ok, name, requester, ip or rhost)
+    # PAM_USER is what was typed: whether such an account exists, PAM does not say.
+    record["user"] = {
+        "uid": None,
+        "email_addr": None,
+        "groups": [],
+        "type_id": n.USER_TYPE_UNKNOWN[0],
+        "type": n.USER_TYPE_UNKNOWN[1],
+        "name": UNKNOWN_USER if name is None else name,
+    }
+    record["src_endpoint"] = {"ip": ip, "interface_name": zone}
+    record["dst_endpoint"] = {"svc_name": service, "hostname": host, "ip": None, "port": None}
+    record["service"] = {"name": service, "uid": None, "version": None}
+    record["auth_protocol_id"] = auth_protocol_id
+    record["auth_protocol"] = n._AUTH_PROTOCOL_CAPTIONS.get(auth_protocol_id, method)
+    record["logon_type_id"], record["logon_type"] = logon_type
+    record["is_remote"] = logon_type == LOGON_NETWORK
+    record["metadata"] = n._metadata(
+        event_id, received_ms, None, dict(PRODUCT), stamp if from_hook else None
     )
-    return LoginEvent(record=record, source="pam")
+    record["unmapped"] = unmapped
+    record["status_code"] = result
+    record["observables"] = n._observables(ip, name)
+    record["actor"] = {"user": {"name": requester, "uid": None}} if requester else None
+    return LoginEvent(record, "pam")
 
 
 def _texts(facts: Mapping[str, object], invalid: type[Exception]) -> dict[str, str]:
@@ -144,16 +145,6 @@ def _texts(facts: Mapping[str, object], invalid: type[Exception]) -> dict[str, s
             raise invalid(key, "must be a string")
         text[key] = value
     return text
-
-
-def _is_ip(value: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(value.partition("%")[0])
-    except ValueError:
-        return False
-    return True
 
 
 def _logon_type(service: str, rhost: str) -> tuple[int, str]:

@@ -61,7 +61,8 @@ def project_user(user: Any, fields: Iterable[str]) -> dict[str, Any]:
     in a later release) lives inside a nested object. Anything that is not a JSON object yields
     ``{}``.
     """
-    if not isinstance(user, Mapping):
+    # A dict first: isinstance against an ABC such as Mapping runs Python code, on every login.
+    if not isinstance(user, dict) and not isinstance(user, Mapping):
         return {}
     kept: dict[str, Any] = {}
     for field in (*ALWAYS_KEPT, *fields):

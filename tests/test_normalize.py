@@ -13,7 +13,13 @@ from bridge.codec import AvroCodec
 from bridge.errors import InputError, InvalidField, MalformedInput
 from bridge.event import UNKNOWN_USER
 from bridge.mediawiki import parse_mediawiki
-from bridge.normalize import _EVENT_ID, Normalizer, RandomIds
+from bridge.normalize import (
+    _EVENT_ID,
+    Normalizer,
+    RandomIds,
+    _is_short_token,
+    _parsed_address_version,
+)
 
 from conftest import (
     mediawiki_observations,
@@ -486,3 +492,89 @@ def test_fresh_event_ids_are_distinct_canonical_uuid4_also_in_a_forked_child() -
     in_child = os.read(read, 64).decode()
     os.close(read)
     assert in_child != ids()
+
+
+# -- records built from templates (bridge.normalize._templates)
+
+
+def _events_of_every_source(normalizer: Normalizer) -> list[dict[str, Any]]:
+    """One record per source, with every mutable sub-object the record can hold filled in."""
+    full = next(v for v in SFTPGO if v["name"].startswith("01_"))
+    (throttled,) = _case("clientlogin_throttle_6")  # with message parameters
+    pam = {
+        "format": "login-audit-bridge.pam.v1",
+        "result": "failure",
+        "service": "sudo",
+        "user": "root",
+        "ruser": "alice",  # an actor, a dict holding a dict
+        "rhost": "",
+        "type": "auth",
+        "tty": "/dev/pts/3",
+        "host": "web-1",
+    }
+    body = json.dumps(mediawiki_payload(throttled)).encode()
+    return [
+        normalizer.sftpgo_from_http(vector_query(full), vector_body(full)).record,
+        normalizer.mediawiki(parse_mediawiki(body)).record,
+        normalizer.pam(pam).record,
+    ]
+
+
+def _containers(value: Any) -> list[Any]:
+    """Every dict and list inside a record, the record itself included."""
+    found = [value] if isinstance(value, dict | list) else []
+    children = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    )
+    for child in children:
+        found += _containers(child)
+    return found
+
+
+def _scribble_on(record: dict[str, Any]) -> None:
+    """Changes every dict and list of a record in place, as a careless consumer might."""
+    for container in _containers(record):
+        if isinstance(container, dict):
+            for key in container:
+                if not isinstance(container[key], dict | list):
+                    container[key] = "scribbled"
+            container["scribbled"] = True
+        else:
+            container.append("scribbled")
+
+
+def test_events_share_no_mutable_object_so_changing_one_record_changes_no_other() -> None:
+    """What is constant per source is built once (a template per source and outcome), but each
+    event gets its own dicts and lists: a consumer that changes one record (say, adds a field
+    before writing it out) changes no other record, built before or after."""
+    normalizer = Normalizer(
+        sftpgo_user_fields=["email", "role", "groups"],
+        clock=lambda: 1_795_330_677_813,
+        new_id=lambda: "5b7e0c5e-8d3a-4a51-9f0e-0c7a2b1d9e11",
+    )
+    pristine = json.dumps(_events_of_every_source(normalizer))
+    first = _events_of_every_source(normalizer)
+    second = _events_of_every_source(normalizer)
+    for a, b in zip(first, second, strict=True):
+        shared = {id(c) for c in _containers(a)} & {id(c) for c in _containers(b)}
+        assert shared == set()
+    for record in first:
+        _scribble_on(record)
+    assert json.dumps(second) == pristine
+    assert json.dumps(_events_of_every_source(normalizer)) == pristine
+
+
+def test_long_text_from_a_sender_never_enters_the_address_or_token_caches() -> None:
+    """The checks of addresses and tokens are cached (the same ones come again and again), but
+    text longer than any address or token is refused without the cache: a sender cannot fill
+    it with large strings."""
+    usual = {"ip": "192.0.2.1", "login_method": "password", "protocol": "SSH", "status": "1"}
+    Normalizer().sftpgo(usual, {})  # what the cache may hold, in it before counting
+    before = (_parsed_address_version.cache_info().currsize, _is_short_token.cache_info().currsize)
+    long_ip = usual | {"ip": "1" * 10_000}
+    long_token = usual | {"login_method": "p" * 10_000}
+    for query in (long_ip, long_token):
+        with pytest.raises(InvalidField):
+            Normalizer().sftpgo(query, {})
+    after = (_parsed_address_version.cache_info().currsize, _is_short_token.cache_info().currsize)
+    assert after == before
