@@ -178,8 +178,9 @@ class HookEndpoints:
         try:
             self._tokens.check(headers.get(self._tokens.header, ""))
             _check_media_type(headers)
-            declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+            declared = headers.get("content-length", "")
+            # isdigit() alone also accepts digits int() refuses, such as "²".
+            if declared.isascii() and declared.isdigit() and int(declared) > self._max_body:
                 raise BodyTooLarge(
                     f"body of {declared} bytes is over the {self._max_body} byte limit"
                 )

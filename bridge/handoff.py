@@ -126,4 +126,5 @@ def _kind(mode: int, stat: Any) -> str:
 
 def received_ms_from_name(path: Path) -> int | None:
     head = path.name.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+    # isdigit() alone also accepts digits int() refuses, such as "²" in a planted file's name.
+    return int(head) if head.isascii() and head.isdigit() else None

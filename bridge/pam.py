@@ -69,7 +69,8 @@ def pam_event(facts: Mapping[str, object], *, received_ms: int, event_id: str) -
     text = _texts(facts, InvalidField)
     # The hook's clock at the login: the event's time even when it arrives late from a spool.
     stamp = text.get("time", "")
-    from_hook = stamp.isdigit() and int(stamp) <= MAX_TIME_MS
+    # isdigit() alone also accepts digits int() refuses, such as "²".
+    from_hook = stamp.isascii() and stamp.isdigit() and int(stamp) <= MAX_TIME_MS
     time_ms = int(stamp) if from_hook else received_ms
     if text.get("format") != FORMAT:
         raise InvalidField("format", f"must be {FORMAT!r}")

@@ -239,6 +239,37 @@ def test_a_full_bridge_spool_pauses_the_intake_which_keeps_running_and_resumes(
     assert not (directory / "rejected").exists()
 
 
+def test_a_file_named_with_digits_int_refuses_does_not_stop_a_paused_intake(
+    tmp_path: Path,
+) -> None:
+    """str.isdigit() accepts "²": the oldest-file age read the name of a planted
+    "²-…json" as a time and raised while the sink was down, ending the intake each time."""
+    directory = tmp_path / "hook-spool"
+    directory.mkdir()
+    (directory / "²-1-planted.json").write_text(json.dumps(spool_document("planted")))
+
+    async def scenario() -> tuple[bool, list[str]]:
+        intake = Intake(directory)
+        await intake.sink.start()
+        intake.sink.fail_with = SinkUnavailable("broker down")
+        task = asyncio.create_task(intake.hook_spool.run(0.05))
+        await asyncio.sleep(0.3)  # several passes against the unavailable sink
+        running = not task.done()
+        intake.sink.fail_with = None
+        for _ in range(100):
+            if intake.users or task.done():
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return running, intake.users
+
+    running, users = asyncio.run(scenario())
+    assert running
+    assert users == ["planted"]
+    assert handoff.received_ms_from_name(directory / "²-1-planted.json") is None
+
+
 class BuggySink(MemorySink):
     """Raises something no sink should (a bug) for one user's events."""
 

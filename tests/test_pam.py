@@ -412,6 +412,14 @@ def test_a_spooled_pam_login_keeps_the_hooks_time_not_the_time_it_was_taken_in()
     )
 
 
+@pytest.mark.parametrize("stamp", ["²", "١٧٠٠٠٠٠٠٠٠١٢٣", "1700000000123²"])
+def test_a_hook_time_in_digits_int_refuses_gives_the_bridges_time_not_an_error(stamp: str) -> None:
+    """str.isdigit() accepts superscripts and other scripts' digits; hypothesis found "²"."""
+    record = normalizer().pam(facts(time=stamp), received_ms=1_795_330_677_813).record
+
+    assert record["time"] == 1_795_330_677_813
+
+
 def test_drain_sends_spooled_pam_logins_to_a_remote_bridge_with_their_id_and_time(
     bridge_factory: BridgeFactory, tmp_path: Path
 ) -> None:

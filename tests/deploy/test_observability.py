@@ -1,7 +1,8 @@
 """The dashboard and the alerts against a live bridge and a real Prometheus scraping it.
 
-Kafka's statistics metrics (login_audit_kafka_*) exist only while the Kafka sink runs, so the
-file-sink bridge is checked for every other name and a Kafka-sink bridge for those.
+Kafka's statistics metrics (login_audit_kafka_*) exist only while the Kafka sink runs, and
+login_audit_worker_up only under `serve --workers N` with N > 1, so a one-worker file-sink bridge
+is checked for every other name, and a Kafka-sink bridge and a two-worker bridge for those.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ TOKEN = "deploy-test-token"
 KAFKA_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 # Prometheus's own series, not the bridge's.
 FROM_PROMETHEUS = {"up"}
+ONLY_WITH_WORKERS = {"login_audit_worker_up"}
 
 
 def used_names() -> set[str]:
@@ -53,7 +55,16 @@ def test_every_metric_of_the_dashboard_and_alerts_is_exported(
     bridge = bridge_factory(auth_tokens=TOKEN)
     assert post_sftpgo_login(bridge.url, ok=False, token=TOKEN) == 200
     wanted = {n for n in used_names() if not n.startswith("login_audit_kafka_")}
-    assert wanted - exported_names(bridge.url) == set()
+    assert wanted - ONLY_WITH_WORKERS - exported_names(bridge.url) == set()
+
+
+def test_the_worker_metrics_of_the_alerts_are_exported_by_a_bridge_with_two_workers(
+    bridge_factory: Callable[..., Any],
+) -> None:
+    bridge = bridge_factory(auth_tokens=TOKEN, workers="2")
+    assert post_sftpgo_login(bridge.url, ok=False, token=TOKEN) == 200
+    assert used_names() >= ONLY_WITH_WORKERS
+    assert ONLY_WITH_WORKERS - exported_names(bridge.url) == set()
 
 
 @pytest.mark.kafka
