@@ -53,6 +53,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import checkouts
+
 REPO = Path(__file__).resolve().parent.parent
 # The process helpers shared with the tests: tests/support.py.
 sys.path.insert(0, str(REPO / "tests"))
@@ -265,14 +267,7 @@ class Variant:
         return {"PYTHONPATH": str(self.source)} if self.source else {}
 
     def describe(self) -> str:
-        where = self.source or REPO
-        rev = subprocess.run(
-            ["git", "-C", str(where), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        return f"{where} ({rev or 'not a git checkout'})"
+        return checkouts.describe(self.source)
 
 
 @dataclass
@@ -1951,12 +1946,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
     parser.add_argument("--label", help="added to the results file name, e.g. before or after")
     args = parser.parse_args()
-    for option in ("source", "baseline"):
-        value = getattr(args, option)
-        if value is not None:
-            if not (value / "bridge" / "__init__.py").is_file():
-                parser.error(f"--{option} {value}: no bridge package there")
-            setattr(args, option, value.resolve())
+    checkouts.resolve_checkouts(parser, args)
     started = datetime.now(UTC)
     host = machine()
     label = f"-{args.label}" if args.label else ""

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import checkouts
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 SOURCES = ("sftpgo-http", "sftpgo-program", "mediawiki", "pam")
@@ -185,14 +187,7 @@ class Variant:
         self.process.wait(timeout=30)
 
     def describe(self) -> str:
-        where = self.source or REPO
-        rev = subprocess.run(
-            ["git", "-C", str(where), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        return f"{where} ({rev or 'not a git checkout'})"
+        return checkouts.describe(self.source)
 
 
 def report(variants: list[Variant], rounds: int) -> str:
@@ -246,12 +241,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return worker()
-    for option in ("source", "baseline"):
-        value = getattr(args, option)
-        if value is not None:
-            if not (value / "bridge" / "__init__.py").is_file():
-                parser.error(f"--{option} {value}: no bridge package there")
-            setattr(args, option, value.resolve())
+    checkouts.resolve_checkouts(parser, args)
     started = datetime.now(UTC)
     variants = []
     if args.baseline:
