@@ -34,16 +34,33 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on, capped by a cgroup (v2) CPU quota; at least 1."""
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may run on, capped by its cgroup's CPU quota; at least 1.
+
+    A quota of 1.5 CPUs counts as 2: a worker cannot use half a core less. cgroup v2 keeps the
+    quota in ``cpu.max`` ("max" or "QUOTA PERIOD"); v1 in ``cpu/cpu.cfs_quota_us`` (-1: none)
+    and ``cpu/cpu.cfs_period_us``. Containers see their own cgroup at this path.
+    """
     cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return max(1, cpus)
-    if quota != "max":
-        cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
     return max(1, cpus)
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """The cgroup's CPU limit in CPUs, or None without one (or none that can be read)."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+        period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        return None if int(quota) <= 0 else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 def worker_count(settings: Settings) -> int:

@@ -219,6 +219,32 @@ def test_by_default_serve_runs_one_worker_per_usable_cpu(
     assert bridge.stop() == Exit.OK
 
 
+def test_usable_cpus_respects_a_cgroup_v2_or_v1_cpu_quota(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+
+    def v2(text: str) -> int:
+        root = tmp_path / f"v2-{len(list(tmp_path.iterdir()))}"
+        root.mkdir()
+        (root / "cpu.max").write_text(text)
+        return usable_cpus(root)
+
+    def v1(quota: str, period: str = "100000") -> int:
+        root = tmp_path / f"v1-{len(list(tmp_path.iterdir()))}"
+        (root / "cpu").mkdir(parents=True)
+        (root / "cpu" / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+        (root / "cpu" / "cpu.cfs_period_us").write_text(f"{period}\n")
+        return usable_cpus(root)
+
+    assert v2("50000 100000\n") == 1  # half a CPU still runs one worker
+    assert v2(f"{100000 * affinity + 1} 100000\n") == affinity  # never more than affinity
+    assert v2("max 100000\n") == affinity
+    assert v1("50000") == 1
+    assert v1("-1") == affinity
+    assert v2("garbage") == affinity  # unreadable: no quota, not a crash
+    assert v1("100000", period="0") == affinity
+    assert usable_cpus(tmp_path / "no-cgroup") == affinity
+
+
 def test_the_default_worker_count_is_the_usable_cpus_or_one_on_port_0(tmp_path: Path) -> None:
     assert load_settings(data_dir=tmp_path).workers == 0
     assert worker_count(load_settings(data_dir=tmp_path, port=8080)) == usable_cpus()
