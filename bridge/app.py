@@ -430,18 +430,14 @@ def _admin_routes(
         ready = {"status": "ready", "sink": sink.name, "sink_ready": sink_ready, "spooled": spooled}
         if group is None:
             return JSONResponse(ready)
-        for answer in await group.ask("/readyz"):
-            if answer.status == 0:
-                message = f"worker {answer.worker} does not answer: {answer.why}"
-                return error_response(503, "worker_unreachable", message)
-            said = answer.json()
-            if answer.status != 200:
-                reason = str(said.get("error", "unready"))
-                message = f"worker {answer.worker}: {said.get('message', answer.status)}"
-                return error_response(503, reason, message)
-            sink_ready = sink_ready and said.get("sink_ready") is True
-            spooled += int(said.get("spooled", 0))
-        whole = {"sink_ready": sink_ready, "spooled": spooled, "workers": group.count}
+        others = await group.readiness()
+        if isinstance(others, tuple):
+            return error_response(503, *others)
+        whole = {
+            "sink_ready": sink_ready and others.sink_ready,
+            "spooled": spooled + others.spooled,
+            "workers": group.count,
+        }
         return JSONResponse(ready | whole)
 
     async def metrics_endpoint(request: Request) -> Response:

@@ -415,6 +415,17 @@ def _source(value: str) -> Source:
 # -- the dead letters, for the command line (works while the bridge runs: WAL allows it)
 
 
+def holds_events(path: Path) -> bool:
+    """Whether a spool not open here has events waiting to be sent (dead letters aside). One
+    that cannot be read counts as holding some: the bridge that opens it says what is wrong."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
+    except sqlite3.Error:
+        return True
+    return bool(row[0])
+
+
 def list_dead_letters(path: Path) -> list[DeadLetter]:
     with contextlib.closing(_open_existing(path)) as db:
         rows = db.execute(

@@ -30,7 +30,7 @@ import msgspec
 from bridge.errors import InvalidField, MalformedInput
 from bridge.event import STATUS_FAILURE, STATUS_SUCCESS, UNKNOWN_USER, LoginEvent
 from bridge.mediawiki import MediaWikiLogin
-from bridge.pam import pam_event
+from bridge.pam import LOGON_NETWORK, pam_event
 from bridge.sftpgo import ALWAYS_KEPT, EVENT_ID_HEADER, GROUP_TYPES, HOOK_FIELDS, project_user
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ _AUTH_PROTOCOL_CAPTIONS = {AUTH_PROTOCOL_UNKNOWN: "Unknown", AUTH_PROTOCOL_OPENI
 # client user): OCSF requires a user to carry a name, uid or account. No SFTPGo or MediaWiki
 # user name can be it; one typed by an attacker is still told apart, as a source-given name is
 # listed in observables and this one is not.
-# OCSF 1.3.0 logon types (logon_type_id, caption); every login but a local PAM one is Network.
-LOGON_NETWORK = (3, "Network")
 USER_TYPE_UNKNOWN = (0, "Unknown")
 USER_TYPE_USER = (1, "User")
 OBSERVABLE_IP = (2, "IP Address")
@@ -117,6 +115,7 @@ _RECORD: dict[str, Any] = {
     "service": None,
     "auth_protocol_id": None,
     "auth_protocol": None,
+    # Every login but a local PAM one (bridge.pam sets its own) comes over the network.
     "logon_type_id": LOGON_NETWORK[0],
     "logon_type": LOGON_NETWORK[1],
     "is_remote": True,
@@ -364,18 +363,14 @@ class Normalizer:
             "mediawiki.raw_username": raw_name,
             "mediawiki.invocation": str(login.invocation),
         }
-        if login.app_id is not None:
-            unmapped["mediawiki.app_id"] = fit(
-                "unmapped.mediawiki.app_id", login.app_id, MAX_NAME_CHARS
-            )
-        if login.performer is not None:
-            unmapped["mediawiki.performer"] = fit(
-                "unmapped.mediawiki.performer", login.performer, MAX_NAME_CHARS
-            )
-        if login.entry_point is not None:
-            unmapped["mediawiki.entry_point"] = fit(
-                "unmapped.mediawiki.entry_point", login.entry_point, MAX_NAME_CHARS
-            )
+        optional = (
+            ("mediawiki.app_id", login.app_id),
+            ("mediawiki.performer", login.performer),
+            ("mediawiki.entry_point", login.entry_point),
+        )
+        for key, value in optional:
+            if value is not None:
+                unmapped[key] = fit(f"unmapped.{key}", value, MAX_NAME_CHARS)
         if login.message_params:
             params = _COMPACT_JSON.encode(login.message_params)
             unmapped["mediawiki.message_params"] = fit(
@@ -642,7 +637,7 @@ def _parsed_address_version(address: str) -> int | None:
 def _token(field: str, value: str | None) -> str:
     if not value:
         raise InvalidField(field, "is missing")
-    if len(value) > _MAX_TOKEN_CHARS or not _is_short_token(value):  # _is_token, one call less
+    if not _is_token(value):
         raise InvalidField(field, "must be 1-64 letters, digits or _.+-")
     return value
 

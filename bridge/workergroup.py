@@ -43,12 +43,13 @@ class Answer:
     body: bytes
     why: str = ""
 
-    def json(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.body)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
+
+@dataclass(frozen=True, slots=True)
+class OthersReady:
+    """Every other worker is ready: whether all their sinks are, and what their spools hold."""
+
+    sink_ready: bool
+    spooled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,21 @@ class WorkerGroup:
         """GET ``target`` from every other worker at once."""
         return list(await asyncio.gather(*(self._ask(i, target) for i in self.others)))
 
+    async def readiness(self) -> OthersReady | tuple[str, str]:
+        """The other workers' /readyz, together: why not ready as (reason, message) like
+        Pipeline.unready(), naming the first worker that is not (or does not answer)."""
+        sink_ready, spooled = True, 0
+        for answer in await self.ask("/readyz"):
+            if answer.status == 0:
+                return "worker_unreachable", f"worker {answer.worker} does not answer: {answer.why}"
+            said = _json_object(answer.body)
+            if answer.status != 200:
+                message = said.get("message", answer.status)
+                return str(said.get("error", "unready")), f"worker {answer.worker}: {message}"
+            sink_ready = sink_ready and said.get("sink_ready") is True
+            spooled += int(said.get("spooled", 0))
+        return OthersReady(sink_ready, spooled)
+
     async def metrics(self, own: bytes) -> bytes:
         """The exposition of every worker, ``own`` (this worker's) included."""
         answers = [Answer(self.index, 200, own), *await self.ask("/metrics")]
@@ -84,6 +100,14 @@ class WorkerGroup:
             log.warning("worker %d did not answer %s on its admin socket: %s", index, target, why)
             return Answer(index, 0, b"", why)
         return Answer(index, status, body)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def merge_expositions(answers: Iterable[Answer]) -> Iterator[Metric]:

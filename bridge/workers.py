@@ -14,14 +14,12 @@ answer for all of them (see bridge.workergroup).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import math
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -112,26 +110,17 @@ def spools_under(data_dir: Path) -> list[Path]:
     return found + sorted(workers, key=lambda p: int(p.parent.name))
 
 
-def spool_holds_events(path: Path) -> bool:
-    """Whether a spool has events waiting to be sent (dead letters aside). One that cannot be
-    read counts as holding some: its own worker, not this glance, says what is wrong with it."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()
-    except sqlite3.Error:
-        return True
-    return bool(row[0])
-
-
 def workers_needed(settings: Settings, workers: int) -> int:
     """``workers``, or more when the spool of a worker numbered ``workers`` or higher (left by a
     run with more workers, or on a machine with more CPUs) still holds events: only a worker of
     that number replays them, so it is started too. Empty ones are left alone."""
+    from bridge.durable_spool import holds_events  # serve's start-up loads it anyway
+
     own = settings.data_dir / "spool.sqlite3"
     holding = [
         p
         for p in spools_under(settings.data_dir)
-        if p != own and int(p.parent.name) >= workers and spool_holds_events(p)
+        if p != own and int(p.parent.name) >= workers and holds_events(p)
     ]
     if not holding:
         return workers
