@@ -14,6 +14,7 @@ import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from bridge.errors import MalformedInput
+from bridge.layouts import Layouts
 
 SCHEMA_FILE = "login_audit.avsc"
 # Avro single-object encoding: https://avro.apache.org/docs/1.11.1/specification/#single-object-encoding
@@ -46,13 +47,21 @@ class AvroCodec:
         # that single-object encoding puts on the wire.
         self.fingerprint: bytes = bytes.fromhex(fingerprint(self.canonical_form, "CRC-64-AVRO"))
         self._header = SINGLE_OBJECT_MAGIC + self.fingerprint
+        self._layouts = Layouts(self.schema, self._encode_whole)
 
     @cached_property
     def fingerprint_hex(self) -> str:
         return self.fingerprint.hex()
 
     def encode_datum(self, record: dict[str, Any]) -> bytes:
-        """The record's Avro binary body, with no header."""
+        """The record's Avro binary body, with no header.
+
+        The same bytes as fastavro's writer with the schema gives, written through a layout
+        (:class:`Layouts`) when the record's constant parts match one.
+        """
+        return self._layouts.encode(record)
+
+    def _encode_whole(self, record: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self.parsed, record)
         return buf.getvalue()

@@ -1,0 +1,186 @@
+"""Avro layouts (bridge/layouts.py) write exactly fastavro's bytes, and only where they may.
+
+A layout writes a record's constant runs as bytes encoded once; everything here compares its
+output with fastavro's whole writer on the same schema, byte for byte. The property tests of
+tests/test_properties.py make the same comparison for every record they build.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+
+from bridge import layouts
+from bridge.codec import AvroCodec
+from bridge.mediawiki import parse_mediawiki
+from bridge.normalize import Normalizer
+
+from conftest import (
+    mediawiki_observations,
+    mediawiki_payload,
+    sftpgo_vectors,
+    vector_body,
+    vector_query,
+)
+
+Record = dict[str, Any]
+DATA = Path(__file__).parent / "data"
+
+
+def fastavro_bytes(codec: AvroCodec, record: Record) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, codec.parsed, record)
+    return buf.getvalue()
+
+
+def vector_records() -> list[Record]:
+    normalizer = Normalizer(sftpgo_user_fields=("email", "role", "groups"))
+    sftpgo = [
+        normalizer.sftpgo_from_http(vector_query(v), vector_body(v)) for v in sftpgo_vectors()
+    ]
+    mediawiki = [
+        normalizer.mediawiki(parse_mediawiki(json.dumps(mediawiki_payload(o)).encode()))
+        for o in mediawiki_observations()
+    ]
+    return [event.record for event in sftpgo + mediawiki]
+
+
+class CountingWhole:
+    """The codec's whole writer, counting the records that needed it."""
+
+    def __init__(self, codec: AvroCodec) -> None:
+        self.calls = 0
+        self._whole = codec._layouts._encode_whole
+        codec._layouts._encode_whole = self
+
+    def __call__(self, record: Record) -> bytes:
+        self.calls += 1
+        return self._whole(record)
+
+
+def _sftpgo(user: str, ip: str = "192.0.2.1", **query: str) -> Record:
+    facts = {"ip": ip, "login_method": "password", "protocol": "SSH", "status": "1"} | query
+    return Normalizer().sftpgo(facts, {"username": user, "id": 7}).record
+
+
+def test_every_vector_record_is_written_with_fastavros_bytes_twice_over() -> None:
+    codec = AvroCodec()
+    records = vector_records()
+    # The second pass goes through the layouts the first one made.
+    for record in records + records:
+        assert codec.encode_datum(record) == fastavro_bytes(codec, record)
+    assert codec._layouts._by_key, "no layout was made for the vectors"
+
+
+def test_a_second_login_of_the_same_kind_is_written_through_a_layout() -> None:
+    codec = AvroCodec()
+    whole = CountingWhole(codec)
+    first, second = _sftpgo("alice", "192.0.2.1"), _sftpgo("bob", "2001:db8::7")
+    codec.encode_datum(first)
+    assert whole.calls == 1
+    assert codec.encode_datum(second) == fastavro_bytes(codec, second)
+    assert whole.calls == 1
+    assert codec.decode_datum(codec.encode_datum(second))["user"]["name"] == "bob"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r["service"].update(version="2.6.0"),
+        lambda r: r["dst_endpoint"].update(port=2022),
+        lambda r: r["metadata"]["product"].update(name="Other"),
+        lambda r: r["metadata"].update(profiles=["host"]),
+        lambda r: r.update(http_request={"user_agent": "curl/8", "uid": None}),
+        lambda r: r.update(status_detail="wrongpassword"),
+        lambda r: r.update(actor={"user": {"name": "root", "uid": None}}),
+    ],
+    ids=[
+        "service",
+        "dst_endpoint",
+        "product",
+        "profiles",
+        "http_request",
+        "status_detail",
+        "actor",
+    ],
+)
+def test_a_record_differing_from_its_layout_in_a_constant_part_gets_its_own_bytes(
+    change: Any,
+) -> None:
+    codec = AvroCodec()
+    first = _sftpgo("alice")
+    codec.encode_datum(first)
+    codec.encode_datum(first)
+    other = copy.deepcopy(first)
+    change(other)
+    assert codec.encode_datum(other) == fastavro_bytes(codec, other)
+    assert codec.encode_datum(first) == fastavro_bytes(codec, first)
+
+
+def test_a_sender_varying_a_key_value_cannot_grow_the_layouts_past_their_bound() -> None:
+    codec = AvroCodec()
+    records = [_sftpgo("alice", login_method=f"method{i}") for i in range(3 * layouts.MAX_LAYOUTS)]
+    for record in records:
+        assert codec.encode_datum(record) == fastavro_bytes(codec, record)
+    made = sum(len(v) for v in codec._layouts._by_key.values())
+    assert made == layouts.MAX_LAYOUTS
+    # Past the bound, each new kind is written whole, and right.
+    assert codec.encode_datum(records[-1]) == fastavro_bytes(codec, records[-1])
+
+
+def test_one_key_holds_at_most_its_share_of_layouts() -> None:
+    codec = AvroCodec()
+    for i in range(3 * layouts.LAYOUTS_PER_KEY):
+        record = _sftpgo("alice")
+        record["service"]["version"] = f"2.{i}.0"
+        assert codec.encode_datum(record) == fastavro_bytes(codec, record)
+    assert [len(v) for v in codec._layouts._by_key.values()] == [layouts.LAYOUTS_PER_KEY]
+
+
+def test_a_layout_that_writes_other_bytes_than_fastavro_is_never_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill_runs = layouts._fill_runs
+
+    def spoiled(record_schema: dict[str, Any], runs: Any) -> None:
+        fill_runs(record_schema, (bytes(len(run)) for run in runs))
+
+    monkeypatch.setattr(layouts, "_fill_runs", spoiled)
+    codec = AvroCodec()
+    record = _sftpgo("alice")
+    with caplog.at_level(logging.WARNING, "bridge.layouts"):
+        for _ in range(3):
+            assert codec.encode_datum(record) == fastavro_bytes(codec, record)
+    assert not codec._layouts._by_key
+    assert "other bytes than fastavro" in caplog.text
+
+
+def test_a_record_fastavro_refuses_gets_fastavros_own_error_with_or_without_a_layout() -> None:
+    codec = AvroCodec()
+    good = _sftpgo("alice")
+    codec.encode_datum(good)
+    overflowing = copy.deepcopy(good)
+    overflowing["time"] = 2**70
+    with pytest.raises(Exception) as through_layout:
+        codec.encode_datum(overflowing)
+    with pytest.raises(Exception) as whole:
+        fastavro_bytes(codec, overflowing)
+    assert type(through_layout.value) is type(whole.value)
+    assert str(through_layout.value) == str(whole.value)
+    missing = copy.deepcopy(good)
+    del missing["service"]
+    with pytest.raises(ValueError, match="service"):
+        codec.encode_datum(missing)
+
+
+def test_another_schema_is_written_whole_by_fastavro() -> None:
+    schema = json.loads((DATA / "login_audit.v1.avsc").read_text(encoding="utf-8"))
+    codec = AvroCodec(schema)
+    assert not codec._layouts.enabled
