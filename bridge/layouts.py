@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import fastavro
@@ -49,8 +49,13 @@ _KEY_FIELDS = (
 _COMPARED = ("service", "dst_endpoint")
 # Constant in a layout only when null in the record it was made from: filled, they vary per login.
 _WHEN_NULL = ("status_detail", "http_request", "actor")
-# Fields of a nested record, compared with the layout's.
-_NESTED: dict[str, tuple[str, ...]] = {"metadata": ("version", "log_name", "product", "profiles")}
+# Fields of nested records: compared with the layout's, and (second) constant when null.
+_NESTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "metadata": (
+        ("version", "log_name", "product", "profiles"),
+        ("correlation_uid", "original_time"),
+    ),
+}
 MAX_LAYOUTS = 64
 LAYOUTS_PER_KEY = 8
 _CONSTANT_FIELD = "__constant_{}"
@@ -107,8 +112,8 @@ class Layouts:
         needed = (*_KEY_FIELDS, *_COMPARED, *_WHEN_NULL, *_NESTED)
         nested_ok = all(
             isinstance(names.get(outer, {}).get("type"), dict)
-            and set(inner) <= {f["name"] for f in names[outer]["type"].get("fields", ())}
-            for outer, inner in _NESTED.items()
+            and {*always, *when_null} <= {f["name"] for f in names[outer]["type"].get("fields", ())}
+            for outer, (always, when_null) in _NESTED.items()
         )
         # Another schema (an older version, a test's) is written whole.
         self.enabled = set(needed) <= names.keys() and nested_ok
@@ -154,12 +159,14 @@ class Layouts:
         checks: list[tuple[Getter, Any]] = [(getter, getter(record))]
         runs: list[bytes] = []
         writer_fields: list[dict[str, Any]] = []
-        for field, inner in _in_runs(fields, constant, _NESTED):
+        for field, nested_constants in _in_runs(fields, constant, _NESTED):
             if isinstance(field, list):
                 writer_fields.append(_run_field(field, record, runs))
-            elif inner is not None:
+            elif nested_constants is not None:
                 name = field["name"]
                 nested = field["type"]
+                always, when_null = nested_constants
+                inner = (*always, *(n for n in when_null if record[name][n] is None))
                 sub = [
                     _run_field(f, record[name], runs) if isinstance(f, list) else f
                     for f, _ in _in_runs(nested["fields"], set(inner), {})
@@ -183,11 +190,11 @@ def _within(outer: str, getter: Getter) -> Getter:
 
 
 def _in_runs(
-    fields: list[dict[str, Any]], constant: set[str], nested: dict[str, tuple[str, ...]]
-) -> list[tuple[Any, tuple[str, ...] | None]]:
-    """The fields in order, each run of constant ones gathered in a list; nested records to
-    split get the names of their constant fields beside them."""
-    out: list[tuple[Any, tuple[str, ...] | None]] = []
+    fields: list[dict[str, Any]], constant: set[str], nested: Mapping[str, Any]
+) -> list[tuple[Any, Any]]:
+    """The fields in order, each run of constant ones gathered in a list; a nested record to
+    split gets its entry of ``nested`` beside it (None for every other field)."""
+    out: list[tuple[Any, Any]] = []
     run: list[dict[str, Any]] = []
     for field in fields:
         if field["name"] in constant:
