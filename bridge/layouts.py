@@ -98,9 +98,13 @@ class Layouts:
     values the layout was made from: its key fields select the layouts, the others are compared.
     Anything else, and any record the layout cannot take, is written by fastavro whole.
 
-    Layouts are bounded (:data:`MAX_LAYOUTS`, :data:`LAYOUTS_PER_KEY`): a sender varying its
-    values makes records that are written whole, not a growing cache. A layout that does not
-    give the whole writer's bytes for the record it was made from is never used.
+    Layouts are bounded (:data:`MAX_LAYOUTS` made in all, :data:`LAYOUTS_PER_KEY`): a sender
+    varying its values makes records that are written whole, not a growing cache. A layout that
+    does not give the whole writer's bytes for the record it was made from is never used.
+
+    Values are compared as Python compares them, where ``1 == 1.0 == True``: the fields a layout
+    holds are set by the bridge's own record templates (:mod:`bridge.normalize`) or read back by
+    fastavro, with the schema's types, never taken from a sender as they are.
     """
 
     def __init__(self, schema: dict[str, Any], encode_whole: Callable[[Record], bytes]) -> None:
