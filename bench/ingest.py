@@ -939,6 +939,7 @@ class Target:
     server: Server
     samples: list[Sample] = field(default_factory=list)
     labels: dict[tuple[int, int], str] | None = None  # per-thread CPU when set
+    errors_before: float = 0.0  # publish errors of its processes stopped by --restart
 
     @property
     def title(self) -> str:
@@ -961,6 +962,7 @@ class Bench:
     workers: int
     seed: int
     paired: bool = False  # --paired: a row's baseline and candidate measured at the same time
+    restart: bool = False  # --restart: with paired, fresh processes for every pair and round
     targets: list[Target] = field(default_factory=list)
     first_started: list[str] = field(default_factory=list)  # per paired round: whose wrk first
 
@@ -982,14 +984,16 @@ class Bench:
 
     def add(self, variant: Variant, kind: str, workers: int = 1) -> Target:
         print(f"starting {variant.name}: {kind}, {workers} worker(s)", flush=True)
-        if kind == "floor":
-            server = self.lab.floor(variant)
-        else:
-            server = self.lab.bridge(variant, kind, workers)
-            self.rss.watch(server)
-        target = Target(variant, kind, workers, server)
+        target = Target(variant, kind, workers, self.serve(variant, kind, workers))
         self.targets.append(target)
         return target
+
+    def serve(self, variant: Variant, kind: str, workers: int) -> Server:
+        if kind == "floor":
+            return self.lab.floor(variant)
+        server = self.lab.bridge(variant, kind, workers)
+        self.rss.watch(server)
+        return server
 
     # -- start-up
 
@@ -1045,7 +1049,7 @@ class Bench:
                 target.labels = thread_labels(target.server, spy)
         shuffle = random.Random(self.seed)
         if self.paired:
-            self.paired_rounds(targets, shuffle)
+            self.paired_rounds(targets, shuffle, spy)
         else:
             for number in range(1, self.plan.rounds + 1):
                 order = list(targets)
@@ -1084,16 +1088,25 @@ class Bench:
                 found.append((other, target))
         return found
 
-    def paired_rounds(self, targets: list[Target], shuffle: random.Random) -> None:
+    def paired_rounds(
+        self, targets: list[Target], shuffle: random.Random, spy: Path | None
+    ) -> None:
         """Each round, each row's baseline and candidate together, each under its own wrk, in
         the same window: what the machine does to one (steal, clock, the broker's pauses) it
         does to the other, so their ratio holds still where sequential windows do not. Whose
-        wrk starts first alternates by round (the rows' order is shuffled as usual)."""
+        wrk starts first alternates by round (the rows' order is shuffled as usual). With
+        --restart, each pair gets fresh processes from the second round on."""
         pairs = self.pairs(targets)
         self.report.note(
             "--paired: every server ran beside its twin of the other checkout, so the targets "
             "against the floor and the absolute numbers are not those of a sequential run; "
             "read the ratios between the checkouts"
+            + (
+                "; --restart: every pair ran as fresh processes in every round after the first "
+                f"(started, then warmed up together for {self.plan.warm_up:g} s)"
+                if self.restart
+                else ""
+            )
         )
         for number in range(1, self.plan.rounds + 1):
             order = list(pairs)
@@ -1102,7 +1115,11 @@ class Bench:
             self.first_started.append(first.name)
             print(f"round {number}/{self.plan.rounds} (paired, {first.name} first)", flush=True)
             for base, cand in order:
-                self.together((base, cand) if first == base.variant else (cand, base))
+                both = (base, cand) if first == base.variant else (cand, base)
+                if self.restart and number > 1:
+                    self.fresh(both, spy)
+                for target, (run, meter) in zip(both, self.together(both), strict=True):
+                    self.record(target, run, meter)
                 if base.kind == "rabbitmq":
                     purge_queues(self.lab)  # outside the window: keep its queues short
                 b, c = base.samples[-1], cand.samples[-1]
@@ -1113,11 +1130,28 @@ class Bench:
                     flush=True,
                 )
 
-    def together(self, both: tuple[Target, Target]) -> None:
+    def fresh(self, both: tuple[Target, Target], spy: Path | None) -> None:
+        """New processes for a pair (--restart), warmed up together: what differs between two
+        starts of the same code then varies from round to round instead of biasing every
+        round of the run the same way."""
+        for target in both:
+            if target.kind != "floor":
+                target.errors_before += metric(target.server, "login_audit_publish_errors_total")
+        self.lab.stop([t.server for t in both])
+        for target in both:
+            target.server = self.serve(target.variant, target.kind, target.workers)
+        self.together(both, self.plan.warm_up)
+        for target in both:
+            if target.labels is not None:
+                target.labels = thread_labels(target.server, spy)
+
+    def together(
+        self, both: tuple[Target, Target], seconds: float | None = None
+    ) -> list[tuple[Closed, Meter]]:
         """Both meters open, then both wrk runs start back to back; each meter closes when its
         own wrk ends (the first started ends first)."""
         meters = [Meter(t.server, t.labels).__enter__() for t in both]
-        wrks = [self.load.start_closed(t.server.port, self.plan.seconds) for t in both]
+        wrks = [self.load.start_closed(t.server.port, seconds or self.plan.seconds) for t in both]
         try:
             runs = []
             for meter, wrk in zip(meters, wrks, strict=True):
@@ -1128,8 +1162,7 @@ class Bench:
                 if wrk.poll() is None:
                     wrk.kill()
                     wrk.wait()
-        for target, run, meter in zip(both, runs, meters, strict=True):
-            self.record(target, run, meter)
+        return list(zip(runs, meters, strict=True))
 
     def in_rounds(self, target: Target) -> bool:
         if target.kind == "floor":
@@ -1369,8 +1402,9 @@ class Bench:
             f"### {base.variant.name} and {cand.variant.name} at the same time, {cand.title}, "
             "round by round\n\n"
             "Each round, both bridges took load over the same window, each from its own wrk "
-            "(started back to back; who went first alternates by round). CPU = user + sys of "
-            "each bridge's processes over its own 2xx answers.\n\n"
+            "(started back to back; who went first alternates by round)"
+            + (", both fresh processes from round 2 on (`--restart`)" if self.restart else "")
+            + ". CPU = user + sys of each bridge's processes over its own 2xx answers.\n\n"
             + table(
                 [
                     "round",
@@ -1392,7 +1426,9 @@ class Bench:
         for target in self.targets:
             if target.kind == "floor":
                 continue
-            errors = metric(target.server, "login_audit_publish_errors_total")
+            errors = target.errors_before + metric(
+                target.server, "login_audit_publish_errors_total"
+            )
             if errors:
                 self.report.note(
                     f"{target.variant.name} {target.title}: {errors:.0f} publish errors or "
@@ -2036,6 +2072,7 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
             args.workers,
             seed,
             args.paired,
+            args.restart,
         )
         report.note(f"round order seed {seed} (--seed to repeat it)")
         bench.start()
@@ -2093,6 +2130,13 @@ def main() -> int:
         "take candidate ÷ baseline per window (steadier on a noisy machine than one after "
         "the other; absolute numbers are lower, as the two share the machine)",
     )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --paired: fresh processes for every pair in every round after the first "
+        "(started, then warmed up together), so an offset between two processes of the same "
+        "code varies by round instead of holding for the whole run",
+    )
     parser.add_argument("--name", help="what to call the measured checkout in the report")
     parser.add_argument(
         "--brokers",
@@ -2110,6 +2154,8 @@ def main() -> int:
         parser.error(
             "--paired needs --baseline: it pairs the baseline's servers with the candidate's"
         )
+    if args.restart and not args.paired:
+        parser.error("--restart applies to --paired rounds")
     if args.paired and not {"cpu", "workers"} & args.only:
         parser.error(
             "--paired pairs the rounds of the cpu and workers sections; --only has neither"
