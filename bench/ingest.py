@@ -21,11 +21,13 @@ what it started by PID, prints Markdown and writes it to ``bench/results/``. Sec
 ``--baseline DIR`` measures another checkout (its bridge package first on PYTHONPATH, its own
 floor) in the same rounds, for a before/after table on a noisy machine. ``--paired`` with it
 runs each baseline server and its candidate twin at the same time, each under its own wrk, so
-both see the same machine in the same window and their per-round ratio holds still. Nothing
-here asserts a speed: the issue's targets are printed with a yes/no each.
+both see the same machine in the same window and their per-round ratio holds still;
+``--restart`` gives every pair fresh processes each round, so that an offset between two
+processes of the same code does not hold for the whole run. Nothing here asserts a speed: the
+issue's targets are printed with a yes/no each.
 
-    .venv/bin/python bench/ingest.py [--quick] [--only SECTIONS] [--baseline DIR [--paired]]
-                                     [--source DIR]
+    .venv/bin/python bench/ingest.py [--quick] [--only SECTIONS] [--source DIR]
+                                     [--baseline DIR [--paired [--restart]]]
 """
 
 from __future__ import annotations
@@ -2128,14 +2130,15 @@ def main() -> int:
         help="with --baseline: in each round of the cpu/workers sections, run each server of the "
         "baseline and its twin of the candidate at the same time, each under its own wrk, and "
         "take candidate ÷ baseline per window (steadier on a noisy machine than one after "
-        "the other; absolute numbers are lower, as the two share the machine)",
+        "the other; absolute numbers are lower, as the two share the machine); add --restart",
     )
     parser.add_argument(
         "--restart",
         action="store_true",
         help="with --paired: fresh processes for every pair in every round after the first "
         "(started, then warmed up together), so an offset between two processes of the same "
-        "code varies by round instead of holding for the whole run",
+        "code varies by round instead of holding for the whole run (an A/A run without it: "
+        "0.90x in every round)",
     )
     parser.add_argument("--name", help="what to call the measured checkout in the report")
     parser.add_argument(
