@@ -19,10 +19,15 @@ what it started by PID, prints Markdown and writes it to ``bench/results/``. Sec
   RSS per worker (sampled over every run).
 
 ``--baseline DIR`` measures another checkout (its bridge package first on PYTHONPATH, its own
-floor) in the same rounds, for a before/after table on a noisy machine. Nothing here asserts a
-speed: the issue's targets are printed with a yes/no each.
+floor) in the same rounds, for a before/after table on a noisy machine. ``--paired`` with it
+runs each baseline server and its candidate twin at the same time, each under its own wrk, so
+both see the same machine in the same window and their per-round ratio holds still;
+``--restart`` gives every pair fresh processes each round, so that an offset between two
+processes of the same code does not hold for the whole run. Nothing here asserts a speed: the
+issue's targets are printed with a yes/no each.
 
-    .venv/bin/python bench/ingest.py [--quick] [--only SECTIONS] [--baseline DIR] [--source DIR]
+    .venv/bin/python bench/ingest.py [--quick] [--only SECTIONS] [--source DIR]
+                                     [--baseline DIR [--paired [--restart]]]
 """
 
 from __future__ import annotations
@@ -816,8 +821,21 @@ class Load:
         write_wrk_script(self.counted, pairs, counted=True)
 
     def closed(self, port: int, seconds: float, connections: int = WRK_CONNECTIONS) -> Closed:
+        return self.finish(self.start_closed(port, seconds, connections))
+
+    def start_closed(
+        self, port: int, seconds: float, connections: int = WRK_CONNECTIONS
+    ) -> subprocess.Popen[str]:
+        """A closed-loop wrk run, started and not awaited (two at once for --paired)."""
         argv = self._argv(port, ["-d", f"{seconds:g}s", "-s", str(self.timed)], connections)
-        return parse_wrk(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def finish(wrk: subprocess.Popen[str]) -> Closed:
+        out, err = wrk.communicate()
+        if wrk.returncode != 0:
+            raise subprocess.CalledProcessError(wrk.returncode, wrk.args, out, err)
+        return parse_wrk(out)
 
     def count(
         self, port: int, events: int, finished: Callable[[], bool], connections: int = 64
@@ -923,6 +941,7 @@ class Target:
     server: Server
     samples: list[Sample] = field(default_factory=list)
     labels: dict[tuple[int, int], str] | None = None  # per-thread CPU when set
+    errors_before: float = 0.0  # publish errors of its processes stopped by --restart
 
     @property
     def title(self) -> str:
@@ -944,7 +963,10 @@ class Bench:
     variants: list[Variant]
     workers: int
     seed: int
+    paired: bool = False  # --paired: a row's baseline and candidate measured at the same time
+    restart: bool = False  # --restart: with paired, fresh processes for every pair and round
     targets: list[Target] = field(default_factory=list)
+    first_started: list[str] = field(default_factory=list)  # per paired round: whose wrk first
 
     @property
     def candidate(self) -> Variant:
@@ -964,14 +986,16 @@ class Bench:
 
     def add(self, variant: Variant, kind: str, workers: int = 1) -> Target:
         print(f"starting {variant.name}: {kind}, {workers} worker(s)", flush=True)
-        if kind == "floor":
-            server = self.lab.floor(variant)
-        else:
-            server = self.lab.bridge(variant, kind, workers)
-            self.rss.watch(server)
-        target = Target(variant, kind, workers, server)
+        target = Target(variant, kind, workers, self.serve(variant, kind, workers))
         self.targets.append(target)
         return target
+
+    def serve(self, variant: Variant, kind: str, workers: int) -> Server:
+        if kind == "floor":
+            return self.lab.floor(variant)
+        server = self.lab.bridge(variant, kind, workers)
+        self.rss.watch(server)
+        return server
 
     # -- start-up
 
@@ -1026,33 +1050,121 @@ class Bench:
             if target.kind == "kafka" and target.workers == 1:
                 target.labels = thread_labels(target.server, spy)
         shuffle = random.Random(self.seed)
+        if self.paired:
+            self.paired_rounds(targets, shuffle, spy)
+        else:
+            for number in range(1, self.plan.rounds + 1):
+                order = list(targets)
+                shuffle.shuffle(order)
+                print(f"round {number}/{self.plan.rounds}", flush=True)
+                for target in order:
+                    with Meter(target.server, target.labels) as meter:
+                        run = self.load.closed(target.server.port, self.plan.seconds)
+                    self.record(target, run, meter)
+                    if target.kind == "rabbitmq":
+                        purge_queues(self.lab)  # outside the window: keep its queues short
+        self.report_rounds()
+
+    def record(self, target: Target, run: Closed, meter: Meter) -> Sample:
+        sample = Sample(
+            run.ok, run.errors, run.ok_per_s, meter.cpu, meter.seconds, meter.idle, meter.threads
+        )
+        target.samples.append(sample)
+        print(
+            f"  {target.variant.name} {target.title}: {sample.rate:,.0f}/s, "
+            f"{sample.us_per_event:.0f} µs CPU/event, {100 * sample.core:.0f} % of a "
+            f"core, machine idle {100 * sample.idle:.0f} %"
+            + (f", {run.errors} errors" if run.errors else ""),
+            flush=True,
+        )
+        return sample
+
+    def pairs(self, targets: list[Target]) -> list[tuple[Target, Target]]:
+        """(baseline, candidate) for each row of the rounds: the same kind and worker count."""
+        base, cand = self.variants[0], self.variants[-1]
+        found = []
+        for target in targets:
+            other = self.find(base, target.kind, target.workers)
+            if target.variant == cand and other in targets:
+                assert other is not None
+                found.append((other, target))
+        return found
+
+    def paired_rounds(
+        self, targets: list[Target], shuffle: random.Random, spy: Path | None
+    ) -> None:
+        """Each round, each row's baseline and candidate together, each under its own wrk, in
+        the same window: what the machine does to one (steal, clock, the broker's pauses) it
+        does to the other, so their ratio holds still where sequential windows do not. Whose
+        wrk starts first alternates by round (the rows' order is shuffled as usual). With
+        --restart, each pair gets fresh processes from the second round on."""
+        pairs = self.pairs(targets)
+        self.report.note(
+            "--paired: every server ran beside its twin of the other checkout, so the targets "
+            "against the floor and the absolute numbers are not those of a sequential run; "
+            "read the ratios between the checkouts"
+            + (
+                "; --restart: every pair ran as fresh processes in every round after the first "
+                f"(started, then warmed up together for {self.plan.warm_up:g} s)"
+                if self.restart
+                else ""
+            )
+        )
         for number in range(1, self.plan.rounds + 1):
-            order = list(targets)
+            order = list(pairs)
             shuffle.shuffle(order)
-            print(f"round {number}/{self.plan.rounds}", flush=True)
-            for target in order:
-                with Meter(target.server, target.labels) as meter:
-                    run = self.load.closed(target.server.port, self.plan.seconds)
-                sample = Sample(
-                    run.ok,
-                    run.errors,
-                    run.ok_per_s,
-                    meter.cpu,
-                    meter.seconds,
-                    meter.idle,
-                    meter.threads,
-                )
-                target.samples.append(sample)
+            first = self.variants[(number - 1) % 2]
+            self.first_started.append(first.name)
+            print(f"round {number}/{self.plan.rounds} (paired, {first.name} first)", flush=True)
+            for base, cand in order:
+                both = (base, cand) if first == base.variant else (cand, base)
+                if self.restart and number > 1:
+                    self.fresh(both, spy)
+                for target, (run, meter) in zip(both, self.together(both), strict=True):
+                    self.record(target, run, meter)
+                if base.kind == "rabbitmq":
+                    purge_queues(self.lab)  # outside the window: keep its queues short
+                b, c = base.samples[-1], cand.samples[-1]
                 print(
-                    f"  {target.variant.name} {target.title}: {sample.rate:,.0f}/s, "
-                    f"{sample.us_per_event:.0f} µs CPU/event, {100 * sample.core:.0f} % of a "
-                    f"core, machine idle {100 * sample.idle:.0f} %"
-                    + (f", {run.errors} errors" if run.errors else ""),
+                    f"  {cand.title}: candidate ÷ baseline "
+                    f"{c.us_per_event / max(b.us_per_event, 1e-9):.2f}x CPU/event, "
+                    f"{c.rate / max(b.rate, 1e-9):.2f}x events/s",
                     flush=True,
                 )
-                if target.kind == "rabbitmq":
-                    purge_queues(self.lab)  # outside the window: keep the broker's queues short
-        self.report_rounds()
+
+    def fresh(self, both: tuple[Target, Target], spy: Path | None) -> None:
+        """New processes for a pair (--restart), warmed up together: what differs between two
+        starts of the same code then varies from round to round instead of biasing every
+        round of the run the same way."""
+        for target in both:
+            if target.kind != "floor":
+                target.errors_before += metric(target.server, "login_audit_publish_errors_total")
+        self.lab.stop([t.server for t in both])
+        for target in both:
+            target.server = self.serve(target.variant, target.kind, target.workers)
+        self.together(both, self.plan.warm_up)
+        for target in both:
+            if target.labels is not None:
+                target.labels = thread_labels(target.server, spy)
+
+    def together(
+        self, both: tuple[Target, Target], seconds: float | None = None
+    ) -> list[tuple[Closed, Meter]]:
+        """Both meters open, then both wrk runs start back to back; each meter closes when its
+        own wrk ends (the first started ends first)."""
+        meters = [Meter(t.server, t.labels).__enter__() for t in both]
+        wrks = [self.load.start_closed(t.server.port, seconds or self.plan.seconds) for t in both]
+        try:
+            runs = []
+            for meter, wrk in zip(meters, wrks, strict=True):
+                runs.append(self.load.finish(wrk))
+                meter.__exit__()
+        finally:
+            for wrk in wrks:
+                if wrk.poll() is None:
+                    wrk.kill()
+                    wrk.wait()
+        return list(zip(runs, meters, strict=True))
 
     def in_rounds(self, target: Target) -> bool:
         if target.kind == "floor":
@@ -1092,10 +1204,19 @@ class Bench:
                         f"{sum(x.errors for x in s)}",
                     ]
                 )
+            how = (
+                f"{n} paired rounds of {self.plan.seconds:g} s each (`--paired`): in each round "
+                "a row's baseline and candidate ran at the same time, each under its own wrk "
+                f"closed loop ({WRK_CONNECTIONS} connections, {WRK_THREADS} thread), so each "
+                "server shared the machine with its twin and two wrk processes: its absolute "
+                "numbers are lower than in sequential rounds; compare them only within this run"
+                if self.paired
+                else f"{n} interleaved rounds of {self.plan.seconds:g} s each, wrk closed loop "
+                f"({WRK_CONNECTIONS} connections, {WRK_THREADS} thread)"
+            )
             self.report.block(
                 f"### {variant.name}: events/s and CPU per event vs the floor\n\n"
-                f"{n} interleaved rounds of {self.plan.seconds:g} s each, wrk closed loop "
-                f"({WRK_CONNECTIONS} connections, {WRK_THREADS} thread); median [range] over "
+                f"{how}; median [range] over "
                 "rounds; ratios are taken within each round. CPU = user + sys of the server's "
                 "processes over 2xx answers. `core`: how much of one core the server used; "
                 "`machine idle`: of all CPUs (0 % means it was short of CPU, not of work).\n\n"
@@ -1229,12 +1350,77 @@ class Bench:
                     spread(cpu, ".2f", "x"),
                 ]
             )
+        same = (
+            "same windows (paired)",
+            "Ratios are candidate ÷ baseline within each round, from the two servers' "
+            "windows that ran at the same time",
+        )
         self.report.block(
-            f"### {base.name} → {cand.name}, same rounds\n\n"
-            "Ratios are candidate ÷ baseline within each round (median [range]); below 1 for "
-            "CPU/event is better.\n\n"
+            f"### {base.name} → {cand.name}, {same[0] if self.paired else 'same rounds'}\n\n"
+            + (same[1] if self.paired else "Ratios are candidate ÷ baseline within each round")
+            + " (median [range]); below 1 for CPU/event is better.\n\n"
             + table(
                 ["server", "events/s", "events/s ratio", "µs CPU/event", "CPU/event ratio"], rows
+            )
+        )
+        kafka = (self.find(base, "kafka"), self.find(cand, "kafka"))
+        if self.paired and kafka[0] and kafka[1] and kafka[1].samples:
+            self.report_paired(kafka[0], kafka[1])
+
+    def report_paired(self, base: Target, cand: Target) -> None:
+        """Kafka, round by round: each side's numbers and candidate ÷ baseline."""
+        rows = []
+        cpu, rate = [], []
+        for number, (b, c) in enumerate(zip(base.samples, cand.samples, strict=True), 1):
+            cpu.append(c.us_per_event / b.us_per_event if b.us_per_event else float("nan"))
+            rate.append(c.rate / b.rate if b.rate else float("nan"))
+            rows.append(
+                [
+                    str(number),
+                    self.first_started[number - 1],
+                    f"{b.us_per_event:,.0f}",
+                    f"{c.us_per_event:,.0f}",
+                    f"{cpu[-1]:.3f}x",
+                    f"{b.rate:,.0f}",
+                    f"{c.rate:,.0f}",
+                    f"{rate[-1]:.3f}x",
+                    f"{100 * b.idle:.0f} %",
+                ]
+            )
+        rows.append(
+            [
+                "**median [range]**",
+                "",
+                spread([s.us_per_event for s in base.samples]),
+                spread([s.us_per_event for s in cand.samples]),
+                spread(cpu, ".3f", "x"),
+                spread([s.rate for s in base.samples]),
+                spread([s.rate for s in cand.samples]),
+                spread(rate, ".3f", "x"),
+                spread([100 * s.idle for s in base.samples], unit=" %"),
+            ]
+        )
+        self.report.block(
+            f"### {base.variant.name} and {cand.variant.name} at the same time, {cand.title}, "
+            "round by round\n\n"
+            "Each round, both bridges took load over the same window, each from its own wrk "
+            "(started back to back; who went first alternates by round)"
+            + (", both fresh processes from round 2 on (`--restart`)" if self.restart else "")
+            + ". CPU = user + sys of each bridge's processes over its own 2xx answers.\n\n"
+            + table(
+                [
+                    "round",
+                    "first",
+                    f"{base.variant.name} µs CPU/event",
+                    f"{cand.variant.name} µs CPU/event",
+                    "CPU/event ratio",
+                    f"{base.variant.name} events/s",
+                    f"{cand.variant.name} events/s",
+                    "events/s ratio",
+                    "machine idle",
+                ],
+                rows,
+                "rl" + "r" * 7,
             )
         )
 
@@ -1242,7 +1428,9 @@ class Bench:
         for target in self.targets:
             if target.kind == "floor":
                 continue
-            errors = metric(target.server, "login_audit_publish_errors_total")
+            errors = target.errors_before + metric(
+                target.server, "login_audit_publish_errors_total"
+            )
             if errors:
                 self.report.note(
                     f"{target.variant.name} {target.title}: {errors:.0f} publish errors or "
@@ -1885,6 +2073,8 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
             variants,
             args.workers,
             seed,
+            args.paired,
+            args.restart,
         )
         report.note(f"round order seed {seed} (--seed to repeat it)")
         bench.start()
@@ -1934,6 +2124,22 @@ def main() -> int:
         type=Path,
         help="also measure this checkout's bridge in the same rounds (before/after table)",
     )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="with --baseline: in each round of the cpu/workers sections, run each server of the "
+        "baseline and its twin of the candidate at the same time, each under its own wrk, and "
+        "take candidate ÷ baseline per window (steadier on a noisy machine than one after "
+        "the other; absolute numbers are lower, as the two share the machine); add --restart",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --paired: fresh processes for every pair in every round after the first "
+        "(started, then warmed up together), so an offset between two processes of the same "
+        "code varies by round instead of holding for the whole run (an A/A run without it: "
+        "0.90x in every round)",
+    )
     parser.add_argument("--name", help="what to call the measured checkout in the report")
     parser.add_argument(
         "--brokers",
@@ -1947,6 +2153,16 @@ def main() -> int:
     parser.add_argument("--label", help="added to the results file name, e.g. before or after")
     args = parser.parse_args()
     checkouts.resolve_checkouts(parser, args)
+    if args.paired and not args.baseline:
+        parser.error(
+            "--paired needs --baseline: it pairs the baseline's servers with the candidate's"
+        )
+    if args.restart and not args.paired:
+        parser.error("--restart applies to --paired rounds")
+    if args.paired and not {"cpu", "workers"} & args.only:
+        parser.error(
+            "--paired pairs the rounds of the cpu and workers sections; --only has neither"
+        )
     started = datetime.now(UTC)
     host = machine()
     label = f"-{args.label}" if args.label else ""
