@@ -1854,18 +1854,31 @@ class TopicWatcher:
                 "enable.auto.commit": False,
             }
         )
-        metadata = self._consumer.list_topics(timeout=10)
-        assignment = []
-        for topic in topics:
-            for partition in metadata.topics[topic].partitions:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10
-                )
-                assignment.append(TopicPartition(topic, partition, high))
-        self._consumer.assign(assignment)
+        self._consumer.assign(self._ends(topics, TopicPartition, deadline=time.monotonic() + 30))
         self._bodies: list[tuple[float, bytes]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ends(self, topics: tuple[str, ...], partition_of: Any, deadline: float) -> list[Any]:
+        """Each partition of ``topics`` at its current end offset. Topics the bridge has just
+        created may be missing from the metadata, or have no leader yet, for a moment: asked
+        again until ``deadline``."""
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                metadata = self._consumer.list_topics(timeout=10)
+                ends = []
+                for topic in topics:
+                    for partition in metadata.topics[topic].partitions:
+                        where = partition_of(topic, partition)
+                        _, high = self._consumer.get_watermark_offsets(where, timeout=10)
+                        ends.append(partition_of(topic, partition, high))
+                return ends
+            except (KeyError, KafkaException):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def __enter__(self) -> TopicWatcher:
         self._thread.start()
