@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -128,11 +129,23 @@ def test_start_creates_missing_topics_with_the_configured_partitions(
         settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_partitions=3)
         async with kafka_sink(settings, metrics, codec):
             pass
-        metadata = kafka_topics.admin.list_topics(timeout=10).topics
+        metadata = topics_once_listed(kafka_topics, (kafka_topics.success, kafka_topics.failure))
         assert len(metadata[kafka_topics.success].partitions) == 3
         assert len(metadata[kafka_topics.failure].partitions) == 3
 
     asyncio.run(scenario())
+
+
+def topics_once_listed(topics: KafkaTopics, names: tuple[str, ...]) -> dict[str, Any]:
+    """The cluster's topic metadata once it lists ``names``. The controller has created a topic
+    when create_topics answers; the broker that answers a metadata request may learn of it a
+    moment later (one CI run read the metadata before it did)."""
+    deadline = time.monotonic() + 10
+    while True:
+        metadata: dict[str, Any] = topics.admin.list_topics(timeout=10).topics
+        if all(name in metadata for name in names) or time.monotonic() > deadline:
+            return metadata
+        time.sleep(0.1)
 
 
 def test_a_replication_factor_the_cluster_cannot_honour_now_is_retried_not_fatal(
