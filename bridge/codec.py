@@ -14,7 +14,7 @@ import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from bridge.errors import MalformedInput
-from bridge.layouts import Layouts
+from bridge.layouts import Layouts, avro_bytes
 
 SCHEMA_FILE = "login_audit.avsc"
 # Avro single-object encoding: https://avro.apache.org/docs/1.11.1/specification/#single-object-encoding
@@ -62,9 +62,7 @@ class AvroCodec:
         return self._layouts.encode(record)
 
     def _encode_whole(self, record: dict[str, Any]) -> bytes:
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, self.parsed, record)
-        return buf.getvalue()
+        return avro_bytes(self.parsed, record)
 
     def encode(self, record: dict[str, Any]) -> bytes:
         """Avro single-object encoding: ``C3 01`` + 8-byte fingerprint + body."""

@@ -6,6 +6,7 @@ See :class:`Layouts`. Used by :class:`bridge.codec.AvroCodec`; every byte is fas
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import operator
 from collections.abc import Callable, Mapping
@@ -61,6 +62,13 @@ LAYOUTS_PER_KEY = 8
 _CONSTANT_FIELD = "__constant_{}"
 
 
+def avro_bytes(schema: Any, datum: Any) -> bytes:
+    """fastavro's encoding of ``datum`` with the parsed ``schema``, no header."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, datum)
+    return buf.getvalue()
+
+
 class _Layout:
     """A writer schema in which each run of constant fields is one ``fixed`` field holding the
     run's bytes (its default), and what a record must hold for those bytes to be its own."""
@@ -79,9 +87,7 @@ class _Layout:
         return True
 
     def write(self, record: Record) -> bytes:
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, self.schema, record)
-        return buf.getvalue()
+        return avro_bytes(self.schema, record)
 
 
 class Layouts:
@@ -112,15 +118,12 @@ class Layouts:
         self._encode_whole = encode_whole
         self._by_key: dict[Any, list[_Layout]] = {}
         self._attempts = 0
-        names = {field["name"]: field for field in schema.get("fields", ())}
-        needed = (*_KEY_FIELDS, *_COMPARED, *_WHEN_NULL, *_NESTED)
-        nested_ok = all(
-            isinstance(names.get(outer, {}).get("type"), dict)
-            and {*always, *when_null} <= {f["name"] for f in names[outer]["type"].get("fields", ())}
+        top = {field["name"]: field["type"] for field in schema.get("fields", ())}
+        # Another schema (an older version, a test's) is written whole.
+        self.enabled = {*_KEY_FIELDS, *_COMPARED, *_WHEN_NULL, *_NESTED} <= top.keys() and all(
+            {*always, *when_null} <= _field_names(top[outer])
             for outer, (always, when_null) in _NESTED.items()
         )
-        # Another schema (an older version, a test's) is written whole.
-        self.enabled = set(needed) <= names.keys() and nested_ok
         self._key: Getter = operator.itemgetter(*_KEY_FIELDS)
 
     def encode(self, record: Record) -> bytes:
@@ -158,32 +161,57 @@ class Layouts:
         fields = self._schema["fields"]
         constant = {*_KEY_FIELDS, *_COMPARED, *(n for n in _WHEN_NULL if record[n] is None)}
         # The key already stands for its fields; the rest are compared, in one tuple.
-        compared = [f["name"] for f in fields if f["name"] in constant - set(_KEY_FIELDS)]
-        getter = operator.itemgetter(*compared)
-        checks: list[tuple[Getter, Any]] = [(getter, getter(record))]
-        runs: list[bytes] = []
-        writer_fields: list[dict[str, Any]] = []
-        for field, nested_constants in _in_runs(fields, constant, _NESTED):
-            if isinstance(field, list):
-                writer_fields.append(_run_field(field, record, runs))
-            elif nested_constants is not None:
-                name = field["name"]
-                nested = field["type"]
-                always, when_null = nested_constants
-                inner = (*always, *(n for n in when_null if record[name][n] is None))
-                sub = [
-                    _run_field(f, record[name], runs) if isinstance(f, list) else f
-                    for f, _ in _in_runs(nested["fields"], set(inner), {})
-                ]
-                writer_fields.append({"name": name, "type": nested | {"fields": sub}})
-                inner_getter = operator.itemgetter(*inner)
-                checks.append((_within(name, inner_getter), inner_getter(record[name])))
-            else:
-                writer_fields.append(field)
+        compared = operator.itemgetter(
+            *(f["name"] for f in fields if f["name"] in constant and f["name"] not in _KEY_FIELDS)
+        )
+        checks: list[tuple[Getter, Any]] = [(compared, compared(record))]
+        runs: dict[str, bytes] = {}
+        writer_fields = []
+        for field in _writer_fields(fields, constant, record, runs):
+            name = field["name"]
+            if name in _NESTED:
+                field, check = _split_nested(field, record[name], runs)
+                checks.append(check)
+            writer_fields.append(field)
         writer = {k: v for k, v in self._schema.items() if k != "fields"}
         parsed = cast(dict[str, Any], parse_schema(writer | {"fields": writer_fields}, {}))
-        _fill_runs(parsed, iter(runs))
+        _fill_runs(parsed, runs)
         return _Layout(parsed, checks)
+
+
+def _field_names(record_schema: Any) -> set[str]:
+    """The names of a record schema's fields; none for any other type."""
+    if not isinstance(record_schema, dict):
+        return set()
+    return {field["name"] for field in record_schema.get("fields", ())}
+
+
+def _writer_fields(
+    fields: list[dict[str, Any]], constant: set[str], datum: Record, runs: dict[str, bytes]
+) -> list[dict[str, Any]]:
+    """``fields`` in order, each run of ``constant`` ones replaced by one ``fixed`` field whose
+    bytes fastavro encodes from ``datum`` (kept in ``runs`` under that field's name)."""
+    out: list[dict[str, Any]] = []
+    for is_constant, group in itertools.groupby(fields, key=lambda f: f["name"] in constant):
+        if is_constant:
+            out.append(_run_field(list(group), datum, runs))
+        else:
+            out.extend(group)
+    return out
+
+
+def _split_nested(
+    field: dict[str, Any], datum: Record, runs: dict[str, bytes]
+) -> tuple[dict[str, Any], tuple[Getter, Any]]:
+    """A nested record's field with its constant runs (see _NESTED) made ``fixed`` fields, and
+    the check a record's ``datum`` there must pass."""
+    name = field["name"]
+    always, when_null = _NESTED[name]
+    inner = (*always, *(n for n in when_null if datum[n] is None))
+    nested = field["type"]
+    sub = _writer_fields(nested["fields"], set(inner), datum, runs)
+    getter = operator.itemgetter(*inner)
+    return {"name": name, "type": nested | {"fields": sub}}, (_within(name, getter), getter(datum))
 
 
 def _within(outer: str, getter: Getter) -> Getter:
@@ -193,44 +221,24 @@ def _within(outer: str, getter: Getter) -> Getter:
     return get
 
 
-def _in_runs(
-    fields: list[dict[str, Any]], constant: set[str], nested: Mapping[str, Any]
-) -> list[tuple[Any, Any]]:
-    """The fields in order, each run of constant ones gathered in a list; a nested record to
-    split gets its entry of ``nested`` beside it (None for every other field)."""
-    out: list[tuple[Any, Any]] = []
-    run: list[dict[str, Any]] = []
-    for field in fields:
-        if field["name"] in constant:
-            run.append(field)
-            continue
-        if run:
-            out.append((run, None))
-            run = []
-        out.append((field, nested.get(field["name"])))
-    if run:
-        out.append((run, None))
-    return out
-
-
-def _run_field(run: list[dict[str, Any]], datum: Record, runs: list[bytes]) -> dict[str, Any]:
+def _run_field(run: list[dict[str, Any]], datum: Record, runs: dict[str, bytes]) -> dict[str, Any]:
     """A ``fixed`` field standing for ``run``, its bytes encoded by fastavro from ``datum``."""
     index = len(runs)
     schema = {"type": "record", "name": f"Run{index}", "fields": run}
     values = {f["name"]: datum[f["name"]] for f in run}
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, parse_schema(schema, named_schemas={}), values)
-    runs.append(buf.getvalue())
-    size = len(runs[-1])
-    fixed = {"type": "fixed", "name": f"Constant{index}", "size": size}
-    return {"name": _CONSTANT_FIELD.format(index), "type": fixed}
+    encoded = avro_bytes(parse_schema(schema, named_schemas={}), values)
+    name = _CONSTANT_FIELD.format(index)
+    runs[name] = encoded
+    fixed = {"type": "fixed", "name": f"Constant{index}", "size": len(encoded)}
+    return {"name": name, "type": fixed}
 
 
-def _fill_runs(record_schema: dict[str, Any], runs: Any) -> None:
-    """Gives each run's ``fixed`` field its bytes as default, in the order they were made."""
+def _fill_runs(record_schema: dict[str, Any], runs: Mapping[str, bytes]) -> None:
+    """Gives each run's ``fixed`` field its bytes as default (fastavro writes the default of a
+    field the record lacks), in the parsed schema, nested records included."""
     for field in record_schema["fields"]:
         kind = field["type"]
-        if isinstance(kind, dict) and kind.get("type") == "fixed":
-            field["default"] = next(runs)
+        if field["name"] in runs:
+            field["default"] = runs[field["name"]]
         elif isinstance(kind, dict) and kind.get("type") == "record":
             _fill_runs(kind, runs)

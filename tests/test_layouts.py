@@ -151,8 +151,8 @@ def test_a_layout_that_writes_other_bytes_than_fastavro_is_never_used(
 ) -> None:
     fill_runs = layouts._fill_runs
 
-    def spoiled(record_schema: dict[str, Any], runs: Any) -> None:
-        fill_runs(record_schema, (bytes(len(run)) for run in runs))
+    def spoiled(record_schema: dict[str, Any], runs: dict[str, bytes]) -> None:
+        fill_runs(record_schema, {name: bytes(len(run)) for name, run in runs.items()})
 
     monkeypatch.setattr(layouts, "_fill_runs", spoiled)
     codec = AvroCodec()
