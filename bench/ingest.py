@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -86,6 +87,9 @@ RATE_MIN_FLOOR_RATIO = 0.3
 FIXED_RATE = 200
 P50_MAX_MS = 5.0
 P99_MAX_MS = 20.0
+# A latency run's stalls (see stall_windows): 100 ms windows in which most answers took > 20 ms.
+STALL_WINDOW_S = 0.1
+SLOW_MS = P99_MAX_MS
 SHIM_MAX_RATIO = 1.3
 DRAIN_MIN_EPS = 5000
 RSS_MAX_MIB = 120.0
@@ -907,6 +911,7 @@ class Load:
             check=True,
         ).stdout
         data = json.loads(out)
+        stalls = stall_windows(self.vegeta, results)
         latencies = data["latencies"]
         statuses = {str(k): int(v) for k, v in (data.get("status_codes") or {}).items()}
         return {
@@ -918,7 +923,36 @@ class Load:
             "p99_ms": latencies["99th"] / 1e6,
             "max_ms": latencies["max"] / 1e6,
             "errors": sorted(set(data.get("errors") or []))[:3],
+            **stalls,
         }
+
+
+def stall_windows(vegeta: Path, results: Path) -> dict[str, float]:
+    """Where a run's slow answers are: spread out (queueing in the bridge) or bunched in stalls.
+
+    The run is cut into windows of STALL_WINDOW_S by send time. A window is a stall when most of
+    its requests took over SLOW_MS: everything waited at once (a broker pausing, the machine
+    busy elsewhere, a long collection). Returns the stall windows' count and the share of the
+    slow answers that fell in them, from vegeta's own per-request results.
+    """
+    out = subprocess.run(
+        [str(vegeta), "encode", "--to", "csv", str(results)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counts: dict[int, list[int]] = {}
+    for row in csv.reader(out.splitlines()):
+        sent_ns, latency_ns = int(row[0]), int(row[2])
+        window = counts.setdefault(sent_ns // int(STALL_WINDOW_S * 1e9), [0, 0])
+        window[0] += 1
+        window[1] += latency_ns > SLOW_MS * 1e6
+    slow = sum(n for _, n in counts.values())
+    stalled = [(total, n) for total, n in counts.values() if n * 2 > total]
+    return {
+        "stalls": len(stalled),
+        "slow_in_stalls": sum(n for _, n in stalled) / slow if slow else 0.0,
+    }
 
 
 def vegeta_version(binary: Path | None) -> str:
@@ -1491,6 +1525,8 @@ class Bench:
                     spread(p99, ".2f"),
                     spread([r["max_ms"] for r, _ in runs], ".1f"),
                     spread([100 * r["slow_publish"] for r, _ in runs], ".2f", " %"),
+                    spread([r["stalls"] for r, _ in runs]),
+                    spread([100 * r["slow_in_stalls"] for r, _ in runs], unit=" %"),
                     f"{bad}" + (f" ({'; '.join(errors)[:120]})" if errors else ""),
                     spread([s.us_per_event for _, s in runs]),
                     spread([100 * s.idle for _, s in runs], unit=" %"),
@@ -1512,7 +1548,12 @@ class Bench:
             "bridge answers after the event's own delivery report). *publish > 25 ms*: the share "
             "of events whose own publish, from acceptance to Kafka's acknowledgement, took over "
             "25 ms (the bridge's `login_audit_publish_duration_seconds`): when it is near or over "
-            "1 %, the p99 is the broker's, not the bridge's queueing.\n\n"
+            "1 %, the p99 is the broker's, not the bridge's queueing. *stalls*: 100 ms windows "
+            "(by send time) in which most answers took over 20 ms, everything waiting at once; "
+            "*slow in stalls*: the share of the answers over 20 ms that fell in them. Slow "
+            "answers spread thinly over the run are the bridge queueing; bunched in a few "
+            "stalls, a pause (the broker rolling its log segments or collecting, the machine's "
+            "2 CPUs busy elsewhere) held everything at once.\n\n"
             + table(
                 [
                     "offered",
@@ -1520,6 +1561,8 @@ class Bench:
                     "p99 ms",
                     "max ms",
                     "publish > 25 ms",
+                    "stalls",
+                    "slow in stalls",
                     "non-2xx",
                     "µs CPU/event",
                     "machine idle",
@@ -1995,6 +2038,36 @@ def report_rss(bench: Bench) -> None:
 # ---------------------------------------------------------------- cleanup and main
 
 
+def create_topics(lab: Lab, segment_bytes: int) -> None:
+    """Creates this run's topics before any bridge does, with log segments of ``segment_bytes``.
+
+    The test broker's default (scripts/kafka/server.properties.in) is 16 MiB, small for the
+    tests' sake: at the bench's rates a partition fills one in seconds, and the broker rolls
+    them all at about the same time, which holds back acknowledgements for up to a second (seen
+    as a stall in the latency rows). Kafka's own default is 1 GiB. Partitions: the bridge's
+    default, so the bridge finds what it would have created.
+    """
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    from bridge.settings import Settings
+
+    partitions = Settings.model_fields["kafka_topic_partitions"].default
+    admin = AdminClient({"bootstrap.servers": lab.brokers.kafka})
+    new = [
+        NewTopic(topic, partitions, 1, config={"segment.bytes": str(segment_bytes)})
+        for topic in lab.topics
+    ]
+    for future in admin.create_topics(new, request_timeout=30).values():
+        future.result(30)
+    # The controller answers before every broker lists the topics: wait until one does.
+    deadline = time.monotonic() + 30
+    while not set(lab.topics) <= set(admin.list_topics(timeout=10).topics):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the bench's topics {lab.topics} were created but never listed")
+        time.sleep(0.2)
+
+
 def delete_broker_objects(lab: Lab) -> None:
     """Drops this run's topics, queues and exchange, so repeated runs do not fill the brokers."""
     with contextlib.suppress(Exception):
@@ -2089,6 +2162,11 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
             args.paired,
             args.restart,
         )
+        create_topics(lab, args.segment_bytes)
+        report.note(
+            f"Kafka topics: log segments of {args.segment_bytes:,} bytes (--segment-bytes; "
+            "Kafka's default is 1 GiB, the test broker's 16 MiB)"
+        )
         report.note(f"round order seed {seed} (--seed to repeat it)")
         bench.start()
         if {"cpu", "workers"} & args.only:
@@ -2160,6 +2238,13 @@ def main() -> int:
         default="own",
         help="the bench's own brokers on separate ports (default; the spool check needs them), "
         "or the shared ones (never stopped)",
+    )
+    parser.add_argument(
+        "--segment-bytes",
+        type=int,
+        default=1 << 30,
+        help="log segment size of the bench's Kafka topics (default 1 GiB, Kafka's own default; "
+        "16777216 is the test broker's, whose segment rolls show as stalls in the latency rows)",
     )
     parser.add_argument("--keep-brokers", action="store_true", help="leave own brokers running")
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
