@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import io
-import json
 import platform
 import random
 import statistics
@@ -41,20 +40,13 @@ from typing import Any
 import fastavro
 
 from bridge.codec import AvroCodec
-from bridge.mediawiki import parse_mediawiki
 from bridge.normalize import Normalizer
 from bridge.pam import FORMAT as PAM_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
 # The vector loaders shared with the tests: tests/conftest.py.
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import (  # noqa: E402
-    mediawiki_observations,
-    mediawiki_payload,
-    sftpgo_vectors,
-    vector_body,
-    vector_query,
-)
+from conftest import mediawiki_events, sftpgo_events  # noqa: E402
 
 Record = dict[str, Any]
 Encode = Callable[[Record], bytes]
@@ -81,15 +73,9 @@ def source_records() -> dict[str, list[Record]]:
     """The normalized records of each source, as the bridge builds them."""
     normalizer = Normalizer(clock=fixed_clock)
     allow_listed = Normalizer(sftpgo_user_fields=("email", "role", "groups"), clock=fixed_clock)
-    sftpgo = [
-        n.sftpgo_from_http(vector_query(v), vector_body(v)).record
-        for v in sftpgo_vectors()
-        for n in (normalizer, allow_listed)
-    ]
-    mediawiki = [
-        normalizer.mediawiki(parse_mediawiki(json.dumps(mediawiki_payload(o)).encode())).record
-        for o in mediawiki_observations()
-    ]
+    pairs = zip(sftpgo_events(normalizer), sftpgo_events(allow_listed), strict=True)
+    sftpgo = [event.record for pair in pairs for event in pair]
+    mediawiki = [event.record for event in mediawiki_events(normalizer)]
     pam = [
         normalizer.pam({"format": PAM_FORMAT, "host": "web-1"} | facts).record
         for facts in PAM_FACTS

@@ -1483,15 +1483,13 @@ class Bench:
         plans = []
         for variant in self.variants:
             kafka = self.kafka(variant)
-            if self.plan.latency_rate is not None:
-                plans += [(variant, kafka, FIXED_RATE), (variant, kafka, self.plan.latency_rate)]
-                continue
-            if kafka.samples:
-                top = med([s.rate for s in kafka.samples])
-            else:
+            second = self.plan.latency_rate
+            if second is None and kafka.samples:
+                second = 0.5 * med([s.rate for s in kafka.samples])
+            elif second is None:
                 self.load.closed(kafka.server.port, self.plan.warm_up)
-                top = self.load.closed(kafka.server.port, self.plan.seconds).ok_per_s
-            plans += [(variant, kafka, FIXED_RATE), (variant, kafka, 0.5 * top)]
+                second = 0.5 * self.load.closed(kafka.server.port, self.plan.seconds).ok_per_s
+            plans += [(variant, kafka, FIXED_RATE), (variant, kafka, second)]
         results: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]] = {}
         shuffle = random.Random(self.seed + 1)
         for number in range(1, self.plan.latency_rounds + 1):

@@ -19,6 +19,8 @@ import pytest
 from bridge.codec import AvroCodec
 from bridge.encode import Encoder
 from bridge.event import EncodedEvent, LoginEvent
+from bridge.mediawiki import parse_mediawiki
+from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.replay import Replayer
 from bridge.sftpgo import ENV_TO_QUERY
@@ -136,6 +138,19 @@ def mediawiki_payload(observation: dict[str, Any], *, invocation: int = 1) -> di
         "time": 1795330677813,
         "mw_version": observation["mw_version"],
     }
+
+
+def sftpgo_events(normalizer: Normalizer) -> list[LoginEvent]:
+    """Every SFTPGo vector as ``normalizer`` reads it from SFTPGo's HTTP hook."""
+    return [normalizer.sftpgo_from_http(vector_query(v), vector_body(v)) for v in sftpgo_vectors()]
+
+
+def mediawiki_events(normalizer: Normalizer) -> list[LoginEvent]:
+    """Every observed MediaWiki hook call as ``normalizer`` reads what the extension posts."""
+    return [
+        normalizer.mediawiki(parse_mediawiki(json.dumps(mediawiki_payload(o)).encode()))
+        for o in mediawiki_observations()
+    ]
 
 
 # -- a real bridge process on loopback

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -16,19 +15,11 @@ from fastavro.write import Writer
 from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent
-from bridge.mediawiki import parse_mediawiki
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.sinks.file import BLOCK_BYTES, FileSink, _write_blocks, event_files, read_events
 
-from conftest import (
-    encoded,
-    mediawiki_observations,
-    mediawiki_payload,
-    sftpgo_vectors,
-    vector_body,
-    vector_query,
-)
+from conftest import encoded, mediawiki_events, sftpgo_events
 
 CODEC = AvroCodec()
 
@@ -182,14 +173,7 @@ def test_retention_deletes_closed_files_older_than_the_age_limit(tmp_path: Path)
 
 def _every_source_event() -> list[LoginEvent]:
     normalizer = Normalizer()
-    events = [
-        normalizer.sftpgo_from_http(vector_query(v), vector_body(v)) for v in sftpgo_vectors()
-    ]
-    events += [
-        normalizer.mediawiki(parse_mediawiki(json.dumps(mediawiki_payload(o)).encode()))
-        for o in mediawiki_observations()
-    ]
-    return events + _events(40)
+    return sftpgo_events(normalizer) + mediawiki_events(normalizer) + _events(40)
 
 
 @pytest.mark.parametrize("block_bytes", [BLOCK_BYTES, 2000])

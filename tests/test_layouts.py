@@ -19,16 +19,9 @@ import pytest
 
 from bridge import layouts
 from bridge.codec import AvroCodec
-from bridge.mediawiki import parse_mediawiki
 from bridge.normalize import Normalizer
 
-from conftest import (
-    mediawiki_observations,
-    mediawiki_payload,
-    sftpgo_vectors,
-    vector_body,
-    vector_query,
-)
+from conftest import mediawiki_events, sftpgo_events
 
 Record = dict[str, Any]
 DATA = Path(__file__).parent / "data"
@@ -42,14 +35,7 @@ def fastavro_bytes(codec: AvroCodec, record: Record) -> bytes:
 
 def vector_records() -> list[Record]:
     normalizer = Normalizer(sftpgo_user_fields=("email", "role", "groups"))
-    sftpgo = [
-        normalizer.sftpgo_from_http(vector_query(v), vector_body(v)) for v in sftpgo_vectors()
-    ]
-    mediawiki = [
-        normalizer.mediawiki(parse_mediawiki(json.dumps(mediawiki_payload(o)).encode()))
-        for o in mediawiki_observations()
-    ]
-    return [event.record for event in sftpgo + mediawiki]
+    return [event.record for event in sftpgo_events(normalizer) + mediawiki_events(normalizer)]
 
 
 class CountingWhole:
