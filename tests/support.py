@@ -127,14 +127,17 @@ class OwnKafka:
             "LOGIN_AUDIT_KAFKA_PORT": str(self.port),
             "LOGIN_AUDIT_KAFKA_CONTROLLER_PORT": str(self.controller_port),
         }
-        subprocess.run(
+        done = subprocess.run(
             [str(REPO / "scripts/brokers"), command],
             env=env,
-            check=True,
             timeout=240,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        # The script says why it failed (and the log's tail) on stderr: keep it in the failure.
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/brokers {command} failed:\n{done.stderr[-3000:]}")
 
     def start(self) -> None:
         self._brokers("start-kafka")
