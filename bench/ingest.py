@@ -77,6 +77,13 @@ TOKEN = "bench-token"  # noqa: S105 - a throwaway token for loopback-only proces
 HOOK_PATH = "/v1/hooks/sftpgo"
 WRK_THREADS = 1  # one wrk thread drives >50k req/s on loopback; the rest of the CPU is the server's
 WRK_CONNECTIONS = 128
+# Why the cpu section also loads the floor and Kafka with a new connection per event: that is
+# how every hook connects. SFTPGo's HTTP post_login_hook goes through httpclient.RetryablePost,
+# which builds a new retrying client (its own connection pool) for each call and closes its idle
+# connections when the call returns; the program shim is a process per login; MediaWiki posts
+# from the PHP request of the login. wrk's keep-alive rows are the issue's measurement; these
+# add what accepting, setting up and closing a connection costs per event.
+PER_EVENT_WHY = "SFTPGo's HTTP hook, the shim and MediaWiki open a connection per login"
 SECTIONS = ("cpu", "workers", "latency", "profile", "checks")
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -713,8 +720,16 @@ def lua_string(text: str) -> str:
     )
 
 
-def write_wrk_script(path: Path, pairs: list[tuple[str, str]], *, counted: bool) -> None:
-    """A wrk script cycling through the vectors; `counted` stops each thread after arg 1 answers."""
+def write_wrk_script(
+    path: Path, pairs: list[tuple[str, str]], *, counted: bool, per_event: bool = False
+) -> None:
+    """A wrk script cycling through the vectors; `counted` stops each thread after arg 1 answers.
+
+    `per_event`: every request asks ``Connection: close``, so the server closes the connection
+    after its answer and wrk opens a new one for the next request: how the hooks really connect
+    (see PER_EVENT_WHY).
+    """
+    close = '["Connection"] = "close",\n                   ' if per_event else ""
     entries = ",\n".join(f"  {{{lua_string(p)}, {lua_string(b)}}}" for p, b in pairs)
     counting = (
         """
@@ -738,7 +753,7 @@ limit = 0
 function init(args)
   limit = tonumber(args[1]) or 0
   local headers = {{["Content-Type"] = "application/json",
-                   ["Authorization"] = "Bearer {TOKEN}"}}
+                   {close}["Authorization"] = "Bearer {TOKEN}"}}
   for n, v in ipairs(vectors) do requests[n] = wrk.format("POST", v[1], headers, v[2]) end
 end
 function request()
@@ -826,18 +841,34 @@ class Load:
         self.scratch = scratch
         self.pairs = pairs
         self.timed = scratch / "timed.lua"
+        self.timed_per_event = scratch / "timed-per-event.lua"
         self.counted = scratch / "counted.lua"
         write_wrk_script(self.timed, pairs, counted=False)
+        write_wrk_script(self.timed_per_event, pairs, counted=False, per_event=True)
         write_wrk_script(self.counted, pairs, counted=True)
 
-    def closed(self, port: int, seconds: float, connections: int = WRK_CONNECTIONS) -> Closed:
-        return self.finish(self.start_closed(port, seconds, connections))
+    def closed(
+        self,
+        port: int,
+        seconds: float,
+        connections: int = WRK_CONNECTIONS,
+        *,
+        per_event: bool = False,
+    ) -> Closed:
+        return self.finish(self.start_closed(port, seconds, connections, per_event=per_event))
 
     def start_closed(
-        self, port: int, seconds: float, connections: int = WRK_CONNECTIONS
+        self,
+        port: int,
+        seconds: float,
+        connections: int = WRK_CONNECTIONS,
+        *,
+        per_event: bool = False,
     ) -> subprocess.Popen[str]:
-        """A closed-loop wrk run, started and not awaited (two at once for --paired)."""
-        argv = self._argv(port, ["-d", f"{seconds:g}s", "-s", str(self.timed)], connections)
+        """A closed-loop wrk run, started and not awaited (two at once for --paired);
+        `per_event`: a new connection for every request."""
+        script = self.timed_per_event if per_event else self.timed
+        argv = self._argv(port, ["-d", f"{seconds:g}s", "-s", str(script)], connections)
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     @staticmethod
@@ -982,14 +1013,16 @@ class Target:
     samples: list[Sample] = field(default_factory=list)
     labels: dict[tuple[int, int], str] | None = None  # per-thread CPU when set
     errors_before: float = 0.0  # publish errors of its processes stopped by --restart
+    per_event: bool = False  # wrk opens a new connection for every event (PER_EVENT_WHY)
 
     @property
     def title(self) -> str:
+        how = ", new connection per event" if self.per_event else ""
         if self.kind == "floor":
-            return "floor (bare ASGI app, the bridge's serve path)"
+            return f"floor (bare ASGI app, the bridge's serve path){how}"
         sink = {"kafka": "Kafka (acks=all)", "rabbitmq": "RabbitMQ", "file": "file sink"}
         plural = "s" if self.workers > 1 else ""
-        return f"{sink[self.kind]}, {self.workers} worker{plural}"
+        return f"{sink[self.kind]}, {self.workers} worker{plural}{how}"
 
 
 @dataclass
@@ -1005,6 +1038,7 @@ class Bench:
     seed: int
     paired: bool = False  # --paired: a row's baseline and candidate measured at the same time
     restart: bool = False  # --restart: with paired, fresh processes for every pair and round
+    per_event: bool = True  # the cpu section also measures the floor and Kafka per-event
     targets: list[Target] = field(default_factory=list)
     first_started: list[str] = field(default_factory=list)  # per paired round: whose wrk first
 
@@ -1012,11 +1046,22 @@ class Bench:
     def candidate(self) -> Variant:
         return self.variants[-1]
 
-    def find(self, variant: Variant, kind: str, workers: int = 1) -> Target | None:
+    def find(
+        self, variant: Variant, kind: str, workers: int = 1, *, per_event: bool = False
+    ) -> Target | None:
+        wanted = (variant, kind, workers, per_event)
         for target in self.targets:
-            if (target.variant, target.kind, target.workers) == (variant, kind, workers):
+            if (target.variant, target.kind, target.workers, target.per_event) == wanted:
                 return target
         return None
+
+    def floor_of(self, target: Target) -> Target:
+        """The floor a row is compared with: the one loaded the same way."""
+        floor = self.find(target.variant, "floor", per_event=target.per_event)
+        if floor is None:
+            floor = self.find(target.variant, "floor")
+        assert floor is not None  # every run with rounds starts a floor
+        return floor
 
     def kafka(self, variant: Variant) -> Target:
         found = self.find(variant, "kafka")
@@ -1024,9 +1069,13 @@ class Bench:
             found = self.add(variant, "kafka")
         return found
 
-    def add(self, variant: Variant, kind: str, workers: int = 1) -> Target:
-        print(f"starting {variant.name}: {kind}, {workers} worker(s)", flush=True)
-        target = Target(variant, kind, workers, self.serve(variant, kind, workers))
+    def add(
+        self, variant: Variant, kind: str, workers: int = 1, *, per_event: bool = False
+    ) -> Target:
+        how = ", new connection per event" if per_event else ""
+        print(f"starting {variant.name}: {kind}, {workers} worker(s){how}", flush=True)
+        server = self.serve(variant, kind, workers)
+        target = Target(variant, kind, workers, server, per_event=per_event)
         self.targets.append(target)
         return target
 
@@ -1049,6 +1098,10 @@ class Bench:
             if "cpu" in self.sections:
                 self.add(variant, "rabbitmq")
                 self.add(variant, "file")
+                if self.per_event:
+                    # Own processes, not the rows' above: --restart replaces a row's server.
+                    self.add(variant, "floor", per_event=True)
+                    self.add(variant, "kafka", per_event=True)
             if "workers" in self.sections:
                 self.add(variant, "kafka", self.workers)
         self.describe_loops()
@@ -1086,7 +1139,7 @@ class Bench:
         spy = py_spy(required=False)
         print(f"warm-up: {self.plan.warm_up:g} s of wrk on each of {len(targets)} servers")
         for target in targets:
-            self.load.closed(target.server.port, self.plan.warm_up)
+            self.load.closed(target.server.port, self.plan.warm_up, per_event=target.per_event)
             if target.kind == "kafka" and target.workers == 1:
                 target.labels = thread_labels(target.server, spy)
         shuffle = random.Random(self.seed)
@@ -1099,7 +1152,9 @@ class Bench:
                 print(f"round {number}/{self.plan.rounds}", flush=True)
                 for target in order:
                     with Meter(target.server, target.labels) as meter:
-                        run = self.load.closed(target.server.port, self.plan.seconds)
+                        run = self.load.closed(
+                            target.server.port, self.plan.seconds, per_event=target.per_event
+                        )
                     self.record(target, run, meter)
                     if target.kind == "rabbitmq":
                         purge_queues(self.lab)  # outside the window: keep its queues short
@@ -1124,7 +1179,7 @@ class Bench:
         base, cand = self.variants[0], self.variants[-1]
         found = []
         for target in targets:
-            other = self.find(base, target.kind, target.workers)
+            other = self.find(base, target.kind, target.workers, per_event=target.per_event)
             if target.variant == cand and other in targets:
                 assert other is not None
                 found.append((other, target))
@@ -1193,7 +1248,12 @@ class Bench:
         """Both meters open, then both wrk runs start back to back; each meter closes when its
         own wrk ends (the first started ends first)."""
         meters = [Meter(t.server, t.labels).__enter__() for t in both]
-        wrks = [self.load.start_closed(t.server.port, seconds or self.plan.seconds) for t in both]
+        wrks = [
+            self.load.start_closed(
+                t.server.port, seconds or self.plan.seconds, per_event=t.per_event
+            )
+            for t in both
+        ]
         try:
             runs = []
             for meter, wrk in zip(meters, wrks, strict=True):
@@ -1214,7 +1274,8 @@ class Bench:
         return "workers" in self.sections and target.kind == "kafka"
 
     def ratios(self, target: Target, floor: Target) -> tuple[list[float], list[float]]:
-        """Per round: (events/s ÷ floor's, CPU/event ÷ floor's), each pair from the same round."""
+        """Per round: (events/s ÷ floor's, CPU/event ÷ floor's), each pair from the same round.
+        Rows loaded a new connection per event are compared with the floor loaded so."""
         pairs = list(zip(target.samples, floor.samples, strict=False))
         rate = [s.rate / f.rate for s, f in pairs if f.rate]
         cpu = [s.us_per_event / f.us_per_event for s, f in pairs if f.us_per_event]
@@ -1229,9 +1290,9 @@ class Bench:
             for target in self.targets:
                 if target.variant != variant or not target.samples:
                     continue
-                rate, cpu = self.ratios(target, floor)
+                rate, cpu = self.ratios(target, self.floor_of(target))
                 s = target.samples
-                is_floor = target is floor
+                is_floor = target.kind == "floor"
                 rows.append(
                     [
                         target.title,
@@ -1254,6 +1315,12 @@ class Bench:
                 else f"{n} interleaved rounds of {self.plan.seconds:g} s each, wrk closed loop "
                 f"({WRK_CONNECTIONS} connections, {WRK_THREADS} thread)"
             )
+            if any(t.per_event and t.samples for t in self.targets):
+                how += (
+                    "; rows *new connection per event*: every request asks `Connection: close`, "
+                    f"so each event arrives on a new connection ({PER_EVENT_WHY}), and their "
+                    "ratios are to the floor loaded the same way"
+                )
             self.report.block(
                 f"### {variant.name}: events/s and CPU per event vs the floor\n\n"
                 f"{how}; median [range] over "
@@ -1278,6 +1345,9 @@ class Bench:
             if kafka is not None and kafka.samples and "cpu" in self.sections:
                 self.kafka_targets(variant, kafka, floor)
                 self.report_threads(variant, kafka)
+            per_event = self.find(variant, "kafka", per_event=True)
+            if per_event is not None and per_event.samples:
+                self.kafka_targets(variant, per_event, self.floor_of(per_event))
             multi = self.find(variant, "kafka", self.workers)
             if kafka is not None and multi is not None and multi.samples:
                 self.report_workers(variant, kafka, multi)
@@ -1288,6 +1358,8 @@ class Bench:
     def kafka_targets(self, variant: Variant, kafka: Target, floor: Target) -> None:
         rate, cpu = self.ratios(kafka, floor)
         tag = f" [{variant.name}]" if len(self.variants) > 1 else ""
+        if kafka.per_event:
+            tag += ", both with a new connection per event (as the hooks connect)"
         self.report.target(
             f"CPU/event into Kafka ≤ {CPU_MAX_FLOOR_RATIO:g}x floor "
             f"(stretch ≤ {CPU_STRETCH_FLOOR_RATIO:g}x){tag}",
@@ -1373,7 +1445,7 @@ class Bench:
         for target in self.targets:
             if target.variant != cand or not target.samples:
                 continue
-            other = self.find(base, target.kind, target.workers)
+            other = self.find(base, target.kind, target.workers, per_event=target.per_event)
             if other is None or not other.samples:
                 continue
             pairs = list(zip(target.samples, other.samples, strict=False))
@@ -2171,6 +2243,7 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
             seed,
             args.paired,
             args.restart,
+            per_event=not args.keep_alive_only,
         )
         create_topics(lab, args.segment_bytes)
         report.note(
@@ -2264,6 +2337,12 @@ def main() -> int:
         default=1 << 30,
         help="log segment size of the bench's Kafka topics (default 1 GiB, Kafka's own default; "
         "16777216 is the test broker's)",
+    )
+    parser.add_argument(
+        "--keep-alive-only",
+        action="store_true",
+        help="skip the cpu section's rows with a new connection per event (the floor and "
+        "Kafka, each wrk request with Connection: close, as the hooks connect)",
     )
     parser.add_argument("--keep-brokers", action="store_true", help="leave own brokers running")
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
