@@ -84,14 +84,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None  # loop time; None: no deadline
         self._deadline_seconds = 0.0
-        self._expire: Callable[[], None] = _nothing
+        # The function, not a bound method: a method held here would make a reference cycle
+        # of every connection, left to the garbage collector (see connection_lost).
+        self._expire: Callable[[BoundedHttpToolsProtocol], None] = _no_deadline
         self._refused = False
 
     # -- the transport
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._set_deadline(self.limits.header_timeout, self._headers_too_slow)
+        self._set_deadline(self.limits.header_timeout, BoundedHttpToolsProtocol._headers_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
@@ -123,7 +125,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_headers = True
         self._received = 0
-        self._set_deadline(self.limits.header_timeout, self._headers_too_slow)
+        self._set_deadline(self.limits.header_timeout, BoundedHttpToolsProtocol._headers_too_slow)
 
     def on_headers_complete(self) -> None:
         if self._refused:
@@ -133,7 +135,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if size > self.limits.max_header_bytes:
             self._headers_too_large()
             return
-        self._set_deadline(self.limits.body_timeout, self._body_too_slow)
+        self._set_deadline(self.limits.body_timeout, BoundedHttpToolsProtocol._body_too_slow)
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before and type(self.cycle) is RequestResponseCycle:
@@ -196,7 +198,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             f"body not complete within {self.limits.body_timeout:g} s",
         )
 
-    def _set_deadline(self, seconds: float, expire: Callable[[], None]) -> None:
+    def _set_deadline(
+        self, seconds: float, expire: Callable[[BoundedHttpToolsProtocol], None]
+    ) -> None:
         # Every request sets two deadlines: a timer each (and a cancel) was 3 % of a worker's
         # CPU under load. Deadlines only move later, so the armed timer is kept when it fires
         # first; then it checks the deadline and is armed again for what is left.
@@ -221,7 +225,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._set_deadline(self._deadline_seconds, self._expire)
         else:
             self._deadline = None
-            self._expire()
+            self._expire(self)
 
     def _clear_deadline(self) -> None:
         self._deadline = None
@@ -487,6 +491,10 @@ class _Cue:
 
 
 def _nothing() -> None:
+    return None
+
+
+def _no_deadline(_protocol: BoundedHttpToolsProtocol) -> None:
     return None
 
 
