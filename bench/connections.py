@@ -1,0 +1,334 @@
+"""What it costs the bridge that every hook connects anew, on plain HTTP and on HTTPS.
+
+SFTPGo's HTTP post_login_hook builds a new client for each call and closes its connections when
+the call returns (``httpclient.RetryablePost``), the shim is a process per login, and MediaWiki
+posts from the login's own PHP request: each event arrives on a new connection, and with HTTPS
+each is a full TLS handshake (a new client has no session to resume). ``ingest.py`` measures at
+saturation over kept-alive connections, as issue 11 asks; this measures one bridge worker into
+Kafka at a fixed rate, the way operators size it, with and without a connection per event, on
+plain HTTP and on HTTPS with an RSA-2048 and an ECDSA P-256 server key.
+
+    .venv/bin/python bench/connections.py [--rate 500] [--seconds 10] [--rounds 3]
+
+Each round runs every (server, connection) pair once, in a fresh random order, with vegeta at
+the fixed rate (``-keepalive=false`` for a connection per event: vegeta then asks
+``Connection: close`` and opens a new connection for every request). CPU is the bridge
+process's user and system time over its 2xx answers; latency is vegeta's, from the send to the
+whole answer. Before a run with a connection per event, it waits until fewer than 10,000
+loopback sockets are in TIME_WAIT, so that the client never runs out of ports. The report goes
+to ``bench/results/<date>-connections[-label].md``. Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import ingest
+import trustme
+from ingest import REPO, RESULTS, TOKEN, Lab, Variant, table
+
+from support import free_port, stop_process
+
+TIME_WAIT_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    key: trustme.KeyType | None  # None: plain HTTP
+
+
+SCHEMES = (
+    Scheme("HTTP", None),
+    Scheme("HTTPS, RSA-2048 key", trustme.KeyType.RSA),
+    Scheme("HTTPS, ECDSA P-256 key", trustme.KeyType.ECDSA),
+)
+
+
+@dataclass
+class Bridge:
+    scheme: Scheme
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass(frozen=True)
+class Run:
+    ok: int
+    user_us: float  # per 2xx answer
+    sys_us: float
+    p50_ms: float
+    p99_ms: float
+
+
+def user_sys(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) / ingest.TICKS, int(fields[12]) / ingest.TICKS
+
+
+def time_wait_sockets() -> int:
+    count = 0
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table_path).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        count += sum(1 for line in lines if line.split()[3] == "06")
+    return count
+
+
+def start_bridge(lab: Lab, scheme: Scheme, certs: Path) -> Bridge:
+    port = free_port()
+    data_dir = lab.data_dir(f"connections-{scheme.key.name if scheme.key else 'http'}")
+    env = lab.bridge_env(Variant("this checkout", None), "kafka", port, data_dir)
+    url = f"http://127.0.0.1:{port}"
+    if scheme.key is not None:
+        ca = trustme.CA(key_type=scheme.key)
+        leaf = ca.issue_cert("127.0.0.1", key_type=scheme.key)
+        cert, key = certs / f"{scheme.key.name}.crt", certs / f"{scheme.key.name}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        env |= {"BRIDGE_TLS_CERTFILE": str(cert), "BRIDGE_TLS_KEYFILE": str(key)}
+        url = f"https://127.0.0.1:{port}"
+    log = data_dir / "bridge.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(ingest.BIN / "login-audit-bridge"), "serve"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            cwd=data_dir,
+        )
+    bridge = Bridge(scheme, url, process, log)
+    wait_ready(bridge)
+    return bridge
+
+
+def wait_ready(bridge: Bridge) -> None:
+    """Until /readyz says the Kafka sink is ready (over TLS without checking the test CA)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if bridge.process.poll() is not None:
+            tail = bridge.log.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"{bridge.scheme.name}: the bridge exited:\n{tail}")
+        answer = subprocess.run(
+            ["curl", "-sk", "--max-time", "1", f"{bridge.url}/readyz"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        try:
+            if json.loads(answer).get("sink_ready"):
+                return
+        except ValueError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{bridge.scheme.name}: not ready in 90 s ({bridge.log})")
+
+
+def attack(
+    vegeta: Path, bridge: Bridge, scratch: Path, rate: int, seconds: float, keep_alive: bool
+) -> Run:
+    targets = scratch / f"targets-{bridge.process.pid}.jsonl"
+    if not targets.exists():
+        headers = {"Content-Type": ["application/json"], "Authorization": [f"Bearer {TOKEN}"]}
+        lines = [
+            json.dumps(
+                {
+                    "method": "POST",
+                    "url": f"{bridge.url}{path}",
+                    "body": base64.b64encode(body.encode()).decode(),
+                    "header": headers,
+                }
+            )
+            for path, body in ingest.request_pairs()
+        ]
+        targets.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if not keep_alive:
+        deadline = time.monotonic() + 120
+        while time_wait_sockets() > TIME_WAIT_MAX and time.monotonic() < deadline:
+            time.sleep(1)
+    results = scratch / "results.bin"
+    user0, sys0 = user_sys(bridge.process.pid)
+    subprocess.run(
+        [
+            str(vegeta),
+            "attack",
+            "-insecure",  # the certificates are this run's own, from a throwaway CA
+            "-format=json",
+            f"-targets={targets}",
+            f"-rate={rate}/1s",
+            f"-duration={seconds:g}s",
+            "-timeout=10s",
+            "-http2=false",
+            "-max-body=0",
+            f"-keepalive={'true' if keep_alive else 'false'}",
+            f"-output={results}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    user1, sys1 = user_sys(bridge.process.pid)
+    report = json.loads(
+        subprocess.run(
+            [str(vegeta), "report", "-type=json", str(results)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    ok = sum(int(n) for code, n in (report.get("status_codes") or {}).items() if code[0] == "2")
+    per = 1e6 / max(ok, 1)
+    return Run(
+        ok,
+        (user1 - user0) * per,
+        (sys1 - sys0) * per,
+        report["latencies"]["50th"] / 1e6,
+        report["latencies"]["99th"] / 1e6,
+    )
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def spread(values: list[float], spec: str = ",.0f") -> str:
+    return f"{median(values):{spec}} [{min(values):{spec}}-{max(values):{spec}}]"
+
+
+def report(runs: dict[tuple[str, bool], list[Run]], rate: int, seconds: float) -> str:
+    rows = []
+    for scheme in SCHEMES:
+        kept = runs[(scheme.name, True)]
+        for keep_alive in (True, False):
+            done = runs[(scheme.name, keep_alive)]
+            total = [r.user_us + r.sys_us for r in done]
+            step = [
+                (r.user_us + r.sys_us) - (k.user_us + k.sys_us)
+                for r, k in zip(done, kept, strict=True)
+            ]
+            rows.append(
+                [
+                    scheme.name,
+                    "kept alive" if keep_alive else "new per event",
+                    spread(total),
+                    spread([r.user_us for r in done]),
+                    spread([r.sys_us for r in done]),
+                    "" if keep_alive else spread(step, "+,.0f"),
+                    spread([r.p50_ms for r in done], ".1f"),
+                    spread([r.p99_ms for r in done], ".1f"),
+                    f"{sum(rate * seconds - r.ok for r in done):,.0f}",
+                ]
+            )
+    return table(
+        [
+            "server",
+            "connection",
+            "µs CPU/event",
+            "user",
+            "system",
+            "per connection",
+            "p50 ms",
+            "p99 ms",
+            "not 2xx",
+        ],
+        rows,
+        "ll" + "r" * 7,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=int, default=500, help="events/s (default 500)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per run (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument(
+        "--brokers",
+        choices=["own", "shared"],
+        default="own",
+        help="the bench's own Kafka (default) or the shared test brokers (never stopped)",
+    )
+    parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
+    parser.add_argument("--label", help="added to the results file name")
+    args = parser.parse_args()
+    if args.rate * args.seconds > TIME_WAIT_MAX:
+        parser.error(
+            f"--rate x --seconds over {TIME_WAIT_MAX:,}: a run with a connection per event would "
+            "leave the client short of loopback ports"
+        )
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    started = datetime.now(UTC)
+    vegeta = ingest.ensure_vegeta()
+    runs: dict[tuple[str, bool], list[Run]] = {
+        (s.name, k): [] for s in SCHEMES for k in (True, False)
+    }
+    own = args.brokers == "own"
+    found = ingest.start_brokers(own)
+    with tempfile.TemporaryDirectory(prefix="bench-connections-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        lab = Lab(scratch, found, "processes")
+        bridges: list[Bridge] = []
+        try:
+            ingest.create_topics(lab, 1 << 30)
+            bridges = [start_bridge(lab, scheme, scratch) for scheme in SCHEMES]
+            for bridge in bridges:  # warm-up
+                attack(vegeta, bridge, scratch, args.rate, 2, keep_alive=True)
+            shuffle = random.Random(seed)
+            for number in range(1, args.rounds + 1):
+                order = [(b, k) for b in bridges for k in (True, False)]
+                shuffle.shuffle(order)
+                print(f"round {number}/{args.rounds}", flush=True)
+                for bridge, keep_alive in order:
+                    run = attack(vegeta, bridge, scratch, args.rate, args.seconds, keep_alive)
+                    runs[(bridge.scheme.name, keep_alive)].append(run)
+                    how = "kept alive" if keep_alive else "new per event"
+                    print(
+                        f"  {bridge.scheme.name}, {how}: {run.user_us + run.sys_us:,.0f} µs "
+                        f"CPU/event (user {run.user_us:,.0f}, system {run.sys_us:,.0f}), "
+                        f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, {run.ok:,} 2xx",
+                        flush=True,
+                    )
+        finally:
+            for bridge in bridges:
+                stop_process(bridge.process)
+            ingest.delete_broker_objects(lab)
+            if own and found.started_here:
+                ingest.brokers("stop", own=True)
+    command = shlex.join(["bench/connections.py", *sys.argv[1:]])
+    text = (
+        f"# Connections and TLS, {started:%Y-%m-%d %H:%M} UTC\n\n"
+        f"`{command}` on {ingest.machine()}, Python {sys.version.split()[0]}, round order seed "
+        f"{seed}. One bridge worker per server into Kafka (acks=all), vegeta at {args.rate}/s "
+        f"for {args.seconds:g} s per run, {args.rounds} rounds; median [range] over rounds. "
+        "*per connection*: what the run with a new connection per event cost per event over "
+        "the same server's kept-alive run of the same round.\n\n"
+        + report(runs, args.rate, args.seconds)
+        + "\n"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    label = f"-{args.label}" if args.label else ""
+    out = RESULTS / f"{started:%Y-%m-%d-%H%M}-connections{label}.md"
+    out.write_text(text, encoding="utf-8")
+    print("\n" + text + f"\n(written to {out.relative_to(REPO)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
