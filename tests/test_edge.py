@@ -430,6 +430,37 @@ def unix_post(path: Path, target: str, body: bytes, token: str) -> tuple[int, di
         connection.close()
 
 
+def test_over_https_the_bridge_issues_no_session_tickets(
+    bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
+) -> None:
+    # Each hook connects anew with no session to resume (SFTPGo builds a new client per call):
+    # tickets would be made and sent with every handshake for nothing.
+    ca = trustme.CA()
+    server_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(server_pem))
+    server.private_key_pem.write_to_path(str(key_pem))
+    bridge = bridge_factory(
+        auth_tokens="test-token", tls_certfile=str(server_pem), tls_keyfile=str(key_pem)
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    port = int(bridge.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer test-token"}
+        connection.request("POST", HOOK, body=BOB, headers=headers)
+        reply = connection.getresponse()
+        assert (reply.status, json.loads(reply.read())["status"]) == (200, "stored")
+        tls = connection.sock
+        assert isinstance(tls, ssl.SSLSocket)
+        assert tls.version() == "TLSv1.3"
+        # TLS 1.3 tickets arrive after the handshake and are read with the first answer.
+        assert tls.session is not None and not tls.session.has_ticket
+    finally:
+        connection.close()
+
+
 def test_with_mtls_on_tcp_the_admin_port_and_the_unix_socket_speak_plain_http(
     bridge_factory: Callable[..., BridgeProcess], tmp_path: Path, short_dir: Path
 ) -> None:
