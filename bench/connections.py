@@ -22,7 +22,6 @@ to ``bench/results/<date>-connections[-label].md``. Nothing here asserts a speed
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import random
 import shlex
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import ingest
 import trustme
-from ingest import REPO, RESULTS, TOKEN, Lab, Variant, table
+from ingest import REPO, RESULTS, Lab, Variant, table
 
 from support import free_port, stop_process
 
@@ -144,19 +143,7 @@ def attack(
 ) -> Run:
     targets = scratch / f"targets-{bridge.process.pid}.jsonl"
     if not targets.exists():
-        headers = {"Content-Type": ["application/json"], "Authorization": [f"Bearer {TOKEN}"]}
-        lines = [
-            json.dumps(
-                {
-                    "method": "POST",
-                    "url": f"{bridge.url}{path}",
-                    "body": base64.b64encode(body.encode()).decode(),
-                    "header": headers,
-                }
-            )
-            for path, body in ingest.request_pairs()
-        ]
-        targets.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        ingest.write_vegeta_targets(targets, bridge.url, ingest.request_pairs())
     if not keep_alive:
         deadline = time.monotonic() + 120
         while time_wait_sockets() > TIME_WAIT_MAX and time.monotonic() < deadline:

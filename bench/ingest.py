@@ -774,6 +774,23 @@ end
     )
 
 
+def write_vegeta_targets(path: Path, base_url: str, pairs: list[tuple[str, str]]) -> None:
+    """vegeta's JSON targets: each (path, body) as a POST to ``base_url``, with the bench token."""
+    headers = {"Content-Type": ["application/json"], "Authorization": [f"Bearer {TOKEN}"]}
+    lines = [
+        json.dumps(
+            {
+                "method": "POST",
+                "url": f"{base_url}{target}",
+                "body": base64.b64encode(body.encode()).decode(),
+                "header": headers,
+            }
+        )
+        for target, body in pairs
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class Closed:
     """A wrk run: answers per second that were 2xx, and everything that was not."""
@@ -911,19 +928,7 @@ class Load:
             self.vegeta = ensure_vegeta()
         targets = self.scratch / f"vegeta-{port}.jsonl"
         if not targets.exists():
-            headers = {"Content-Type": ["application/json"], "Authorization": [f"Bearer {TOKEN}"]}
-            lines = [
-                json.dumps(
-                    {
-                        "method": "POST",
-                        "url": f"http://127.0.0.1:{port}{path}",
-                        "body": base64.b64encode(body.encode()).decode(),
-                        "header": headers,
-                    }
-                )
-                for path, body in self.pairs
-            ]
-            targets.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
         results = self.scratch / "vegeta.bin"
         subprocess.run(
             [
