@@ -84,8 +84,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None  # loop time; None: no deadline
         self._deadline_seconds = 0.0
-        # The function, not a bound method: a method held here would make a reference cycle
-        # of every connection, left to the garbage collector (see connection_lost).
+        # The function, not a bound method: a method held here made every connection a reference
+        # cycle (protocol, transport, flow control, cycle) left to the garbage collector.
         self._expire: Callable[[BoundedHttpToolsProtocol], None] = _no_deadline
         self._refused = False
 
