@@ -116,7 +116,12 @@ async def _serve_holding_the_spool(
     sink_started = asyncio.Event()
     replayer = None
     stopped = False  # by a signal, not by a fatal error
+    admin = None
     try:
+        # Probes and /metrics stay up until the very end, through the drain at shutdown: an
+        # operator watches the spool empty, and /readyz says "stopping" meanwhile.
+        admin = _AdminListeners(settings, pipeline, metrics, group)
+        admin.start()
         if spool is None:
             # Without a spool there is nowhere to put events: wait for the sink.
             await _start_sink(sink, sink_started, retry=False)
@@ -133,7 +138,7 @@ async def _serve_holding_the_spool(
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         _settle_heap()
         await _serve_until_fatal(
-            background, _serve_http(settings, pipeline, normalizer, metrics, group)
+            background, _serve_http(settings, pipeline, normalizer, metrics, group, admin)
         )
         stopped = True
     finally:
@@ -157,6 +162,8 @@ async def _serve_holding_the_spool(
                     spool.depth,
                     spool.path,
                 )
+        if admin is not None:
+            await admin.stop()
     log.info("login-audit-bridge stopped")
     # Nothing is left to stop. Python gives every signal it handled its default action back
     # while the interpreter exits, so a late SIGTERM (an impatient caller repeating it) ended
@@ -281,6 +288,7 @@ async def _serve_http(
     normalizer: Normalizer,
     metrics: Metrics,
     group: WorkerGroup | None,
+    admin: _AdminListeners,
 ) -> None:
     tokens = TokenCheck(
         [t.get_secret_value() for t in settings.auth_tokens], header=settings.auth_header
@@ -296,13 +304,7 @@ async def _serve_http(
         max_in_flight=settings.max_in_flight,
         group=group,
     )
-    limits = ConnectionLimits(
-        max_header_bytes=settings.max_header_bytes,
-        header_timeout=settings.header_timeout_seconds,
-        body_timeout=settings.body_timeout_seconds,
-    )
-    protocol = bounded_protocol(limits, metrics)
-    hook_protocol = bounded_protocol(limits, metrics, hooks=app)
+    hook_protocol = bounded_protocol(_limits(settings), metrics, hooks=app)
     # One uvicorn server per listener, because uvicorn applies one TLS setting to all of its
     # sockets: TLS (and client certificates) belong on TCP only. The Unix socket is reached by
     # the shim on the same host, which speaks plain HTTP; the admin port serves probes.
@@ -310,18 +312,7 @@ async def _serve_http(
         (_Listener(_uvicorn_config(app, settings, http=hook_protocol, tls=_is_tcp(s))), s)
         for s in _bind(settings)
     ]
-    admin: list[tuple[uvicorn.Server, socket.socket]] = []
-    if settings.admin_port is not None:
-        admin_app = create_admin_app(pipeline=pipeline, metrics=metrics, group=group)
-        admin_config = _uvicorn_config(admin_app, settings, http=protocol, tls=False)
-        admin.append((_Listener(admin_config), _bind_admin(settings)))
-    if group is not None:
-        # Where the other workers ask this one for its own readiness and metrics only.
-        local_app = create_admin_app(pipeline=pipeline, metrics=metrics)
-        local_config = _uvicorn_config(local_app, settings, http=protocol, tls=False)
-        admin.append((_Listener(local_config), _unix_listener(group.socket(group.index), 0o600)))
-    where = [_describe(sock, settings) for _, sock in hooks]
-    where += [_describe(sock, settings, admin=True) for _, sock in admin]
+    where = [_describe(sock, settings) for _, sock in hooks] + admin.where
     log.info(
         "login-audit-bridge %s serving on %s with the %s sink",
         __version__,
@@ -330,11 +321,57 @@ async def _serve_http(
     )
     try:
         with _stop_on_signals([server for server, _ in hooks], pipeline):
-            await _run(hooks, admin)
+            await _run(hooks)
     finally:
         _unlink_socket(settings.uds)
+
+
+def _limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+    )
+
+
+class _AdminListeners:
+    """The admin port (probes, /metrics) and, in a worker of ``serve --workers``, its local
+    socket for the other workers: plain HTTP, started before the hook listeners and stopped
+    after the shutdown drain, so they answer while the spool empties."""
+
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, metrics: Metrics, group: WorkerGroup | None
+    ) -> None:
+        protocol = bounded_protocol(_limits(settings), metrics)
+        self._servers: list[tuple[uvicorn.Server, socket.socket]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._local: Path | None = None
+        if settings.admin_port is not None:
+            admin_app = create_admin_app(pipeline=pipeline, metrics=metrics, group=group)
+            config = _uvicorn_config(admin_app, settings, http=protocol, tls=False)
+            self._servers.append((_Listener(config), _bind_admin(settings)))
         if group is not None:
-            _unlink_socket(group.socket(group.index))
+            # Where the other workers ask this one for its own readiness and metrics only.
+            self._local = group.socket(group.index)
+            local_app = create_admin_app(pipeline=pipeline, metrics=metrics)
+            config = _uvicorn_config(local_app, settings, http=protocol, tls=False)
+            self._servers.append((_Listener(config), _unix_listener(self._local, 0o600)))
+        self.where = [_describe(sock, settings, admin=True) for _, sock in self._servers]
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(server.serve(sockets=[sock])) for server, sock in self._servers
+        ]
+
+    async def stop(self) -> None:
+        for server, _ in self._servers:
+            server.should_exit = True
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for _, sock in self._servers:
+                sock.close()  # uvicorn closes what it served; these may never have been served
+            _unlink_socket(self._local)
 
 
 class _Listener(uvicorn.Server):
@@ -345,12 +382,8 @@ class _Listener(uvicorn.Server):
         yield
 
 
-async def _run(
-    hooks: Sequence[tuple[uvicorn.Server, socket.socket]],
-    admin: Sequence[tuple[uvicorn.Server, socket.socket]],
-) -> None:
-    """Serves until the hook listeners stop; the admin listeners stay up until they have drained."""
-    admin_tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in admin]
+async def _run(hooks: Sequence[tuple[uvicorn.Server, socket.socket]]) -> None:
+    """Serves until the hook listeners stop."""
     tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in hooks]
     try:
         await asyncio.gather(*tasks)
@@ -358,9 +391,6 @@ async def _run(
         for server, _ in hooks:  # if one listener failed, the others stop too
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
-        for server, _ in admin:
-            server.should_exit = True
-        await asyncio.gather(*admin_tasks)
 
 
 @contextlib.contextmanager

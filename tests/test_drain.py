@@ -16,6 +16,8 @@ import os
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,6 +167,46 @@ def test_scaled_down_with_a_backlog_the_bridge_drains_it_before_exiting(
     delivered = own_kafka.user_names(topic)
     lost = _report("scaled down with a backlog", names, acknowledged, delivered, capsys)
     assert lost == 0
+
+
+def _admin_get(url: str) -> tuple[int, str] | None:
+    """(status, body) of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+    except OSError:
+        return None
+
+
+@pytest.mark.kafka
+def test_while_the_bridge_drains_at_shutdown_its_admin_port_still_answers(
+    bridge_factory: Callable[..., BridgeProcess], own_kafka: OwnKafka
+) -> None:
+    """The hook listeners stop on SIGTERM; /readyz (503, stopping) and /metrics (the spool's
+    depth) keep answering until the drain is done, so an operator can watch it."""
+    topic = f"drain-{uuid.uuid4().hex[:8]}"
+    bridge = _kafka_bridge(bridge_factory, own_kafka, topic, shutdown_drain_seconds="90")
+    acknowledged = _send(bridge, [f"{topic}-{i}" for i in range(5)])
+    assert len(acknowledged) == 5  # spooled: the broker is down
+    assert bridge.process is not None and bridge.admin_url is not None
+    bridge.process.terminate()
+    deadline = time.monotonic() + 20
+    while "draining 5 spooled event(s)" not in bridge.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # well into the drain, which waits for the broker
+    assert bridge.process.poll() is None
+    assert _admin_get(f"{bridge.url}/healthz") is None  # the hook port closed first
+    ready = _admin_get(f"{bridge.admin_url}/readyz")
+    assert ready is not None and ready[0] == 503 and json.loads(ready[1])["error"] == "stopping"
+    scraped = _admin_get(f"{bridge.admin_url}/metrics")
+    assert scraped is not None and scraped[0] == 200
+    assert 'login_audit_spool_events{spool="bridge"} 5.0' in scraped[1]
+    own_kafka.start()
+    assert bridge.stop(timeout=120) == 0
+    assert _spooled(bridge.data_dir) == 0
+    assert sorted(own_kafka.user_names(topic)) == sorted(acknowledged)
 
 
 @pytest.mark.kafka
