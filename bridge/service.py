@@ -364,14 +364,15 @@ class _AdminListeners:
         ]
 
     async def stop(self) -> None:
+        """Stops them; never raises, so that it cannot hide why the bridge is stopping."""
         for server, _ in self._servers:
             server.should_exit = True
-        try:
-            await asyncio.gather(*self._tasks)
-        finally:
-            for _, sock in self._servers:
-                sock.close()  # uvicorn closes what it served; these may never have been served
-            _unlink_socket(self._local)
+        for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.error("an admin listener failed: %r", outcome)
+        for _, sock in self._servers:
+            sock.close()  # uvicorn closes what it served; these may never have been served
+        _unlink_socket(self._local)
 
 
 class _Listener(uvicorn.Server):
