@@ -35,7 +35,7 @@ from pathlib import Path
 
 import ingest
 import trustme
-from ingest import REPO, RESULTS, Lab, Variant, table
+from ingest import Lab, Variant, spread, table
 
 from support import free_port, stop_process
 
@@ -58,9 +58,7 @@ SCHEMES = (
 @dataclass
 class Bridge:
     scheme: Scheme
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    server: ingest.Server
 
 
 @dataclass(frozen=True)
@@ -70,12 +68,6 @@ class Run:
     sys_us: float
     p50_ms: float
     p99_ms: float
-
-
-def user_sys(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) / ingest.TICKS, int(fields[12]) / ingest.TICKS
 
 
 def time_wait_sockets() -> int:
@@ -93,7 +85,6 @@ def start_bridge(lab: Lab, scheme: Scheme, certs: Path) -> Bridge:
     port = free_port()
     data_dir = lab.data_dir(f"connections-{scheme.key.name if scheme.key else 'http'}")
     env = lab.bridge_env(Variant("this checkout", None), "kafka", port, data_dir)
-    url = f"http://127.0.0.1:{port}"
     if scheme.key is not None:
         ca = trustme.CA(key_type=scheme.key)
         leaf = ca.issue_cert("127.0.0.1", key_type=scheme.key)
@@ -101,7 +92,6 @@ def start_bridge(lab: Lab, scheme: Scheme, certs: Path) -> Bridge:
         leaf.cert_chain_pems[0].write_to_path(str(cert))
         leaf.private_key_pem.write_to_path(str(key))
         env |= {"BRIDGE_TLS_CERTFILE": str(cert), "BRIDGE_TLS_KEYFILE": str(key)}
-        url = f"https://127.0.0.1:{port}"
     log = data_dir / "bridge.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -111,45 +101,25 @@ def start_bridge(lab: Lab, scheme: Scheme, certs: Path) -> Bridge:
             stderr=out,
             cwd=data_dir,
         )
-    bridge = Bridge(scheme, url, process, log)
-    wait_ready(bridge)
-    return bridge
-
-
-def wait_ready(bridge: Bridge) -> None:
-    """Until /readyz says the Kafka sink is ready (over TLS without checking the test CA)."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if bridge.process.poll() is not None:
-            tail = bridge.log.read_text(errors="replace")[-2000:]
-            raise SystemExit(f"{bridge.scheme.name}: the bridge exited:\n{tail}")
-        answer = subprocess.run(
-            ["curl", "-sk", "--max-time", "1", f"{bridge.url}/readyz"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        try:
-            if json.loads(answer).get("sink_ready"):
-                return
-        except ValueError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{bridge.scheme.name}: not ready in 90 s ({bridge.log})")
+    https = "https" if scheme.key is not None else "http"
+    server = ingest.Server(scheme.name, port, [process], log, "kafka", scheme=https)
+    ingest.wait_ready(server, sink_ready=True)
+    return Bridge(scheme, server)
 
 
 def attack(
     vegeta: Path, bridge: Bridge, scratch: Path, rate: int, seconds: float, keep_alive: bool
 ) -> Run:
-    targets = scratch / f"targets-{bridge.process.pid}.jsonl"
+    pid = bridge.server.processes[0].pid
+    targets = scratch / f"targets-{pid}.jsonl"
     if not targets.exists():
-        ingest.write_vegeta_targets(targets, bridge.url, ingest.request_pairs())
+        ingest.write_vegeta_targets(targets, bridge.server.url, ingest.request_pairs())
     if not keep_alive:
         deadline = time.monotonic() + 120
         while time_wait_sockets() > TIME_WAIT_MAX and time.monotonic() < deadline:
             time.sleep(1)
     results = scratch / "results.bin"
-    user0, sys0 = user_sys(bridge.process.pid)
+    user0, sys0 = ingest.proc_user_sys(pid)
     subprocess.run(
         [
             str(vegeta),
@@ -168,7 +138,7 @@ def attack(
         check=True,
         capture_output=True,
     )
-    user1, sys1 = user_sys(bridge.process.pid)
+    user1, sys1 = ingest.proc_user_sys(pid)
     report = json.loads(
         subprocess.run(
             [str(vegeta), "report", "-type=json", str(results)],
@@ -186,16 +156,6 @@ def attack(
         report["latencies"]["50th"] / 1e6,
         report["latencies"]["99th"] / 1e6,
     )
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def spread(values: list[float], spec: str = ",.0f") -> str:
-    return f"{median(values):{spec}} [{min(values):{spec}}-{max(values):{spec}}]"
 
 
 def report(runs: dict[tuple[str, bool], list[Run]], rate: int, seconds: float) -> str:
@@ -294,7 +254,8 @@ def main() -> int:
                     )
         finally:
             for bridge in bridges:
-                stop_process(bridge.process)
+                for process in bridge.server.processes:
+                    stop_process(process)
             ingest.delete_broker_objects(lab)
             if own and found.started_here:
                 ingest.brokers("stop", own=True)
@@ -309,11 +270,8 @@ def main() -> int:
         + report(runs, args.rate, args.seconds)
         + "\n"
     )
-    RESULTS.mkdir(exist_ok=True)
     label = f"-{args.label}" if args.label else ""
-    out = RESULTS / f"{started:%Y-%m-%d-%H%M}-connections{label}.md"
-    out.write_text(text, encoding="utf-8")
-    print("\n" + text + f"\n(written to {out.relative_to(REPO)})")
+    ingest.write_results(f"{started:%Y-%m-%d-%H%M}-connections{label}", text)
     return 0
 
 

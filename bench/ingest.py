@@ -44,6 +44,7 @@ import random
 import shlex
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -198,15 +199,21 @@ def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
 # ---------------------------------------------------------------- /proc
 
 
-def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """utime + stime of a process (all its threads) or of one thread; 0 once it is gone."""
+def proc_user_sys(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(utime, stime) in seconds of a process (all its threads) or of one thread; zeros once
+    it is gone."""
     path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
     try:
         fields = Path(path).read_text().rpartition(")")[2].split()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     # utime and stime are fields 14 and 15 of proc(5)'s stat; [0] here is field 3.
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (all its threads) or of one thread; 0 once it is gone."""
+    return sum(proc_user_sys(pid, tid))
 
 
 def thread_ids(pid: int) -> list[int]:
@@ -268,10 +275,16 @@ def uvloop_loaded(pid: int) -> bool:
 # ---------------------------------------------------------------- processes
 
 
+# The bench's HTTPS servers present certificates of a throwaway CA, on loopback only.
+_LOOPBACK_TLS = ssl.create_default_context()
+_LOOPBACK_TLS.check_hostname = False
+_LOOPBACK_TLS.verify_mode = ssl.CERT_NONE
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    # Every URL here is http://127.0.0.1:<port>/..., built by this script.
+    # Every URL here is http(s)://127.0.0.1:<port>/..., built by the bench.
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout, context=_LOOPBACK_TLS) as reply:  # noqa: S310
             return int(reply.status), reply.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -301,10 +314,11 @@ class Server:
     processes: list[subprocess.Popen[bytes]]
     log: Path
     sink: str = "floor"
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def pids(self) -> list[int]:
         return process_tree([p.pid for p in self.processes if p.poll() is None])
@@ -2379,11 +2393,17 @@ def main() -> int:
         + report.markdown()
         + "\n"
     )
+    write_results(stem, text)
+    return 0
+
+
+def write_results(stem: str, text: str) -> Path:
+    """Writes a report to bench/results/<stem>.md and prints it with where it went."""
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{stem}.md"
     out.write_text(text, encoding="utf-8")
     print("\n" + text + f"\n(written to {out.relative_to(REPO)})")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ async def _serve_holding_the_spool(
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         _settle_heap()
         await _serve_until_fatal(
-            background, _serve_http(settings, pipeline, normalizer, metrics, group, admin)
+            background, _serve_http(settings, pipeline, normalizer, metrics, group, admin.where)
         )
         stopped = True
     finally:
@@ -288,8 +288,10 @@ async def _serve_http(
     normalizer: Normalizer,
     metrics: Metrics,
     group: WorkerGroup | None,
-    admin: _AdminListeners,
+    admin_where: list[str],
 ) -> None:
+    """Serves the hook listeners until they stop; ``admin_where`` only completes the log line
+    (the admin listeners run longer, see _AdminListeners)."""
     tokens = TokenCheck(
         [t.get_secret_value() for t in settings.auth_tokens], header=settings.auth_header
     )
@@ -312,7 +314,7 @@ async def _serve_http(
         (_Listener(_uvicorn_config(app, settings, http=hook_protocol, tls=_is_tcp(s))), s)
         for s in _bind(settings)
     ]
-    where = [_describe(sock, settings) for _, sock in hooks] + admin.where
+    where = [_describe(sock, settings) for _, sock in hooks] + admin_where
     log.info(
         "login-audit-bridge %s serving on %s with the %s sink",
         __version__,
