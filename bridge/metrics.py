@@ -76,7 +76,8 @@ class Metrics:
         self.connections_closed = Counter(
             "login_audit_connections_closed_total",
             "Client connections the bridge closed itself, by reason (headers_too_large: 431, "
-            "header_timeout and body_timeout: 408 or a silent close, invalid_http: 400).",
+            "header_timeout and body_timeout: 408 or a silent close, invalid_http: 400, "
+            "too_many_connections: 503 before reading).",
             ["reason"],
             registry=r,
         )

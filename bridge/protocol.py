@@ -14,6 +14,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -28,7 +29,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from bridge.app import IDENTITY, Accepted, Answer, HookEndpoints, Normalize
+from bridge.app import IDENTITY, RETRY_AFTER_SECONDS, Accepted, Answer, HookEndpoints, Normalize
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 class ConnectionLimits:
     """What one client connection may take from the bridge."""
 
+    max_connections: int  # open at once on one listener; past it, refused before reading
     max_header_bytes: int  # the request line and the header block, together
     header_timeout: float  # seconds from connecting (or a request's first byte) to its last header
     body_timeout: float  # seconds from the last header to the body's last byte
@@ -93,6 +95,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            # Each open connection holds memory (about 6 KiB, more with a request in it) and
+            # nothing else bounds how many a client storm or an attacker opens: past the cap,
+            # refused before anything is read, so the process stays within its memory limit.
+            self._refuse(
+                "too_many_connections",
+                503,
+                f"over {self.limits.max_connections} connections open at once",
+                reason="overloaded",
+            )
+            return
         self._set_deadline(self.limits.header_timeout, BoundedHttpToolsProtocol._headers_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -244,15 +257,43 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_timer()
         self.metrics.connections_closed.labels(cause).inc()
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a Unix socket client"
-        log.warning("closed the connection from %s: %s", peer, message)
+        if cause == "too_many_connections":
+            _crowd_log.refused(peer, message)
+        else:
+            log.warning("closed the connection from %s: %s", peer, message)
         if status is not None and not self.transport.is_closing():
             # "final": false: what is refused here is how the request was sent, never its body,
             # so a hook keeps the event (its spool is taken in without HTTP) instead of
             # setting it aside as refused.
             error = {"error": reason or cause, "message": message, "final": False}
             body = json.dumps(error).encode()
-            self.transport.write(_json_answer((status, body, []), close=True))
+            extra = [(b"retry-after", RETRY_AFTER_SECONDS.encode())] if status == 503 else []
+            self.transport.write(_json_answer((status, body, extra), close=True))
         self.transport.close()
+
+
+class _CrowdLog:
+    """Logs refused connections at most once per ``interval`` seconds: in a storm of thousands
+    a line each would cost more than the refusals (the metric counts every one)."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next = 0.0
+        self._unlogged = 0
+
+    def refused(self, peer: str, message: str) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more refused since the last line)" if self._unlogged else ""
+        log.warning("refused the connection from %s: %s%s", peer, message, more)
+        self._next = now + self._interval
+        self._unlogged = 0
+
+
+_crowd_log = _CrowdLog()
 
 
 def _json_answer(

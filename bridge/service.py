@@ -330,6 +330,7 @@ async def _serve_http(
 
 def _limits(settings: Settings) -> ConnectionLimits:
     return ConnectionLimits(
+        max_connections=settings.max_connections,
         max_header_bytes=settings.max_header_bytes,
         header_timeout=settings.header_timeout_seconds,
         body_timeout=settings.body_timeout_seconds,

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
         description="Hook events being made durable at once (counted once a request is "
         "authenticated and its body read); past it: 503 with Retry-After.",
     )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Client connections one listener of a worker holds open at once; past it "
+        "a new connection is answered 503 with Retry-After and closed before anything is read "
+        "from it. Bounds the memory connections take (about 6 KiB each).",
+    )
     max_header_bytes: int = Field(
         16384,
         ge=4096,

@@ -403,6 +403,55 @@ def test_real_events_are_answered_while_50_slow_clients_trickle_bodies(
     assert in_flight == 0
 
 
+def test_past_max_connections_a_new_connection_is_answered_503_and_closed_unread(
+    bridge_factory: Callable[..., BridgeProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Open connections are capped: past the cap a new one gets 503 with Retry-After before it
+    sends anything, and is closed; the admin port still answers, and once a connection goes, a
+    real event is taken again."""
+    bridge = bridge_factory(auth_tokens="test-token", max_connections="3")
+    held = [connect(bridge) for _ in range(3)]
+    try:
+        with connect(bridge) as crowded:
+            answer = read_answer(crowded)  # the socket timeout (30 s) fails the test if kept
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert re.search(rb"(?im)^retry-after: \d+\r$", head + b"\r")
+        assert re.search(rb"(?im)^x-login-audit-bridge: \S+\r$", head + b"\r")
+        assert json.loads(body)["error"] == "overloaded"
+        assert json.loads(body)["final"] is False  # the hook keeps the event and retries
+        with urllib.request.urlopen(f"{bridge.admin_url}/readyz", timeout=10) as reply:
+            assert reply.status == 200  # the cap is the hook listener's, not the probes'
+        held.pop().close()
+        status = 0
+        deadline = time.monotonic() + 10
+        while status != 200 and time.monotonic() < deadline:
+            try:
+                status, reply_body, _ = post(f"{bridge.url}{HOOK}", BOB)
+            except (ConnectionError, http.client.HTTPException):
+                status = 0  # refused while the bridge had not yet seen the close
+            if status != 200:
+                time.sleep(0.1)
+        assert status == 200
+    finally:
+        for sock in held:
+            sock.close()
+    acknowledged = {reply_body["event_id"]}
+    delivered = {r["metadata"]["uid"] for r in read_events(bridge.events_dir)}
+    refused = _metric(bridge, "login_audit_connections_closed_total", reason="too_many_connections")
+    print_fault_row(
+        "connection storm (max_connections 3: a 4th refused 503 unread, then a real event)",
+        sent=1,
+        acknowledged=len(acknowledged),
+        delivered=len(acknowledged & delivered),
+        lost=len(acknowledged - delivered),
+        duplicated=0,
+        capsys=capsys,
+    )
+    assert acknowledged <= delivered
+    assert refused >= 1
+
+
 # -- the admin port, and TLS on TCP only (item 8)
 
 

@@ -29,7 +29,9 @@ from bridge.sinks.memory import MemorySink
 
 from support import RecordingTransport
 
-LIMITS = ConnectionLimits(max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0)
+LIMITS = ConnectionLimits(
+    max_connections=64, max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0
+)
 QUERY = b"ip=198.51.100.7&login_method=password&protocol=FTP&status=0"
 BODY = b'{"username":"bob","id":7}'
 TOKEN = b"s3cret"

@@ -8,17 +8,21 @@ written after it.
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
 from bridge.metrics import Metrics
-from bridge.protocol import ConnectionLimits, bounded_protocol
+from bridge.protocol import ConnectionLimits, _CrowdLog, bounded_protocol
 
 from support import RecordingTransport
 
-LIMITS = ConnectionLimits(max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0)
+LIMITS = ConnectionLimits(
+    max_connections=64, max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0
+)
 
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
@@ -76,3 +80,23 @@ def test_pipelined_requests_are_answered_in_order_one_write_each() -> None:
     assert len(transport.writes) == 2
     assert transport.writes[0].endswith(b'{"hello":"/first"}')
     assert transport.writes[1].endswith(b'{"hello":"/second"}')
+
+
+def test_refused_connections_are_logged_once_per_interval_with_how_many_were_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    crowd = _CrowdLog(interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="bridge.protocol"):
+        crowd.refused("192.0.2.1:5000", "over 3 connections open at once")
+        for _ in range(41):
+            now[0] += 0.1
+            crowd.refused("192.0.2.1:5001", "over 3 connections open at once")
+        now[0] = 110.5
+        crowd.refused("192.0.2.9:6000", "over 3 connections open at once")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        "refused the connection from 192.0.2.1:5000: over 3 connections open at once",
+        "refused the connection from 192.0.2.9:6000: over 3 connections open at once "
+        "(41 more refused since the last line)",
+    ]
