@@ -73,6 +73,8 @@ PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 BROKERS = REPO / "scripts" / "brokers"
 TOOLS = REPO / "scripts" / "tools"
+SKELETON = REPO / "bench" / "skeleton"
+SKELETON_BANNER = "skeleton: normalize and encode cached"  # bench/skeleton/sitecustomize.py
 RESULTS = REPO / "bench" / "results"
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for loopback-only processes
 HOOK_PATH = "/v1/hooks/sftpgo"
@@ -296,13 +298,24 @@ class Variant:
 
     name: str
     source: Path | None
+    # --skeleton: the same bridge with bench/skeleton/ first on its path; its workers must log
+    # this line, and it is measured into Kafka only, never against the targets.
+    skeleton: bool = False
+    settings: dict[str, str] = field(default_factory=dict)  # --set: BRIDGE_* for its workers
 
     def env(self) -> dict[str, str]:
         # The other checkout's bridge package ahead of the editable install.
-        return {"PYTHONPATH": str(self.source)} if self.source else {}
+        paths = [str(SKELETON)] if self.skeleton else []
+        paths += [str(self.source)] if self.source else []
+        return {"PYTHONPATH": os.pathsep.join(paths)} if paths else {}
 
     def describe(self) -> str:
-        return checkouts.describe(self.source)
+        described = checkouts.describe(self.source)
+        if self.skeleton:
+            described += ", with bench/skeleton/ (normalizing and encoding cached)"
+        if self.settings:
+            described += ", workers with " + " ".join(f"{k}={v}" for k, v in self.settings.items())
+        return described
 
 
 @dataclass
@@ -421,6 +434,7 @@ class Lab:
             "BRIDGE_RABBITMQ_DECLARE_QUEUES": "true",
             "BRIDGE_RABBITMQ_QUEUE_SUCCESS": self.queues[0],
             "BRIDGE_RABBITMQ_QUEUE_FAILURE": self.queues[1],
+            **variant.settings,
         }
 
     def bridge(self, variant: Variant, sink: str, workers: int = 1, role: str = "") -> Server:
@@ -445,6 +459,11 @@ class Lab:
         server = Server(name, port, processes, data_dir / "bridge.log", sink)
         self.started.append(server)
         wait_ready(server, sink_ready=sink != "file")
+        if variant.skeleton and SKELETON_BANNER not in server.log.read_text(errors="replace"):
+            raise SystemExit(
+                f"{name}: bench/skeleton/sitecustomize.py did not wrap the bridge ({server.log}): "
+                "the methods it wraps changed; update it"
+            )
         return server
 
     def floor(self, variant: Variant) -> Server:
@@ -1115,13 +1134,14 @@ class Bench:
             if rounds or {"latency", "profile"} & self.sections:
                 self.add(variant, "kafka")
             if "cpu" in self.sections:
-                self.add(variant, "rabbitmq")
-                self.add(variant, "file")
+                if not variant.skeleton:
+                    self.add(variant, "rabbitmq")
+                    self.add(variant, "file")
                 if self.per_event:
                     # Own processes, not the rows' above: --restart replaces a row's server.
                     self.add(variant, "floor", per_event=True)
                     self.add(variant, "kafka", per_event=True)
-            if "workers" in self.sections:
+            if "workers" in self.sections and not variant.skeleton:
                 self.add(variant, "kafka", self.workers)
         self.describe_loops()
 
@@ -1362,10 +1382,13 @@ class Bench:
             )
             kafka = self.find(variant, "kafka")
             if kafka is not None and kafka.samples and "cpu" in self.sections:
-                self.kafka_targets(variant, kafka, floor)
+                if variant.skeleton:
+                    self.skeleton_share(variant, kafka, floor)
+                else:
+                    self.kafka_targets(variant, kafka, floor)
                 self.report_threads(variant, kafka)
             per_event = self.find(variant, "kafka", per_event=True)
-            if per_event is not None and per_event.samples:
+            if per_event is not None and per_event.samples and not variant.skeleton:
                 self.kafka_targets(variant, per_event, self.floor_of(per_event))
             multi = self.find(variant, "kafka", self.workers)
             if kafka is not None and multi is not None and multi.samples:
@@ -1373,6 +1396,17 @@ class Bench:
         if len(self.variants) > 1:
             self.report_comparison()
         self.note_spooled()
+
+    def skeleton_share(self, variant: Variant, kafka: Target, floor: Target) -> None:
+        """What the issue's CPU ratio would be if normalizing and encoding cost nothing."""
+        _, cpu = self.ratios(kafka, floor)
+        self.report.target(
+            f"(not a target) CPU/event into Kafka with normalizing and encoding cached "
+            f"[{variant.name}]: what the rest of the hot path costs, x floor",
+            f"{spread(cpu, '.2f', 'x')} ({med([s.us_per_event for s in kafka.samples]):.0f} vs "
+            f"{med([s.us_per_event for s in floor.samples]):.0f} µs)",
+            "-",
+        )
 
     def kafka_targets(self, variant: Variant, kafka: Target, floor: Target) -> None:
         rate, cpu = self.ratios(kafka, floor)
@@ -2236,7 +2270,13 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
     if args.baseline:
         variants = [
             Variant("baseline", args.baseline),
-            Variant(args.name or "candidate", args.source),
+            Variant(args.name or "candidate", args.source, settings=args.settings),
+        ]
+    elif args.skeleton:
+        default = f"checkout {args.source.name}" if args.source else "this checkout"
+        variants = [
+            Variant(args.name or default, args.source),
+            Variant("skeleton", args.source, skeleton=True),
         ]
     else:
         default = f"checkout {args.source.name}" if args.source else "this checkout"
@@ -2363,11 +2403,38 @@ def main() -> int:
         help="skip the cpu section's rows with a new connection per event (the floor and "
         "Kafka, each wrk request with Connection: close, as the hooks connect)",
     )
+    parser.add_argument(
+        "--set",
+        dest="set_settings",
+        action="append",
+        default=[],
+        metavar="BRIDGE_NAME=VALUE",
+        help="with --baseline: a setting for the candidate's bridge workers only (repeatable), "
+        "e.g. --baseline . --source . --set BRIDGE_KAFKA_LINGER_MS=0 to compare a setting",
+    )
+    parser.add_argument(
+        "--skeleton",
+        action="store_true",
+        help="also measure, in the same rounds, the bridge with its normalizing and encoding "
+        "cached (bench/skeleton/): into Kafka, what the rest of the hot path costs",
+    )
     parser.add_argument("--keep-brokers", action="store_true", help="leave own brokers running")
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
     parser.add_argument("--label", help="added to the results file name, e.g. before or after")
     args = parser.parse_args()
     checkouts.resolve_checkouts(parser, args)
+    args.settings = {}
+    for item in args.set_settings:
+        name, equals, value = item.partition("=")
+        if not equals or not name.startswith("BRIDGE_"):
+            parser.error(f"--set {item}: expected BRIDGE_NAME=VALUE")
+        args.settings[name] = value
+    if args.settings and not args.baseline:
+        parser.error("--set applies to the candidate of a --baseline run")
+    if args.skeleton and args.baseline:
+        parser.error(
+            "--skeleton compares the measured checkout with its own skeleton: no --baseline"
+        )
     if args.paired and not args.baseline:
         parser.error(
             "--paired needs --baseline: it pairs the baseline's servers with the candidate's"
