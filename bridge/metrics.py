@@ -77,7 +77,8 @@ class Metrics:
             "login_audit_connections_closed_total",
             "Client connections the bridge closed itself, by reason (headers_too_large: 431, "
             "header_timeout and body_timeout: 408 or a silent close, invalid_http: 400, "
-            "too_many_connections: 503 before reading).",
+            "too_many_connections: 503 before reading, evicted: closed to make room for a new "
+            "one).",
             ["reason"],
             registry=r,
         )

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -57,6 +58,7 @@ def bounded_protocol(
     class Protocol(BoundedHttpToolsProtocol):
         pass
 
+    Protocol.by_activity = OrderedDict()  # this listener's connections, the least active first
     Protocol.limits = limits
     Protocol.metrics = metrics
     Protocol.hooks = hooks
@@ -77,6 +79,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
     metrics: ClassVar[Metrics]
     hooks: ClassVar[HookEndpoints | None] = None
+    by_activity: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -97,20 +100,49 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             # Each open connection holds memory (about 6 KiB, more with a request in it) and
-            # nothing else bounds how many a client storm or an attacker opens: past the cap,
-            # refused before anything is read, so the process stays within its memory limit.
-            self._refuse(
-                "too_many_connections",
-                503,
-                f"over {self.limits.max_connections} connections open at once",
+            # nothing else bounds how many a client storm or an attacker opens. Past the cap,
+            # the least active connection with no request being served makes room: connections
+            # opened and left idle (or sending headers slowly) cannot lock real hooks out, as
+            # every hook sends its request at once. With none, the new one is refused unread.
+            idle = self._least_active_idle()
+            if idle is None:
+                self._refuse(
+                    "too_many_connections",
+                    503,
+                    f"over {self.limits.max_connections} connections open at once",
+                    reason="overloaded",
+                )
+                return
+            # Between requests of a kept-alive connection an answer would be taken for the
+            # next request's: that one is only closed, as HTTP lets an idle connection be.
+            between = idle.cycle is not None and not idle._in_headers
+            idle._refuse(
+                "evicted",
+                None if between else 503,
+                f"closed to make room: over {self.limits.max_connections} connections open, "
+                "this one the least active without a request being served",
                 reason="overloaded",
             )
-            return
+        self.by_activity[self] = None
         self._set_deadline(self.limits.header_timeout, BoundedHttpToolsProtocol._headers_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        self.by_activity.pop(self, None)
         super().connection_lost(exc)
+
+    def _least_active_idle(self) -> BoundedHttpToolsProtocol | None:
+        """The connection to close for a new one: the least active with no request being
+        served (none sent yet, only part of its headers, or its last answer written)."""
+        order = self.by_activity
+        # A bounded look, so that a storm against a full house of requests in flight costs a
+        # few steps per connection; the busy ones looked at go to the back.
+        for _ in range(min(len(order), _EVICTION_LOOKS)):
+            oldest = next(iter(order))
+            if not oldest._refused and (oldest.cycle is None or oldest.cycle.response_complete):
+                return oldest
+            order.move_to_end(oldest)
+        return None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -135,6 +167,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._refused:
             return
+        if self in self.by_activity:
+            self.by_activity.move_to_end(self)
         super().on_message_begin()
         self._in_headers = True
         self._received = 0
@@ -255,10 +289,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Answers ``status`` (None: nothing) with a JSON error and closes the connection."""
         self._refused = True
         self._stop_timer()
+        self.by_activity.pop(self, None)
         self.metrics.connections_closed.labels(cause).inc()
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "a Unix socket client"
-        if cause == "too_many_connections":
-            _crowd_log.refused(peer, message)
+        if cause in _CROWDED:
+            _crowd_log.closed(peer, message)
         else:
             log.warning("closed the connection from %s: %s", peer, message)
         if status is not None and not self.transport.is_closing():
@@ -272,9 +307,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+# Causes logged through _CrowdLog: a connection storm makes thousands of them.
+_CROWDED = ("too_many_connections", "evicted")
+# How many of the least active connections are looked at for one to close (see connection_made).
+_EVICTION_LOOKS = 64
+
+
 class _CrowdLog:
-    """Logs refused connections at most once per ``interval`` seconds: in a storm of thousands
-    a line each would cost more than the refusals (the metric counts every one)."""
+    """Logs connections closed for crowding (refused or evicted) at most once per ``interval``
+    seconds: in a storm of thousands a line each would cost more than the closing (the metric
+    counts every one)."""
 
     def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
@@ -282,13 +324,13 @@ class _CrowdLog:
         self._next = 0.0
         self._unlogged = 0
 
-    def refused(self, peer: str, message: str) -> None:
+    def closed(self, peer: str, message: str) -> None:
         now = self._clock()
         if now < self._next:
             self._unlogged += 1
             return
-        more = f" ({self._unlogged} more refused since the last line)" if self._unlogged else ""
-        log.warning("refused the connection from %s: %s%s", peer, message, more)
+        more = f" ({self._unlogged} more since the last line)" if self._unlogged else ""
+        log.warning("closed the connection from %s: %s%s", peer, message, more)
         self._next = now + self._interval
         self._unlogged = 0
 

@@ -108,9 +108,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         4096,
         ge=1,
-        description="Client connections one listener of a worker holds open at once; past it "
-        "a new connection is answered 503 with Retry-After and closed before anything is read "
-        "from it. Bounds the memory connections take (about 6 KiB each).",
+        description="Client connections one listener of a worker holds open at once. Past it, "
+        "the least active connection with no request being served is closed to make room; "
+        "with none, the new connection is answered 503 with Retry-After and closed before "
+        "anything is read. Bounds the memory connections take (about 6 KiB each).",
     )
     max_header_bytes: int = Field(
         16384,

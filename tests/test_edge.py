@@ -403,14 +403,106 @@ def test_real_events_are_answered_while_50_slow_clients_trickle_bodies(
     assert in_flight == 0
 
 
-def test_past_max_connections_a_new_connection_is_answered_503_and_closed_unread(
+def mid_body(bridge: BridgeProcess) -> socket.socket:
+    """A connection whose hook request has its headers in and is still sending its body.
+
+    It asks for 100 Continue, so that the bridge's answer says the headers were read."""
+    sock = connect(bridge)
+    sock.sendall(
+        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n"
+        "Expect: 100-continue\r\n\r\n".encode()
+    )
+    interim = b""
+    while not interim.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
+        assert chunk, "closed before the 100 Continue"
+        interim += chunk
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    sock.sendall(BOB[:5])
+    return sock
+
+
+def post_until_taken(bridge: BridgeProcess) -> tuple[int, dict[str, Any]]:
+    """POSTs a login until it is answered 200 (a refusal may race a close the bridge has not
+    seen yet), for at most 10 s; the last answer."""
+    status = 0
+    body: dict[str, Any] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            status, body, _ = post(f"{bridge.url}{HOOK}", BOB)
+        except (ConnectionError, http.client.HTTPException):
+            status, body = 0, {}
+        if status == 200:
+            break
+        time.sleep(0.1)
+    return status, body
+
+
+def test_past_max_connections_the_least_active_idle_connection_makes_room(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """Connections opened and left idle cannot lock hooks out: at the cap, a new connection
+    closes the least active one that has no request being served, and its event is taken."""
+    bridge = bridge_factory(auth_tokens="test-token", max_connections="3")
+    idle = [connect(bridge) for _ in range(3)]
+    try:
+        status, body, _ = post(f"{bridge.url}{HOOK}", BOB)
+        assert status == 200
+        closed = read_answer(idle[0])  # the oldest; it sent nothing, so the answer is no one's
+        assert closed.startswith(b"HTTP/1.1 503 ")
+        assert json.loads(closed.partition(b"\r\n\r\n")[2])["final"] is False
+        delivered = {r["metadata"]["uid"] for r in read_events(bridge.events_dir)}
+        assert body["event_id"] in delivered
+        evicted = _metric(bridge, "login_audit_connections_closed_total", reason="evicted")
+        assert evicted == 1
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_an_evicted_kept_alive_connection_between_requests_is_closed_without_an_answer(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """An answer on a connection between requests would be read as the next request's: the
+    least active kept-alive connection is only closed to make room."""
+    bridge = bridge_factory(auth_tokens="test-token", max_connections="2")
+    request = (
+        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n\r\n"
+    ).encode() + BOB
+    with connect(bridge) as kept, connect(bridge) as fresh:
+        kept.sendall(request)
+        reply = http.client.HTTPResponse(kept)
+        reply.begin()
+        assert reply.status == 200
+        reply.read()
+        fresh.sendall(request)  # now the more active of the two
+        second = http.client.HTTPResponse(fresh)
+        second.begin()
+        assert second.status == 200
+        second.read()
+        status, _, _ = post(f"{bridge.url}{HOOK}", BOB)
+        assert status == 200
+        kept.settimeout(2)  # closed now, not by the keep-alive timeout (5 s) later
+        assert read_answer(kept) == b""
+        fresh.sendall(request)  # the more active one stayed
+        third = http.client.HTTPResponse(fresh)
+        third.begin()
+        assert third.status == 200
+    evicted = _metric(bridge, "login_audit_connections_closed_total", reason="evicted")
+    assert evicted == 1
+
+
+def test_past_max_connections_with_every_request_under_way_a_new_one_gets_503_unread(
     bridge_factory: Callable[..., BridgeProcess], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Open connections are capped: past the cap a new one gets 503 with Retry-After before it
-    sends anything, and is closed; the admin port still answers, and once a connection goes, a
-    real event is taken again."""
+    """With every connection serving a request (here: sending its body), a new one is
+    answered 503 with Retry-After before it sends anything, and closed; the admin port still
+    answers, and once a connection goes, a real event is taken again."""
     bridge = bridge_factory(auth_tokens="test-token", max_connections="3")
-    held = [connect(bridge) for _ in range(3)]
+    busy = [mid_body(bridge) for _ in range(3)]
     try:
         with connect(bridge) as crowded:
             answer = read_answer(crowded)  # the socket timeout (30 s) fails the test if kept
@@ -422,25 +514,17 @@ def test_past_max_connections_a_new_connection_is_answered_503_and_closed_unread
         assert json.loads(body)["final"] is False  # the hook keeps the event and retries
         with urllib.request.urlopen(f"{bridge.admin_url}/readyz", timeout=10) as reply:
             assert reply.status == 200  # the cap is the hook listener's, not the probes'
-        held.pop().close()
-        status = 0
-        deadline = time.monotonic() + 10
-        while status != 200 and time.monotonic() < deadline:
-            try:
-                status, reply_body, _ = post(f"{bridge.url}{HOOK}", BOB)
-            except (ConnectionError, http.client.HTTPException):
-                status = 0  # refused while the bridge had not yet seen the close
-            if status != 200:
-                time.sleep(0.1)
-        assert status == 200
+        busy.pop().close()
+        status, reply_body = post_until_taken(bridge)
     finally:
-        for sock in held:
+        for sock in busy:
             sock.close()
-    acknowledged = {reply_body["event_id"]}
+    acknowledged = {reply_body["event_id"]} if status == 200 else set()
     delivered = {r["metadata"]["uid"] for r in read_events(bridge.events_dir)}
     refused = _metric(bridge, "login_audit_connections_closed_total", reason="too_many_connections")
     print_fault_row(
-        "connection storm (max_connections 3: a 4th refused 503 unread, then a real event)",
+        "connection storm (max_connections 3, all busy: a 4th refused 503 unread, then a real "
+        "event)",
         sent=1,
         acknowledged=len(acknowledged),
         delivered=len(acknowledged & delivered),
@@ -448,6 +532,7 @@ def test_past_max_connections_a_new_connection_is_answered_503_and_closed_unread
         duplicated=0,
         capsys=capsys,
     )
+    assert status == 200
     assert acknowledged <= delivered
     assert refused >= 1
 

@@ -82,21 +82,21 @@ def test_pipelined_requests_are_answered_in_order_one_write_each() -> None:
     assert transport.writes[1].endswith(b'{"hello":"/second"}')
 
 
-def test_refused_connections_are_logged_once_per_interval_with_how_many_were_not(
+def test_crowded_out_connections_are_logged_once_per_interval_with_how_many_were_not(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
     crowd = _CrowdLog(interval=10.0, clock=lambda: now[0])
     with caplog.at_level(logging.WARNING, logger="bridge.protocol"):
-        crowd.refused("192.0.2.1:5000", "over 3 connections open at once")
+        crowd.closed("192.0.2.1:5000", "over 3 connections open at once")
         for _ in range(41):
             now[0] += 0.1
-            crowd.refused("192.0.2.1:5001", "over 3 connections open at once")
+            crowd.closed("192.0.2.1:5001", "over 3 connections open at once")
         now[0] = 110.5
-        crowd.refused("192.0.2.9:6000", "over 3 connections open at once")
+        crowd.closed("192.0.2.9:6000", "over 3 connections open at once")
     lines = [record.getMessage() for record in caplog.records]
     assert lines == [
-        "refused the connection from 192.0.2.1:5000: over 3 connections open at once",
-        "refused the connection from 192.0.2.9:6000: over 3 connections open at once "
-        "(41 more refused since the last line)",
+        "closed the connection from 192.0.2.1:5000: over 3 connections open at once",
+        "closed the connection from 192.0.2.9:6000: over 3 connections open at once "
+        "(41 more since the last line)",
     ]
