@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.server import ServerState
 
 from bridge.app import IDENTITY, RETRY_AFTER_SECONDS, Accepted, Answer, HookEndpoints, Normalize
 from bridge.metrics import Metrics
@@ -58,7 +60,7 @@ def bounded_protocol(
     class Protocol(BoundedHttpToolsProtocol):
         pass
 
-    Protocol.by_activity = OrderedDict()  # this listener's connections, the least active first
+    Protocol.activity = weakref.WeakKeyDictionary()
     Protocol.limits = limits
     Protocol.metrics = metrics
     Protocol.hooks = hooks
@@ -79,10 +81,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
     metrics: ClassVar[Metrics]
     hooks: ClassVar[HookEndpoints | None] = None
-    by_activity: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]]
+    # Per listener (a uvicorn server's state: one protocol class may serve several listeners),
+    # its connections, the least active first.
+    activity: ClassVar[
+        weakref.WeakKeyDictionary[ServerState, OrderedDict[BoundedHttpToolsProtocol, None]]
+    ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.by_activity = self.activity.setdefault(self.server_state, OrderedDict())
         self._in_headers = False
         self._received = 0  # bytes received since the current request began, while in its headers
         # One timer per connection, re-armed only when it fires early (see _set_deadline).

@@ -100,3 +100,32 @@ def test_crowded_out_connections_are_logged_once_per_interval_with_how_many_were
         "closed the connection from 192.0.2.9:6000: over 3 connections open at once "
         "(41 more since the last line)",
     ]
+
+
+def test_the_connection_cap_and_the_eviction_are_each_listeners_own() -> None:
+    """One protocol class serves every hook listener (TCP and the Unix socket): a listener
+    over its cap makes room among its own connections, never another listener's."""
+    limits = ConnectionLimits(
+        max_connections=2, max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0
+    )
+
+    async def scenario() -> tuple[list[RecordingTransport], list[RecordingTransport]]:
+        config = uvicorn.Config(app=hello, lifespan="off", log_level="warning")
+        config.load()
+        protocol_class = bounded_protocol(limits, Metrics())
+        tcp, unix = ServerState(), ServerState()
+
+        def connect(state: ServerState) -> RecordingTransport:
+            protocol = protocol_class(config=config, server_state=state, app_state={})
+            transport = RecordingTransport()
+            protocol.connection_made(transport)
+            return transport
+
+        on_unix = [connect(unix) for _ in range(2)]  # full, and idle
+        on_tcp = [connect(tcp) for _ in range(3)]  # the third is over the TCP listener's cap
+        return on_tcp, on_unix
+
+    on_tcp, on_unix = asyncio.run(scenario())
+    assert [t.closed for t in on_unix] == [False, False]
+    assert [t.closed for t in on_tcp] == [True, False, False]  # its own least active made room
+    assert on_tcp[0].writes[0].startswith(b"HTTP/1.1 503 ")
