@@ -24,19 +24,14 @@ import asyncio
 import collections
 import os
 import resource
-import shlex
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import ingest
-from ingest import Lab, Variant, table
-
-from support import free_port, stop_process
+from ingest import Lab, RssSampler, Variant, table
 
 NO_CAP = 1_000_000
 MODES = ("idle", "in-flight")
@@ -46,50 +41,6 @@ def kafka_pid() -> int:
     """The bench's own Kafka broker (scripts/brokers keeps its pid in the run directory)."""
     run = Path(ingest.OWN_BROKER_ENV["LOGIN_AUDIT_RUN"]) / "kafka" / "kafka.pid"
     return int(run.read_text().split()[0])
-
-
-def start_bridge(lab: Lab, cap: int | None, hold: float) -> ingest.Server:
-    port = free_port()
-    data_dir = lab.data_dir(f"memory-{cap or 'default'}")
-    env = lab.bridge_env(Variant("this checkout", None), "kafka", port, data_dir)
-    # Requests stay in flight while Kafka is paused, not handed over to the spool.
-    env["BRIDGE_SPOOL_AFTER_SECONDS"] = str(hold + 5)
-    if cap is not None:
-        env["BRIDGE_MAX_CONNECTIONS"] = str(cap)
-    log = data_dir / "bridge.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(ingest.BIN / "login-audit-bridge"), "serve"],
-            env=env,
-            stdout=out,
-            stderr=out,
-            cwd=data_dir,
-        )
-    server = ingest.Server(f"cap {cap or 'default'}", port, [process], log, "kafka")
-    ingest.wait_ready(server, sink_ready=True)
-    return server
-
-
-class PeakRss:
-    """VmRSS of one process every 50 ms, in a thread, while in a ``with`` block."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak_kib = max(self.peak_kib, ingest.rss_kib(self.pid))
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def requests() -> list[bytes]:
@@ -178,30 +129,32 @@ def main() -> int:
             kafka = kafka_pid()
             for cap in (None, NO_CAP):
                 for mode in MODES:
-                    server = start_bridge(lab, cap, args.hold)
-                    pid = server.processes[0].pid
+                    cap_text = "none" if cap == NO_CAP else "default (4096)"
+                    # Requests stay in flight while Kafka is paused, not handed to the spool.
+                    settings = {"BRIDGE_SPOOL_AFTER_SECONDS": str(args.hold + 5)}
+                    if cap is not None:
+                        settings["BRIDGE_MAX_CONNECTIONS"] = str(cap)
+                    variant = Variant(f"cap {cap_text}", None, settings=settings)
+                    server = lab.bridge(variant, "kafka", role=mode)
                     asyncio.run(load(server.port, 50, "warm-up", 0, kafka))
-                    idle = ingest.rss_kib(pid)
-                    with PeakRss(pid) as rss:
+                    with RssSampler() as rss:
+                        rss.watch(server)
                         answers = asyncio.run(
                             load(server.port, args.connections, mode, args.hold, kafka)
                         )
-                    stop_process(server.processes[0])
-                    cap_text = "none" if cap == NO_CAP else "default (4096)"
+                    lab.stop([server])
+                    idle, peak = rss.by_server()[server.name]
                     seen = ", ".join(f"{n:,} {what}" for what, n in answers.most_common())
-                    rows.append(
-                        [cap_text, mode, f"{idle / 1024:.0f}", f"{rss.peak_kib / 1024:.0f}", seen]
-                    )
+                    rows.append([cap_text, mode, f"{idle:.0f}", f"{peak:.0f}", seen])
                     print(f"  {' | '.join(rows[-1])}", flush=True)
         finally:
             lab.stop_all()
             ingest.delete_broker_objects(lab)
             if found.started_here:
                 ingest.brokers("stop", own=True)
-    command = shlex.join(["bench/connection_memory.py", *sys.argv[1:]])
     text = (
         f"# Connection memory, {started:%Y-%m-%d %H:%M} UTC\n\n"
-        f"`{command}` on {ingest.machine()}, Python {sys.version.split()[0]}. One bridge worker "
+        f"{ingest.how_run('connection_memory.py')}. One bridge worker "
         f"into the bench's own Kafka per row, {args.connections:,} connections held "
         f"{args.hold:g} s (in-flight: Kafka paused meanwhile, every request waiting for it).\n\n"
         + table(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,6 @@ from pathlib import Path
 import ingest
 import trustme
 from ingest import Lab, Variant, spread, table
-
-from support import free_port, stop_process
 
 TIME_WAIT_MAX = 10_000
 
@@ -82,28 +79,16 @@ def time_wait_sockets() -> int:
 
 
 def start_bridge(lab: Lab, scheme: Scheme, certs: Path) -> Bridge:
-    port = free_port()
-    data_dir = lab.data_dir(f"connections-{scheme.key.name if scheme.key else 'http'}")
-    env = lab.bridge_env(Variant("this checkout", None), "kafka", port, data_dir)
+    settings = {}
     if scheme.key is not None:
         ca = trustme.CA(key_type=scheme.key)
         leaf = ca.issue_cert("127.0.0.1", key_type=scheme.key)
         cert, key = certs / f"{scheme.key.name}.crt", certs / f"{scheme.key.name}.key"
         leaf.cert_chain_pems[0].write_to_path(str(cert))
         leaf.private_key_pem.write_to_path(str(key))
-        env |= {"BRIDGE_TLS_CERTFILE": str(cert), "BRIDGE_TLS_KEYFILE": str(key)}
-    log = data_dir / "bridge.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(ingest.BIN / "login-audit-bridge"), "serve"],
-            env=env,
-            stdout=out,
-            stderr=out,
-            cwd=data_dir,
-        )
-    https = "https" if scheme.key is not None else "http"
-    server = ingest.Server(scheme.name, port, [process], log, "kafka", scheme=https)
-    ingest.wait_ready(server, sink_ready=True)
+        settings = {"BRIDGE_TLS_CERTFILE": str(cert), "BRIDGE_TLS_KEYFILE": str(key)}
+    role = scheme.key.name if scheme.key is not None else "http"
+    server = lab.bridge(Variant("this checkout", None, settings=settings), "kafka", role=role)
     return Bridge(scheme, server)
 
 
@@ -253,16 +238,13 @@ def main() -> int:
                         flush=True,
                     )
         finally:
-            for bridge in bridges:
-                for process in bridge.server.processes:
-                    stop_process(process)
+            lab.stop_all()
             ingest.delete_broker_objects(lab)
             if own and found.started_here:
                 ingest.brokers("stop", own=True)
-    command = shlex.join(["bench/connections.py", *sys.argv[1:]])
     text = (
         f"# Connections and TLS, {started:%Y-%m-%d %H:%M} UTC\n\n"
-        f"`{command}` on {ingest.machine()}, Python {sys.version.split()[0]}, round order seed "
+        f"{ingest.how_run('connections.py')}, round order seed "
         f"{seed}. One bridge worker per server into Kafka (acks=all), vegeta at {args.rate}/s "
         f"for {args.seconds:g} s per run, {args.rounds} rounds; median [range] over rounds. "
         "*per connection*: what the run with a new connection per event cost per event over "

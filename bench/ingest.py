@@ -456,7 +456,8 @@ class Lab:
                 processes.append(
                     subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=data_dir)
                 )
-        server = Server(name, port, processes, data_dir / "bridge.log", sink)
+        scheme = "https" if "BRIDGE_TLS_CERTFILE" in variant.settings else "http"
+        server = Server(name, port, processes, data_dir / "bridge.log", sink, scheme=scheme)
         self.started.append(server)
         wait_ready(server, sink_ready=sink != "file")
         if variant.skeleton and SKELETON_BANNER not in server.log.read_text(errors="replace"):
@@ -2450,10 +2451,9 @@ def main() -> int:
     label = f"-{args.label}" if args.label else ""
     stem = f"{started:%Y-%m-%d-%H%M}{label}{'-quick' if args.quick else ''}"
     report, variants = run(args, stem)
-    command = shlex.join(["bench/ingest.py", *sys.argv[1:]])
     text = (
         f"# Ingest benchmark, {started:%Y-%m-%d %H:%M} UTC\n\n"
-        f"`{command}` on {host}, Python {sys.version.split()[0]}. "
+        f"{how_run('ingest.py', host)}. "
         "Brokers, bridge workers and load generators share the machine.\n\n"
         + "".join(f"- {v.name}: {v.describe()}\n" for v in variants)
         + "\n"
@@ -2462,6 +2462,13 @@ def main() -> int:
     )
     write_results(stem, text)
     return 0
+
+
+def how_run(script: str, host: str | None = None) -> str:
+    """How a report was made: the command line, the machine (``host``, as ``machine()`` said
+    before the run, or now) and the Python version."""
+    command = shlex.join([f"bench/{script}", *sys.argv[1:]])
+    return f"`{command}` on {host or machine()}, Python {sys.version.split()[0]}"
 
 
 def write_results(stem: str, text: str) -> Path:

@@ -287,9 +287,12 @@ class HookEndpoints:
             exc.http_status,
         )
         body = _error_body(exc.http_status, exc.reason, exc.message, exc.detail)
-        retry = exc.http_status in RETRY_STATUSES
-        extra = [(b"retry-after", RETRY_AFTER_SECONDS.encode())] if retry else []
-        return exc.http_status, body, extra
+        return exc.http_status, body, retry_after(exc.http_status)
+
+
+def retry_after(status: int) -> list[tuple[bytes, bytes]]:
+    """The Retry-After header of an answer that tells the client to come back, else none."""
+    return [(b"retry-after", RETRY_AFTER_SECONDS.encode())] if status in RETRY_STATUSES else []
 
 
 def _error_body(status: int, reason: str, message: str, detail: str | None) -> bytes:

@@ -32,7 +32,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
-from bridge.app import IDENTITY, RETRY_AFTER_SECONDS, Accepted, Answer, HookEndpoints, Normalize
+from bridge.app import IDENTITY, Accepted, Answer, HookEndpoints, Normalize, retry_after
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ def bounded_protocol(
     class Protocol(BoundedHttpToolsProtocol):
         pass
 
-    Protocol.activity = weakref.WeakKeyDictionary()
     Protocol.limits = limits
     Protocol.metrics = metrics
     Protocol.hooks = hooks
@@ -81,15 +80,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
     metrics: ClassVar[Metrics]
     hooks: ClassVar[HookEndpoints | None] = None
-    # Per listener (a uvicorn server's state: one protocol class may serve several listeners),
-    # its connections, the least active first.
-    activity: ClassVar[
-        weakref.WeakKeyDictionary[ServerState, OrderedDict[BoundedHttpToolsProtocol, None]]
-    ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.by_activity = self.activity.setdefault(self.server_state, OrderedDict())
+        # Per listener, as uvicorn counts connections (one protocol class may serve several).
+        self.by_activity = _ACTIVITY.setdefault(self.server_state, OrderedDict())
         self._in_headers = False
         self._received = 0  # bytes received since the current request began, while in its headers
         # One timer per connection, re-armed only when it fires early (see _set_deadline).
@@ -146,7 +141,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # few steps per connection; the busy ones looked at go to the back.
         for _ in range(min(len(order), _EVICTION_LOOKS)):
             oldest = next(iter(order))
-            if not oldest._refused and (oldest.cycle is None or oldest.cycle.response_complete):
+            if oldest.cycle is None or oldest.cycle.response_complete:
                 return oldest
             order.move_to_end(oldest)
         return None
@@ -174,8 +169,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._refused:
             return
-        if self in self.by_activity:
-            self.by_activity.move_to_end(self)
+        self.by_activity.move_to_end(self)  # in it from connection_made until refused or lost
         super().on_message_begin()
         self._in_headers = True
         self._received = 0
@@ -309,11 +303,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # setting it aside as refused.
             error = {"error": reason or cause, "message": message, "final": False}
             body = json.dumps(error).encode()
-            extra = [(b"retry-after", RETRY_AFTER_SECONDS.encode())] if status == 503 else []
-            self.transport.write(_json_answer((status, body, extra), close=True))
+            self.transport.write(_json_answer((status, body, retry_after(status)), close=True))
         self.transport.close()
 
 
+# Each listener's connections (keyed by its uvicorn server state), the least active first.
+_ACTIVITY: weakref.WeakKeyDictionary[ServerState, OrderedDict[BoundedHttpToolsProtocol, None]] = (
+    weakref.WeakKeyDictionary()
+)
 # Causes logged through _CrowdLog: a connection storm makes thousands of them.
 _CROWDED = ("too_many_connections", "evicted")
 # How many of the least active connections are looked at for one to close (see connection_made).

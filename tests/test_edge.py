@@ -32,6 +32,18 @@ from support import free_port
 QUERY = "ip=198.51.100.7&login_method=password&protocol=SSH&status=0"
 HOOK = f"/v1/hooks/sftpgo?{QUERY}"
 BOB = b'{"username":"bob","id":7}'
+
+
+def bob_request_head(extra: str = "") -> bytes:
+    """The line and headers of a hook request for BOB's body, with the test token."""
+    return (
+        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n{extra}\r\n"
+    ).encode()
+
+
+BOB_REQUEST = bob_request_head() + BOB
+
 # Not an address of this machine: a bridge that gets past its checks fails to bind it (exit 1)
 # instead of listening on a real interface.
 ELSEWHERE = "192.0.2.1"
@@ -227,10 +239,7 @@ def test_headers_over_the_cap_in_one_piece_are_answered_431(
 
 def test_pipelined_requests_on_one_connection_are_all_answered(bridge: BridgeProcess) -> None:
     """The limits count per request: a second request already read is not a slow client."""
-    one = (
-        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n\r\n"
-    ).encode() + BOB
+    one = BOB_REQUEST
     with connect(bridge) as sock:
         sock.sendall(one * 3)
         replies = []
@@ -265,10 +274,7 @@ def test_a_deadline_counts_from_its_own_request_on_a_kept_alive_connection(
 ) -> None:
     """The timer armed for an earlier request fires before the later request's deadline: the
     later request is neither cut short by it (200 at 1.2 s from the first) nor let off (408)."""
-    one = (
-        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n\r\n"
-    ).encode() + BOB
+    one = BOB_REQUEST
     head, rest = one[:40], one[40:]
     with connect(impatient) as sock:
         sock.sendall(one)
@@ -408,11 +414,7 @@ def mid_body(bridge: BridgeProcess) -> socket.socket:
 
     It asks for 100 Continue, so that the bridge's answer says the headers were read."""
     sock = connect(bridge)
-    sock.sendall(
-        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n"
-        "Expect: 100-continue\r\n\r\n".encode()
-    )
+    sock.sendall(bob_request_head("Expect: 100-continue\r\n"))
     interim = b""
     while not interim.endswith(b"\r\n\r\n"):
         chunk = sock.recv(1)
@@ -468,17 +470,13 @@ def test_an_evicted_kept_alive_connection_between_requests_is_closed_without_an_
     """An answer on a connection between requests would be read as the next request's: the
     least active kept-alive connection is only closed to make room."""
     bridge = bridge_factory(auth_tokens="test-token", max_connections="2")
-    request = (
-        f"POST {HOOK} HTTP/1.1\r\nHost: bridge\r\nAuthorization: Bearer test-token\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BOB)}\r\n\r\n"
-    ).encode() + BOB
     with connect(bridge) as kept, connect(bridge) as fresh:
-        kept.sendall(request)
+        kept.sendall(BOB_REQUEST)
         reply = http.client.HTTPResponse(kept)
         reply.begin()
         assert reply.status == 200
         reply.read()
-        fresh.sendall(request)  # now the more active of the two
+        fresh.sendall(BOB_REQUEST)  # now the more active of the two
         second = http.client.HTTPResponse(fresh)
         second.begin()
         assert second.status == 200
@@ -487,7 +485,7 @@ def test_an_evicted_kept_alive_connection_between_requests_is_closed_without_an_
         assert status == 200
         kept.settimeout(2)  # closed now, not by the keep-alive timeout (5 s) later
         assert read_answer(kept) == b""
-        fresh.sendall(request)  # the more active one stayed
+        fresh.sendall(BOB_REQUEST)  # the more active one stayed
         third = http.client.HTTPResponse(fresh)
         third.begin()
         assert third.status == 200
