@@ -6,22 +6,40 @@ See :class:`Layouts`. Used by :class:`bridge.codec.AvroCodec`; every byte is fas
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import fastavro
-from fastavro.schema import parse_schema
+from fastavro.schema import expand_schema, parse_schema
 
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 Getter = Callable[[Record], Any]
 
-# What is the same for every login of one kind (source, outcome, method, service) in a record of
-# schemas/login_audit.avsc. A layout holds these as bytes; what it assumed is checked per record.
+# How each field of a record of schemas/login_audit.avsc is written through a layout. Every
+# field a rule does not name, at any depth, is PER_LOGIN: a field added to the schema is written
+# per record until a rule says otherwise, never taken as constant by mistake.
+KEY = "key"  # one of the values a record's layouts are found under: encoded once
+COMPARED = "compared"  # encoded once; a record's value must equal the layout's
+WHEN_EMPTY = "when empty"  # as COMPARED when null or empty in the layout's record, else PER_LOGIN
+PER_LOGIN = "per login"  # written by fastavro for every record
+
+
+class Each:
+    """The rule of an array of records: its items' fields by ``rules``; its length compared."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+
+
+Rule = str | Each | dict[str, Any]  # a dict: a nested record, its fields by their rules
+Rules = dict[str, Rule]
+
 # Top-level values the bridge draws from small sets: together, the key a record's layouts are
 # found under.
 _KEY_FIELDS = (
@@ -46,20 +64,49 @@ _KEY_FIELDS = (
     "is_mfa",
     "status_code",
 )
-# Whole values, compared with the layout's.
-_COMPARED = ("service", "dst_endpoint")
-# Constant in a layout only when null in the record it was made from: filled, they vary per login.
-_WHEN_NULL = ("status_detail", "http_request", "actor")
-# Fields of nested records: compared with the layout's, and (second) constant when null.
-_NESTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "metadata": (
-        ("version", "log_name", "product", "profiles"),
-        ("correlation_uid", "original_time"),
+# What differs per login is PER_LOGIN; what differs per kind of login (the source's service, the
+# failure reason's presence, the observables' kinds) is compared, so that each kind gets a layout.
+RULES: Rules = {
+    **dict.fromkeys(_KEY_FIELDS, KEY),
+    "time": PER_LOGIN,
+    "message": PER_LOGIN,
+    "status_detail": WHEN_EMPTY,
+    "user": {
+        "name": PER_LOGIN,
+        "uid": PER_LOGIN,
+        "email_addr": WHEN_EMPTY,
+        "groups": WHEN_EMPTY,
+        "type_id": COMPARED,
+        "type": COMPARED,
+    },
+    "src_endpoint": {"ip": PER_LOGIN, "interface_name": WHEN_EMPTY},
+    "dst_endpoint": COMPARED,
+    "service": COMPARED,
+    "http_request": WHEN_EMPTY,
+    "metadata": {
+        "uid": PER_LOGIN,
+        "version": COMPARED,
+        "log_name": COMPARED,
+        "logged_time": PER_LOGIN,
+        "correlation_uid": WHEN_EMPTY,
+        "product": COMPARED,
+        "profiles": COMPARED,
+        "original_time": WHEN_EMPTY,
+    },
+    "unmapped": PER_LOGIN,
+    "observables": Each(
+        {"name": COMPARED, "type_id": COMPARED, "type": COMPARED, "value": PER_LOGIN}
     ),
+    "actor": WHEN_EMPTY,
 }
 MAX_LAYOUTS = 64
 LAYOUTS_PER_KEY = 8
 _CONSTANT_FIELD = "__constant_{}"
+_EMPTY: tuple[Any, ...] = (None, [], {})
+# A per-login timestamp is written as the long it is; fastavro's logical-type step only converts
+# a datetime, which the bridge never puts in a record, and which a layout then refuses (the whole
+# writer converts it).
+_PLAIN_LOGICAL = {"timestamp-millis", "timestamp-micros"}
 
 
 def avro_bytes(schema: Any, datum: Any) -> bytes:
@@ -70,14 +117,21 @@ def avro_bytes(schema: Any, datum: Any) -> bytes:
 
 
 class _Layout:
-    """A writer schema in which each run of constant fields is one ``fixed`` field holding the
-    run's bytes (its default), and what a record must hold for those bytes to be its own."""
+    """A flat writer schema: each run of constant bytes one ``fixed`` field holding them (its
+    default), each per-login value one field; what a record must hold for those bytes to be its
+    own; and where each per-login value is in the record."""
 
-    __slots__ = ("checks", "schema")
+    __slots__ = ("checks", "schema", "values")
 
-    def __init__(self, schema: dict[str, Any], checks: list[tuple[Getter, Any]]) -> None:
+    def __init__(
+        self,
+        schema: dict[str, Any],
+        checks: list[tuple[Getter, Any]],
+        values: list[tuple[str, Getter]],
+    ) -> None:
         self.schema = schema
         self.checks = checks
+        self.values = values
 
     def matches(self, record: Record) -> bool:
         # A loop, not all() over a generator: this runs for every record.
@@ -87,22 +141,26 @@ class _Layout:
         return True
 
     def write(self, record: Record) -> bytes:
-        return avro_bytes(self.schema, record)
+        return avro_bytes(self.schema, {name: get(record) for name, get in self.values})
 
 
 class Layouts:
     """Writes login records with their constant parts encoded once, not per record.
 
-    fastavro walks every field of every record, and most of a login record is the same for
-    every login of one kind: OCSF's class and category, the outcome's severity and status, the
-    service, the product. A record is written as the concatenation of its fields' encodings,
-    so a run of fields with the same values always gives the same bytes. A layout is made from
-    the first record of a kind: each constant run is encoded by fastavro once, and becomes one
-    ``fixed`` field of a writer schema whose default is those bytes (fastavro writes a field the
-    record lacks from its default, and ``fixed`` bytes as they are). Every byte still comes from
-    fastavro, and a later record is written through a layout only if it holds exactly the
-    values the layout was made from: its key fields select the layouts, the others are compared.
-    Anything else, and any record the layout cannot take, is written by fastavro whole.
+    fastavro walks every field of every record, nested records and arrays included, and most of
+    a login record is the same for every login of one kind: OCSF's class and category, the
+    outcome's severity and status, the service, the product, the observables' kinds. Avro writes
+    a record as the concatenation of its fields' encodings, a nested record's with no framing of
+    its own, and an array as its length, its items and a zero. So a layout, made from the first
+    record of a kind, is flat: each run of constant parts (:data:`RULES`), at any depth, is
+    encoded by fastavro once and becomes one ``fixed`` field of a writer schema whose default is
+    those bytes (fastavro writes a field the datum lacks from its default, and ``fixed`` bytes as
+    they are); each per-login value becomes one field of that writer, with its own type, taken
+    from wherever it is in the record. Every byte still comes from fastavro, and a later record
+    is written through a layout only if it holds exactly the constant values the layout was made
+    from: its key fields select the layouts, the others are compared, and the lengths of the
+    arrays it flattened. Anything else, and any record the layout cannot take, is written by
+    fastavro whole.
 
     Layouts are bounded (:data:`MAX_LAYOUTS` made in all, :data:`LAYOUTS_PER_KEY`): a sender
     varying its values makes records that are written whole, not a growing cache. A layout that
@@ -118,12 +176,12 @@ class Layouts:
         self._encode_whole = encode_whole
         self._by_key: dict[Any, list[_Layout]] = {}
         self._attempts = 0
-        top = {field["name"]: field["type"] for field in schema.get("fields", ())}
+        top = {field["name"] for field in schema.get("fields", ())}
         # Another schema (an older version, a test's) is written whole.
-        self.enabled = {*_KEY_FIELDS, *_COMPARED, *_WHEN_NULL, *_NESTED} <= top.keys() and all(
-            {*always, *when_null} <= _field_names(top[outer])
-            for outer, (always, when_null) in _NESTED.items()
-        )
+        self.enabled = RULES.keys() <= top
+        # Named types written out wherever they are used: each piece is a schema of its own.
+        expanded = cast(dict[str, Any], expand_schema(schema)) if self.enabled else {}
+        self._fields: list[dict[str, Any]] = expanded.get("fields", [])
         self._key: Getter = operator.itemgetter(*_KEY_FIELDS)
 
     def encode(self, record: Record) -> bytes:
@@ -158,87 +216,119 @@ class Layouts:
         self._by_key.setdefault(key, []).append(layout)
 
     def _make(self, record: Record) -> _Layout:
-        fields = self._schema["fields"]
-        constant = {*_KEY_FIELDS, *_COMPARED, *(n for n in _WHEN_NULL if record[n] is None)}
-        # The key already stands for its fields; the rest are compared, in one tuple.
-        compared = operator.itemgetter(
-            *(f["name"] for f in fields if f["name"] in constant and f["name"] not in _KEY_FIELDS)
+        plan = _Plan()
+        plan.walk(self._fields, RULES, record, ())
+        writer = plan.writer_fields()
+        parsed = cast(
+            dict[str, Any],
+            parse_schema({"type": "record", "name": "Layout", "fields": writer}, named_schemas={}),
         )
-        checks: list[tuple[Getter, Any]] = [(compared, compared(record))]
-        runs: dict[str, bytes] = {}
-        writer_fields = []
-        for field in _writer_fields(fields, constant, record, runs):
-            name = field["name"]
-            if name in _NESTED:
-                field, check = _split_nested(field, record[name], runs)
-                checks.append(check)
-            writer_fields.append(field)
-        writer = {k: v for k, v in self._schema.items() if k != "fields"}
-        parsed = cast(dict[str, Any], parse_schema(writer | {"fields": writer_fields}, {}))
-        _fill_runs(parsed, runs)
-        return _Layout(parsed, checks)
+        _fill_runs(parsed, plan.runs)
+        return _Layout(parsed, plan.checks, plan.values)
 
 
-def _field_names(record_schema: Any) -> set[str]:
-    """The names of a record schema's fields; none for any other type."""
-    if not isinstance(record_schema, dict):
-        return set()
-    return {field["name"] for field in record_schema.get("fields", ())}
+class _Plan:
+    """A layout in the making: the writer's fields in the record's byte order, the constant
+    runs' bytes by field name, the checks and where each per-login value is."""
+
+    def __init__(self) -> None:
+        self.fields: list[dict[str, Any]] = []
+        self.runs: dict[str, bytes] = {}
+        self.checks: list[tuple[Getter, Any]] = []
+        self.values: list[tuple[str, Getter]] = []
+        self._run = bytearray()
+
+    def walk(self, fields: list[dict[str, Any]], rules: Rules, datum: Record, path: Path) -> None:
+        """Plans ``fields`` of a record whose value in the layout's record is ``datum``."""
+        compared: list[str] = []
+        for field in fields:
+            name, kind = field["name"], field["type"]
+            rule = rules.get(name, PER_LOGIN)
+            value = datum[name]
+            here = (*path, name)
+            if isinstance(rule, dict) and _is_a("record", kind) and isinstance(value, dict):
+                self.walk(kind["fields"], rule, value, here)
+            elif isinstance(rule, Each) and _is_a("array", kind) and value:
+                items = kind["items"]
+                if not _is_a("record", items) or not isinstance(value, list):
+                    self._per_login(here, kind)
+                    continue
+                # Before the items' checks, which read the items by index.
+                self.checks.append((_reader(here, len), len(value)))
+                self._run += _piece("long", len(value))
+                for index, item in enumerate(value):
+                    self.walk(items["fields"], rule.rules, item, (*here, index))
+                self._run += _piece("long", 0)
+            elif (
+                rule in (KEY, COMPARED)
+                or isinstance(rule, Each)
+                or (rule == WHEN_EMPTY and value in _EMPTY)
+            ):
+                if rule != KEY:
+                    compared.append(name)
+                self._run += _piece(kind, value)
+            else:
+                self._per_login(here, kind)
+        if compared:
+            getter = operator.itemgetter(*compared)
+            self.checks.append((_reader(path, getter), getter(datum)))
+
+    def _per_login(self, path: Path, kind: Any) -> None:
+        self._end_run()
+        name = f"value{len(self.values)}"
+        if isinstance(kind, dict) and kind.get("logicalType") in _PLAIN_LOGICAL:
+            kind = kind["type"]
+        self.fields.append({"name": name, "type": kind})
+        self.values.append((name, _reader(path)))
+
+    def _end_run(self) -> None:
+        if not self._run:
+            return
+        index = len(self.runs)
+        name = _CONSTANT_FIELD.format(index)
+        self.runs[name] = bytes(self._run)
+        fixed = {"type": "fixed", "name": f"Constant{index}", "size": len(self._run)}
+        self.fields.append({"name": name, "type": fixed})
+        self._run = bytearray()
+
+    def writer_fields(self) -> list[dict[str, Any]]:
+        self._end_run()
+        return self.fields
 
 
-def _writer_fields(
-    fields: list[dict[str, Any]], constant: set[str], datum: Record, runs: dict[str, bytes]
-) -> list[dict[str, Any]]:
-    """``fields`` in order, each run of ``constant`` ones replaced by one ``fixed`` field whose
-    bytes fastavro encodes from ``datum`` (kept in ``runs`` under that field's name)."""
-    out: list[dict[str, Any]] = []
-    for is_constant, group in itertools.groupby(fields, key=lambda f: f["name"] in constant):
-        if is_constant:
-            out.append(_run_field(list(group), datum, runs))
-        else:
-            out.extend(group)
-    return out
+Path = tuple[str | int, ...]
 
 
-def _split_nested(
-    field: dict[str, Any], datum: Record, runs: dict[str, bytes]
-) -> tuple[dict[str, Any], tuple[Getter, Any]]:
-    """A nested record's field with its constant runs (see _NESTED) made ``fixed`` fields, and
-    the check a record's ``datum`` there must pass."""
-    name = field["name"]
-    always, when_null = _NESTED[name]
-    inner = (*always, *(n for n in when_null if datum[n] is None))
-    nested = field["type"]
-    sub = _writer_fields(nested["fields"], set(inner), datum, runs)
-    getter = operator.itemgetter(*inner)
-    return {"name": name, "type": nested | {"fields": sub}}, (_within(name, getter), getter(datum))
+def _is_a(avro_type: str, kind: Any) -> bool:
+    return isinstance(kind, dict) and kind.get("type") == avro_type
 
 
-def _within(outer: str, getter: Getter) -> Getter:
-    def get(record: Record) -> Any:
-        return getter(record[outer])
+def _piece(kind: Any, value: Any) -> bytes:
+    """fastavro's bytes for one value of type ``kind``: a field's share of its record's bytes."""
+    schema = {"type": "record", "name": "Piece", "fields": [{"name": "value", "type": kind}]}
+    return avro_bytes(parse_schema(schema, named_schemas={}), {"value": value})
 
-    return get
 
+def _reader(path: Path, last: Getter | None = None) -> Getter:
+    """Reads the value at ``path`` in a record; with ``last``, what ``last`` reads there."""
+    if last is None:
+        *outer, final = path
+        path, last = tuple(outer), operator.itemgetter(final)
+    if not path:
+        return last
+    read_last = last
 
-def _run_field(run: list[dict[str, Any]], datum: Record, runs: dict[str, bytes]) -> dict[str, Any]:
-    """A ``fixed`` field standing for ``run``, its bytes encoded by fastavro from ``datum``."""
-    index = len(runs)
-    schema = {"type": "record", "name": f"Run{index}", "fields": run}
-    values = {f["name"]: datum[f["name"]] for f in run}
-    encoded = avro_bytes(parse_schema(schema, named_schemas={}), values)
-    name = _CONSTANT_FIELD.format(index)
-    runs[name] = encoded
-    fixed = {"type": "fixed", "name": f"Constant{index}", "size": len(encoded)}
-    return {"name": name, "type": fixed}
+    def read(record: Any) -> Any:
+        for step in path:
+            record = record[step]
+        return read_last(record)
+
+    return read
 
 
 def _fill_runs(record_schema: dict[str, Any], runs: Mapping[str, bytes]) -> None:
     """Gives each run's ``fixed`` field its bytes as default (fastavro writes the default of a
-    field the record lacks), in the parsed schema, nested records included."""
+    field the datum lacks), in the parsed writer schema."""
     for field in record_schema["fields"]:
-        kind = field["type"]
         if field["name"] in runs:
             field["default"] = runs[field["name"]]
-        elif isinstance(kind, dict) and kind.get("type") == "record":
-            _fill_runs(kind, runs)

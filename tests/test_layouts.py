@@ -11,6 +11,7 @@ import copy
 import io
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,12 @@ def test_a_second_login_of_the_same_kind_is_written_through_a_layout() -> None:
         lambda r: r.update(http_request={"user_agent": "curl/8", "uid": None}),
         lambda r: r.update(status_detail="wrongpassword"),
         lambda r: r.update(actor={"user": {"name": "root", "uid": None}}),
+        lambda r: r["observables"].pop(),
+        lambda r: r["observables"][0].update(name="user.name", type_id=4, type="User Name"),
+        lambda r: r["user"].update(type_id=0, type="Unknown"),
+        lambda r: r["user"].update(email_addr="alice@example.com"),
+        lambda r: r["user"].update(groups=[{"name": "staff", "type": None}]),
+        lambda r: r["src_endpoint"].update(interface_name="eth0"),
     ],
     ids=[
         "service",
@@ -97,6 +104,12 @@ def test_a_second_login_of_the_same_kind_is_written_through_a_layout() -> None:
         "http_request",
         "status_detail",
         "actor",
+        "observables_length",
+        "observable_kind",
+        "user_type",
+        "email_addr",
+        "groups",
+        "interface_name",
     ],
 )
 def test_a_record_differing_from_its_layout_in_a_constant_part_gets_its_own_bytes(
@@ -110,6 +123,32 @@ def test_a_record_differing_from_its_layout_in_a_constant_part_gets_its_own_byte
     change(other)
     assert codec.encode_datum(other) == fastavro_bytes(codec, other)
     assert codec.encode_datum(first) == fastavro_bytes(codec, first)
+
+
+def test_a_login_differing_in_every_per_login_value_is_written_through_the_layout() -> None:
+    codec = AvroCodec()
+    whole = CountingWhole(codec)
+    first = _sftpgo("alice", "192.0.2.1")
+    codec.encode_datum(first)
+    second = _sftpgo("bob", "2001:db8::7")
+    second["time"] += 1000
+    second["metadata"]["logged_time"] += 2000
+    second["user"]["uid"] = None
+    second["unmapped"]["sftpgo.extra"] = "x"
+    assert codec.encode_datum(second) == fastavro_bytes(codec, second)
+    assert whole.calls == 1
+    decoded = codec.decode_datum(codec.encode_datum(second))
+    assert decoded["observables"][1]["value"] == "bob"
+    assert decoded["metadata"]["uid"] == second["metadata"]["uid"] != first["metadata"]["uid"]
+
+
+def test_a_datetime_in_a_per_login_timestamp_is_converted_as_fastavro_converts_it() -> None:
+    codec = AvroCodec()
+    first = _sftpgo("alice")
+    codec.encode_datum(first)
+    second = copy.deepcopy(first)
+    second["time"] = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    assert codec.encode_datum(second) == fastavro_bytes(codec, second)
 
 
 def test_a_sender_varying_a_key_value_cannot_grow_the_layouts_past_their_bound() -> None:
