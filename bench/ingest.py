@@ -103,6 +103,7 @@ SLOW_MS = P99_MAX_MS
 SHIM_MAX_RATIO = 1.3
 DRAIN_MIN_EPS = 5000
 RSS_MAX_MIB = 120.0
+SINK_NAMES = {"kafka": "Kafka", "rabbitmq": "RabbitMQ", "file": "file sink"}
 
 
 @dataclass(frozen=True)
@@ -1709,13 +1710,13 @@ class Bench:
 
     # -- profile
 
-    def profile(self, stem: str) -> None:
-        kafka = self.kafka(self.candidate)
+    def profile(self, stem: str, sink: str = "kafka") -> None:
+        target = self.find(self.candidate, sink) or self.add(self.candidate, sink)
         spy = py_spy(required=True)
         assert spy is not None
-        pids = kafka.server.pids()
+        pids = target.server.pids()
         seconds = self.plan.profile_seconds
-        raw = RESULTS / f"{stem}-kafka-profile.txt"
+        raw = RESULTS / f"{stem}-{sink}-profile.txt"
         RESULTS.mkdir(exist_ok=True)
         print(f"profile: py-spy --native --gil for {seconds:g} s under wrk", flush=True)
         recorder = subprocess.Popen(
@@ -1741,15 +1742,15 @@ class Bench:
             text=True,
         )
         time.sleep(1.0)
-        self.load.closed(kafka.server.port, seconds + 1)
+        self.load.closed(target.server.port, seconds + 1)
         _, err = recorder.communicate(timeout=120)
         if recorder.returncode != 0 or not raw.exists():
             self.report.note(f"py-spy record failed: {err.strip()[-500:]}")
         else:
-            self.report.block(profile_tables(raw, seconds))
-        self.perf_trace(kafka, pids, seconds)
+            self.report.block(profile_tables(raw, seconds, SINK_NAMES[sink]))
+        self.perf_trace(target, pids, seconds, SINK_NAMES[sink])
 
-    def perf_trace(self, kafka: Target, pids: list[int], seconds: float) -> None:
+    def perf_trace(self, target: Target, pids: list[int], seconds: float, sink: str) -> None:
         perf = shutil.which("perf")
         if perf is None:
             self.report.note(
@@ -1758,7 +1759,7 @@ class Bench:
             return
         print(f"profile: perf trace -s for {seconds:g} s under wrk", flush=True)
         out = self.lab.scratch / "perf-trace.txt"
-        before = metric(kafka.server, "login_audit_events_received_total")
+        before = metric(target.server, "login_audit_events_received_total")
         tracer = subprocess.Popen(
             [perf, "trace", "-s", "-p", ",".join(map(str, pids)), "-o", str(out)],
             stdout=subprocess.DEVNULL,
@@ -1766,20 +1767,20 @@ class Bench:
             text=True,
         )
         time.sleep(1.0)
-        self.load.closed(kafka.server.port, seconds)
+        self.load.closed(target.server.port, seconds)
         tracer.send_signal(signal.SIGINT)
         try:
             _, err = tracer.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             tracer.kill()
             _, err = tracer.communicate()
-        events = metric(kafka.server, "login_audit_events_received_total") - before
+        events = metric(target.server, "login_audit_events_received_total") - before
         text = out.read_text(errors="replace") if out.exists() else ""
         if "syscall" not in text or events <= 0:
             self.report.note(f"perf trace gave no summary: {(err or text).strip()[-500:]}")
             return
-        names = {tid: label for (_, tid), label in (kafka.labels or {}).items()}
-        self.report.block(syscall_table(text, events, names))
+        names = {tid: label for (_, tid), label in (target.labels or {}).items()}
+        self.report.block(syscall_table(text, events, names, sink))
 
 
 def purge_queues(lab: Lab) -> None:
@@ -1801,7 +1802,7 @@ def purge_queues(lab: Lab) -> None:
 # ---------------------------------------------------------------- profile tables
 
 
-def profile_tables(raw: Path, seconds: float, top: int = 12) -> str:
+def profile_tables(raw: Path, seconds: float, sink: str = "Kafka", top: int = 12) -> str:
     """py-spy's collapsed stacks → top frames: leaf (native included), innermost Python
     function, component (the package of the innermost Python frame), bridge inclusive (minus
     the entry points that are on every stack)."""
@@ -1838,7 +1839,7 @@ def profile_tables(raw: Path, seconds: float, top: int = 12) -> str:
         return [[f"`{k}`", f"{100 * v / max(total, 1):.1f}"] for k, v in ranked[:top]]
 
     return (
-        f"### Profile: Kafka, 1 worker, max load (py-spy --native --gil, {total} samples "
+        f"### Profile: {sink}, 1 worker, max load (py-spy --native --gil, {total} samples "
         f"in {seconds:g} s)\n\n"
         "Samples only while a thread holds the GIL. py-spy stops the process for each native "
         "sample, so the rate under profiling is lower than in the rounds. Raw stacks (input "
@@ -1854,7 +1855,9 @@ def profile_tables(raw: Path, seconds: float, top: int = 12) -> str:
     )
 
 
-def syscall_table(text: str, events: float, names: dict[int, str], top: int = 15) -> str:
+def syscall_table(
+    text: str, events: float, names: dict[int, str], sink: str = "Kafka", top: int = 15
+) -> str:
     """`perf trace -s` per-thread summaries → syscalls per event, all threads together; and
     per thread, labelled by `names` (thread id → label) where known."""
     calls: dict[str, int] = {}
@@ -1892,7 +1895,7 @@ def syscall_table(text: str, events: float, names: dict[int, str], top: int = 15
         f"{name} {n / events:.2f}" for name, n in sorted(threads.items(), key=lambda kv: -kv[1])
     )
     return (
-        f"### Syscalls per event: Kafka, 1 worker (perf trace -s, {events:,.0f} events)\n\n"
+        f"### Syscalls per event: {sink}, 1 worker (perf trace -s, {events:,.0f} events)\n\n"
         "Counted over all threads while wrk ran; events from the bridge's "
         "`login_audit_events_received_total`. Tracing slows the process; the counts per "
         "event are what carries over.\n\n"
@@ -2317,7 +2320,7 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
         if "latency" in args.only:
             bench.latency()
         if "profile" in args.only:
-            bench.profile(stem)
+            bench.profile(stem, args.profile_sink)
         lab.stop_all()  # the checks start their own workers, on a quieter machine
         if "checks" in args.only:
             checks(bench)
@@ -2418,6 +2421,12 @@ def main() -> int:
         action="store_true",
         help="also measure, in the same rounds, the bridge with its normalizing and encoding "
         "cached (bench/skeleton/): into Kafka, what the rest of the hot path costs",
+    )
+    parser.add_argument(
+        "--profile-sink",
+        choices=sorted(SINK_NAMES),
+        default="kafka",
+        help="the bridge the profile section looks at (default kafka)",
     )
     parser.add_argument("--keep-brokers", action="store_true", help="leave own brokers running")
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
