@@ -99,8 +99,11 @@ RULES: Rules = {
     ),
     "actor": WHEN_EMPTY,
 }
-MAX_LAYOUTS = 64
-LAYOUTS_PER_KEY = 8
+# One key holds a layout per kind it sees: per SFTPGo protocol, known or unknown user, with or
+# without a name in the observables (up to 15 for failed password logins over all five
+# protocols), per PAM service. A kind past the bound is written whole: right, only slower.
+MAX_LAYOUTS = 128
+LAYOUTS_PER_KEY = 16
 _CONSTANT_FIELD = "__constant_{}"
 _EMPTY: tuple[Any, ...] = (None, [], {})
 # A per-login timestamp is written as the long it is; fastavro's logical-type step only converts

@@ -151,6 +151,31 @@ def test_a_datetime_in_a_per_login_timestamp_is_converted_as_fastavro_converts_i
     assert codec.encode_datum(second) == fastavro_bytes(codec, second)
 
 
+def test_failed_logins_of_every_kind_over_all_five_protocols_fit_in_their_keys_layouts() -> None:
+    # Per protocol: a known user, an unknown one, and a client that gave no name (no user-name
+    # observable): 15 kinds under one key, each made into a layout once.
+    codec = AvroCodec()
+    whole = CountingWhole(codec)
+    users: list[dict[str, Any]] = [{"username": "alice", "id": 7}, {"username": "eve", "id": 0}, {}]
+    records = [
+        Normalizer()
+        .sftpgo(
+            {"ip": "192.0.2.1", "login_method": "password", "protocol": protocol, "status": "0"},
+            user,
+        )
+        .record
+        for protocol in ("SSH", "FTP", "DAV", "HTTP", "OIDC")
+        for user in users
+    ]
+    for record in records:
+        codec.encode_datum(record)
+    assert whole.calls == 15
+    assert [len(v) for v in codec._layouts._by_key.values()] == [15]
+    for record in records:
+        assert codec.encode_datum(record) == fastavro_bytes(codec, record)
+    assert whole.calls == 15
+
+
 def test_a_sender_varying_a_key_value_cannot_grow_the_layouts_past_their_bound() -> None:
     codec = AvroCodec()
     records = [_sftpgo("alice", login_method=f"method{i}") for i in range(3 * layouts.MAX_LAYOUTS)]
