@@ -37,7 +37,9 @@ class Each:
         self.rules = rules
 
 
-Rule = str | Each | dict[str, Any]  # a dict: a nested record, its fields by their rules
+# A dict: a nested record, its fields by their rules; for an optional record (a union of null
+# and a record), null is compared, and a record has its fields written by the rules.
+Rule = str | Each | dict[str, Any]
 Rules = dict[str, Rule]
 
 # Top-level values the bridge draws from small sets: together, the key a record's layouts are
@@ -82,7 +84,7 @@ RULES: Rules = {
     "src_endpoint": {"ip": PER_LOGIN, "interface_name": WHEN_EMPTY},
     "dst_endpoint": COMPARED,
     "service": COMPARED,
-    "http_request": WHEN_EMPTY,
+    "http_request": {"user_agent": PER_LOGIN, "uid": PER_LOGIN},
     "metadata": {
         "uid": PER_LOGIN,
         "version": COMPARED,
@@ -97,7 +99,7 @@ RULES: Rules = {
     "observables": Each(
         {"name": COMPARED, "type_id": COMPARED, "type": COMPARED, "value": PER_LOGIN}
     ),
-    "actor": WHEN_EMPTY,
+    "actor": {"user": {"name": PER_LOGIN, "uid": PER_LOGIN}},
 }
 # One key holds a layout per kind it sees: per SFTPGo protocol, known or unknown user, with or
 # without a name in the observables (up to 15 for failed password logins over all five
@@ -154,16 +156,17 @@ class Layouts:
     a login record is the same for every login of one kind: OCSF's class and category, the
     outcome's severity and status, the service, the product, the observables' kinds. Avro writes
     a record as the concatenation of its fields' encodings, a nested record's with no framing of
-    its own, and an array as its length, its items and a zero. So a layout, made from the first
-    record of a kind, is flat: each run of constant parts (:data:`RULES`), at any depth, is
-    encoded by fastavro once and becomes one ``fixed`` field of a writer schema whose default is
-    those bytes (fastavro writes a field the datum lacks from its default, and ``fixed`` bytes as
-    they are); each per-login value becomes one field of that writer, with its own type, taken
-    from wherever it is in the record. Every byte still comes from fastavro, and a later record
-    is written through a layout only if it holds exactly the constant values the layout was made
-    from: its key fields select the layouts, the others are compared, and the lengths of the
-    arrays it flattened. Anything else, and any record the layout cannot take, is written by
-    fastavro whole.
+    its own, an array as its length, its items and a zero, and an optional record as its
+    position in its union and then its fields. So a layout, made from the first record of a
+    kind, is flat: each run of constant parts (:data:`RULES`), at any depth, is encoded by
+    fastavro once and becomes one ``fixed`` field of a writer schema whose default is those
+    bytes (fastavro writes a field the datum lacks from its default, and ``fixed`` bytes as they
+    are); each per-login value becomes one field of that writer, with its own type, taken from
+    wherever it is in the record. Every byte still comes from fastavro, and a later record is
+    written through a layout only if it holds exactly the constant values the layout was made
+    from: its key fields select the layouts, the others are compared, and so are the lengths of
+    the arrays and the presence of the optional records it flattened. Anything else, and any
+    record the layout cannot take, is written by fastavro whole.
 
     Layouts are bounded (:data:`MAX_LAYOUTS` made in all, :data:`LAYOUTS_PER_KEY`): a sender
     varying its values makes records that are written whole, not a growing cache. A layout that
@@ -243,14 +246,24 @@ class _Plan:
 
     def walk(self, fields: list[dict[str, Any]], rules: Rules, datum: Record, path: Path) -> None:
         """Plans ``fields`` of a record whose value in the layout's record is ``datum``."""
+        # This record's own comparison goes before those of what it holds: it is read first,
+        # and it tells most kinds apart.
+        first_check = len(self.checks)
         compared: list[str] = []
         for field in fields:
             name, kind = field["name"], field["type"]
             rule = rules.get(name, PER_LOGIN)
             value = datum[name]
             here = (*path, name)
+            optional = _optional_record(kind)
             if isinstance(rule, dict) and _is_a("record", kind) and isinstance(value, dict):
                 self.walk(kind["fields"], rule, value, here)
+            elif isinstance(rule, dict) and optional is not None and isinstance(value, dict):
+                branch, record = optional
+                # Before the fields' checks, which read into the record.
+                self.checks.append((_reader(here, _is_none), False))
+                self._run += _piece("long", branch)
+                self.walk(record["fields"], rule, value, here)
             elif isinstance(rule, Each) and _is_a("array", kind) and value:
                 items = kind["items"]
                 if not _is_a("record", items) or not isinstance(value, list):
@@ -266,6 +279,7 @@ class _Plan:
                 rule in (KEY, COMPARED)
                 or isinstance(rule, Each)
                 or (rule == WHEN_EMPTY and value in _EMPTY)
+                or (isinstance(rule, dict) and optional is not None and value is None)
             ):
                 if rule != KEY:
                     compared.append(name)
@@ -274,7 +288,7 @@ class _Plan:
                 self._per_login(here, kind)
         if compared:
             getter = operator.itemgetter(*compared)
-            self.checks.append((_reader(path, getter), getter(datum)))
+            self.checks.insert(first_check, (_reader(path, getter), getter(datum)))
 
     def _per_login(self, path: Path, kind: Any) -> None:
         self._end_run()
@@ -304,6 +318,18 @@ Path = tuple[str | int, ...]
 
 def _is_a(avro_type: str, kind: Any) -> bool:
     return isinstance(kind, dict) and kind.get("type") == avro_type
+
+
+def _optional_record(kind: Any) -> tuple[int, dict[str, Any]] | None:
+    """For a union of null and one record: the record's position in it, and its schema."""
+    if not isinstance(kind, list) or len(kind) != 2 or "null" not in kind:
+        return None
+    branch = 1 - kind.index("null")
+    return (branch, kind[branch]) if _is_a("record", kind[branch]) else None
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
 
 
 def _piece(kind: Any, value: Any) -> bytes:

@@ -142,6 +142,26 @@ def test_a_login_differing_in_every_per_login_value_is_written_through_the_layou
     assert decoded["metadata"]["uid"] == second["metadata"]["uid"] != first["metadata"]["uid"]
 
 
+@pytest.mark.parametrize("optional", ["actor", "http_request"])
+def test_an_optional_record_filled_or_null_makes_a_layout_of_each_kind(optional: str) -> None:
+    # A filled one, and another with other per-login values in it.
+    filled, refilled = {
+        "actor": ({"user": {"name": "root", "uid": "0"}}, {"user": {"name": "adm", "uid": None}}),
+        "http_request": ({"user_agent": "curl/8", "uid": "r-1"}, {"user_agent": "", "uid": None}),
+    }[optional]
+    codec = AvroCodec()
+    whole = CountingWhole(codec)
+    with_it = _sftpgo("alice")
+    with_it[optional] = filled
+    without = _sftpgo("bob")
+    other = copy.deepcopy(with_it)
+    other[optional] = refilled
+    for record in (with_it, without, with_it, without, other):
+        assert codec.encode_datum(record) == fastavro_bytes(codec, record)
+    # One whole write each to learn the two kinds; the rest went through their layouts.
+    assert whole.calls == 2
+
+
 def test_a_datetime_in_a_per_login_timestamp_is_converted_as_fastavro_converts_it() -> None:
     codec = AvroCodec()
     first = _sftpgo("alice")
