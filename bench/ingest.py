@@ -1103,10 +1103,11 @@ class Bench:
         assert floor is not None  # every run with rounds starts a floor
         return floor
 
-    def kafka(self, variant: Variant) -> Target:
-        found = self.find(variant, "kafka")
+    def single(self, variant: Variant, kind: str) -> Target:
+        """The variant's one-worker server of this kind, started if the run has none yet."""
+        found = self.find(variant, kind)
         if found is None:
-            found = self.add(variant, "kafka")
+            found = self.add(variant, kind)
         return found
 
     def add(
@@ -1609,7 +1610,7 @@ class Bench:
     def latency(self) -> None:
         plans = []
         for variant in self.variants:
-            kafka = self.kafka(variant)
+            kafka = self.single(variant, "kafka")
             second = self.plan.latency_rate
             if second is None and kafka.samples:
                 second = 0.5 * med([s.rate for s in kafka.samples])
@@ -1711,7 +1712,7 @@ class Bench:
     # -- profile
 
     def profile(self, stem: str, sink: str = "kafka") -> None:
-        target = self.find(self.candidate, sink) or self.add(self.candidate, sink)
+        target = self.single(self.candidate, sink)
         spy = py_spy(required=True)
         assert spy is not None
         pids = target.server.pids()
