@@ -26,12 +26,11 @@ import os
 import resource
 import signal
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import ingest
-from ingest import Lab, RssSampler, Variant, table
+from ingest import RssSampler, Variant, table
 
 NO_CAP = 1_000_000
 MODES = ("idle", "in-flight")
@@ -120,38 +119,31 @@ def main() -> int:
     args = parser.parse_args()
     raise_file_limit(args.connections)
     started = datetime.now(UTC)
-    found = ingest.start_brokers(own=True)  # in-flight pauses Kafka: never the shared one
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as scratch:
-        lab = Lab(Path(scratch), found, "processes")
-        try:
-            ingest.create_topics(lab, 1 << 30)
-            kafka = kafka_pid()
-            for cap in (None, NO_CAP):
-                for mode in MODES:
-                    cap_text = "none" if cap == NO_CAP else "default (4096)"
-                    # Requests stay in flight while Kafka is paused, not handed to the spool.
-                    settings = {"BRIDGE_SPOOL_AFTER_SECONDS": str(args.hold + 5)}
-                    if cap is not None:
-                        settings["BRIDGE_MAX_CONNECTIONS"] = str(cap)
-                    variant = Variant(f"cap {cap_text}", None, settings=settings)
-                    server = lab.bridge(variant, "kafka", role=mode)
-                    asyncio.run(load(server.port, 50, "warm-up", 0, kafka))
-                    with RssSampler() as rss:
-                        rss.watch(server)
-                        answers = asyncio.run(
-                            load(server.port, args.connections, mode, args.hold, kafka)
-                        )
-                    lab.stop([server])
-                    idle, peak = rss.by_server()[server.name]
-                    seen = ", ".join(f"{n:,} {what}" for what, n in answers.most_common())
-                    rows.append([cap_text, mode, f"{idle:.0f}", f"{peak:.0f}", seen])
-                    print(f"  {' | '.join(rows[-1])}", flush=True)
-        finally:
-            lab.stop_all()
-            ingest.delete_broker_objects(lab)
-            if found.started_here:
-                ingest.brokers("stop", own=True)
+    # In-flight pauses Kafka: never the shared one.
+    with ingest.lab_and_brokers(own=True, prefix="bench-memory-") as lab:
+        ingest.create_topics(lab, 1 << 30)
+        kafka = kafka_pid()
+        for cap in (None, NO_CAP):
+            for mode in MODES:
+                cap_text = "none" if cap == NO_CAP else "default (4096)"
+                # Requests stay in flight while Kafka is paused, not handed to the spool.
+                settings = {"BRIDGE_SPOOL_AFTER_SECONDS": str(args.hold + 5)}
+                if cap is not None:
+                    settings["BRIDGE_MAX_CONNECTIONS"] = str(cap)
+                variant = Variant(f"cap {cap_text}", None, settings=settings)
+                server = lab.bridge(variant, "kafka", role=mode)
+                asyncio.run(load(server.port, 50, "warm-up", 0, kafka))
+                with RssSampler() as rss:
+                    rss.watch(server)
+                    answers = asyncio.run(
+                        load(server.port, args.connections, mode, args.hold, kafka)
+                    )
+                lab.stop([server])
+                idle, peak = rss.by_server()[server.name]
+                seen = ", ".join(f"{n:,} {what}" for what, n in answers.most_common())
+                rows.append([cap_text, mode, f"{idle:.0f}", f"{peak:.0f}", seen])
+                print(f"  {' | '.join(rows[-1])}", flush=True)
     text = (
         f"# Connection memory, {started:%Y-%m-%d %H:%M} UTC\n\n"
         f"{ingest.how_run('connection_memory.py')}. One bridge worker "
@@ -163,8 +155,7 @@ def main() -> int:
         )
         + "\n"
     )
-    label = f"-{args.label}" if args.label else ""
-    ingest.write_results(f"{started:%Y-%m-%d-%H%M}-connection-memory{label}", text)
+    ingest.write_results(ingest.results_stem(started, "connection-memory", args.label), text)
     return 0
 
 

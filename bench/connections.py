@@ -26,7 +26,6 @@ import json
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -211,37 +210,27 @@ def main() -> int:
     runs: dict[tuple[str, bool], list[Run]] = {
         (s.name, k): [] for s in SCHEMES for k in (True, False)
     }
-    own = args.brokers == "own"
-    found = ingest.start_brokers(own)
-    with tempfile.TemporaryDirectory(prefix="bench-connections-") as scratch_dir:
-        scratch = Path(scratch_dir)
-        lab = Lab(scratch, found, "processes")
-        bridges: list[Bridge] = []
-        try:
-            ingest.create_topics(lab, 1 << 30)
-            bridges = [start_bridge(lab, scheme, scratch) for scheme in SCHEMES]
-            for bridge in bridges:  # warm-up
-                attack(vegeta, bridge, scratch, args.rate, 2, keep_alive=True)
-            shuffle = random.Random(seed)
-            for number in range(1, args.rounds + 1):
-                order = [(b, k) for b in bridges for k in (True, False)]
-                shuffle.shuffle(order)
-                print(f"round {number}/{args.rounds}", flush=True)
-                for bridge, keep_alive in order:
-                    run = attack(vegeta, bridge, scratch, args.rate, args.seconds, keep_alive)
-                    runs[(bridge.scheme.name, keep_alive)].append(run)
-                    how = "kept alive" if keep_alive else "new per event"
-                    print(
-                        f"  {bridge.scheme.name}, {how}: {run.user_us + run.sys_us:,.0f} µs "
-                        f"CPU/event (user {run.user_us:,.0f}, system {run.sys_us:,.0f}), "
-                        f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, {run.ok:,} 2xx",
-                        flush=True,
-                    )
-        finally:
-            lab.stop_all()
-            ingest.delete_broker_objects(lab)
-            if own and found.started_here:
-                ingest.brokers("stop", own=True)
+    with ingest.lab_and_brokers(own=args.brokers == "own", prefix="bench-connections-") as lab:
+        scratch = lab.scratch
+        ingest.create_topics(lab, 1 << 30)
+        bridges = [start_bridge(lab, scheme, scratch) for scheme in SCHEMES]
+        for bridge in bridges:  # warm-up
+            attack(vegeta, bridge, scratch, args.rate, 2, keep_alive=True)
+        shuffle = random.Random(seed)
+        for number in range(1, args.rounds + 1):
+            order = [(b, k) for b in bridges for k in (True, False)]
+            shuffle.shuffle(order)
+            print(f"round {number}/{args.rounds}", flush=True)
+            for bridge, keep_alive in order:
+                run = attack(vegeta, bridge, scratch, args.rate, args.seconds, keep_alive)
+                runs[(bridge.scheme.name, keep_alive)].append(run)
+                how = "kept alive" if keep_alive else "new per event"
+                print(
+                    f"  {bridge.scheme.name}, {how}: {run.user_us + run.sys_us:,.0f} µs "
+                    f"CPU/event (user {run.user_us:,.0f}, system {run.sys_us:,.0f}), "
+                    f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, {run.ok:,} 2xx",
+                    flush=True,
+                )
     text = (
         f"# Connections and TLS, {started:%Y-%m-%d %H:%M} UTC\n\n"
         f"{ingest.how_run('connections.py')}, round order seed "
@@ -252,8 +241,7 @@ def main() -> int:
         + report(runs, args.rate, args.seconds)
         + "\n"
     )
-    label = f"-{args.label}" if args.label else ""
-    ingest.write_results(f"{started:%Y-%m-%d-%H%M}-connections{label}", text)
+    ingest.write_results(ingest.results_stem(started, "connections", args.label), text)
     return 0
 
 

@@ -2255,16 +2255,25 @@ def parse_sections(text: str) -> set[str]:
 
 
 @contextlib.contextmanager
-def lab_and_brokers(args: argparse.Namespace) -> Iterator[Lab]:
-    found = start_brokers(own=args.brokers == "own")
-    scratch = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
-    lab = Lab(scratch, found, args.workers_mode)
+def lab_and_brokers(
+    *,
+    own: bool,
+    workers_mode: str = "processes",
+    keep_brokers: bool = False,
+    prefix: str = "ingest-bench-",
+) -> Iterator[Lab]:
+    """A lab in a scratch directory, on own or shared brokers; afterwards every server it
+    started is stopped, the bench's topics and queues deleted, and own brokers this started
+    stopped (unless ``keep_brokers``). Every bench here runs inside one."""
+    found = start_brokers(own=own)
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    lab = Lab(scratch, found, workers_mode)
     try:
         yield lab
     finally:
         lab.stop_all()
         delete_broker_objects(lab)
-        if found.own and found.started_here and not args.keep_brokers:
+        if found.own and found.started_here and not keep_brokers:
             brokers("stop", own=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -2294,7 +2303,14 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
                     "use --workers-mode processes"
                 )
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    with lab_and_brokers(args) as lab, RssSampler() as rss:
+    with (
+        lab_and_brokers(
+            own=args.brokers == "own",
+            workers_mode=args.workers_mode,
+            keep_brokers=args.keep_brokers,
+        ) as lab,
+        RssSampler() as rss,
+    ):
         bench = Bench(
             plan,
             lab,
@@ -2458,8 +2474,7 @@ def main() -> int:
         )
     started = datetime.now(UTC)
     host = machine()
-    label = f"-{args.label}" if args.label else ""
-    stem = f"{started:%Y-%m-%d-%H%M}{label}{'-quick' if args.quick else ''}"
+    stem = results_stem(started, args.label, "quick" if args.quick else None)
     report, variants = run(args, stem)
     text = (
         f"# Ingest benchmark, {started:%Y-%m-%d %H:%M} UTC\n\n"
@@ -2479,6 +2494,11 @@ def how_run(script: str, host: str | None = None) -> str:
     before the run, or now) and the Python version."""
     command = shlex.join([f"bench/{script}", *sys.argv[1:]])
     return f"`{command}` on {host or machine()}, Python {sys.version.split()[0]}"
+
+
+def results_stem(started: datetime, *parts: str | None) -> str:
+    """A results file's name without ``.md``: when the run started, then the parts given."""
+    return "-".join([f"{started:%Y-%m-%d-%H%M}", *(part for part in parts if part)])
 
 
 def write_results(stem: str, text: str) -> Path:
