@@ -51,11 +51,8 @@ class Pipeline:
         self._wait = spool_after if spool is not None else publish_timeout + 1.0
         self._background = background
         self.stopping = False  # set on SIGTERM: /readyz answers 503 so no new hooks are routed
-        # .labels() takes a lock and builds a key on every call: 4.5 % of a worker's CPU under
-        # load (py-spy). The label values here come from small fixed sets, so cache the children.
-        self._received = functools.cache(metrics.events_received.labels)
-        self._published = functools.cache(metrics.events_published.labels)
-        self._latency = metrics.publish_latency.labels(sink.name)
+        self._events = metrics.events
+        self._events.watch_sink(sink.name)
         if spool is not None:
             metrics.watch_spool(spool)
         self._late: set[asyncio.Task[None]] = set()
@@ -81,7 +78,7 @@ class Pipeline:
         acknowledgement that still comes removes the spooled copy again. Without one, the wait
         ends a little after the sink's own acknowledgement timeout, with an error.
         """
-        self._received(event.source, event.status).inc()
+        self._events.received(event.source, event.status)
         encoded = self._encoder.encode(event)
         spool = self.spool
         if spool is not None and spool.busy:
@@ -160,8 +157,7 @@ class Pipeline:
         self._count_published(encoded.event, started)
 
     def _count_published(self, event: LoginEvent, started: float) -> None:
-        self._latency.observe(time.perf_counter() - started)
-        self._published(self.sink.name, event.status).inc()
+        self._events.published(self.sink.name, event.status, time.perf_counter() - started)
 
     async def _to_spool(self, encoded: EncodedEvent) -> None:
         assert self.spool is not None  # noqa: S101 - callers checked

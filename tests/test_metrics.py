@@ -1,0 +1,84 @@
+"""The per-event series (bridge.metrics.EventCounts) read exactly as prometheus_client's own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from bridge.metrics import LATENCY_BUCKETS, EventCounts, Metrics
+
+# Below, on and above bucket bounds, the first and last bound, and past the last (+Inf only).
+SECONDS = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.005, 0.0051, 0.25, 1, 3, 10, 11.5, 600]
+
+
+def _library_exposition(observations: list[tuple[str, str, float]], watched: list[str]) -> bytes:
+    registry = CollectorRegistry()
+    received = Counter(
+        "login_audit_events_received_total",
+        "Login events accepted from a source and normalized, before publishing.",
+        ["source", "status"],
+        registry=registry,
+    )
+    published = Counter(
+        "login_audit_events_published_total",
+        "Login events made durable by a sink (fsync'd or acknowledged by the broker).",
+        ["sink", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "login_audit_publish_duration_seconds",
+        "Time from an accepted event to its durability in the sink.",
+        ["sink"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    for sink in watched:
+        latency.labels(sink)
+    for sink, status, seconds in observations:
+        received.labels("sftpgo", status).inc()
+        published.labels(sink, status).inc()
+        latency.labels(sink).observe(seconds)
+    return generate_latest(registry)
+
+
+def _counts_exposition(observations: list[tuple[str, str, float]], watched: list[str]) -> bytes:
+    registry = CollectorRegistry()
+    counts = EventCounts()
+    registry.register(counts)
+    for sink in watched:
+        counts.watch_sink(sink)
+    for sink, status, seconds in observations:
+        counts.received("sftpgo", status)
+        counts.published(sink, status, seconds)
+    return generate_latest(registry)
+
+
+def test_event_counts_expose_what_prometheus_client_counters_and_histogram_would() -> None:
+    observations = [
+        ("kafka", "success" if n % 3 else "failure", seconds) for n, seconds in enumerate(SECONDS)
+    ]
+    observations.append(("file", "success", 0.002))
+    watched = ["kafka", "rabbitmq"]
+    expected = _library_exposition(observations, watched)
+    assert _counts_exposition(observations, watched) == expected
+    # The comparison above is only worth something if the histogram holds all those values.
+    assert b'login_audit_publish_duration_seconds_count{sink="kafka"} 13.0' in expected
+
+
+def test_a_watched_sink_is_exposed_with_zeros_before_its_first_event() -> None:
+    metrics = Metrics()
+    metrics.events.watch_sink("kafka")
+    text = generate_latest(metrics.registry).decode()
+    assert 'login_audit_publish_duration_seconds_count{sink="kafka"} 0.0' in text
+    assert 'login_audit_publish_duration_seconds_bucket{le="+Inf",sink="kafka"} 0.0' in text
+    assert "login_audit_events_published_total{" not in text
+
+
+def test_the_registry_describes_the_event_series_once_each() -> None:
+    metrics = Metrics()
+    names = [family.name for family in metrics.registry.collect()]
+    for name in (
+        "login_audit_events_received",
+        "login_audit_events_published",
+        "login_audit_publish_duration_seconds",
+    ):
+        assert names.count(name) == 1
