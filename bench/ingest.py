@@ -1711,7 +1711,9 @@ class Bench:
 
     # -- profile
 
-    def profile(self, stem: str, sink: str = "kafka") -> None:
+    def profile(self, stem: str, sink: str = "kafka", *, per_event: bool = False) -> None:
+        """py-spy, then perf trace, on one worker of ``sink`` under wrk; ``per_event``: every
+        request on a new connection (PER_EVENT_WHY), else keep-alive."""
         target = self.single(self.candidate, sink)
         spy = py_spy(required=True)
         assert spy is not None
@@ -1719,7 +1721,8 @@ class Bench:
         seconds = self.plan.profile_seconds
         raw = RESULTS / f"{stem}-{sink}-profile.txt"
         RESULTS.mkdir(exist_ok=True)
-        print(f"profile: py-spy --native --gil for {seconds:g} s under wrk", flush=True)
+        how = "wrk, a new connection per event" if per_event else "wrk"
+        print(f"profile: py-spy --native --gil for {seconds:g} s under {how}", flush=True)
         recorder = subprocess.Popen(
             [
                 str(spy),
@@ -1743,15 +1746,17 @@ class Bench:
             text=True,
         )
         time.sleep(1.0)
-        self.load.closed(target.server.port, seconds + 1)
+        self.load.closed(target.server.port, seconds + 1, per_event=per_event)
         _, err = recorder.communicate(timeout=120)
         if recorder.returncode != 0 or not raw.exists():
             self.report.note(f"py-spy record failed: {err.strip()[-500:]}")
         else:
-            self.report.block(profile_tables(raw, seconds, SINK_NAMES[sink]))
-        self.perf_trace(target, pids, seconds, SINK_NAMES[sink])
+            self.report.block(profile_tables(raw, seconds, SINK_NAMES[sink], per_event=per_event))
+        self.perf_trace(target, pids, seconds, SINK_NAMES[sink], per_event=per_event)
 
-    def perf_trace(self, target: Target, pids: list[int], seconds: float, sink: str) -> None:
+    def perf_trace(
+        self, target: Target, pids: list[int], seconds: float, sink: str, *, per_event: bool
+    ) -> None:
         perf = shutil.which("perf")
         if perf is None:
             self.report.note(
@@ -1768,7 +1773,7 @@ class Bench:
             text=True,
         )
         time.sleep(1.0)
-        self.load.closed(target.server.port, seconds)
+        self.load.closed(target.server.port, seconds, per_event=per_event)
         tracer.send_signal(signal.SIGINT)
         try:
             _, err = tracer.communicate(timeout=60)
@@ -1781,7 +1786,7 @@ class Bench:
             self.report.note(f"perf trace gave no summary: {(err or text).strip()[-500:]}")
             return
         names = {tid: label for (_, tid), label in (target.labels or {}).items()}
-        self.report.block(syscall_table(text, events, names, sink))
+        self.report.block(syscall_table(text, events, names, sink, per_event=per_event))
 
 
 def purge_queues(lab: Lab) -> None:
@@ -1803,7 +1808,12 @@ def purge_queues(lab: Lab) -> None:
 # ---------------------------------------------------------------- profile tables
 
 
-def profile_tables(raw: Path, seconds: float, sink: str = "Kafka", top: int = 12) -> str:
+_PER_EVENT_TITLE = ", a new connection per event"
+
+
+def profile_tables(
+    raw: Path, seconds: float, sink: str = "Kafka", top: int = 12, *, per_event: bool = False
+) -> str:
     """py-spy's collapsed stacks → top frames: leaf (native included), innermost Python
     function, component (the package of the innermost Python frame), bridge inclusive (minus
     the entry points that are on every stack)."""
@@ -1840,8 +1850,8 @@ def profile_tables(raw: Path, seconds: float, sink: str = "Kafka", top: int = 12
         return [[f"`{k}`", f"{100 * v / max(total, 1):.1f}"] for k, v in ranked[:top]]
 
     return (
-        f"### Profile: {sink}, 1 worker, max load (py-spy --native --gil, {total} samples "
-        f"in {seconds:g} s)\n\n"
+        f"### Profile: {sink}, 1 worker, max load{_PER_EVENT_TITLE if per_event else ''} "
+        f"(py-spy --native --gil, {total} samples in {seconds:g} s)\n\n"
         "Samples only while a thread holds the GIL. py-spy stops the process for each native "
         "sample, so the rate under profiling is lower than in the rounds. Raw stacks (input "
         f"for flamegraph.pl): `bench/results/{raw.name}`.\n\n"
@@ -1857,7 +1867,13 @@ def profile_tables(raw: Path, seconds: float, sink: str = "Kafka", top: int = 12
 
 
 def syscall_table(
-    text: str, events: float, names: dict[int, str], sink: str = "Kafka", top: int = 15
+    text: str,
+    events: float,
+    names: dict[int, str],
+    sink: str = "Kafka",
+    top: int = 15,
+    *,
+    per_event: bool = False,
 ) -> str:
     """`perf trace -s` per-thread summaries → syscalls per event, all threads together; and
     per thread, labelled by `names` (thread id → label) where known."""
@@ -1896,7 +1912,8 @@ def syscall_table(
         f"{name} {n / events:.2f}" for name, n in sorted(threads.items(), key=lambda kv: -kv[1])
     )
     return (
-        f"### Syscalls per event: {sink}, 1 worker (perf trace -s, {events:,.0f} events)\n\n"
+        f"### Syscalls per event: {sink}, 1 worker{_PER_EVENT_TITLE if per_event else ''} "
+        f"(perf trace -s, {events:,.0f} events)\n\n"
         "Counted over all threads while wrk ran; events from the bridge's "
         "`login_audit_events_received_total`. Tracing slows the process; the counts per "
         "event are what carries over.\n\n"
@@ -2337,7 +2354,7 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
         if "latency" in args.only:
             bench.latency()
         if "profile" in args.only:
-            bench.profile(stem, args.profile_sink)
+            bench.profile(stem, args.profile_sink, per_event=args.profile_per_event)
         lab.stop_all()  # the checks start their own workers, on a quieter machine
         if "checks" in args.only:
             checks(bench)
@@ -2444,6 +2461,12 @@ def main() -> int:
         choices=sorted(SINK_NAMES),
         default="kafka",
         help="the bridge the profile section looks at (default kafka)",
+    )
+    parser.add_argument(
+        "--profile-per-event",
+        action="store_true",
+        help="profile under wrk with a new connection per event (Connection: close, as the "
+        "hooks connect) instead of keep-alive",
     )
     parser.add_argument("--keep-brokers", action="store_true", help="leave own brokers running")
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
