@@ -123,30 +123,21 @@ def avro_bytes(schema: Any, datum: Any) -> bytes:
 
 class _Layout:
     """A flat writer schema: each run of constant bytes one ``fixed`` field holding them (its
-    default), each per-login value one field; what a record must hold for those bytes to be its
-    own; and where each per-login value is in the record."""
+    default), each per-login value one field; and the reader that checks that a record holds
+    what those bytes say (see :func:`_datum_reader`) and reads its per-login values."""
 
-    __slots__ = ("checks", "schema", "values")
+    __slots__ = ("datum", "schema")
 
     def __init__(
-        self,
-        schema: dict[str, Any],
-        checks: list[tuple[Getter, Any]],
-        values: list[tuple[str, Getter]],
+        self, schema: dict[str, Any], checks: list[Check], values: list[tuple[str, Path]]
     ) -> None:
         self.schema = schema
-        self.checks = checks
-        self.values = values
+        self.datum = _datum_reader(checks, values)
 
-    def matches(self, record: Record) -> bool:
-        # A loop, not all() over a generator: this runs for every record.
-        for getter, expected in self.checks:  # noqa: SIM110
-            if getter(record) != expected:
-                return False
-        return True
-
-    def write(self, record: Record) -> bytes:
-        return avro_bytes(self.schema, {name: get(record) for name, get in self.values})
+    def write(self, record: Record) -> bytes | None:
+        """The record's bytes, or None when it is not of this layout's kind."""
+        datum = self.datum(record)
+        return None if datum is None else avro_bytes(self.schema, datum)
 
 
 class Layouts:
@@ -197,16 +188,17 @@ class Layouts:
             key = self._key(record)
             layouts = self._by_key.get(key, ())
             for layout in layouts:
-                if layout.matches(record):
-                    return layout.write(record)
+                datum = layout.datum(record)
+                if datum is not None:
+                    return avro_bytes(layout.schema, datum)
         except Exception:
             # A record without a field, an unhashable key value, a value fastavro refuses: the
             # whole writer gives fastavro's own answer (bytes, or its error).
             return self._encode_whole(record)
-        datum = self._encode_whole(record)
+        whole = self._encode_whole(record)
         if self._attempts < MAX_LAYOUTS and len(layouts) < LAYOUTS_PER_KEY:
-            self._learn(key, record, datum)
-        return datum
+            self._learn(key, record, whole)
+        return whole
 
     def _learn(self, key: Any, record: Record, datum: bytes) -> None:
         self._attempts += 1
@@ -240,8 +232,8 @@ class _Plan:
     def __init__(self) -> None:
         self.fields: list[dict[str, Any]] = []
         self.runs: dict[str, bytes] = {}
-        self.checks: list[tuple[Getter, Any]] = []
-        self.values: list[tuple[str, Getter]] = []
+        self.checks: list[Check] = []
+        self.values: list[tuple[str, Path]] = []  # each per-login value's writer field and path
         self._run = bytearray()
 
     def walk(self, fields: list[dict[str, Any]], rules: Rules, datum: Record, path: Path) -> None:
@@ -261,7 +253,7 @@ class _Plan:
             elif isinstance(rule, dict) and optional is not None and isinstance(value, dict):
                 branch, record = optional
                 # Before the fields' checks, which read into the record.
-                self.checks.append((_reader(here, _is_none), False))
+                self.checks.append((here, _NULL, False))
                 self._run += _piece("long", branch)
                 self.walk(record["fields"], rule, value, here)
             elif isinstance(rule, Each) and _is_a("array", kind) and value:
@@ -270,7 +262,7 @@ class _Plan:
                     self._per_login(here, kind)
                     continue
                 # Before the items' checks, which read the items by index.
-                self.checks.append((_reader(here, len), len(value)))
+                self.checks.append((here, _LENGTH, len(value)))
                 self._run += _piece("long", len(value))
                 for index, item in enumerate(value):
                     self.walk(items["fields"], rule.rules, item, (*here, index))
@@ -287,8 +279,8 @@ class _Plan:
             else:
                 self._per_login(here, kind)
         if compared:
-            getter = operator.itemgetter(*compared)
-            self.checks.insert(first_check, (_reader(path, getter), getter(datum)))
+            names = tuple(compared)
+            self.checks.insert(first_check, (path, names, tuple(datum[n] for n in names)))
 
     def _per_login(self, path: Path, kind: Any) -> None:
         self._end_run()
@@ -296,7 +288,7 @@ class _Plan:
         if isinstance(kind, dict) and kind.get("logicalType") in _PLAIN_LOGICAL:
             kind = kind["type"]
         self.fields.append({"name": name, "type": kind})
-        self.values.append((name, _reader(path)))
+        self.values.append((name, path))
 
     def _end_run(self) -> None:
         if not self._run:
@@ -314,6 +306,11 @@ class _Plan:
 
 
 Path = tuple[str | int, ...]
+# What a layout checks in a record, in order: at ``path``, the fields named (their values as a
+# tuple), whether it is null (_NULL) or its length (_LENGTH); and what that must equal.
+Check = tuple[Path, tuple[str, ...] | str, Any]
+_NULL = "null"
+_LENGTH = "length"
 
 
 def _is_a(avro_type: str, kind: Any) -> bool:
@@ -328,31 +325,61 @@ def _optional_record(kind: Any) -> tuple[int, dict[str, Any]] | None:
     return (branch, kind[branch]) if _is_a("record", kind[branch]) else None
 
 
-def _is_none(value: Any) -> bool:
-    return value is None
-
-
 def _piece(kind: Any, value: Any) -> bytes:
     """fastavro's bytes for one value of type ``kind``: a field's share of its record's bytes."""
     schema = {"type": "record", "name": "Piece", "fields": [{"name": "value", "type": kind}]}
     return avro_bytes(parse_schema(schema, named_schemas={}), {"value": value})
 
 
-def _reader(path: Path, last: Getter | None = None) -> Getter:
-    """Reads the value at ``path`` in a record; with ``last``, what ``last`` reads there."""
-    if last is None:
-        *outer, final = path
-        path, last = tuple(outer), operator.itemgetter(final)
-    if not path:
-        return last
-    read_last = last
+def _datum_reader(
+    checks: list[Check], values: list[tuple[str, Path]]
+) -> Callable[[Record], Record | None]:
+    """One function per layout: None if a record fails one of the layout's checks (in their
+    order), else the writer's datum, its per-login values by field name.
 
-    def read(record: Any) -> Any:
-        for step in path:
-            record = record[step]
-        return read_last(record)
+    Straight-line code, generated once per layout as dataclasses and namedtuple generate their
+    methods: each check one comparison, each value one subscript of its enclosing record, which
+    is looked up once. A function per path, walked in a loop, cost 2.7 µs for an SFTPGo login,
+    this 0.9 (timeit, in-process). Only literals go into the source: the writer's field names,
+    and the schema's field names and array indexes of each path (``repr`` of a str or an int).
+    What a check compares with stays a Python object (``expected{n}``), never source.
+    """
+    lines = ["def read(record):"]
+    namespace: dict[str, Any] = {}
+    for number, (path, test, expected) in enumerate(checks):
+        here = "record" + "".join(f"[{_literal(step)}]" for step in path)
+        if test == _NULL:
+            read = f"({here} is None)"
+        elif test == _LENGTH:
+            read = f"len({here})"
+        else:
+            read = "(" + "".join(f"{here}[{_literal(name)}], " for name in test) + ")"
+        namespace[f"expected{number}"] = expected
+        lines += [f"    if {read} != expected{number}:", "        return None"]
+    records: dict[Path, str] = {(): "record"}
 
-    return read
+    def enclosing(path: Path) -> str:
+        if path not in records:
+            outer = enclosing(path[:-1])
+            records[path] = f"record{len(records)}"
+            lines.append(f"    {records[path]} = {outer}[{_literal(path[-1])}]")
+        return records[path]
+
+    items = []
+    for name, path in values:
+        if not path:
+            raise ValueError("a per-login value needs a path")
+        items.append(f"{_literal(name)}: {enclosing(path[:-1])}[{_literal(path[-1])}]")
+    lines.append("    return {" + ", ".join(items) + "}")
+    exec("\n".join(lines), namespace)  # noqa: S102 - literals only, see above
+    return cast(Callable[[Record], Record | None], namespace["read"])
+
+
+def _literal(step: str | int) -> str:
+    # type(), not isinstance(): a bool or a str subclass has no business in a path.
+    if type(step) not in (str, int):
+        raise TypeError(f"not a field name or an index: {step!r}")
+    return repr(step)
 
 
 def _fill_runs(record_schema: dict[str, Any], runs: Mapping[str, bytes]) -> None:

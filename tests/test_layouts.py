@@ -11,6 +11,7 @@ import copy
 import io
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,71 @@ def test_another_schema_is_written_whole_by_fastavro() -> None:
     schema = json.loads((DATA / "login_audit.v1.avsc").read_text(encoding="utf-8"))
     codec = AvroCodec(schema)
     assert not codec._layouts.enabled
+
+
+def test_a_layouts_reader_reads_each_value_at_its_path() -> None:
+    record = {
+        "time": 1,
+        "user": {"name": "alice", "uid": None},
+        "observables": [{"value": "192.0.2.1"}, {"value": "alice"}],
+        'odd "name"\\': {"it's": 2},
+    }
+    read = layouts._datum_reader(
+        [],
+        [
+            ("value0", ("time",)),
+            ("value1", ("user", "name")),
+            ("value2", ("user", "uid")),
+            ("value3", ("observables", 1, "value")),
+            ("value4", ("observables", 0, "value")),
+            ("value5", ('odd "name"\\', "it's")),
+        ],
+    )
+    assert read(record) == {
+        "value0": 1,
+        "value1": "alice",
+        "value2": None,
+        "value3": "alice",
+        "value4": "192.0.2.1",
+        "value5": 2,
+    }
+    with pytest.raises(KeyError):  # a record without the field: the caller writes it whole
+        read({"time": 1})
+
+
+def test_a_layouts_reader_gives_none_for_a_record_failing_any_of_its_checks() -> None:
+    checks: list[layouts.Check] = [
+        ((), ("class_uid", "status"), (3002, "Success")),
+        (("actor",), layouts._NULL, False),
+        (("actor", "user"), ("uid",), (None,)),
+        (("observables",), layouts._LENGTH, 2),
+    ]
+    read = layouts._datum_reader(checks, [("value0", ("actor", "user", "name"))])
+    record = {
+        "class_uid": 3002,
+        "status": "Success",
+        "actor": {"user": {"name": "root", "uid": None}},
+        "observables": [{}, {}],
+    }
+    assert read(record) == {"value0": "root"}
+    failing: list[Callable[[Record], object]] = [
+        lambda r: r.update(status="Failure"),
+        lambda r: r.update(class_uid=3003),
+        lambda r: r["actor"]["user"].update(uid="0"),
+        lambda r: r["observables"].pop(),
+    ]
+    for change in failing:
+        other = copy.deepcopy(record)
+        change(other)
+        assert read(other) is None
+    # The null check comes first, so a record without the optional record is only not of this
+    # kind: reading into it would raise.
+    assert read(record | {"actor": None}) is None
+
+
+@pytest.mark.parametrize("step", [True, 1.0, b"time", None])
+def test_a_layouts_reader_takes_only_field_names_and_indexes_into_its_source(step: Any) -> None:
+    with pytest.raises(TypeError, match="not a field name or an index"):
+        layouts._datum_reader([], [("value0", ("observables", step))])
+    with pytest.raises(TypeError, match="not a field name or an index"):
+        layouts._datum_reader([(("observables", step), layouts._LENGTH, 1)], [])
