@@ -28,9 +28,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from bridge.app import parse_query
+from bridge.app import single_valued_query
 from bridge.codec import AvroCodec
-from bridge.errors import InputError, MalformedInput
+from bridge.errors import InputError, InvalidField, MalformedInput
 from bridge.event import UNKNOWN_USER, LoginEvent
 from bridge.mediawiki import parse_mediawiki
 from bridge.normalize import Normalizer, UserFieldsReader, parse_json_object
@@ -267,8 +267,21 @@ def test_a_valid_sftpgo_login_becomes_an_event_with_exactly_its_facts(
     )
 )
 @example(query="ip=1.2.3.4&&status=&flag&=x&a=b=c")
-def test_the_query_fast_path_parses_exactly_as_parse_qsl(query: str) -> None:
-    assert parse_query(query) == parse_qsl(query, keep_blank_values=True)
+@example(query="ip=1&ip=2")
+@example(query="a%3D=1&a%3D=2")
+@example(query="&&")
+@example(query="a+b=1&a%20b=2")
+def test_the_query_reads_as_parse_qsl_and_refuses_repeated_names_and_no_query(query: str) -> None:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    names = [name for name, _ in pairs]
+    if not pairs:
+        with pytest.raises(MalformedInput):
+            single_valued_query(query)
+    elif len(set(names)) < len(names):
+        with pytest.raises(InvalidField):
+            single_valued_query(query)
+    else:
+        assert single_valued_query(query) == dict(pairs)
 
 
 READER_FIELDS = ("username", "id", "email", "groups", "description", "0 not an identifier")
