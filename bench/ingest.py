@@ -1721,8 +1721,9 @@ class Bench:
         seconds = self.plan.profile_seconds
         raw = RESULTS / f"{stem}-{sink}-profile.txt"
         RESULTS.mkdir(exist_ok=True)
-        how = "wrk, a new connection per event" if per_event else "wrk"
-        print(f"profile: py-spy --native --gil for {seconds:g} s under {how}", flush=True)
+        # What the tables' headings say: the sink, and how wrk connects when not kept alive.
+        shown = SINK_NAMES[sink] + (", a new connection per event" if per_event else "")
+        print(f"profile: py-spy --native --gil for {seconds:g} s: {shown}", flush=True)
         recorder = subprocess.Popen(
             [
                 str(spy),
@@ -1751,11 +1752,11 @@ class Bench:
         if recorder.returncode != 0 or not raw.exists():
             self.report.note(f"py-spy record failed: {err.strip()[-500:]}")
         else:
-            self.report.block(profile_tables(raw, seconds, SINK_NAMES[sink], per_event=per_event))
-        self.perf_trace(target, pids, seconds, SINK_NAMES[sink], per_event=per_event)
+            self.report.block(profile_tables(raw, seconds, shown))
+        self.perf_trace(target, pids, seconds, shown, per_event=per_event)
 
     def perf_trace(
-        self, target: Target, pids: list[int], seconds: float, sink: str, *, per_event: bool
+        self, target: Target, pids: list[int], seconds: float, shown: str, *, per_event: bool
     ) -> None:
         perf = shutil.which("perf")
         if perf is None:
@@ -1786,7 +1787,7 @@ class Bench:
             self.report.note(f"perf trace gave no summary: {(err or text).strip()[-500:]}")
             return
         names = {tid: label for (_, tid), label in (target.labels or {}).items()}
-        self.report.block(syscall_table(text, events, names, sink, per_event=per_event))
+        self.report.block(syscall_table(text, events, names, shown))
 
 
 def purge_queues(lab: Lab) -> None:
@@ -1808,12 +1809,7 @@ def purge_queues(lab: Lab) -> None:
 # ---------------------------------------------------------------- profile tables
 
 
-_PER_EVENT_TITLE = ", a new connection per event"
-
-
-def profile_tables(
-    raw: Path, seconds: float, sink: str = "Kafka", top: int = 12, *, per_event: bool = False
-) -> str:
+def profile_tables(raw: Path, seconds: float, sink: str = "Kafka", top: int = 12) -> str:
     """py-spy's collapsed stacks → top frames: leaf (native included), innermost Python
     function, component (the package of the innermost Python frame), bridge inclusive (minus
     the entry points that are on every stack)."""
@@ -1850,8 +1846,8 @@ def profile_tables(
         return [[f"`{k}`", f"{100 * v / max(total, 1):.1f}"] for k, v in ranked[:top]]
 
     return (
-        f"### Profile: {sink}, 1 worker, max load{_PER_EVENT_TITLE if per_event else ''} "
-        f"(py-spy --native --gil, {total} samples in {seconds:g} s)\n\n"
+        f"### Profile: {sink}, 1 worker, max load (py-spy --native --gil, {total} samples "
+        f"in {seconds:g} s)\n\n"
         "Samples only while a thread holds the GIL. py-spy stops the process for each native "
         "sample, so the rate under profiling is lower than in the rounds. Raw stacks (input "
         f"for flamegraph.pl): `bench/results/{raw.name}`.\n\n"
@@ -1867,13 +1863,7 @@ def profile_tables(
 
 
 def syscall_table(
-    text: str,
-    events: float,
-    names: dict[int, str],
-    sink: str = "Kafka",
-    top: int = 15,
-    *,
-    per_event: bool = False,
+    text: str, events: float, names: dict[int, str], sink: str = "Kafka", top: int = 15
 ) -> str:
     """`perf trace -s` per-thread summaries → syscalls per event, all threads together; and
     per thread, labelled by `names` (thread id → label) where known."""
@@ -1912,8 +1902,7 @@ def syscall_table(
         f"{name} {n / events:.2f}" for name, n in sorted(threads.items(), key=lambda kv: -kv[1])
     )
     return (
-        f"### Syscalls per event: {sink}, 1 worker{_PER_EVENT_TITLE if per_event else ''} "
-        f"(perf trace -s, {events:,.0f} events)\n\n"
+        f"### Syscalls per event: {sink}, 1 worker (perf trace -s, {events:,.0f} events)\n\n"
         "Counted over all threads while wrk ran; events from the bridge's "
         "`login_audit_events_received_total`. Tracing slows the process; the counts per "
         "event are what carries over.\n\n"

@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 Getter = Callable[[Record], Any]
+# Where a value is in a record: field names, and indexes into arrays.
+Path = tuple[str | int, ...]
+# What a layout checks in a record, in order: at ``path``, the fields named (their values as a
+# tuple), whether it is null (_NULL) or its length (_LENGTH); and what that must equal.
+Check = tuple[Path, tuple[str, ...] | str, Any]
+_NULL = "null"
+_LENGTH = "length"
 
 # How each field of a record of schemas/login_audit.avsc is written through a layout. Every
 # field a rule does not name, at any depth, is PER_LOGIN: a field added to the schema is written
@@ -169,7 +176,6 @@ class Layouts:
     """
 
     def __init__(self, schema: dict[str, Any], encode_whole: Callable[[Record], bytes]) -> None:
-        self._schema = schema
         self._encode_whole = encode_whole
         self._by_key: dict[Any, list[_Layout]] = {}
         self._attempts = 0
@@ -188,9 +194,9 @@ class Layouts:
             key = self._key(record)
             layouts = self._by_key.get(key, ())
             for layout in layouts:
-                datum = layout.datum(record)
-                if datum is not None:
-                    return avro_bytes(layout.schema, datum)
+                written = layout.write(record)
+                if written is not None:
+                    return written
         except Exception:
             # A record without a field, an unhashable key value, a value fastavro refuses: the
             # whole writer gives fastavro's own answer (bytes, or its error).
@@ -200,11 +206,11 @@ class Layouts:
             self._learn(key, record, whole)
         return whole
 
-    def _learn(self, key: Any, record: Record, datum: bytes) -> None:
+    def _learn(self, key: Any, record: Record, whole: bytes) -> None:
         self._attempts += 1
         try:
             layout = self._make(record)
-            ok = layout.write(record) == datum
+            ok = layout.write(record) == whole
         except Exception:  # a layout is only ever a shortcut: the whole writer stays
             log.debug("no Avro layout for this kind of record", exc_info=True)
             return
@@ -303,14 +309,6 @@ class _Plan:
     def writer_fields(self) -> list[dict[str, Any]]:
         self._end_run()
         return self.fields
-
-
-Path = tuple[str | int, ...]
-# What a layout checks in a record, in order: at ``path``, the fields named (their values as a
-# tuple), whether it is null (_NULL) or its length (_LENGTH); and what that must equal.
-Check = tuple[Path, tuple[str, ...] | str, Any]
-_NULL = "null"
-_LENGTH = "length"
 
 
 def _is_a(avro_type: str, kind: Any) -> bool:

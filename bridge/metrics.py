@@ -167,8 +167,7 @@ class EventCounts:
     def __init__(self) -> None:
         self._received: dict[tuple[str, str], int] = {}
         self._published: dict[tuple[str, str], int] = {}
-        # Per sink: a count per bucket (not cumulative; the last is +Inf's), and the sum.
-        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self._latency: dict[str, _Latency] = {}
 
     def received(self, source: str, status: str) -> None:
         key = (source, status)
@@ -177,15 +176,15 @@ class EventCounts:
     def published(self, sink: str, status: str, seconds: float) -> None:
         key = (sink, status)
         self._published[key] = self._published.get(key, 0) + 1
-        counts, total = self._latency.get(sink) or self.watch_sink(sink)
+        latency = self._latency.get(sink) or self.watch_sink(sink)
         # A value equal to a bound belongs to that bucket (le: less than or equal).
-        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        total[0] += seconds
+        latency.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency.total += seconds
 
-    def watch_sink(self, sink: str) -> tuple[list[int], list[float]]:
+    def watch_sink(self, sink: str) -> _Latency:
         """Exposes the sink's latency histogram from now on, with zeros until its first event."""
         if sink not in self._latency:
-            self._latency[sink] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+            self._latency[sink] = _Latency()
         return self._latency[sink]
 
     def describe(self) -> Iterator[Metric]:
@@ -198,12 +197,12 @@ class EventCounts:
         for (sink, status), count in list(self._published.items()):
             published.add_metric([sink, status], count)
         bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
-        for sink, (counts, total) in list(self._latency.items()):
+        for sink, histogram in list(self._latency.items()):
             cumulative, buckets = 0, []
-            for bound, count in zip(bounds, counts, strict=True):
+            for bound, count in zip(bounds, histogram.counts, strict=True):
                 cumulative += count
                 buckets.append((bound, float(cumulative)))
-            latency.add_metric([sink], buckets, total[0])
+            latency.add_metric([sink], buckets, histogram.total)
         yield received
         yield published
         yield latency
@@ -227,3 +226,14 @@ class EventCounts:
                 labels=["sink"],
             ),
         )
+
+
+class _Latency:
+    """One sink's publish latencies: a count per bucket (not cumulative; the last is +Inf's),
+    and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
