@@ -32,7 +32,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
-from bridge.app import IDENTITY, Accepted, Answer, HookEndpoints, Normalize, retry_after
+from bridge.app import IDENTITY, Accepted, Answer, Headers, HookEndpoints, Normalize, retry_after
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -457,7 +457,7 @@ class HookCycle(RequestResponseCycle):
     _hooks: HookEndpoints
     _normalize: Normalize
     _scope: Scope
-    _headers: dict[str, str]
+    _headers: Headers
     _taken: bool
 
     def begin(self, hooks: HookEndpoints, normalize: Normalize) -> None:

@@ -149,6 +149,29 @@ def test_wrong_content_type_is_a_415(live: LiveApp) -> None:
     assert status == 415
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "application/json"},
+        {"Content-Type": "Application/JSON; charset=UTF-8"},
+        {"Content-Type": 'application/json;charset="utf-8"'},
+        {"Content-Type": "application/json", "Content-Encoding": "identity"},
+    ],
+)
+def test_json_media_types_are_accepted_in_any_spelling(
+    live: LiveApp, headers: dict[str, str]
+) -> None:
+    assert post(live.hook(), BOB, token="new-token", headers=headers)[0] == 200
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
+def test_an_encoded_body_is_a_415_whatever_its_media_type(live: LiveApp, content_type: str) -> None:
+    headers = {"Content-Type": content_type, "Content-Encoding": "gzip"}
+    status, body, _ = post(live.hook(), BOB, token="new-token", headers=headers)
+    assert (status, body["error"]) == (415, "media_type")
+    assert "gzip" in body["message"]
+
+
 def test_sink_failure_is_a_503_with_retry_after_and_nothing_is_claimed(live: LiveApp) -> None:
     live.sink.fail_with = SinkUnavailable("broker down")
     status, body, headers = post(live.hook(), BOB, token="new-token")

@@ -26,11 +26,11 @@ def _wrap() -> None:
     from bridge.encode import Encoder
     from bridge.sftpgo import EVENT_ID_HEADER
 
-    event_id_header = EVENT_ID_HEADER.lower()
+    event_id_header = EVENT_ID_HEADER.lower().encode("latin-1")
 
     normalize = HookEndpoints._sftpgo
     encode = Encoder.encode
-    events: dict[tuple[bytes, bytes, str | None], Any] = {}
+    events: dict[tuple[bytes, bytes, bytes | None], Any] = {}
     encoded: dict[int, tuple[Any, Any]] = {}  # id(event) -> (event, its encoding); holds the event
 
     def cached_sftpgo(self: HookEndpoints, scope: Any, headers: Any, body: bytes) -> Any:
