@@ -351,16 +351,64 @@ def _json_answer(
     extension trust only answers that carry it.
     """
     status, body, extra = answer
-    length = (b"content-length", b"%d" % len(body))
+    return _json_head(status, len(body), extra, close, default_headers) + body
+
+
+def _json_head(
+    status: int,
+    length: int,
+    extra: Sequence[tuple[bytes, bytes]],
+    close: bool,
+    default_headers: Sequence[tuple[bytes, bytes]],
+) -> bytes:
     head = [STATUS_LINE[status]]
-    for name, value in (*default_headers, _JSON, length, IDENTITY, *extra):
+    for name, value in (*default_headers, _JSON, (b"content-length", b"%d" % length), IDENTITY):
+        head += (name, b": ", value, b"\r\n")
+    for name, value in extra:
         head += (name, b": ", value, b"\r\n")
     if close:
         head.append(b"connection: close\r\n")
-    head += (b"\r\n", body)
+    head.append(b"\r\n")
     return b"".join(head)
 
 
+class _Heads:
+    """The heads of answers without extra headers, each made once: nearly every answer is a
+    200 whose body has the same length (its event id is a UUID), and building its head per
+    answer was about 1 % of a worker's CPU (issue 11).
+
+    uvicorn's default headers (the Date) change once a second: the heads made with the old
+    ones are dropped then. The lengths of error bodies vary, so the heads kept are bounded too.
+    """
+
+    __slots__ = ("_defaults", "_made")
+
+    def __init__(self) -> None:
+        self._defaults: list[tuple[bytes, bytes]] = []
+        self._made: dict[tuple[int, int, bool], bytes] = {}
+
+    def answer(
+        self, answer: Answer, *, close: bool, default_headers: Sequence[tuple[bytes, bytes]]
+    ) -> bytes:
+        """What :func:`_json_answer` gives, with the head made once per kind of answer."""
+        status, body, extra = answer
+        if extra:
+            return _json_answer(answer, close=close, default_headers=default_headers)
+        # By value, a copy kept: uvicorn could change its list in place.
+        if self._defaults != default_headers:
+            self._defaults = list(default_headers)
+            self._made = {}
+        key = (status, len(body), close)
+        head = self._made.get(key)
+        if head is None:
+            if len(self._made) >= _MAX_HEADS:
+                self._made.clear()
+            head = self._made[key] = _json_head(status, len(body), (), close, default_headers)
+        return head + body
+
+
+_MAX_HEADS = 64
+_heads = _Heads()
 _JSON = (b"content-type", b"application/json")
 
 
@@ -536,7 +584,7 @@ class HookCycle(RequestResponseCycle):
             )
         close = not self.keep_alive
         self.transport.write(
-            _json_answer(answer, close=close, default_headers=self.default_headers)
+            _heads.answer(answer, close=close, default_headers=self.default_headers)
         )
         self.response_complete = True
         if close:

@@ -15,8 +15,16 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
+from bridge.app import Answer
 from bridge.metrics import Metrics
-from bridge.protocol import ConnectionLimits, _CrowdLog, bounded_protocol
+from bridge.protocol import (
+    _MAX_HEADS,
+    ConnectionLimits,
+    _CrowdLog,
+    _Heads,
+    _json_answer,
+    bounded_protocol,
+)
 
 from support import RecordingTransport
 
@@ -129,3 +137,48 @@ def test_the_connection_cap_and_the_eviction_are_each_listeners_own() -> None:
     assert [t.closed for t in on_unix] == [False, False]
     assert [t.closed for t in on_tcp] == [True, False, False]  # its own least active made room
     assert on_tcp[0].writes[0].startswith(b"HTTP/1.1 503 ")
+
+
+DATE = [(b"date", b"Wed, 02 Dec 2026 12:00:00 GMT")]
+STORED = b'{"status":"stored","event_id":"%s"}'
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest.mark.parametrize("defaults", [[], DATE, [*DATE, (b"server", b"x")]])
+def test_answers_from_heads_made_once_are_byte_for_byte_those_built_whole(
+    close: bool, defaults: list[tuple[bytes, bytes]]
+) -> None:
+    heads = _Heads()
+    answers: list[Answer] = [
+        (200, STORED % b"56a0b94c-e3e1-40c4-b963-cd9a85011347", []),
+        # Same status and length, another body: the head is reused, the body is this one.
+        (200, STORED % b"0f3c1d2e-5b6a-4c7d-8e9f-a0b1c2d3e4f5", []),
+        (400, b'{"error":"malformed"}', []),
+        (503, b'{"error":"sink_unavailable"}', [(b"retry-after", b"5")]),
+        (200, b"{}", []),
+    ]
+    for answer in answers * 2:
+        assert heads.answer(answer, close=close, default_headers=defaults) == _json_answer(
+            answer, close=close, default_headers=defaults
+        )
+
+
+def test_an_answer_carries_the_date_uvicorn_gives_it_now() -> None:
+    heads = _Heads()
+    answer: Answer = (200, STORED % b"56a0b94c-e3e1-40c4-b963-cd9a85011347", [])
+    defaults = list(DATE)
+    assert b"12:00:00 GMT" in heads.answer(answer, close=False, default_headers=defaults)
+    later = [(b"date", b"Wed, 02 Dec 2026 12:00:01 GMT")]
+    assert b"12:00:01 GMT" in heads.answer(answer, close=False, default_headers=later)
+    defaults[0] = (b"date", b"Wed, 02 Dec 2026 12:00:02 GMT")  # changed in place
+    assert b"12:00:02 GMT" in heads.answer(answer, close=False, default_headers=defaults)
+
+
+def test_heads_kept_for_answers_of_many_lengths_are_bounded() -> None:
+    heads = _Heads()
+    for length in range(3 * _MAX_HEADS):
+        answer: Answer = (400, b"x" * length, [])
+        assert heads.answer(answer, close=False, default_headers=DATE) == _json_answer(
+            answer, close=False, default_headers=DATE
+        )
+        assert len(heads._made) <= _MAX_HEADS
