@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -92,6 +93,11 @@ class TokenCheck:
 
 # An answer: status, JSON body, headers beyond content-type, content-length and the identity.
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+INTERNAL_ERROR: Answer = (
+    500,
+    b'{"error": "internal", "message": "the bridge failed to handle the request", "final": false}',
+    [],
+)
 # A hook request's headers as the server gives them: lower-cased names, values as sent. Only
 # the few the bridge reads are ever decoded (latin-1, HTTP's own header encoding).
 Headers = dict[bytes, bytes]
@@ -202,12 +208,22 @@ class HookEndpoints:
         return self._reject(scope, BodyTooLarge(f"body is over the {self._max_body} byte limit"))
 
     def accept(
-        self, scope: Scope, headers: Headers, body: bytes, normalize: Normalize
+        self,
+        scope: Scope,
+        headers: Headers,
+        body: bytes,
+        normalize: Normalize,
+        *,
+        reply: Callable[[Answer], None] | None = None,
     ) -> Answer | Accepted:
         """Reads the event and hands it to the pipeline: a refusal now, or the event under way.
 
         Counted in flight only now: a client still sending its body (or not allowed to) holds
         no slot, so slow or unauthenticated clients cannot turn real events into 503s.
+
+        With ``reply``, the answer (see ``answer``; a 500 for a bug) is given to it once the
+        event is durable or cannot be, in the same callback that frees the slot: one callback
+        per event on the hook routes' path instead of two.
         """
         try:
             if self._in_flight >= self._max_in_flight:
@@ -217,11 +233,30 @@ class HookEndpoints:
         except BridgeError as exc:
             return self._reject(scope, exc)
         self._in_flight += 1
-        durable.add_done_callback(self._settled)
-        return Accepted(event.event_id, durable)
+        accepted = Accepted(event.event_id, durable)
+        if reply is None:
+            durable.add_done_callback(self._settled)
+        else:
+            durable.add_done_callback(functools.partial(self._reply, scope, accepted, reply))
+        return accepted
 
     def _settled(self, _durable: asyncio.Future[None]) -> None:
         self._in_flight -= 1
+
+    def _reply(
+        self,
+        scope: Scope,
+        accepted: Accepted,
+        reply: Callable[[Answer], None],
+        _durable: asyncio.Future[None],
+    ) -> None:
+        self._in_flight -= 1
+        try:
+            answer = self.answer(scope, accepted)
+        except Exception:
+            log.exception("event %s: the pipeline failed unexpectedly", accepted.event_id)
+            answer = INTERNAL_ERROR
+        reply(answer)
 
     def answer(self, scope: Scope, accepted: Accepted) -> Answer:
         """The answer once the event is durable (200) or cannot be (the error's own status).

@@ -11,7 +11,6 @@ client, authenticated or not: no token has been read yet when they are needed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -32,7 +31,16 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
-from bridge.app import IDENTITY, Accepted, Answer, Headers, HookEndpoints, Normalize, retry_after
+from bridge.app import (
+    IDENTITY,
+    INTERNAL_ERROR,
+    Accepted,
+    Answer,
+    Headers,
+    HookEndpoints,
+    Normalize,
+    retry_after,
+)
 from bridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -547,23 +555,15 @@ class HookCycle(RequestResponseCycle):
         body = bytes(self.body)
         self.body = bytearray()
         try:
-            accepted = self._hooks.accept(self._scope, self._headers, body, self._normalize)
+            outcome = self._hooks.accept(
+                self._scope, self._headers, body, self._normalize, reply=self._write_answer
+            )
         except Exception:
             log.exception("a hook request failed unexpectedly")
-            self._write_answer(_INTERNAL_ERROR)
+            self._write_answer(INTERNAL_ERROR)
             return
-        if isinstance(accepted, Accepted):
-            accepted.durable.add_done_callback(functools.partial(self._durable, accepted))
-        else:
-            self._write_answer(accepted)
-
-    def _durable(self, accepted: Accepted, _durable: asyncio.Future[None]) -> None:
-        try:
-            answer = self._hooks.answer(self._scope, accepted)
-        except Exception:
-            log.exception("event %s: the pipeline failed unexpectedly", accepted.event_id)
-            answer = _INTERNAL_ERROR
-        self._write_answer(answer)
+        if not isinstance(outcome, Accepted):  # refused; an accepted event's answer: reply
+            self._write_answer(outcome)
 
     def _write_answer(self, answer: Answer) -> None:
         # Closing: refused meanwhile (a pipelined request's header deadline), or shut down.
@@ -634,9 +634,4 @@ def _no_deadline(_protocol: BoundedHttpToolsProtocol) -> None:
 
 
 _SPENT = _Cue(_nothing)
-_INTERNAL_ERROR: Answer = (
-    500,
-    b'{"error": "internal", "message": "the bridge failed to handle the request", "final": false}',
-    [],
-)
 _DRAINING: set[asyncio.Task[None]] = set()

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import weakref
 from typing import Any
 
+import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -83,6 +85,7 @@ class Connection:
         )
         config = uvicorn.Config(app=app, lifespan="off", log_level="warning")
         config.load()
+        self.hooks = app
         protocol_class = bounded_protocol(LIMITS, metrics, hooks=app)
         self.protocol: HttpToolsProtocol = protocol_class(
             config=config, server_state=ServerState(), app_state={}
@@ -313,3 +316,29 @@ def test_an_answer_due_on_a_connection_closed_meanwhile_is_not_written() -> None
         return errors
 
     assert asyncio.run(scenario()) == []
+
+
+def test_an_unexpected_failure_of_the_event_is_a_500_and_frees_its_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        sink, connection = await held_connection()
+        connection.send(request())
+        await settle()
+        [(_, future)] = sink.held
+        sink.held.clear()
+        future.set_exception(RuntimeError("a bug in a sink"))  # not a BridgeError
+        await settle()
+        [answer] = connection.answers()
+        status, body = status_and_body(answer)
+        assert (status, body["error"]) == (500, "internal")
+        assert connection.hooks._in_flight == 0
+        connection.send(request())  # the connection and the bridge go on
+        await settle()
+        sink.release()
+        await settle()
+        assert [status_and_body(a)[0] for a in connection.answers()] == [500, 200]
+
+    with caplog.at_level(logging.ERROR, logger="bridge.app"):
+        asyncio.run(scenario())
+    assert "the pipeline failed unexpectedly" in caplog.text
