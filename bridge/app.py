@@ -93,11 +93,6 @@ class TokenCheck:
 
 # An answer: status, JSON body, headers beyond content-type, content-length and the identity.
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
-INTERNAL_ERROR: Answer = (
-    500,
-    b'{"error": "internal", "message": "the bridge failed to handle the request", "final": false}',
-    [],
-)
 # A hook request's headers as the server gives them: lower-cased names, values as sent. Only
 # the few the bridge reads are ever decoded (latin-1, HTTP's own header encoding).
 Headers = dict[bytes, bytes]
@@ -275,14 +270,14 @@ class HookEndpoints:
 
     def _sftpgo(self, scope: Scope, headers: Headers, body: bytes) -> LoginEvent:
         return self._normalizer.sftpgo_from_http(
-            _single_valued_query(scope), body, event_id=_event_id(headers)
+            _single_valued_query(scope), body, event_id=_source_event_id(headers)
         )
 
     def _mediawiki(self, scope: Scope, headers: Headers, body: bytes) -> LoginEvent:
-        return self._normalizer.mediawiki(parse_mediawiki(body), event_id=_event_id(headers))
+        return self._normalizer.mediawiki(parse_mediawiki(body), event_id=_source_event_id(headers))
 
     def _pam(self, scope: Scope, headers: Headers, body: bytes) -> LoginEvent:
-        return self._normalizer.pam_from_http(body, event_id=_event_id(headers))
+        return self._normalizer.pam_from_http(body, event_id=_source_event_id(headers))
 
     async def _handle(self, scope: Scope, receive: Receive, normalize: Normalize) -> Answer:
         headers, refused = self.admit(scope)
@@ -347,6 +342,14 @@ def _error_body(status: int, reason: str, message: str, detail: str | None) -> b
     return json.dumps(body).encode()
 
 
+# The answer to a request the bridge failed on itself (a bug): retrying may well succeed.
+INTERNAL_ERROR: Answer = (
+    500,
+    _error_body(500, "internal", "the bridge failed to handle the request", None),
+    [],
+)
+
+
 def error_response(status: int, reason: str, message: str, detail: str | None = None) -> Response:
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status in RETRY_STATUSES else None
     return Response(
@@ -362,7 +365,7 @@ def _text(value: bytes) -> str:
     return value.decode("latin-1")
 
 
-def _event_id(headers: Headers) -> str | None:
+def _source_event_id(headers: Headers) -> str | None:
     """The event id the source fixed for this event, if it sent one."""
     value = headers.get(_EVENT_ID)
     return None if value is None else _text(value)
