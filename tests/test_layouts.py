@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import pytest
@@ -325,3 +325,58 @@ def test_a_layouts_reader_takes_only_field_names_and_indexes_into_its_source(ste
         layouts._datum_reader([], [("value0", ("observables", step))])
     with pytest.raises(TypeError, match="not a field name or an index"):
         layouts._datum_reader([(("observables", step), layouts._LENGTH, 1)], [])
+
+
+def test_a_layouts_flat_writer_gives_fastavros_bytes_for_its_runs_and_values() -> None:
+    run = {"type": "fixed", "name": "Run", "size": 3}
+    schema = {
+        "type": "record",
+        "name": "Layout",
+        "fields": [
+            {"name": "__constant_0", "type": run},
+            {"name": "value0", "type": "long"},
+            {"name": "value1", "type": ["null", "string"]},
+            {"name": "__constant_1", "type": {**run, "name": "Run1", "size": 1}},
+            {"name": "value2", "type": {"type": "map", "values": "string"}},
+            {"name": "value3", "type": ["null", {"type": "array", "items": "string"}]},
+        ],
+    }
+    named: dict[str, Any] = {}
+    parsed = cast(Record, fastavro.parse_schema(schema, named_schemas=named))
+    layouts._fill_runs(parsed, {"__constant_0": b"\x01\x02\x03", "__constant_1": b"\xff"})
+    write = layouts._flat_writer(parsed, named)
+    datums: list[Record] = [
+        {"value0": 0, "value1": None, "value2": {}, "value3": None},
+        {"value0": -(2**63), "value1": "é\u2603", "value2": {"a": "b", "": ""}, "value3": ["x"]},
+        {"value0": 2**63 - 1, "value1": "", "value2": {"k": "v" * 300}, "value3": []},
+    ]
+    for datum in datums:
+        whole = io.BytesIO()
+        fastavro.schemaless_writer(whole, parsed, datum)
+        assert write(datum) == whole.getvalue()
+    with pytest.raises(OverflowError):  # out of a long's range: fastavro's own refusal
+        write(datums[0] | {"value0": 2**63})
+
+
+def test_a_per_login_double_is_left_to_fastavros_record_writer_which_converts_it() -> None:
+    schema = json.loads((Path(__file__).parent.parent / "schemas/login_audit.avsc").read_text())
+    schema["fields"].append({"name": "score", "type": "double"})
+    codec = AvroCodec(schema)
+    assert codec._layouts.enabled
+    for score in (1, 0.5, "NaN"):
+        record = _sftpgo("alice") | {"score": score}
+        for _ in range(2):
+            assert codec.encode_datum(record) == fastavro_bytes(codec, record)
+    assert not codec._layouts._by_key
+
+
+def test_without_fastavros_value_writer_a_layout_writes_its_flat_record_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(layouts, "_write_value", None)
+    codec = AvroCodec()
+    whole = CountingWhole(codec)
+    records = [_sftpgo("alice"), _sftpgo("bob", "2001:db8::1")]
+    for record in records * 2:
+        assert codec.encode_datum(record) == fastavro_bytes(codec, record)
+    assert whole.calls == 1
