@@ -37,6 +37,7 @@ from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.openapi import OPENAPI
 from bridge.pipeline import Pipeline
+from bridge.settings import UNSENDABLE_CHARACTERS, printable_ascii
 from bridge.sftpgo import EVENT_ID_HEADER, IDENTITY_HEADER
 from bridge.workergroup import WorkerGroup
 
@@ -62,6 +63,8 @@ class TokenCheck:
     def __init__(self, tokens: Sequence[str], *, header: str) -> None:
         if any(not t.strip() for t in tokens):
             raise ValueError("an empty token would accept a request that carries none")
+        if not all(printable_ascii(t.strip()) for t in tokens):
+            raise ValueError(f"auth_tokens {UNSENDABLE_CHARACTERS}")
         self._tokens = [t.strip().encode() for t in tokens]
         self.header = header.lower()
         # As the request's headers are held (bridge.app.Headers): lower-cased bytes.

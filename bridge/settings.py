@@ -36,6 +36,18 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 SecretList = Annotated[tuple[SecretStr, ...], NoDecode]
 
 
+# Request headers reach the token check decoded as latin-1 (HTTP's own header encoding), and a
+# token is compared as UTF-8: a token outside printable ASCII could never match any request.
+UNSENDABLE_CHARACTERS = (
+    "holds a token with a character outside printable ASCII, which no request header can match; "
+    "use letters, digits and punctuation only (e.g. the output of `openssl rand -hex 32`)"
+)
+
+
+def printable_ascii(token: str) -> bool:
+    return token.isascii() and token.isprintable()
+
+
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -149,9 +161,9 @@ class Settings(BaseSettings):
     # -- authentication and TLS
     auth_tokens: SecretList = Field(
         (),
-        description="Accepted bearer tokens, comma-separated (several allow rotation). Empty: "
-        "no authentication, which serve refuses on a non-loopback host unless "
-        "allow_unauthenticated is set or tls_client_ca authenticates clients.",
+        description="Accepted bearer tokens (printable ASCII), comma-separated (several allow "
+        "rotation). Empty: no authentication, which serve refuses on a non-loopback host "
+        "unless allow_unauthenticated is set or tls_client_ca authenticates clients.",
     )
     allow_unauthenticated: bool = Field(
         False,
@@ -318,7 +330,10 @@ class Settings(BaseSettings):
         # A TOML list can hold "" or "  "; such a token would match a missing one.
         if any(not t.get_secret_value().strip() for t in tokens):
             raise ValueError("holds an empty token; remove it")
-        return tuple(SecretStr(t.get_secret_value().strip()) for t in tokens)
+        stripped = tuple(t.get_secret_value().strip() for t in tokens)
+        if not all(map(printable_ascii, stripped)):
+            raise ValueError(UNSENDABLE_CHARACTERS)
+        return tuple(map(SecretStr, stripped))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -703,3 +703,23 @@ def test_a_1000_character_user_name_is_stored_cut_and_flagged(bridge: BridgeProc
     assert record["metadata"]["uid"] == body["event_id"]
     assert record["user"]["name"] == name[:256]
     assert record["unmapped"]["truncated"] == "user.name"
+
+
+@pytest.mark.parametrize("token", ["café", "tok\u00a0en", "x\x00y", "naïve-but-long-token"])
+def test_a_token_no_request_header_could_carry_stops_the_start(tmp_path: Path, token: str) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text(f"auth_tokens = [{json.dumps(token)}]\n", encoding="utf-8")
+    run = serve({"BRIDGE_CONFIG": str(config), "BRIDGE_PORT": str(free_port())}, tmp_path)
+    assert run.returncode == Exit.CONFIG, run.stderr
+    assert "auth_tokens" in run.stderr and "printable ASCII" in run.stderr
+    assert token not in run.stderr  # a token is a secret, even a refused one
+    with pytest.raises(ValueError, match="printable ASCII"):
+        TokenCheck(["good", token], header="Authorization")
+
+
+def test_a_printable_ascii_token_with_punctuation_is_accepted_and_matches() -> None:
+    token = "A-z_0.9~+/=!#$%&'*^`|"
+    check = TokenCheck([token], header="Authorization")
+    check.check(f"Bearer {token}")
+    with pytest.raises(Unauthorized):
+        check.check(f"Bearer {token}x")
