@@ -404,8 +404,8 @@ def _flat_writer(
     schema: dict[str, Any], named_schemas: dict[str, Any]
 ) -> Callable[[Record], bytes]:
     """One function per layout: the bytes fastavro's writer gives for the flat ``schema`` (as
-    :func:`_Layout.write` fills it: each ``fixed`` field's default its constant bytes), from
-    the datum of the per-login values that :func:`_datum_reader` gives.
+    :func:`_fill_runs` leaves it: each ``fixed`` field's default its constant bytes), from the
+    datum of the per-login values that :func:`_datum_reader` gives.
 
     A record's bytes are its fields' bytes one after the other, so this appends each constant
     run as it is and has fastavro write each value with its field's type, straight-line code as
