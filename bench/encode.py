@@ -20,7 +20,9 @@ variants take turns in a fresh random order every round, and the table shows the
 cleanest run) and the median of the rounds, in microseconds per event, with each ratio to the
 bridge's call measured in the same rounds. Nothing here asserts a speed.
 
-    .venv/bin/python bench/encode.py [--rounds 300] [--target-ms 4]
+    .venv/bin/python bench/encode.py [--rounds 300] [--target-ms 4] [--label LABEL]
+
+The report is printed and written to ``bench/results/<date>-<time>-encode[-LABEL].md``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from __future__ import annotations
 import argparse
 import gc
 import io
+import os
 import platform
 import random
+import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ from bridge.normalize import Normalizer
 from bridge.pam import FORMAT as PAM_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
 # The vector loaders shared with the tests: tests/conftest.py.
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import mediawiki_events, sftpgo_events  # noqa: E402
@@ -232,18 +238,29 @@ def main(argv: list[str] | None = None, extra: Mapping[str, Encode] | None = Non
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=300, help="interleaved rounds (300)")
     parser.add_argument("--target-ms", type=float, default=4.0, help="length of one sample (4)")
+    parser.add_argument("--label", help="added to the results file name, e.g. before-after")
     args = parser.parse_args(argv)
     codec = AvroCodec()
     sources = source_records()
     encoders = variants(codec) | dict(extra or {})
-    started = time.monotonic()
+    started = datetime.now(UTC)
+    clock = time.monotonic()
     samples = measure(encoders, sources, codec, rounds=args.rounds, target_ms=args.target_ms)
-    print(
-        f"Avro encoding per event, {args.rounds} interleaved rounds of ~{args.target_ms:g} ms "
-        f"samples ({time.monotonic() - started:.0f} s); Python {platform.python_version()}, "
-        f"fastavro {fastavro.__version__}; every variant gave fastavro's bytes for every event.\n"
+    command = shlex.join(["bench/encode.py", *(sys.argv[1:] if argv is None else argv)])
+    text = (
+        f"# Encode benchmark, {started:%Y-%m-%d %H:%M} UTC\n\n"
+        f"`{command}`: Avro encoding per event, {args.rounds} interleaved rounds of "
+        f"~{args.target_ms:g} ms samples ({time.monotonic() - clock:.0f} s); "
+        f"Python {platform.python_version()}, fastavro {fastavro.__version__}, "
+        f"{os.cpu_count()} CPUs; every variant gave fastavro's bytes for every event.\n\n"
+        + table(samples, sources)
+        + "\n"
     )
-    print(table(samples, sources))
+    label = f"-{args.label}" if args.label else ""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{started:%Y-%m-%d-%H%M}-encode{label}.md"
+    out.write_text(text, encoding="utf-8")
+    print(text + f"\n(written to {out.relative_to(REPO)})")
 
 
 if __name__ == "__main__":
