@@ -123,7 +123,8 @@ class Settings(BaseSettings):
         description="Client connections one listener of a worker holds open at once. Past it, "
         "the least active connection with no request being served is closed to make room; "
         "with none, the new connection is answered 503 with Retry-After and closed before "
-        "anything is read. Bounds the memory connections take (about 6 KiB each).",
+        "anything is read. Bounds the memory connections take (about 6 KiB each); over HTTPS, "
+        "only once a connection's TLS handshake is done (docs/deployment.md).",
     )
     max_header_bytes: int = Field(
         16384,
