@@ -51,13 +51,20 @@ def qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """The loop's class, and the uvloop or asyncio loop it extends (the bridge's adds to one)."""
+    kind = type(loop)
+    base = next((c for c in kind.__mro__ if c.__module__.startswith(("uvloop", "asyncio"))), kind)
+    return qualified(kind) if base is kind else f"{qualified(kind)} on {qualified(base)}"
+
+
 async def serve_floor(settings: Any, **_: object) -> None:
     """Stands in for ``bridge.service.serve``: the bridge's sockets and Config, the floor's app."""
     config = service._uvicorn_config(app, settings)
     config.load()
     loop = asyncio.get_running_loop()
     print(
-        f"{BANNER} loop={qualified(type(loop))} http={qualified(config.http_protocol_class)}",
+        f"{BANNER} loop={loop_name(loop)} http={qualified(config.http_protocol_class)}",
         flush=True,
     )
     sockets = service._bind(settings)

@@ -216,7 +216,8 @@ def _serve(args: argparse.Namespace) -> int:
         if workers > 1:
             return supervise(settings, workers, _serve_argv(args))
     try:
-        run(serve(settings, group=group))
+        # The handshake is part of "from connecting to the last header" (header_timeout).
+        run(serve(settings, group=group), tls_handshake_timeout=settings.header_timeout_seconds)
     except ConfigError as exc:
         # Found while running (e.g. the registry refuses the schema once the broker answers).
         print(f"login-audit-bridge: {exc.message}", file=sys.stderr)

@@ -137,7 +137,8 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         description="How long a client may take to send a request's line and headers (from "
-        "connecting, or from the request's first byte); then 408 and the connection is closed.",
+        "connecting, or from the request's first byte); then 408 and the connection is closed. "
+        "Over HTTPS the TLS handshake has as long again, then the connection is closed.",
     )
     body_timeout_seconds: float = Field(
         10.0,

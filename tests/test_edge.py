@@ -611,6 +611,30 @@ def test_over_https_the_bridge_issues_no_session_tickets(
         connection.close()
 
 
+def test_over_https_a_client_that_never_sends_its_handshake_is_closed_at_the_header_timeout(
+    bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
+) -> None:
+    # The handshake is the loop's, before the bridge's connection class sees the connection:
+    # without a handshake timeout of its own, such a client held about 52 KiB for the loop's
+    # default 60 s, outside BRIDGE_MAX_CONNECTIONS and the header deadline.
+    ca = trustme.CA()
+    server_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(server_pem))
+    server.private_key_pem.write_to_path(str(key_pem))
+    bridge = bridge_factory(
+        auth_tokens="test-token",
+        tls_certfile=str(server_pem),
+        tls_keyfile=str(key_pem),
+        header_timeout_seconds="1",
+    )
+    port = int(bridge.url.rsplit(":", 1)[1])
+    # Half the loop's own 60 s: a bridge that leaves the handshake to it keeps the connection
+    # open past this, and recv() raises instead of reading the close.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as silent:
+        assert silent.recv(1) == b""
+
+
 def test_with_mtls_on_tcp_the_admin_port_and_the_unix_socket_speak_plain_http(
     bridge_factory: Callable[..., BridgeProcess], tmp_path: Path, short_dir: Path
 ) -> None:
