@@ -43,13 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+from ingest import results_stem, write_results
 
 from bridge.codec import AvroCodec
 from bridge.normalize import Normalizer
 from bridge.pam import FORMAT as PAM_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 # The vector loaders shared with the tests: tests/conftest.py.
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import mediawiki_events, sftpgo_events  # noqa: E402
@@ -256,11 +256,7 @@ def main(argv: list[str] | None = None, extra: Mapping[str, Encode] | None = Non
         + table(samples, sources)
         + "\n"
     )
-    label = f"-{args.label}" if args.label else ""
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{started:%Y-%m-%d-%H%M}-encode{label}.md"
-    out.write_text(text, encoding="utf-8")
-    print(text + f"\n(written to {out.relative_to(REPO)})")
+    write_results(results_stem(started, "encode", args.label), text)
 
 
 if __name__ == "__main__":

@@ -303,10 +303,13 @@ class Variant:
     # this line, and it is measured into Kafka only, never against the targets.
     skeleton: bool = False
     settings: dict[str, str] = field(default_factory=dict)  # --set: BRIDGE_* for its workers
+    # Directories put first on its workers' path, as bench/skeleton/ is (bench/stages.py's timer).
+    paths: tuple[Path, ...] = ()
 
     def env(self) -> dict[str, str]:
         # The other checkout's bridge package ahead of the editable install.
         paths = [str(SKELETON)] if self.skeleton else []
+        paths += [str(path) for path in self.paths]
         paths += [str(self.source)] if self.source else []
         return {"PYTHONPATH": os.pathsep.join(paths)} if paths else {}
 
@@ -314,6 +317,8 @@ class Variant:
         described = checkouts.describe(self.source)
         if self.skeleton:
             described += ", with bench/skeleton/ (normalizing and encoding cached)"
+        for path in self.paths:
+            described += f", with {path.relative_to(REPO) if path.is_relative_to(REPO) else path}/"
         if self.settings:
             described += ", workers with " + " ".join(f"{k}={v}" for k, v in self.settings.items())
         return described

@@ -6,11 +6,10 @@ finds them cold, and the same stage costs two to three times as much there
 (``bench/results/2026-12-03-0650-s13-insitu.md``). This starts one worker (the file sink, or
 Kafka on the bench's own broker with ``--sink kafka``) with ``bench/stage_timer/`` first on its
 ``PYTHONPATH``, which adds each stage's thread CPU time to a total (see its ``STAGES``), drives
-it with ``wrk`` as ``ingest.py`` does (every HTTP-mode SFTPGo vector, 128 connections,
-kept alive), and prints each stage's µs per event beside the process's CPU per event over the
-same windows. A stage includes the stages it calls; the timer's own readings (two per call,
-about 0.7 µs each here) are in the numbers, so the shares are upper bounds. Nothing here
-asserts a speed.
+it with ``ingest.py``'s wrk load (every HTTP-mode SFTPGo vector, 128 connections, kept alive),
+and prints each stage's µs per event beside the process's CPU per event over the same windows.
+A stage includes the stages it calls; the timer's own readings (two per call) are in the
+numbers, and their cost is reported. Nothing here asserts a speed.
 
     .venv/bin/python bench/stages.py [--sink file|kafka] [--rounds 5] [--seconds 6] [--source DIR]
 """
@@ -19,82 +18,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import timeit
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import ingest
 
-from support import free_port, stop_process  # tests/support.py: ingest puts tests/ on the path
-
-REPO = ingest.REPO
-TIMER = REPO / "bench" / "stage_timer"
+TIMER = ingest.REPO / "bench" / "stage_timer"
 TIMER_BANNER = "stage timer: wrapped"  # bench/stage_timer/sitecustomize.py
-CONNECTIONS = 128
+# The file sink reaches no broker: Lab's worker settings name these, and nothing connects.
+NO_BROKERS = ingest.Brokers(
+    kafka="127.0.0.1:9", rabbitmq="amqp://127.0.0.1:9/", own=True, started_here=False
+)
 
 
-def start_worker(
-    scratch: Path, source: Path | None, sink: str, kafka: str | None
-) -> tuple[subprocess.Popen[bytes], int, Path, Path]:
-    """One ``serve`` worker with the stage timer; its process, port, log and totals file."""
-    port = free_port()
-    data = scratch / "data"
-    log = scratch / "worker.log"
-    totals = scratch / "stages.json"
-    paths = [str(TIMER), *([str(source)] if source else [])]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")},
-        "PYTHONPATH": os.pathsep.join(paths),
-        "BRIDGE_HOST": "127.0.0.1",
-        "BRIDGE_PORT": str(port),
-        "BRIDGE_DATA_DIR": str(data),
-        "BRIDGE_AUTH_TOKENS": ingest.TOKEN,
-        "BRIDGE_LOG_LEVEL": "warning",
-        "BRIDGE_WORKERS": "1",
-        "BRIDGE_SINK": sink,
-        "LOGIN_AUDIT_STAGES_OUT": str(totals),
-    }
-    if kafka is not None:
-        env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"] = kafka
-        env["BRIDGE_KAFKA_TOPIC_SUCCESS"] = "bench-stages-success"
-        env["BRIDGE_KAFKA_TOPIC_FAILURE"] = "bench-stages-failure"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [ingest.PYTHON, "-m", "bridge", "serve"], env=env, stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the worker exited with {process.returncode}: see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
-                if json.load(answer).get("sink_ready"):
-                    break
-        except OSError:
-            pass
-        time.sleep(0.2)
-    else:
-        stop_process(process)
-        raise SystemExit(f"the worker was not ready within 60 s: see {log}")
-    if TIMER_BANNER not in log.read_text(errors="replace"):
-        stop_process(process)
-        raise SystemExit(f"bench/stage_timer did not wrap the worker: see {log}")
-    return process, port, log, totals
-
-
-def read_totals(process: subprocess.Popen[bytes], path: Path) -> dict[str, tuple[int, int]]:
+def read_totals(server: ingest.Server, path: Path) -> dict[str, tuple[int, int]]:
     """The timer's totals now: (ns, calls) by stage."""
     path.unlink(missing_ok=True)
-    process.send_signal(signal.SIGUSR2)
+    server.processes[0].send_signal(signal.SIGUSR2)
     deadline = time.monotonic() + 10
     while not path.exists():  # written whole (os.replace), or not yet
         if time.monotonic() > deadline:
@@ -102,24 +48,6 @@ def read_totals(process: subprocess.Popen[bytes], path: Path) -> dict[str, tuple
         time.sleep(0.05)
     raw = json.loads(path.read_text())
     return {label: (v["ns"], v["calls"]) for label, v in raw.items()}
-
-
-def wrk(url: str, script: Path, seconds: float) -> ingest.Closed:
-    out = subprocess.run(
-        [
-            ingest.ensure_wrk(),
-            "-t1",
-            f"-c{CONNECTIONS}",
-            f"-d{seconds:g}s",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return ingest.parse_wrk(out.stdout)
 
 
 def clock_reading_us() -> float:
@@ -138,25 +66,32 @@ def main() -> int:
     parser.add_argument("--label", help="added to the results file name")
     args = parser.parse_args()
     started = datetime.now(UTC)
-    brokers = ingest.start_brokers(own=True) if args.sink == "kafka" else None
+    host = ingest.machine()
+    brokers = ingest.start_brokers(own=True) if args.sink == "kafka" else NO_BROKERS
     scratch = Path(tempfile.mkdtemp(prefix="bench-stages-"))
-    script = scratch / "timed.lua"
-    ingest.write_wrk_script(script, ingest.request_pairs(), counted=False)
-    process, port, _log, totals_file = start_worker(
-        scratch, args.source, args.sink, brokers.kafka if brokers else None
+    totals_file = scratch / "stages.json"
+    variant = ingest.Variant(
+        "stages",
+        args.source,
+        settings={"LOGIN_AUDIT_STAGES_OUT": str(totals_file)},
+        paths=(TIMER,),
     )
-    url = f"http://127.0.0.1:{port}"
+    lab = ingest.Lab(scratch, brokers, "processes")
+    load = ingest.Load(scratch, ingest.request_pairs())
     per_event: list[float] = []
     stage_us: dict[str, list[float]] = {}
     calls: dict[str, list[float]] = {}
     try:
-        wrk(url, script, 3)  # warm-up: layouts learned, caches filled
+        server = lab.bridge(variant, args.sink)
+        if TIMER_BANNER not in server.log.read_text(errors="replace"):
+            raise SystemExit(f"bench/stage_timer did not wrap the worker: see {server.log}")
+        load.closed(server.port, 3)  # warm-up: layouts learned, caches filled
         for _ in range(args.rounds):
-            before = read_totals(process, totals_file)
-            cpu_before = ingest.proc_cpu_seconds(process.pid)
-            closed = wrk(url, script, args.seconds)
-            cpu_after = ingest.proc_cpu_seconds(process.pid)
-            after = read_totals(process, totals_file)
+            before = read_totals(server, totals_file)
+            cpu_before = ingest.proc_cpu_seconds(server.processes[0].pid)
+            closed = load.closed(server.port, args.seconds)
+            cpu_after = ingest.proc_cpu_seconds(server.processes[0].pid)
+            after = read_totals(server, totals_file)
             events = max(closed.ok, 1)
             per_event.append(1e6 * (cpu_after - cpu_before) / events)
             for label, (ns, n) in after.items():
@@ -165,8 +100,8 @@ def main() -> int:
                 calls.setdefault(label, []).append((n - n0) / events)
             print(f"round: {per_event[-1]:.0f} µs CPU/event, {closed.ok_per_s:,.0f} events/s")
     finally:
-        stop_process(process)
-        if brokers is not None and brokers.started_here:
+        lab.stop_all()
+        if brokers.started_here:
             ingest.brokers("stop", own=True)
     process_us = statistics.median(per_event)
     reading_us = clock_reading_us()
@@ -187,13 +122,11 @@ def main() -> int:
         f"| **process** (user + sys from /proc) | {process_us:.0f} "
         f"[{min(per_event):.0f}-{max(per_event):.0f}] | 100 % | |"
     )
-    command = shlex.join(["bench/stages.py", *sys.argv[1:]])
-    where = f"checkout {args.source}" if args.source else f"this checkout ({REPO})"
     text = (
         f"# Stages benchmark, {started:%Y-%m-%d %H:%M} UTC\n\n"
-        f"`{command}`: one worker into the {args.sink} sink, {where}; wrk with "
-        f"{CONNECTIONS} kept-alive connections, {args.rounds} windows of {args.seconds:g} s; "
-        f"medians [range] over windows; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs.\n\n"
+        f"{ingest.how_run('stages.py', host)}: one worker into the {args.sink} sink, "
+        f"{variant.describe()}; wrk with {ingest.WRK_CONNECTIONS} kept-alive connections, "
+        f"{args.rounds} windows of {args.seconds:g} s; medians [range] over windows.\n\n"
         + "\n".join(rows)
         + "\n\nA stage includes the stages it calls (accept holds normalize and the pipeline's "
         "submit, which holds encode and the sink's submit). Each call's two clock readings "
@@ -201,11 +134,7 @@ def main() -> int:
         f"process's: about {timer_us:.0f} µs per event in all, so the bridge without the timer "
         f"spends about {process_us - timer_us:.0f} µs per event.\n"
     )
-    label = f"-{args.label}" if args.label else ""
-    ingest.RESULTS.mkdir(exist_ok=True)
-    out = ingest.RESULTS / f"{started:%Y-%m-%d-%H%M}-stages{label}.md"
-    out.write_text(text, encoding="utf-8")
-    print(text + f"\n(written to {out.relative_to(REPO)})")
+    ingest.write_results(ingest.results_stem(started, "stages", args.label), text)
     return 0
 
 

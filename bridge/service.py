@@ -74,16 +74,9 @@ class _HandshakeDeadline:
         self.tls_handshake_timeout = tls_handshake_timeout
 
     async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
-        if (
-            kwargs.get("ssl") is not None
-            and kwargs.get("ssl_handshake_timeout") is None
-            and self.tls_handshake_timeout is not None
-        ):
-            kwargs["ssl_handshake_timeout"] = self.tls_handshake_timeout
-        server: asyncio.AbstractServer = await super().create_server(  # type: ignore[misc]
-            *args, **kwargs
-        )
-        return server
+        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
+            kwargs["ssl_handshake_timeout"] = self.tls_handshake_timeout  # None: the loop's own
+        return await super().create_server(*args, **kwargs)  # type: ignore[misc,no-any-return]
 
 
 async def serve(

@@ -580,16 +580,22 @@ def unix_post(path: Path, target: str, body: bytes, token: str) -> tuple[int, di
         connection.close()
 
 
+def server_certificate(ca: trustme.CA, directory: Path) -> tuple[Path, Path]:
+    """``ca``'s certificate for 127.0.0.1 and its private key, as PEM files in ``directory``."""
+    server_pem, key_pem = directory / "cert.pem", directory / "key.pem"
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(server_pem))
+    server.private_key_pem.write_to_path(str(key_pem))
+    return server_pem, key_pem
+
+
 def test_over_https_the_bridge_issues_no_session_tickets(
     bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
 ) -> None:
     # Each hook connects anew with no session to resume (SFTPGo builds a new client per call):
     # tickets would be made and sent with every handshake for nothing.
     ca = trustme.CA()
-    server_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
-    server = ca.issue_cert("127.0.0.1")
-    server.cert_chain_pems[0].write_to_path(str(server_pem))
-    server.private_key_pem.write_to_path(str(key_pem))
+    server_pem, key_pem = server_certificate(ca, tmp_path)
     bridge = bridge_factory(
         auth_tokens="test-token", tls_certfile=str(server_pem), tls_keyfile=str(key_pem)
     )
@@ -618,10 +624,7 @@ def test_over_https_a_client_that_never_sends_its_handshake_is_closed_at_the_hea
     # without a handshake timeout of its own, such a client held about 52 KiB for the loop's
     # default 60 s, outside BRIDGE_MAX_CONNECTIONS and the header deadline.
     ca = trustme.CA()
-    server_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
-    server = ca.issue_cert("127.0.0.1")
-    server.cert_chain_pems[0].write_to_path(str(server_pem))
-    server.private_key_pem.write_to_path(str(key_pem))
+    server_pem, key_pem = server_certificate(ca, tmp_path)
     bridge = bridge_factory(
         auth_tokens="test-token",
         tls_certfile=str(server_pem),
@@ -639,10 +642,8 @@ def test_with_mtls_on_tcp_the_admin_port_and_the_unix_socket_speak_plain_http(
     bridge_factory: Callable[..., BridgeProcess], tmp_path: Path, short_dir: Path
 ) -> None:
     ca = trustme.CA()
-    server_pem, key_pem, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    server = ca.issue_cert("127.0.0.1")
-    server.cert_chain_pems[0].write_to_path(str(server_pem))
-    server.private_key_pem.write_to_path(str(key_pem))
+    server_pem, key_pem = server_certificate(ca, tmp_path)
+    ca_pem = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_pem))
     uds = short_dir / "bridge.sock"
     bridge = bridge_factory(
