@@ -128,8 +128,9 @@ def main() -> int:
         f"{variant.describe()}; wrk with {ingest.WRK_CONNECTIONS} kept-alive connections, "
         f"{args.rounds} windows of {args.seconds:g} s; medians [range] over windows.\n\n"
         + "\n".join(rows)
-        + "\n\nA stage includes the stages it calls (accept holds normalize and the pipeline's "
-        "submit, which holds encode and the sink's submit). Each call's two clock readings "
+        + "\n\nA stage includes the stages it calls (take, once per turn of the loop, holds "
+        "normalize and the pipeline's prepare and submit; prepare holds encode, submit the "
+        "sink's submit). Each call's two clock readings "
         f"({reading_us:.2f} µs each, measured in this process) are in its time and in the "
         f"process's: about {timer_us:.0f} µs per event in all, so the bridge without the timer "
         f"spends about {process_us - timer_us:.0f} µs per event.\n"

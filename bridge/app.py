@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hmac
 import json
@@ -31,7 +30,7 @@ from bridge.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from bridge.event import LoginEvent
+from bridge.event import EncodedEvent, LoginEvent
 from bridge.mediawiki import parse_mediawiki
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
@@ -103,27 +102,21 @@ Headers = dict[bytes, bytes]
 Normalize = Callable[[Scope, Headers, bytes], LoginEvent]
 
 
-class Accepted:
-    """A hook request whose event is on its way to being durable."""
-
-    __slots__ = ("durable", "event_id")
-
-    def __init__(self, event_id: str, durable: asyncio.Future[None]) -> None:
-        self.event_id = event_id
-        self.durable = durable
+# Where a hook request's answer goes: the connection's writer, or the ASGI cycle's future.
+Reply = Callable[[Answer], None]
 
 
 class HookEndpoints:
     """The hook routes, in front of Starlette for everything else.
 
     The hooks are the hot path. A hook request is handled in three steps that need no ASGI:
-    ``admit`` (the headers: token, media type, declared size), ``accept`` (the bounded body
-    becomes an event handed to the pipeline) and ``answer`` (once the event is durable, or
-    cannot be). The bridge's own connection class drives them from the HTTP parser's callbacks
-    (:class:`bridge.protocol.HookCycle`); ``__call__`` drives the same steps as an ASGI app, for
-    any other server. Starlette's request objects, middleware and router once took about a third
-    of the CPU per event, and uvicorn's ASGI cycle and task a fifth of what was left (py-spy,
-    bench/ingest.py); the other routes stay on Starlette.
+    ``admit`` (the headers: token, media type, declared size), ``take`` (the bounded body
+    becomes an event handed to the pipeline) and the answer given to the request's ``reply``
+    (once the event is durable, or cannot be). The bridge's own connection class drives them
+    from the HTTP parser's callbacks (:class:`bridge.protocol.HookCycle`); ``__call__`` drives
+    the same steps as an ASGI app, for any other server. Starlette's request objects, middleware
+    and router once took about a third of the CPU per event, and uvicorn's ASGI cycle and task a
+    fifth of what was left (py-spy, bench/ingest.py); the other routes stay on Starlette.
     """
 
     def __init__(
@@ -145,6 +138,7 @@ class HookEndpoints:
         self._max_in_flight = max_in_flight
         self._fallback = fallback
         self._in_flight = 0
+        self._taken: list[tuple[Scope, Headers, bytes, Normalize, Reply]] = []
         # Read at each scrape: Gauge.inc()/dec() take a lock twice per request (5 % of the CPU).
         metrics.requests_in_flight.set_function(lambda: self._in_flight)
         self._routes: dict[str, Normalize] = {
@@ -156,7 +150,7 @@ class HookEndpoints:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The hook POSTs reach here only when served by something other than the bridge's own
         # connection class (bridge.protocol.HookCycle answers them without ASGI): other
-        # servers, tests. Both paths go through admit, accept and answer.
+        # servers, tests. Both paths go through admit, take and answer.
         normalize = self._routes.get(scope["path"]) if scope["type"] == "http" else None
         if normalize is None:
             await self._fallback(scope, receive, send)
@@ -205,68 +199,86 @@ class HookEndpoints:
             return None
         return self._reject(scope, BodyTooLarge(f"body is over the {self._max_body} byte limit"))
 
-    def accept(
-        self,
-        scope: Scope,
-        headers: Headers,
-        body: bytes,
-        normalize: Normalize,
-        *,
-        reply: Callable[[Answer], None] | None = None,
-    ) -> Answer | Accepted:
-        """Reads the event and hands it to the pipeline: a refusal now, or the event under way.
+    def take(
+        self, scope: Scope, headers: Headers, body: bytes, normalize: Normalize, reply: Reply
+    ) -> None:
+        """Reads the event and hands it to the pipeline; ``reply`` gets the answer: a refusal,
+        or, once the event is durable or cannot be, 200 or the error's status (500 for a bug).
 
-        Counted in flight only now: a client still sending its body (or not allowed to) holds
-        no slot, so slow or unauthenticated clients cannot turn real events into 503s.
+        Not at once: the requests whose bodies complete in one turn of the loop are taken
+        together at its end, each step for all of them before the next (normalize, encode,
+        submit). Interleaved with the other requests' HTTP work, each step found its code and
+        tables cold every time: the same steps cost two to three times what they do in a loop
+        of their own (issue 11, bench/stages.py), and taking a turn's requests together cut
+        the CPU per event by about a fifth (bench/ingest.py --paired). Only the order of work
+        changes: each request is refused, or accepted, alone.
 
-        With ``reply``, the answer (see ``answer``; a 500 for a bug) is given to it once the
-        event is durable or cannot be, in the same callback that frees the slot: one callback
-        per event on the hook routes' path instead of two.
+        Counted in flight only once accepted: a client still sending its body (or not allowed
+        to) holds no slot, so slow or unauthenticated clients cannot turn real events into 503s.
         """
-        try:
-            if self._in_flight >= self._max_in_flight:
-                raise Overloaded("too many requests in flight")
-            event = normalize(scope, headers, body)
-            durable = self._pipeline.submit(event)
-        except BridgeError as exc:
-            return self._reject(scope, exc)
-        self._in_flight += 1
-        accepted = Accepted(event.event_id, durable)
-        if reply is None:
-            durable.add_done_callback(self._settled)
-        else:
-            durable.add_done_callback(functools.partial(self._reply, scope, accepted, reply))
-        return accepted
+        self._taken.append((scope, headers, body, normalize, reply))
+        if len(self._taken) == 1:
+            asyncio.get_running_loop().call_soon(self._take_all)
 
-    def _settled(self, _durable: asyncio.Future[None]) -> None:
-        self._in_flight -= 1
+    def _take_all(self) -> None:
+        taken, self._taken = self._taken, []
+        room = self._max_in_flight - self._in_flight
+        events: list[tuple[Scope, LoginEvent, Reply]] = []
+        for scope, headers, body, normalize, reply in taken:
+            try:
+                if len(events) >= room:
+                    raise Overloaded("too many requests in flight")
+                events.append((scope, normalize(scope, headers, body), reply))
+            except Exception as exc:
+                self._refuse(scope, reply, exc)
+        pipeline = self._pipeline
+        prepared: list[tuple[Scope, EncodedEvent, Reply]] = []
+        for scope, event, reply in events:
+            try:
+                prepared.append((scope, pipeline.prepare(event), reply))
+            except Exception as exc:
+                self._refuse(scope, reply, exc)
+        for scope, encoded, reply in prepared:
+            try:
+                durable = pipeline.submit_prepared(encoded)
+            except Exception as exc:
+                self._refuse(scope, reply, exc)
+                continue
+            self._in_flight += 1
+            durable.add_done_callback(
+                functools.partial(self._reply, scope, encoded.event.event_id, reply)
+            )
+
+    def _refuse(self, scope: Scope, reply: Reply, exc: Exception) -> None:
+        """Answers a request that was not accepted: its error, or a 500 for a bug."""
+        if isinstance(exc, BridgeError):
+            answer = self._reject(scope, exc)
+        else:
+            log.error("a hook request failed unexpectedly", exc_info=exc)
+            answer = INTERNAL_ERROR
+        _give(reply, answer)
 
     def _reply(
-        self,
-        scope: Scope,
-        accepted: Accepted,
-        reply: Callable[[Answer], None],
-        _durable: asyncio.Future[None],
+        self, scope: Scope, event_id: str, reply: Reply, durable: asyncio.Future[None]
     ) -> None:
         self._in_flight -= 1
         try:
-            answer = self.answer(scope, accepted)
+            answer = self.answer(scope, event_id, durable)
         except Exception:
-            log.exception("event %s: the pipeline failed unexpectedly", accepted.event_id)
+            log.exception("event %s: the pipeline failed unexpectedly", event_id)
             answer = INTERNAL_ERROR
-        reply(answer)
+        _give(reply, answer)
 
-    def answer(self, scope: Scope, accepted: Accepted) -> Answer:
+    def answer(self, scope: Scope, event_id: str, durable: asyncio.Future[None]) -> Answer:
         """The answer once the event is durable (200) or cannot be (the error's own status).
 
         Anything but a BridgeError is a bug: it is raised, and the server answers 500.
         """
-        durable = accepted.durable
         if durable.cancelled():
             return self._reject(scope, SinkUnavailable("the event was not stored: shutting down"))
         error = durable.exception()
         if error is None:
-            return 200, b'{"status":"stored","event_id":"%s"}' % accepted.event_id.encode(), []
+            return 200, b'{"status":"stored","event_id":"%s"}' % event_id.encode(), []
         if isinstance(error, BridgeError):
             return self._reject(scope, error)
         raise error
@@ -290,13 +302,10 @@ class HookEndpoints:
             body = await self._read_body(receive)
         except BridgeError as exc:
             return self._reject(scope, exc)
-        accepted = self.accept(scope, headers, body, normalize)
-        if not isinstance(accepted, Accepted):
-            return accepted
-        # Not cancelled with this request: the event is made durable all the same.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(accepted.durable)
-        return self.answer(scope, accepted)
+        # Cancelling this request does not cancel the event: it is made durable all the same.
+        answered: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.take(scope, headers, body, normalize, functools.partial(_settle, answered))
+        return await answered
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -327,6 +336,19 @@ class HookEndpoints:
         )
         body = _error_body(exc.http_status, exc.reason, exc.message, exc.detail)
         return exc.http_status, body, retry_after(exc.http_status)
+
+
+def _give(reply: Reply, answer: Answer) -> None:
+    # The other requests taken with this one still get theirs if one reply fails.
+    try:
+        reply(answer)
+    except Exception:
+        log.exception("a hook request's answer could not be given")
+
+
+def _settle(answered: asyncio.Future[Answer], answer: Answer) -> None:
+    if not answered.done():  # else the request was cancelled (its client went away)
+        answered.set_result(answer)
 
 
 def retry_after(status: int) -> list[tuple[bytes, bytes]]:

@@ -72,14 +72,27 @@ class Pipeline:
     def submit(self, event: LoginEvent) -> asyncio.Future[None]:
         """Starts making the event durable; the future says when it is, or why it cannot be.
 
-        Raises UnencodableEvent at once, as ``publish`` does. This is the hook routes' path: no
-        task and no timer of its own per event, only callbacks (issue 11). With a spool, the sink
+        Raises UnencodableEvent at once, as ``publish`` does. No task and no timer of its own per
+        event, only callbacks (issue 11); the hook routes call its two halves, ``prepare`` and
+        ``submit_prepared``, each for a whole turn's requests. With a spool, the sink
         has ``spool_after`` seconds to acknowledge; then the event goes to the spool, and an
         acknowledgement that still comes removes the spooled copy again. Without one, the wait
         ends a little after the sink's own acknowledgement timeout, with an error.
         """
+        return self.submit_prepared(self.prepare(event))
+
+    def prepare(self, event: LoginEvent) -> EncodedEvent:
+        """The first half of ``submit``: counts the event as received and encodes it.
+
+        Raises UnencodableEvent as ``submit`` does. The hook routes prepare all the events that
+        arrived in one turn of the loop before submitting any (see HookEndpoints.take).
+        """
         self._events.received(event.source, event.status)
-        encoded = self._encoder.encode(event)
+        return self._encoder.encode(event)
+
+    def submit_prepared(self, encoded: EncodedEvent) -> asyncio.Future[None]:
+        """The second half of ``submit``, for an event from ``prepare``."""
+        event = encoded.event
         spool = self.spool
         if spool is not None and spool.busy:
             return self._spool_later(encoded)  # behind the backlog, to keep arrival order

@@ -33,8 +33,6 @@ from uvicorn.server import ServerState
 
 from bridge.app import (
     IDENTITY,
-    INTERNAL_ERROR,
-    Accepted,
     Answer,
     Headers,
     HookEndpoints,
@@ -503,11 +501,11 @@ class HookCycle(RequestResponseCycle):
     durability, and formats the answer from ASGI messages; for the hook routes that was about
     a fifth of the CPU per event (issue 11). Here the parser's callbacks drive the request:
     headers checked (``admit``), body gathered up to the limit, event handed to the pipeline
-    (``accept``), and the answer written in one piece when the event is durable (``answer``).
-    The connection's own bookkeeping is uvicorn's: this class keeps the attributes it reads
-    (``body``, ``more_body``, ``disconnected``, ``response_complete``, ``keep_alive``) and
-    calls ``on_response`` as its cycle does, so keep-alive, pipelining and graceful shutdown
-    behave as for any other request.
+    (``take``, with the other requests of the same turn of the loop), and the answer written in
+    one piece when the event is durable (``answer``). The connection's own bookkeeping is
+    uvicorn's: this class keeps the attributes it reads (``body``, ``more_body``,
+    ``disconnected``, ``response_complete``, ``keep_alive``) and calls ``on_response`` as its
+    cycle does, so keep-alive, pipelining and graceful shutdown behave as for any other request.
     """
 
     _hooks: HookEndpoints
@@ -554,16 +552,7 @@ class HookCycle(RequestResponseCycle):
         self._taken = True
         body = bytes(self.body)
         self.body = bytearray()
-        try:
-            outcome = self._hooks.accept(
-                self._scope, self._headers, body, self._normalize, reply=self._write_answer
-            )
-        except Exception:
-            log.exception("a hook request failed unexpectedly")
-            self._write_answer(INTERNAL_ERROR)
-            return
-        if not isinstance(outcome, Accepted):  # refused; an accepted event's answer: reply
-            self._write_answer(outcome)
+        self._hooks.take(self._scope, self._headers, body, self._normalize, self._write_answer)
 
     def _write_answer(self, answer: Answer) -> None:
         # Closing: refused meanwhile (a pipelined request's header deadline), or shut down.

@@ -21,7 +21,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from bridge.app import TokenCheck, create_app
+from bridge.app import HookEndpoints, TokenCheck, create_app
 from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
@@ -74,18 +74,31 @@ def request(
 
 
 class Connection:
-    def __init__(self, sink: MemorySink, *, max_body: int = 4096) -> None:
-        metrics = Metrics()
-        app = create_app(
-            pipeline=Pipeline(sink=sink, metrics=metrics, publish_timeout=5),
-            normalizer=Normalizer(),
-            metrics=metrics,
-            tokens=TokenCheck([TOKEN.decode()], header="Authorization"),
-            max_body_bytes=max_body,
-        )
+    def __init__(
+        self,
+        sink: MemorySink,
+        *,
+        max_body: int = 4096,
+        max_in_flight: int = 4096,
+        beside: Connection | None = None,
+    ) -> None:
+        """A connection to its own app, or with ``beside``, to that connection's app."""
+        if beside is None:
+            metrics = Metrics()
+            app = create_app(
+                pipeline=Pipeline(sink=sink, metrics=metrics, publish_timeout=5),
+                normalizer=Normalizer(),
+                metrics=metrics,
+                tokens=TokenCheck([TOKEN.decode()], header="Authorization"),
+                max_body_bytes=max_body,
+                max_in_flight=max_in_flight,
+            )
+        else:
+            app, metrics = beside.hooks, beside.metrics
         config = uvicorn.Config(app=app, lifespan="off", log_level="warning")
         config.load()
-        self.hooks = app
+        self.hooks: HookEndpoints = app
+        self.metrics: Metrics = metrics
         protocol_class = bounded_protocol(LIMITS, metrics, hooks=app)
         self.protocol: HttpToolsProtocol = protocol_class(
             config=config, server_state=ServerState(), app_state={}
@@ -342,3 +355,128 @@ def test_an_unexpected_failure_of_the_event_is_a_500_and_frees_its_slot(
     with caplog.at_level(logging.ERROR, logger="bridge.app"):
         asyncio.run(scenario())
     assert "the pipeline failed unexpectedly" in caplog.text
+
+
+def connections(sink: MemorySink, count: int, **kwargs: Any) -> list[Connection]:
+    """``count`` connections to one app, as many clients of one worker."""
+    first = Connection(sink, **kwargs)
+    return [first] + [Connection(sink, beside=first) for _ in range(count - 1)]
+
+
+def statuses(clients: list[Connection]) -> list[list[int]]:
+    return [[status_and_body(a)[0] for a in client.answers()] for client in clients]
+
+
+def test_the_requests_complete_in_one_turn_are_all_normalized_before_any_is_encoded() -> None:
+    # The point of taking a turn's requests together: each step's code and tables stay warm
+    # across the requests (issue 11). Done one by one, the steps would alternate.
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        clients = connections(sink, 3)
+        hooks = clients[0].hooks
+        steps: list[str] = []
+        normalizer, pipeline = hooks._normalizer, hooks._pipeline
+        read, prepare = normalizer.sftpgo_from_http, pipeline.prepare
+
+        def recording_read(*args: Any, **kwargs: Any) -> LoginEvent:
+            steps.append("normalize")
+            return read(*args, **kwargs)
+
+        def recording_prepare(event: LoginEvent) -> EncodedEvent:
+            steps.append("encode")
+            return prepare(event)
+
+        normalizer.sftpgo_from_http = recording_read  # type: ignore[method-assign]
+        pipeline.prepare = recording_prepare  # type: ignore[method-assign]
+        for client in clients:
+            client.send(request())
+        assert steps == []  # taken at the end of the turn, not as each body completes
+        await settle()
+        assert steps == ["normalize"] * 3 + ["encode"] * 3
+        sink.release()
+        await settle()
+        assert statuses(clients) == [[200], [200], [200]]
+        assert len(sink.events) == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_request_refused_or_failing_beside_others_in_its_turn_fails_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        clients = connections(sink, 4)
+        hooks = clients[0].hooks
+        pipeline = hooks._pipeline
+        prepare = pipeline.prepare
+
+        def failing_for_carol(event: LoginEvent) -> EncodedEvent:
+            if event.user_name == "carol":
+                raise RuntimeError("a bug in encoding")
+            return prepare(event)
+
+        pipeline.prepare = failing_for_carol  # type: ignore[method-assign]
+        clients[0].send(request())
+        clients[1].send(request(b"{nope"))  # malformed: a 400
+        clients[2].send(request(b'{"username":"carol","id":8}'))  # a bug: a 500
+        clients[3].send(request(b'{"username":"dave","id":9}'))
+        await settle()
+        assert [event.user_name for event, _ in sink.held] == ["bob", "dave"]
+        sink.release()
+        await settle()
+        assert statuses(clients) == [[200], [400], [500], [200]]
+        assert hooks._in_flight == 0
+
+    with caplog.at_level(logging.ERROR, logger="bridge.app"):
+        asyncio.run(scenario())
+    assert "a hook request failed unexpectedly" in caplog.text
+
+
+def test_the_in_flight_limit_counts_the_requests_taken_in_the_same_turn() -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        clients = connections(sink, 3, max_in_flight=2)
+        for client in clients:
+            client.send(request())
+        await settle()
+        assert len(sink.held) == 2
+        assert statuses(clients) == [[], [], [503]]  # refused at once, not held
+        sink.release()
+        await settle()
+        assert statuses(clients) == [[200], [200], [503]]
+
+    asyncio.run(scenario())
+
+
+class BrokenTransport(RecordingTransport):
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        raise OSError("a transport that cannot write")
+
+
+def test_an_answer_that_cannot_be_written_does_not_keep_the_others_of_its_turn_from_theirs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        sink = HeldSink()
+        await sink.start()
+        clients = connections(sink, 3)
+        broken = BrokenTransport()
+        clients[0].protocol.connection_made(broken)
+        for client in clients:
+            client.send(request(b"{nope"))  # refused in the turn's own callback
+        await settle()
+        assert statuses(clients[1:]) == [[400], [400]]
+        for client in clients[1:]:  # and the worker goes on
+            client.send(request())
+        await settle()
+        sink.release()
+        await settle()
+        assert statuses(clients[1:]) == [[400, 200], [400, 200]]
+
+    with caplog.at_level(logging.ERROR, logger="bridge.app"):
+        asyncio.run(scenario())
+    assert "answer could not be given" in caplog.text

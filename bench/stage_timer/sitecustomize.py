@@ -23,10 +23,16 @@ BANNER = "stage timer: wrapped"
 # (label, module, class, method): the SFTPGo HTTP hook's path through a worker, in call order.
 STAGES: list[tuple[str, str, str, str]] = [
     ("admit (token, media type, size)", "bridge.app", "HookEndpoints", "admit"),
-    ("accept (normalize, pipeline submit)", "bridge.app", "HookEndpoints", "accept"),
+    (
+        "take (a turn's requests: normalize, prepare, submit)",
+        "bridge.app",
+        "HookEndpoints",
+        "_take_all",
+    ),
     ("normalize (query, user JSON, record)", "bridge.app", "HookEndpoints", "_sftpgo"),
-    ("pipeline submit (encode, sink submit)", "bridge.pipeline", "Pipeline", "submit"),
+    ("pipeline prepare (count, encode)", "bridge.pipeline", "Pipeline", "prepare"),
     ("encode (layouts)", "bridge.encode", "Encoder", "encode"),
+    ("pipeline submit (sink submit)", "bridge.pipeline", "Pipeline", "submit_prepared"),
     ("sink submit", "bridge.sinks.kafka", "KafkaSink", "submit"),
     ("sink submit", "bridge.sinks.file", "FileSink", "submit"),
     ("produce (per loop turn)", "bridge.sinks.kafka", "KafkaSink", "_produce_submitted"),
