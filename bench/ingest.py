@@ -1679,6 +1679,11 @@ class Bench:
                     spread([100 * s.idle for _, s in runs], unit=" %"),
                 ]
             )
+            if errors:  # the table's cell is cut short; the whole messages say what failed
+                self.report.note(
+                    f"{name} at {rate:,}/s, vegeta's errors (distinct, at most 3 a round): "
+                    + "; ".join(f"`{e[:300]}`" for e in errors)
+                )
             tag = f" [{name}]" if len(self.variants) > 1 else ""
             which = f"at {FIXED_RATE}/s" if rate == FIXED_RATE else f"at {what} ({rate:,}/s)"
             self.report.target(
