@@ -527,6 +527,10 @@ def _uvicorn_config(
         proxy_headers=False,
         # Typed int, but uvicorn only hands it to asyncio.wait_for: 0.5 s must stay 0.5 s.
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,  # type: ignore[arg-type]
+        # uvicorn's own default, 5 s, is below every proxy's idle timeout: a proxy (or any client
+        # that keeps connections) then reuses a connection just as the bridge closes it, and the
+        # request fails (vegeta: "server closed idle connection", EOF; bench/ingest.py).
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
 

@@ -146,6 +146,16 @@ class Settings(BaseSettings):
         description="How long a client may take to send a request's body once its headers are "
         "in; then 408 and the connection is closed.",
     )
+    keep_alive_seconds: float = Field(
+        75.0,
+        gt=0,
+        description="How long a connection may stay open idle after an answer, waiting for its "
+        "next request; then it is closed. Keep it above the idle timeout of any proxy that "
+        "reuses connections to the bridge (ingress-nginx and AWS load balancers: 60 s; Google "
+        "Cloud's: 600 s), or the proxy sends a request on a connection the bridge is closing "
+        "and its client gets a 502. Idle connections count against max_connections, and the "
+        "least active is closed to make room for a new one.",
+    )
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
     admin_host: str = Field(
         "127.0.0.1",

@@ -313,6 +313,33 @@ def test_a_deadline_counts_from_its_own_request_on_a_kept_alive_connection(
     assert answer.startswith(b"HTTP/1.1 408 ")
 
 
+def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_time_not_before(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    bridge = bridge_factory(auth_tokens="test-token", keep_alive_seconds="2")
+    with connect(bridge) as sock:
+        sock.sendall(BOB_REQUEST)
+        [(status, _)] = read_answers(sock, 1)
+        assert status == 200
+        time.sleep(1)  # idle, within the keep-alive time: the connection still takes a request
+        sock.sendall(BOB_REQUEST)
+        [(status, _)] = read_answers(sock, 1)
+        assert status == 200
+        answered = time.monotonic()
+        assert read_answer(sock) == b""  # closed by the bridge, with nothing more said
+        idle = time.monotonic() - answered
+    assert 1.5 < idle < 10
+
+
+def test_an_idle_connection_outlasts_the_load_balancers_idle_timeouts_by_default() -> None:
+    # uvicorn's default is 5 s: a proxy keeping connections for 60 s would reuse one just as
+    # the bridge closes it, and its client would get an error for a request never read.
+    from bridge.service import _uvicorn_config
+
+    config = _uvicorn_config(object(), Settings())
+    assert config.timeout_keep_alive > 60
+
+
 def test_a_connection_that_sends_nothing_is_closed(impatient: BridgeProcess) -> None:
     with connect(impatient) as sock:
         assert read_answer(sock) == b""
