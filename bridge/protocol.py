@@ -93,7 +93,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.by_activity = _ACTIVITY.setdefault(self.server_state, OrderedDict())
         self._in_headers = False
         self._received = 0  # bytes received since the current request began, while in its headers
-        self._arriving = 0  # the size of the data being parsed now
         # One timer per connection, re-armed only when it fires early (see _set_deadline).
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None  # loop time; None: no deadline
@@ -156,7 +155,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        self._arriving = len(data)
         super().data_received(data)
         if self._in_headers and not self._refused:
             self._received += len(data)
@@ -187,15 +185,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._in_headers = False
-        limit = self.limits.max_header_bytes
-        # What has arrived since the request began bounds its headers; only when that is over
-        # the limit (a body or a pipelined request in the same reads) are they added up. Adding
-        # them up for every request was about 2 % of a worker's CPU (py-spy, issue 11).
-        if self._received + self._arriving > limit:
-            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-            if size > limit:
-                self._headers_too_large()
-                return
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._headers_too_large()
+            return
         self._set_deadline(self.limits.body_timeout, BoundedHttpToolsProtocol._body_too_slow)
         before = self.cycle
         super().on_headers_complete()

@@ -480,18 +480,3 @@ def test_an_answer_that_cannot_be_written_does_not_keep_the_others_of_its_turn_f
     with caplog.at_level(logging.ERROR, logger="bridge.app"):
         asyncio.run(scenario())
     assert "answer could not be given" in caplog.text
-
-
-def test_a_body_past_the_header_cap_in_the_same_read_as_its_headers_is_not_taken_for_them() -> None:
-    # What arrived bounds the headers' size; past the cap, they are added up before refusing.
-    async def scenario() -> None:
-        sink, connection = await held_connection(max_body=65536)
-        padding = " " * (LIMITS.max_header_bytes + 1000)
-        connection.send(request(b'{"username":"bob","id":7}' + padding.encode()))
-        await settle()
-        sink.release()
-        await settle()
-        [answer] = connection.answers()
-        assert status_and_body(answer)[0] == 200
-
-    asyncio.run(scenario())
