@@ -357,10 +357,12 @@ def test_an_unexpected_failure_of_the_event_is_a_500_and_frees_its_slot(
     assert "the pipeline failed unexpectedly" in caplog.text
 
 
-def connections(sink: MemorySink, count: int, **kwargs: Any) -> list[Connection]:
-    """``count`` connections to one app, as many clients of one worker."""
+async def held_connections(count: int, **kwargs: Any) -> tuple[HeldSink, list[Connection]]:
+    """``count`` connections to one app, as many clients of one worker, before a held sink."""
+    sink = HeldSink()
+    await sink.start()
     first = Connection(sink, **kwargs)
-    return [first] + [Connection(sink, beside=first) for _ in range(count - 1)]
+    return sink, [first] + [Connection(sink, beside=first) for _ in range(count - 1)]
 
 
 def statuses(clients: list[Connection]) -> list[list[int]]:
@@ -371,9 +373,7 @@ def test_the_requests_complete_in_one_turn_are_all_normalized_before_any_is_enco
     # The point of taking a turn's requests together: each step's code and tables stay warm
     # across the requests (issue 11). Done one by one, the steps would alternate.
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        clients = connections(sink, 3)
+        sink, clients = await held_connections(3)
         hooks = clients[0].hooks
         steps: list[str] = []
         normalizer, pipeline = hooks._normalizer, hooks._pipeline
@@ -406,9 +406,7 @@ def test_a_request_refused_or_failing_beside_others_in_its_turn_fails_alone(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        clients = connections(sink, 4)
+        sink, clients = await held_connections(4)
         hooks = clients[0].hooks
         pipeline = hooks._pipeline
         prepare = pipeline.prepare
@@ -437,9 +435,7 @@ def test_a_request_refused_or_failing_beside_others_in_its_turn_fails_alone(
 
 def test_the_in_flight_limit_counts_the_requests_taken_in_the_same_turn() -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        clients = connections(sink, 3, max_in_flight=2)
+        sink, clients = await held_connections(3, max_in_flight=2)
         for client in clients:
             client.send(request())
         await settle()
@@ -461,9 +457,7 @@ def test_an_answer_that_cannot_be_written_does_not_keep_the_others_of_its_turn_f
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
-        sink = HeldSink()
-        await sink.start()
-        clients = connections(sink, 3)
+        sink, clients = await held_connections(3)
         broken = BrokenTransport()
         clients[0].protocol.connection_made(broken)
         for client in clients:
