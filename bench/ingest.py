@@ -1725,9 +1725,12 @@ class Bench:
 
     # -- profile
 
-    def profile(self, stem: str, sink: str = "kafka", *, per_event: bool = False) -> None:
+    def profile(
+        self, stem: str, sink: str = "kafka", *, per_event: bool = False, rate: float | None = None
+    ) -> None:
         """py-spy, then perf trace, on one worker of ``sink`` under wrk; ``per_event``: every
-        request on a new connection (PER_EVENT_WHY), else keep-alive."""
+        request on a new connection (PER_EVENT_WHY), else keep-alive. ``rate``: under vegeta
+        at that many events/s instead (how the latency rows load it, not at the maximum)."""
         target = self.single(self.candidate, sink)
         spy = py_spy(required=True)
         assert spy is not None
@@ -1737,6 +1740,8 @@ class Bench:
         RESULTS.mkdir(exist_ok=True)
         # What the tables' headings say: the sink, and how wrk connects when not kept alive.
         shown = SINK_NAMES[sink] + (", a new connection per event" if per_event else "")
+        if rate is not None:
+            shown += f", vegeta at a constant {rate:,.0f}/s"
         print(f"profile: py-spy --native --gil for {seconds:g} s: {shown}", flush=True)
         recorder = subprocess.Popen(
             [
@@ -1761,16 +1766,31 @@ class Bench:
             text=True,
         )
         time.sleep(1.0)
-        self.load.closed(target.server.port, seconds + 1, per_event=per_event)
+        self.load_for(target, seconds + 1, per_event=per_event, rate=rate)
         _, err = recorder.communicate(timeout=120)
         if recorder.returncode != 0 or not raw.exists():
             self.report.note(f"py-spy record failed: {err.strip()[-500:]}")
         else:
             self.report.block(profile_tables(raw, seconds, shown))
-        self.perf_trace(target, pids, seconds, shown, per_event=per_event)
+        self.perf_trace(target, pids, seconds, shown, per_event=per_event, rate=rate)
+
+    def load_for(
+        self, target: Target, seconds: float, *, per_event: bool, rate: float | None
+    ) -> None:
+        if rate is None:
+            self.load.closed(target.server.port, seconds, per_event=per_event)
+        else:
+            self.load.fixed_rate(target.server.port, rate, seconds)
 
     def perf_trace(
-        self, target: Target, pids: list[int], seconds: float, shown: str, *, per_event: bool
+        self,
+        target: Target,
+        pids: list[int],
+        seconds: float,
+        shown: str,
+        *,
+        per_event: bool,
+        rate: float | None = None,
     ) -> None:
         perf = shutil.which("perf")
         if perf is None:
@@ -1778,7 +1798,7 @@ class Bench:
                 "perf trace skipped: `perf` is not installed (Debian: apt-get install linux-perf)"
             )
             return
-        print(f"profile: perf trace -s for {seconds:g} s under wrk", flush=True)
+        print(f"profile: perf trace -s for {seconds:g} s: {shown}", flush=True)
         out = self.lab.scratch / "perf-trace.txt"
         before = metric(target.server, "login_audit_events_received_total")
         tracer = subprocess.Popen(
@@ -1788,7 +1808,7 @@ class Bench:
             text=True,
         )
         time.sleep(1.0)
-        self.load.closed(target.server.port, seconds, per_event=per_event)
+        self.load_for(target, seconds, per_event=per_event, rate=rate)
         tracer.send_signal(signal.SIGINT)
         try:
             _, err = tracer.communicate(timeout=60)
@@ -2357,7 +2377,9 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
         if "latency" in args.only:
             bench.latency()
         if "profile" in args.only:
-            bench.profile(stem, args.profile_sink, per_event=args.profile_per_event)
+            bench.profile(
+                stem, args.profile_sink, per_event=args.profile_per_event, rate=args.profile_rate
+            )
         lab.stop_all()  # the checks start their own workers, on a quieter machine
         if "checks" in args.only:
             checks(bench)
@@ -2471,10 +2493,22 @@ def main() -> int:
         help="profile under wrk with a new connection per event (Connection: close, as the "
         "hooks connect) instead of keep-alive",
     )
+    parser.add_argument(
+        "--profile-rate",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="profile under vegeta at this constant rate (keep-alive) instead of wrk at the "
+        "maximum: where the latency rows spend their CPU",
+    )
     parser.add_argument("--keep-brokers", action="store_true", help="leave own brokers running")
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
     parser.add_argument("--label", help="added to the results file name, e.g. before or after")
     args = parser.parse_args()
+    if args.profile_rate is not None and args.profile_per_event:
+        parser.error(
+            "--profile-rate loads with vegeta's kept-alive connections, "
+            "not with --profile-per-event"
+        )
     checkouts.resolve_checkouts(parser, args)
     args.settings = {}
     for item in args.set_settings:
