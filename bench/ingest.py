@@ -970,6 +970,7 @@ class Load:
         if not targets.exists():
             write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
         results = self.scratch / "vegeta.bin"
+        opened = passive_opens()
         subprocess.run(
             [
                 str(self.vegeta),
@@ -992,6 +993,7 @@ class Load:
             text=True,
             check=True,
         ).stdout
+        opened = passive_opens() - opened
         data = json.loads(out)
         stalls = stall_windows(self.vegeta, results)
         latencies = data["latencies"]
@@ -1005,8 +1007,22 @@ class Load:
             "p99_ms": latencies["99th"] / 1e6,
             "max_ms": latencies["max"] / 1e6,
             "errors": sorted(set(data.get("errors") or []))[:3],
+            # vegeta opens a connection for each request sent while all its open ones wait:
+            # a stall turns into new connections, which cost the bridge more than kept-alive.
+            "new_connections": opened / max(1, int(data["requests"])),
             **stalls,
         }
+
+
+def passive_opens() -> int:
+    """TCP connections this machine has accepted since boot (/proc/net/snmp, Tcp PassiveOpens).
+
+    Machine-wide: over a latency window on loopback the only connections made are vegeta's to
+    the bridge (the bridge's own to the broker stay open), so the difference is how many new
+    connections vegeta opened."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    names, values = [line for line in lines if line[0] == "Tcp:"][:2]
+    return int(values[names.index("PassiveOpens")])
 
 
 def stall_windows(vegeta: Path, results: Path) -> dict[str, float]:
@@ -1653,7 +1669,8 @@ class Bench:
                 print(
                     f"  {variant.name} Kafka at {rate:,.0f}/s: p50 {result['p50_ms']:.2f} ms, "
                     f"p99 {result['p99_ms']:.2f} ms, {result['ok']}/{result['requests']} 2xx, "
-                    f"publish over 25 ms {100 * result['slow_publish']:.2f} %",
+                    f"publish over 25 ms {100 * result['slow_publish']:.2f} %, "
+                    f"new connections {100 * result['new_connections']:.1f} %",
                     flush=True,
                 )
         set_rate = self.plan.latency_rate is not None
@@ -1674,6 +1691,7 @@ class Bench:
                     spread([100 * r["slow_publish"] for r, _ in runs], ".2f", " %"),
                     spread([r["stalls"] for r, _ in runs]),
                     spread([100 * r["slow_in_stalls"] for r, _ in runs], unit=" %"),
+                    spread([100 * r["new_connections"] for r, _ in runs], ".1f", " %"),
                     f"{bad}" + (f" ({'; '.join(errors)[:120]})" if errors else ""),
                     spread([s.us_per_event for _, s in runs]),
                     spread([100 * s.idle for _, s in runs], unit=" %"),
@@ -1705,7 +1723,11 @@ class Bench:
             "*slow in stalls*: the share of the answers over 20 ms that fell in them. Slow "
             "answers spread thinly over the run are the bridge queueing; bunched in a few "
             "stalls, a pause (the broker rolling its log segments or collecting, the machine's "
-            "2 CPUs busy elsewhere) held everything at once.\n\n"
+            "2 CPUs busy elsewhere) held everything at once. *new connections*: connections "
+            "vegeta opened per request sent (the machine's TCP PassiveOpens over the run): "
+            "vegeta opens one for each request sent while all its connections wait, so a stall "
+            "leaves new connections behind, each costing the bridge more than a kept-alive "
+            "request.\n\n"
             + table(
                 [
                     "offered",
@@ -1715,6 +1737,7 @@ class Bench:
                     "publish > 25 ms",
                     "stalls",
                     "slow in stalls",
+                    "new connections",
                     "non-2xx",
                     "µs CPU/event",
                     "machine idle",
