@@ -139,7 +139,7 @@ async def _drain_one(
     before = spool.depth
     replayer = Replayer(
         spool,
-        deliver=pipeline.deliver,
+        send=pipeline.resend,
         sink_name=pipeline.sink.name,
         metrics=pipeline.metrics,
         publish_timeout=settings.publish_timeout_seconds,

@@ -163,11 +163,17 @@ class Pipeline:
     def _spooling(self, event: LoginEvent, exc: SinkError) -> None:
         log.warning("%s sink failed, spooling %s: %s", self.sink.name, event.event_id, exc)
 
-    async def deliver(self, encoded: EncodedEvent) -> None:
-        """Sends one event to the sink, timed and counted; the replayer delivers through it too."""
+    def resend(self, encoded: EncodedEvent) -> asyncio.Future[None]:
+        """Starts sending a spooled event (the replayer's send): the sink's own future, the
+        event counted as published once it is acknowledged. May raise a SinkError at once."""
         started = time.perf_counter()
-        await self.sink.send(encoded)
-        self._count_published(encoded.event, started)
+        sent = self.sink.submit(encoded)
+        sent.add_done_callback(functools.partial(self._resent, encoded.event, started))
+        return sent
+
+    def _resent(self, event: LoginEvent, started: float, sent: asyncio.Future[None]) -> None:
+        if not sent.cancelled() and sent.exception() is None:
+            self._count_published(event, started)
 
     def _count_published(self, event: LoginEvent, started: float) -> None:
         self._events.published(self.sink.name, event.status, time.perf_counter() - started)

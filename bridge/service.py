@@ -154,7 +154,7 @@ async def _serve_holding_the_spool(
             background.start("sink-start", lambda: _start_sink(sink, sink_started, retry=True))
             replayer = Replayer(
                 spool,
-                deliver=pipeline.deliver,
+                send=pipeline.resend,
                 sink_name=sink.name,
                 metrics=metrics,
                 publish_timeout=settings.publish_timeout_seconds,

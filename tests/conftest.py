@@ -255,7 +255,7 @@ def replayer(pipeline: Pipeline, *, publish_timeout: float = 10.0) -> Replayer:
     assert pipeline.spool is not None
     return Replayer(
         pipeline.spool,
-        deliver=pipeline.deliver,
+        send=pipeline.resend,
         sink_name=pipeline.sink.name,
         metrics=pipeline.metrics,
         publish_timeout=publish_timeout,

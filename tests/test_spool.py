@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from bridge.codec import AvroCodec
 from bridge.durable_spool import DurableSpool, Spooled
@@ -311,6 +312,62 @@ def test_replay_waits_for_the_publish_timeout_not_a_multiple_of_spool_after(
         return replayed, sink.attempts, len(sink.events)
 
     assert asyncio.run(scenario()) == (True, 3, 3)
+
+
+def test_replay_gives_up_on_a_batch_the_sink_never_answers_and_keeps_every_event(
+    tmp_path: Path,
+) -> None:
+    """One wait for the whole batch: at the publish timeout (and a second) each unanswered send
+    is cancelled and counted as a timeout, and the events stay spooled for the next try."""
+    metrics = Metrics()
+
+    async def scenario() -> tuple[bool, int, int, float]:
+        sink, spool = GatedSink(), _spool(tmp_path)  # the gate never opens
+        await sink.start()
+        await spool.open()
+        pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool, publish_timeout=0.05)
+        for event in _events(3):
+            await spool.put(encoded(event))
+        started = time.monotonic()
+        replayed = await replayer(pipeline, publish_timeout=0.05).replay_once()
+        waited = time.monotonic() - started
+        sink.gate.set()  # a cancelled send must not complete once the broker is back
+        await asyncio.sleep(0.05)
+        depth = spool.depth
+        await spool.close()
+        return replayed, depth, len(sink.events), waited
+
+    replayed, depth, delivered, waited = asyncio.run(scenario())
+    assert (replayed, depth, delivered) == (False, 3, 0)
+    assert waited >= 1.05
+    timeouts = 'login_audit_publish_errors_total{reason="timeout",sink="memory"}'
+    assert _sample(metrics, timeouts) == 3
+
+
+def test_replayed_events_are_counted_as_published_once_acknowledged(tmp_path: Path) -> None:
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        sink, spool = MemorySink(), _spool(tmp_path)
+        await sink.start()
+        await spool.open()
+        pipeline = Pipeline(sink=sink, metrics=metrics, spool=spool)
+        for event in _events(4):
+            await spool.put(encoded(event))
+        assert await replayer(pipeline).replay_once()
+        await spool.close()
+
+    asyncio.run(scenario())
+    published = 'login_audit_events_published_total{sink="memory",status="failure"}'
+    assert _sample(metrics, published) == 4
+
+
+def _sample(metrics: Metrics, exposed: str) -> float:
+    """A sample's value as /metrics exposes it (name{labels} value)."""
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line.startswith(exposed + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{exposed} is not exposed")
 
 
 def test_the_size_limit_counts_the_sqlite_file_and_its_write_ahead_log(tmp_path: Path) -> None:

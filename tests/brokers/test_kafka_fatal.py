@@ -145,7 +145,7 @@ def test_a_fatal_producer_error_rebuilds_the_producer_and_loses_no_event(
                     break
                 await Replayer(
                     spool,
-                    deliver=pipeline.deliver,
+                    send=pipeline.resend,
                     sink_name=sink.name,
                     metrics=metrics,
                     publish_timeout=5,
