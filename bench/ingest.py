@@ -562,16 +562,23 @@ def metric(server: Server, name: str, labels: str = "") -> float:
     return total
 
 
+LOOP_LAG_BUCKETS = "login_audit_event_loop_lag_seconds_bucket"
 PUBLISH_BUCKETS = "login_audit_publish_duration_seconds_bucket"
 
 
 def publish_buckets(server: Server) -> dict[float, float]:
     """The bridge's publish-duration histogram: cumulative count per upper bound (s), summed
     over its label sets (sinks, workers)."""
+    return histogram_buckets(server, PUBLISH_BUCKETS)
+
+
+def histogram_buckets(server: Server, name: str) -> dict[float, float]:
+    """A histogram of the bridge's /metrics: cumulative count per upper bound (s), summed over
+    its label sets; empty when the bridge has no such histogram (an older checkout)."""
     _, body = http_get(f"{server.url}/metrics")
     buckets: dict[float, float] = {}
     for line in body.decode().splitlines():
-        if line.startswith(PUBLISH_BUCKETS + "{"):
+        if line.startswith(name + "{"):
             bound = float(line.split('le="', 1)[1].split('"', 1)[0])
             buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
     return buckets
@@ -1652,8 +1659,13 @@ class Bench:
                 port = kafka.server.port
                 self.load.fixed_rate(port, rate, min(2.0, self.plan.latency_seconds))  # warm-up
                 before = publish_buckets(kafka.server)
+                lag_before = histogram_buckets(kafka.server, LOOP_LAG_BUCKETS)
                 with Meter(kafka.server) as meter:
                     result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
+                lag_after = histogram_buckets(kafka.server, LOOP_LAG_BUCKETS)
+                # The bridge's own loop held up (its timer every 0.1 s ran over 25 ms late):
+                # a stall with it is the worker's; without it, the broker's or vegeta's.
+                result["loop_lag"] = share_over(lag_before, lag_after, 0.025) if lag_after else None
                 # Where the tail is: the share of events whose own publish (acceptance to
                 # Kafka's acknowledgement, the bridge's histogram) took over 25 ms.
                 result["slow_publish"] = share_over(before, publish_buckets(kafka.server), 0.025)
@@ -1670,7 +1682,8 @@ class Bench:
                     f"  {variant.name} Kafka at {rate:,.0f}/s: p50 {result['p50_ms']:.2f} ms, "
                     f"p99 {result['p99_ms']:.2f} ms, {result['ok']}/{result['requests']} 2xx, "
                     f"publish over 25 ms {100 * result['slow_publish']:.2f} %, "
-                    f"new connections {100 * result['new_connections']:.1f} %",
+                    f"new connections {100 * result['new_connections']:.1f} %, "
+                    f"loop lag over 25 ms {100 * (result['loop_lag'] or 0):.1f} %",
                     flush=True,
                 )
         set_rate = self.plan.latency_rate is not None
@@ -1692,6 +1705,11 @@ class Bench:
                     spread([r["stalls"] for r, _ in runs]),
                     spread([100 * r["slow_in_stalls"] for r, _ in runs], unit=" %"),
                     spread([100 * r["new_connections"] for r, _ in runs], ".1f", " %"),
+                    (
+                        spread([100 * r["loop_lag"] for r, _ in runs], ".1f", " %")
+                        if all(r["loop_lag"] is not None for r, _ in runs)
+                        else "n/a"
+                    ),
                     f"{bad}" + (f" ({'; '.join(errors)[:120]})" if errors else ""),
                     spread([s.us_per_event for _, s in runs]),
                     spread([100 * s.idle for _, s in runs], unit=" %"),
@@ -1727,7 +1745,10 @@ class Bench:
             "vegeta opened per request sent (the machine's TCP PassiveOpens over the run): "
             "vegeta opens one for each request sent while all its connections wait, so a stall "
             "leaves new connections behind, each costing the bridge more than a kept-alive "
-            "request.\n\n"
+            "request. *loop lag > 25 ms*: the share of the bridge's own loop-lag ticks "
+            "(`login_audit_event_loop_lag_seconds`, a timer every 0.1 s) that ran over 25 ms "
+            "late: stalls with it are the worker's (its loop held up or short of CPU), stalls "
+            "without it the broker's or the generator's; n/a for a bridge without that metric.\n\n"
             + table(
                 [
                     "offered",
@@ -1738,6 +1759,7 @@ class Bench:
                     "stalls",
                     "slow in stalls",
                     "new connections",
+                    "loop lag > 25 ms",
                     "non-2xx",
                     "µs CPU/event",
                     "machine idle",

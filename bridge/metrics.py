@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import platform
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     Info,
     disable_created_metrics,
 )
@@ -25,6 +27,11 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 # Publishing is an fsync or a broker round trip: from sub-millisecond to seconds when a broker
 # is failing over.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# How late the event loop runs a timer it set: every request on a worker waits as long. Near a
+# millisecond (libuv's timer resolution) on a worker with CPU to spare.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+LOOP_LAG_INTERVAL_SECONDS = 0.1
 
 
 class SpoolState(Protocol):
@@ -117,8 +124,8 @@ class Metrics:
         )
         self.background_task_failures = Counter(
             "login_audit_background_task_failures_total",
-            "Failures of a background task (sink-start, replay, hook-spool); each is logged and "
-            "the task restarts with backoff.",
+            "Failures of a background task (sink-start, replay, hook-spool, loop-lag); each is "
+            "logged and the task restarts with backoff.",
             ["task"],
             registry=r,
         )
@@ -134,6 +141,15 @@ class Metrics:
             "Kafka producers replaced after a fatal error (the old one could never send again).",
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "login_audit_event_loop_lag_seconds",
+            "How much later than asked the event loop ran a timer it sets every "
+            f"{LOOP_LAG_INTERVAL_SECONDS:g} s: every request waits as long. Tens of milliseconds "
+            "and more: the worker is past the CPU it has, or something holds its loop (a long "
+            "collection, the machine's CPUs busy elsewhere).",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         self.build_info = Info(
             "login_audit_build",
             "Version of the bridge and of Python.",
@@ -143,6 +159,15 @@ class Metrics:
         for spool in ("hook", "bridge"):
             self.spool_events.labels(spool).set(0)
             self.spool_oldest_age.labels(spool).set(0)
+
+    async def watch_loop_lag(self, interval: float = LOOP_LAG_INTERVAL_SECONDS) -> None:
+        """Observes the running loop's lag every ``interval`` seconds until cancelled (the
+        service runs it as a supervised background task)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.event_loop_lag.observe(max(0.0, loop.time() - asked))
 
     def watch_spool(self, spool: SpoolState) -> None:
         """The bridge spool's gauges read the spool at each scrape: true from start-up, whatever

@@ -161,6 +161,7 @@ async def _serve_holding_the_spool(
             )
             background.start("replay", lambda: replayer.run(sink_started))
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
+        background.start("loop-lag", metrics.watch_loop_lag)
         _settle_heap()
         await _serve_until_fatal(
             background, _serve_http(settings, pipeline, normalizer, metrics, group, admin.where)

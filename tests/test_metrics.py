@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from bridge.metrics import LATENCY_BUCKETS, EventCounts, Metrics
@@ -82,3 +86,25 @@ def test_the_registry_describes_the_event_series_once_each() -> None:
         "login_audit_publish_duration_seconds",
     ):
         assert names.count(name) == 1
+
+
+def test_a_loop_held_up_shows_in_the_loop_lag_histogram() -> None:
+    """Held for 0.3 s by a blocking call, the loop runs the watcher's timer that much late."""
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(metrics.watch_loop_lag(interval=0.02))
+        await asyncio.sleep(0.1)  # a few timely ticks first
+        time.sleep(0.3)  # noqa: ASYNC251 - the blocking call under test
+        await asyncio.sleep(0.1)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    asyncio.run(scenario())
+    sample = metrics.registry.get_sample_value
+    ticks = sample("login_audit_event_loop_lag_seconds_count")
+    within_a_tenth = sample("login_audit_event_loop_lag_seconds_bucket", {"le": "0.1"})
+    assert ticks is not None and ticks >= 5
+    assert within_a_tenth == ticks - 1  # the one late tick, and only it
+    assert (sample("login_audit_event_loop_lag_seconds_sum") or 0) >= 0.25
