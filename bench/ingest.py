@@ -567,22 +567,19 @@ LATE_SEND_MS = 10.0  # a request vegeta sent this far behind its schedule was he
 PUBLISH_BUCKETS = "login_audit_publish_duration_seconds_bucket"
 
 
-def publish_buckets(server: Server) -> dict[float, float]:
-    """The bridge's publish-duration histogram: cumulative count per upper bound (s), summed
-    over its label sets (sinks, workers)."""
-    return histogram_buckets(server, PUBLISH_BUCKETS)
-
-
-def histogram_buckets(server: Server, name: str) -> dict[float, float]:
-    """A histogram of the bridge's /metrics: cumulative count per upper bound (s), summed over
-    its label sets; empty when the bridge has no such histogram (an older checkout)."""
+def histograms(server: Server) -> dict[str, dict[float, float]]:
+    """The publish-duration and loop-lag histograms of one /metrics scrape: by histogram, the
+    cumulative count per upper bound (s), summed over label sets (sinks, workers); one a bridge
+    does not have (an older checkout's loop lag) is empty."""
     _, body = http_get(f"{server.url}/metrics")
-    buckets: dict[float, float] = {}
+    found: dict[str, dict[float, float]] = {PUBLISH_BUCKETS: {}, LOOP_LAG_BUCKETS: {}}
     for line in body.decode().splitlines():
-        if line.startswith(name + "{"):
+        name, brace, _ = line.partition("{")
+        buckets = found.get(name) if brace else None
+        if buckets is not None:
             bound = float(line.split('le="', 1)[1].split('"', 1)[0])
             buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
-    return buckets
+    return found
 
 
 def share_over(before: dict[float, float], after: dict[float, float], seconds: float) -> float:
@@ -1666,17 +1663,19 @@ class Bench:
             for variant, kafka, rate in plans:
                 port = kafka.server.port
                 self.load.fixed_rate(port, rate, min(2.0, self.plan.latency_seconds))  # warm-up
-                before = publish_buckets(kafka.server)
-                lag_before = histogram_buckets(kafka.server, LOOP_LAG_BUCKETS)
+                before = histograms(kafka.server)
                 with Meter(kafka.server) as meter:
                     result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
-                lag_after = histogram_buckets(kafka.server, LOOP_LAG_BUCKETS)
-                # The bridge's own loop held up (its timer every 0.1 s ran over 10 ms late):
-                # a stall with it is the worker's; without it, the broker's or vegeta's.
-                result["loop_lag"] = share_over(lag_before, lag_after, 0.01) if lag_after else None
+                after = histograms(kafka.server)
                 # Where the tail is: the share of events whose own publish (acceptance to
                 # Kafka's acknowledgement, the bridge's histogram) took over 25 ms.
-                result["slow_publish"] = share_over(before, publish_buckets(kafka.server), 0.025)
+                result["slow_publish"] = share_over(
+                    before[PUBLISH_BUCKETS], after[PUBLISH_BUCKETS], 0.025
+                )
+                # The bridge's own loop held up (its timer every 0.1 s ran over 10 ms late):
+                # a stall with it is the worker's; without it, the broker's or vegeta's.
+                lag = before[LOOP_LAG_BUCKETS], after[LOOP_LAG_BUCKETS]
+                result["loop_lag"] = share_over(*lag, 0.01) if lag[1] else None
                 sample = Sample(
                     result["ok"],
                     result["requests"] - result["ok"],

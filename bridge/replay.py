@@ -151,15 +151,13 @@ class Replayer:
         for outcome in sent:
             if isinstance(outcome, Exception):
                 results.append(outcome)
-                continue
-            future = outcome
-            if future in late:
+            elif outcome in late:
                 self._timeouts.inc()
                 results.append(TimeoutError(f"not acknowledged within {self._wait:g} s"))
-            elif future.cancelled():  # the sink gave up on it (stopping): sent again later
+            elif outcome.cancelled():  # the sink gave up on it (stopping): sent again later
                 results.append(SinkUnavailable("the send was cancelled"))
             else:
-                error = future.exception()
+                error = outcome.exception()
                 if error is not None and not isinstance(error, Exception):
                     raise error
                 results.append(error)
