@@ -563,6 +563,21 @@ def metric(server: Server, name: str, labels: str = "") -> float:
 
 
 LOOP_LAG_BUCKETS = "login_audit_event_loop_lag_seconds_bucket"
+# Kernel TCP counters a latency round reports: retransmission timeouts (200 ms and more on
+# loopback), drops at a full listen or socket backlog, and delayed ACKs.
+TCP_SHOWN = (
+    "PassiveOpens",
+    "RetransSegs",
+    "TCPTimeouts",
+    "TCPLossProbes",
+    "TCPSynRetrans",
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPBacklogDrop",
+    "TCPRcvQDrop",
+    "DelayedACKs",
+    "TCPAbortOnTimeout",
+)
 LATE_SEND_MS = 10.0  # a request vegeta sent this far behind its schedule was held up there
 PUBLISH_BUCKETS = "login_audit_publish_duration_seconds_bucket"
 
@@ -975,7 +990,7 @@ class Load:
         if not targets.exists():
             write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
         results = self.scratch / "vegeta.bin"
-        opened = passive_opens()
+        counters = tcp_counters()
         subprocess.run(
             [
                 str(self.vegeta),
@@ -998,7 +1013,8 @@ class Load:
             text=True,
             check=True,
         ).stdout
-        opened = passive_opens() - opened
+        after = tcp_counters()
+        tcp = {name: after[name] - counters.get(name, 0) for name in TCP_SHOWN if name in after}
         data = json.loads(out)
         stalls = stall_windows(self.vegeta, results, max(1, round(rate)))
         latencies = data["latencies"]
@@ -1014,20 +1030,26 @@ class Load:
             "errors": sorted(set(data.get("errors") or []))[:3],
             # vegeta opens a connection for each request sent while all its open ones wait:
             # a stall turns into new connections, which cost the bridge more than kept-alive.
-            "new_connections": opened / max(1, int(data["requests"])),
+            "new_connections": tcp.get("PassiveOpens", 0) / max(1, int(data["requests"])),
+            "tcp": tcp,
             **stalls,
         }
 
 
-def passive_opens() -> int:
-    """TCP connections this machine has accepted since boot (/proc/net/snmp, Tcp PassiveOpens).
+def tcp_counters() -> dict[str, int]:
+    """The machine's TCP counters since boot (/proc/net/snmp's Tcp and /proc/net/netstat's
+    TcpExt), by name; differences over a latency window say what the kernel did meanwhile.
 
     Machine-wide: over a latency window on loopback the only connections made are vegeta's to
-    the bridge (the bridge's own to the broker stay open), so the difference is how many new
-    connections vegeta opened."""
-    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
-    names, values = [line for line in lines if line[0] == "Tcp:"][:2]
-    return int(values[names.index("PassiveOpens")])
+    the bridge (the bridge's own to the broker stay open), so PassiveOpens' difference is how
+    many new connections vegeta opened."""
+    counters: dict[str, int] = {}
+    for source in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = [line.split() for line in Path(source).read_text().splitlines()]
+        for names, values in zip(lines[::2], lines[1::2], strict=True):
+            if names[0] in ("Tcp:", "TcpExt:"):
+                counters.update(zip(names[1:], map(int, values[1:]), strict=True))
+    return counters
 
 
 def stall_windows(vegeta: Path, results: Path, rate: float) -> dict[str, float]:
@@ -1691,7 +1713,8 @@ class Bench:
                     f"publish over 25 ms {100 * result['slow_publish']:.2f} %, "
                     f"new connections {100 * result['new_connections']:.1f} %, "
                     f"loop lag over 10 ms {100 * (result['loop_lag'] or 0):.1f} %, "
-                    f"sent over {LATE_SEND_MS:g} ms late {100 * result['late_sends']:.1f} %",
+                    f"sent over {LATE_SEND_MS:g} ms late {100 * result['late_sends']:.1f} %; "
+                    + ", ".join(f"{k} {v}" for k, v in result["tcp"].items() if v),
                     flush=True,
                 )
         set_rate = self.plan.latency_rate is not None
@@ -1714,6 +1737,7 @@ class Bench:
                     spread([100 * r["slow_in_stalls"] for r, _ in runs], unit=" %"),
                     spread([100 * r["new_connections"] for r, _ in runs], ".1f", " %"),
                     spread([100 * r["late_sends"] for r, _ in runs], ".1f", " %"),
+                    spread([r["tcp"].get("RetransSegs", 0) for r, _ in runs]),
                     (
                         spread([100 * r["loop_lag"] for r, _ in runs], ".1f", " %")
                         if all(r["loop_lag"] is not None for r, _ in runs)
@@ -1759,7 +1783,10 @@ class Bench:
             "late: stalls with it are the worker's (its loop held up or short of CPU), stalls "
             "without it the broker's or the generator's; n/a for a bridge without that metric. "
             f"*sent > {LATE_SEND_MS:g} ms late*: the requests vegeta sent that far behind its "
-            "own schedule (short of CPU itself, it then sends a burst to catch up).\n\n"
+            "own schedule (short of CPU itself, it then sends a burst to catch up). "
+            "*TCP retransmits*: segments the machine's TCP sent again over the run (/proc/net/snmp "
+            "RetransSegs; on loopback only after a drop, and each waits a loss probe or a 200 ms "
+            "timeout): a stall with them is the kernel's, not the bridge's.\n\n"
             + table(
                 [
                     "offered",
@@ -1771,6 +1798,7 @@ class Bench:
                     "slow in stalls",
                     "new connections",
                     f"sent > {LATE_SEND_MS:g} ms late",
+                    "TCP retransmits",
                     "loop lag > 10 ms",
                     "non-2xx",
                     "µs CPU/event",
