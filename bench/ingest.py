@@ -990,7 +990,7 @@ class Load:
         if not targets.exists():
             write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
         results = self.scratch / "vegeta.bin"
-        counters = tcp_counters()
+        before = tcp_counters()
         subprocess.run(
             [
                 str(self.vegeta),
@@ -1014,7 +1014,7 @@ class Load:
             check=True,
         ).stdout
         after = tcp_counters()
-        tcp = {name: after[name] - counters.get(name, 0) for name in TCP_SHOWN if name in after}
+        tcp = {name: after[name] - before[name] for name in TCP_SHOWN if name in after}
         data = json.loads(out)
         stalls = stall_windows(self.vegeta, results, max(1, round(rate)))
         latencies = data["latencies"]
@@ -1713,8 +1713,8 @@ class Bench:
                     f"publish over 25 ms {100 * result['slow_publish']:.2f} %, "
                     f"new connections {100 * result['new_connections']:.1f} %, "
                     f"loop lag over 10 ms {100 * (result['loop_lag'] or 0):.1f} %, "
-                    f"sent over {LATE_SEND_MS:g} ms late {100 * result['late_sends']:.1f} %; "
-                    + ", ".join(f"{k} {v}" for k, v in result["tcp"].items() if v),
+                    f"sent over {LATE_SEND_MS:g} ms late {100 * result['late_sends']:.1f} %"
+                    + "".join(f", {k} {v}" for k, v in result["tcp"].items() if v),
                     flush=True,
                 )
         set_rate = self.plan.latency_rate is not None
