@@ -11,8 +11,9 @@ what it started by PID, prints Markdown and writes it to ``bench/results/``. Sec
   CPU of the Kafka worker.
 - ``workers``: 1 vs N workers into Kafka, in the same rounds (N processes sharing the port
   with BRIDGE_REUSE_PORT, or one ``serve --workers N`` with ``--workers-mode flag``).
-- ``latency``: p50/p99 into Kafka at a fixed 200 events/s and at 50 % of the measured maximum,
-  from vegeta (constant rate, Go; built by ``scripts/tools vegeta``).
+- ``latency``: p50/p99 into Kafka at a fixed 200 events/s and at 50 % of the measured maximum
+  (or other shares, ``--latency-share``), from vegeta (constant rate, Go; built by
+  ``scripts/tools vegeta``).
 - ``profile``: py-spy ``--native --gil`` on the Kafka worker under load (top frames), and
   ``perf trace -s`` (syscalls per event) when perf is installed.
 - ``checks``: what must not regress: shim CPU (bench/shim_startup.py), spool drain rate,
@@ -95,6 +96,8 @@ CPU_MAX_FLOOR_RATIO = 3.0
 CPU_STRETCH_FLOOR_RATIO = 2.0
 RATE_MIN_FLOOR_RATIO = 0.3
 FIXED_RATE = 200
+# The issue's second latency rate, as a share of the maximum measured under wrk.
+TARGET_SHARE = 0.5
 P50_MAX_MS = 5.0
 P99_MAX_MS = 20.0
 # A latency run's stalls (see stall_windows): 100 ms windows in which most answers took > 20 ms.
@@ -119,8 +122,10 @@ class Plan:
     spool_events: int
     shim_runs: int
     shim_logins: int
-    # The latency rows' second rate: None for 50 % of the measured maximum (the issue's).
+    # The latency rows' second rate: None for shares of the measured maximum.
     latency_rate: float | None = None
+    # Those shares: 50 % is the issue's target; others show where the tail turns.
+    latency_shares: tuple[float, ...] = (TARGET_SHARE,)
 
     @classmethod
     def choose(cls, args: argparse.Namespace) -> Plan:
@@ -134,10 +139,19 @@ class Plan:
             seconds=args.seconds or plan.seconds,
             latency_rounds=args.latency_rounds or plan.latency_rounds,
             latency_rate=args.latency_rate,
+            latency_shares=tuple(sorted(set(args.latency_share or [TARGET_SHARE]))),
         )
 
 
 # ---------------------------------------------------------------- statistics and the report
+
+
+def share_of_maximum(text: str) -> float:
+    """--latency-share's argument: a share of the maximum, above 0 and at most 1."""
+    share = float(text)
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: a share of the maximum is over 0 and at most 1")
+    return share
 
 
 def spread(values: list[float], spec: str = ",.0f", unit: str = "") -> str:
@@ -1663,7 +1677,8 @@ class Bench:
     # -- latency at a fixed rate (vegeta)
 
     def latency(self) -> None:
-        plans = []
+        plans: list[tuple[Variant, Target, float]] = []
+        shares: dict[tuple[str, int], float] = {}  # each row's share of the maximum
         for variant in self.variants:
             kafka = self.single(variant, "kafka")
             if not kafka.samples:
@@ -1671,12 +1686,17 @@ class Bench:
                 # load first. A latency-only run at a set 5,000/s once had its first round meet
                 # a broker that had served nothing yet (62 % of publishes over 25 ms, p50 10 s).
                 self.load.closed(kafka.server.port, self.plan.warm_up)
-            second = self.plan.latency_rate
-            if second is None and kafka.samples:
-                second = 0.5 * med([s.rate for s in kafka.samples])
-            elif second is None:
-                second = 0.5 * self.load.closed(kafka.server.port, self.plan.seconds).ok_per_s
-            plans += [(variant, kafka, FIXED_RATE), (variant, kafka, second)]
+            plans.append((variant, kafka, FIXED_RATE))
+            if self.plan.latency_rate is not None:
+                plans.append((variant, kafka, self.plan.latency_rate))
+                continue
+            if kafka.samples:
+                top = med([s.rate for s in kafka.samples])
+            else:
+                top = self.load.closed(kafka.server.port, self.plan.seconds).ok_per_s
+            for part in self.plan.latency_shares:
+                plans.append((variant, kafka, part * top))
+                shares[(variant.name, round(part * top))] = part
         results: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]] = {}
         shuffle = random.Random(self.seed + 1)
         for number in range(1, self.plan.latency_rounds + 1):
@@ -1717,18 +1737,22 @@ class Bench:
                     + "".join(f", {k} {v}" for k, v in result["tcp"].items() if v),
                     flush=True,
                 )
-        set_rate = self.plan.latency_rate is not None
-        half = " (--latency-rate)" if set_rate else " (50 % max)"
-        what = "a set rate, not the target's 50 % of max" if set_rate else "50 % of max"
         rows = []
         for (name, rate), runs in sorted(results.items()):
+            share = shares.get((name, rate))
+            if rate == FIXED_RATE:
+                offered = " (fixed)"
+            elif share is None:
+                offered = " (--latency-rate)"
+            else:
+                offered = f" ({100 * share:g} % max)"
             p50 = [r["p50_ms"] for r, _ in runs]
             p99 = [r["p99_ms"] for r, _ in runs]
             bad = sum(r["requests"] - r["ok"] for r, _ in runs)
             errors = sorted({e for r, _ in runs for e in r["errors"]})
             rows.append(
                 [
-                    f"{name}: {rate:,}/s" + (" (fixed)" if rate == FIXED_RATE else half),
+                    f"{name}: {rate:,}/s{offered}",
                     spread(p50, ".2f"),
                     spread(p99, ".2f"),
                     spread([r["max_ms"] for r, _ in runs], ".1f"),
@@ -1753,8 +1777,15 @@ class Bench:
                     f"{name} at {rate:,}/s, vegeta's errors (distinct, at most 3 a round): "
                     + "; ".join(f"`{e[:300]}`" for e in errors)
                 )
+            if share is not None and share != TARGET_SHARE:
+                continue  # a row beside the target's, no target of its own
             tag = f" [{name}]" if len(self.variants) > 1 else ""
-            which = f"at {FIXED_RATE}/s" if rate == FIXED_RATE else f"at {what} ({rate:,}/s)"
+            if rate == FIXED_RATE:
+                which = f"at {FIXED_RATE}/s"
+            elif share is None:
+                which = f"at a set rate, not the target's 50 % of max ({rate:,}/s)"
+            else:
+                which = f"at 50 % of max ({rate:,}/s)"
             self.report.target(
                 f"Kafka latency {which}: p50 ≤ {P50_MAX_MS:g} ms, p99 ≤ {P99_MAX_MS:g} ms{tag}",
                 f"p50 {spread(p50, '.2f')} ms, p99 {spread(p99, '.2f')} ms"
@@ -2539,6 +2570,15 @@ def main() -> int:
         "maximum: the same rate for runs that are compared with each other",
     )
     parser.add_argument(
+        "--latency-share",
+        type=share_of_maximum,
+        action="append",
+        metavar="SHARE",
+        help="a latency row at this share of the measured maximum (repeatable; default 0.5, "
+        "the issue's target): e.g. --latency-share 0.35 --latency-share 0.5 shows where the "
+        "tail turns, the highest rate a worker holds within the p99",
+    )
+    parser.add_argument(
         "--segment-bytes",
         type=int,
         default=1 << 30,
@@ -2613,6 +2653,8 @@ def main() -> int:
         )
     if args.restart and not args.paired:
         parser.error("--restart applies to --paired rounds")
+    if args.latency_rate is not None and args.latency_share:
+        parser.error("--latency-rate sets the second rate itself: drop --latency-share")
     if args.paired and not {"cpu", "workers"} & args.only:
         parser.error(
             "--paired pairs the rounds of the cpu and workers sections; --only has neither"
