@@ -12,8 +12,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -168,6 +170,15 @@ class Metrics:
             asked = loop.time() + interval
             await asyncio.sleep(interval)
             self.event_loop_lag.observe(max(0.0, loop.time() - asked))
+
+    def watch_process(self) -> None:
+        """Adds prometheus_client's own families for the serving process: ``process_*`` (CPU
+        seconds, resident memory, open files) and ``python_gc_*`` (collections and objects
+        collected, by generation). Read at each scrape; with several workers each sample
+        carries its worker's label, so CPU over events received is each worker's CPU per event,
+        and collections that find nothing are pauses every request on the worker waited for."""
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def watch_spool(self, spool: SpoolState) -> None:
         """The bridge spool's gauges read the spool at each scrape: true from start-up, whatever

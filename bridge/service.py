@@ -100,6 +100,7 @@ async def _serve_holding_the_spool(
     settings: Settings, *, metrics: Metrics | None, group: WorkerGroup | None
 ) -> None:
     metrics = metrics if metrics is not None else Metrics()
+    metrics.watch_process()
     codec = AvroCodec()
     encoder = build_wire_encoder(settings, codec)
     sink = build_sink(settings, codec=codec, encoder=encoder, metrics=metrics)

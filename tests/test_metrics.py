@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -108,3 +109,16 @@ def test_a_loop_held_up_shows_in_the_loop_lag_histogram() -> None:
     assert ticks is not None and ticks >= 5
     assert within_a_tenth == ticks - 1  # the one late tick, and only it
     assert (sample("login_audit_event_loop_lag_seconds_sum") or 0) >= 0.25
+
+
+def test_a_watched_process_exports_its_cpu_memory_and_garbage_collections() -> None:
+    metrics = Metrics()
+    sample = metrics.registry.get_sample_value
+    assert sample("process_cpu_seconds_total") is None  # only a serving worker adds them
+    metrics.watch_process()
+    before = sample("python_gc_collections_total", {"generation": "0"})
+    gc.collect(0)
+    assert sample("python_gc_collections_total", {"generation": "0"}) == (before or 0) + 1
+    assert (sample("process_cpu_seconds_total") or 0) > 0
+    assert (sample("process_resident_memory_bytes") or 0) > 0
+    assert (sample("process_open_fds") or 0) > 0
