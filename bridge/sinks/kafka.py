@@ -150,7 +150,16 @@ class _Client:
         self._timer: asyncio.TimerHandle | None = loop.call_later(POLL_SECONDS, self._poll)
 
     def kick(self) -> None:
-        """A message went out: poll at the short interval until none is left in flight."""
+        """Messages went out: serve the reports already queued, then poll at the short interval
+        until none is left in flight.
+
+        Serving here, in a turn of the loop that is awake anyway, answers the requests whose
+        reports came in since the last poll without waiting for the timer: under a steady
+        stream that is most of them, half the interval sooner on average.
+        """
+        if self._timer is None:  # closed: flush() serves the last reports, in its thread
+            return
+        self._serve()
         if self._busy or self._timer is None:
             return
         self._busy = True
@@ -158,6 +167,15 @@ class _Client:
         self._timer = self._loop.call_later(BUSY_POLL_SECONDS, self._poll)
 
     def _poll(self) -> None:
+        self._serve()
+        if self._timer is None:  # closed by a callback
+            return
+        self._busy = len(self.producer) > 0
+        self._timer = self._loop.call_later(
+            BUSY_POLL_SECONDS if self._busy else POLL_SECONDS, self._poll
+        )
+
+    def _serve(self) -> None:
         # poll(0) never blocks: it runs the delivery reports (and the error, statistics and log
         # callbacks) that librdkafka has queued, here on the loop. A thread blocking in poll()
         # and handing reports over with call_soon_threadsafe cost 13 % more CPU per event
@@ -173,12 +191,6 @@ class _Client:
                 log.warning("kafka: poll failed: %s: %s", err.name(), err.str())
         except Exception:
             log.exception("kafka: a producer callback failed; polling goes on")
-        if self._timer is None:  # closed by a callback
-            return
-        self._busy = len(self.producer) > 0
-        self._timer = self._loop.call_later(
-            BUSY_POLL_SECONDS if self._busy else POLL_SECONDS, self._poll
-        )
 
     async def close(self, flush_seconds: float) -> int:
         """Stops polling, serves the last delivery reports; returns the messages left unanswered."""
