@@ -40,18 +40,16 @@ def _client(producer: CountingProducer) -> _Client:
 
 
 def test_each_produced_batch_serves_the_queued_reports_without_waiting_for_the_timer() -> None:
-    async def scenario() -> list[int]:
+    async def scenario() -> tuple[int, int, int]:
         producer = CountingProducer()
         client = _client(producer)
-        polls = []
         client.kick()  # a batch went out
-        polls.append(producer.polls)
+        at_once = producer.polls
         client.kick()  # the next turn's batch, the short timer not due yet
-        polls.append(producer.polls)
+        next_batch = producer.polls
         await asyncio.sleep(BUSY_POLL_SECONDS * 5)  # the timer polls while messages are out
-        polls.append(producer.polls)
         await client.close(1.0)
-        return polls
+        return at_once, next_batch, producer.polls
 
     at_once, next_batch, later = asyncio.run(scenario())
     assert (at_once, next_batch) == (1, 2)

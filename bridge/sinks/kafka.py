@@ -160,7 +160,7 @@ class _Client:
         if self._timer is None:  # closed: flush() serves the last reports, in its thread
             return
         self._serve()
-        if self._busy or self._timer is None:
+        if self._busy or self._timer is None:  # already polling, or closed by a callback
             return
         self._busy = True
         self._timer.cancel()
