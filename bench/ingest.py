@@ -596,6 +596,16 @@ LATE_SEND_MS = 10.0  # a request vegeta sent this far behind its schedule was he
 PUBLISH_BUCKETS = "login_audit_publish_duration_seconds_bucket"
 
 
+# Why the latency section loads the floor at its rates too (bench/README, "Latency").
+FLOOR_AT_RATE_WHY = (
+    "Under wrk's closed loop every server takes many requests per wake-up of its loop; at a "
+    "constant rate it wakes for nearly each one, and each request costs more (the floor's own "
+    "CPU per request at a constant rate was 2.3-3.0x its CPU under wrk on 2026-12-04). So a rate "
+    "that is half of wrk's maximum keeps a worker busier than half the time: this table says "
+    "how much, and whether the extra is the bridge's or any server's on this loop."
+)
+
+
 def histograms(server: Server) -> dict[str, dict[float, float]]:
     """The publish-duration and loop-lag histograms of one /metrics scrape: by histogram, the
     cumulative count per upper bound (s), summed over label sets (sinks, workers); one a bridge
@@ -1697,7 +1707,10 @@ class Bench:
             for part in self.plan.latency_shares:
                 plans.append((variant, kafka, part * top))
                 shares[(variant.name, round(part * top))] = part
+        # The floor at each of the same rates, in the same rounds (FLOOR_AT_RATE_WHY).
+        plans += [(v, self.single(v, "floor"), rate) for v, _, rate in plans]
         results: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]] = {}
+        floors: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]] = {}
         shuffle = random.Random(self.seed + 1)
         for number in range(1, self.plan.latency_rounds + 1):
             shuffle.shuffle(plans)
@@ -1705,6 +1718,18 @@ class Bench:
             for variant, kafka, rate in plans:
                 port = kafka.server.port
                 self.load.fixed_rate(port, rate, min(2.0, self.plan.latency_seconds))  # warm-up
+                if kafka.kind == "floor":
+                    with Meter(kafka.server) as meter:
+                        result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
+                    sample = self._rate_sample(result, meter)
+                    floors.setdefault((variant.name, round(rate)), []).append((result, sample))
+                    print(
+                        f"  {variant.name} floor at {rate:,.0f}/s: p50 {result['p50_ms']:.2f} ms, "
+                        f"p99 {result['p99_ms']:.2f} ms, {result['ok']}/{result['requests']} 2xx, "
+                        f"{sample.us_per_event:,.0f} µs CPU/event",
+                        flush=True,
+                    )
+                    continue
                 before = histograms(kafka.server)
                 with Meter(kafka.server) as meter:
                     result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
@@ -1718,14 +1743,7 @@ class Bench:
                 # a stall with it is the worker's; without it, the broker's or vegeta's.
                 lag = before[LOOP_LAG_BUCKETS], after[LOOP_LAG_BUCKETS]
                 result["loop_lag"] = share_over(*lag, 0.01) if lag[1] else None
-                sample = Sample(
-                    result["ok"],
-                    result["requests"] - result["ok"],
-                    result["ok"] / self.plan.latency_seconds,
-                    meter.cpu,
-                    meter.seconds,
-                    meter.idle,
-                )
+                sample = self._rate_sample(result, meter)
                 results.setdefault((variant.name, round(rate)), []).append((result, sample))
                 print(
                     f"  {variant.name} Kafka at {rate:,.0f}/s: p50 {result['p50_ms']:.2f} ms, "
@@ -1834,6 +1852,80 @@ class Bench:
                     "non-2xx",
                     "µs CPU/event",
                     "machine idle",
+                ],
+                rows,
+            )
+        )
+
+        if floors:
+            self.report.block(self._floor_at_rate(results, floors))
+
+    def _rate_sample(self, result: dict[str, Any], meter: Meter) -> Sample:
+        return Sample(
+            result["ok"],
+            result["requests"] - result["ok"],
+            result["ok"] / self.plan.latency_seconds,
+            meter.cpu,
+            meter.seconds,
+            meter.idle,
+        )
+
+    def _floor_at_rate(
+        self,
+        results: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]],
+        floors: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]],
+    ) -> str:
+        """The bridge's CPU per event at each constant rate against the floor's at that rate,
+        and against both under wrk (the cpu section's rows, when they ran)."""
+        rows = []
+        for (name, rate), runs in sorted(results.items()):
+            at_rate = floors.get((name, rate), [])
+            # One of each per round, appended in round order: a ratio within each round.
+            ratios = [
+                s.us_per_event / f.us_per_event
+                for (_, s), (_, f) in zip(runs, at_rate, strict=True)
+            ]
+            rows.append(
+                [
+                    f"{name}: {rate:,}/s",
+                    spread([f.us_per_event for _, f in at_rate]),
+                    spread([s.us_per_event for _, s in runs]),
+                    spread(ratios, ".2f", "x"),
+                    spread([r["p50_ms"] for r, _ in at_rate], ".2f"),
+                    spread([r["p99_ms"] for r, _ in at_rate], ".2f"),
+                    spread([100 * f.idle for _, f in at_rate], unit=" %"),
+                ]
+            )
+        for variant in self.variants:
+            kafka, floor = self.find(variant, "kafka"), self.find(variant, "floor")
+            if kafka is None or floor is None or not kafka.samples or not floor.samples:
+                continue
+            pairs = list(zip(kafka.samples, floor.samples, strict=False))
+            rows.append(
+                [
+                    f"{variant.name}: wrk's maximum (the cpu rounds)",
+                    spread([f.us_per_event for _, f in pairs]),
+                    spread([k.us_per_event for k, _ in pairs]),
+                    spread([k.us_per_event / f.us_per_event for k, f in pairs], ".2f", "x"),
+                    "",
+                    "",
+                    spread([100 * f.idle for _, f in pairs], unit=" %"),
+                ]
+            )
+        return (
+            "### CPU per event at a constant rate: the bridge into Kafka against the floor\n\n"
+            f"{FLOOR_AT_RATE_WHY} Same rounds as the latency rows, the floor loaded by vegeta "
+            "at each of their rates; ratios within each round. The floor's own latency is what "
+            "the machine, vegeta and the loop leave to any server at that rate.\n\n"
+            + table(
+                [
+                    "offered",
+                    "floor µs CPU/request",
+                    "Kafka µs CPU/event",
+                    "x floor",
+                    "floor p50 ms",
+                    "floor p99 ms",
+                    "machine idle (floor)",
                 ],
                 rows,
             )
