@@ -53,6 +53,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._watching_process = False
         self.events = EventCounts()
         r.register(self.events)
         self.file_sink_files_deleted = Counter(
@@ -176,9 +177,15 @@ class Metrics:
         seconds, resident memory, open files) and ``python_gc_*`` (collections and objects
         collected, by generation). Read at each scrape; with several workers each sample
         carries its worker's label, so CPU over events received is each worker's CPU per event,
-        and collections that find nothing are pauses every request on the worker waited for."""
+        and collections that find nothing are pauses every request on the worker waited for.
+
+        Once per registry: serving again with the same Metrics (a restart in one process) keeps
+        the families it has, where registering them twice would raise."""
+        if self._watching_process:
+            return
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        self._watching_process = True
 
     def watch_spool(self, spool: SpoolState) -> None:
         """The bridge spool's gauges read the spool at each scrape: true from start-up, whatever

@@ -127,3 +127,12 @@ def test_a_watched_process_exports_its_cpu_memory_and_garbage_collections() -> N
     assert (sample("process_cpu_seconds_total") or 0) > 0
     assert (sample("process_resident_memory_bytes") or 0) > 0
     assert (sample("process_open_fds") or 0) > 0
+
+
+def test_watching_the_process_again_keeps_one_set_of_its_families() -> None:
+    metrics = Metrics()
+    metrics.watch_process()
+    metrics.watch_process()  # prometheus_client raises on a second registration of a name
+    exposition = generate_latest(metrics.registry).decode()
+    assert exposition.count("# TYPE process_cpu_seconds_total counter") == 1
+    assert exposition.count("# TYPE python_gc_collections_total counter") == 1
