@@ -1687,7 +1687,7 @@ class Bench:
     # -- latency at a fixed rate (vegeta)
 
     def latency(self) -> None:
-        plans: list[tuple[Variant, Target, float]] = []
+        plans: list[tuple[Variant, Target, float]] = []  # the server loaded, at what rate
         shares: dict[tuple[str, int], float] = {}  # each row's share of the maximum
         for variant in self.variants:
             kafka = self.single(variant, "kafka")
@@ -1715,11 +1715,11 @@ class Bench:
         for number in range(1, self.plan.latency_rounds + 1):
             shuffle.shuffle(plans)
             print(f"latency round {number}/{self.plan.latency_rounds} (vegeta)", flush=True)
-            for variant, kafka, rate in plans:
-                port = kafka.server.port
+            for variant, target, rate in plans:
+                port = target.server.port
                 self.load.fixed_rate(port, rate, min(2.0, self.plan.latency_seconds))  # warm-up
-                if kafka.kind == "floor":
-                    with Meter(kafka.server) as meter:
+                if target.kind == "floor":
+                    with Meter(target.server) as meter:
                         result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
                     sample = self._rate_sample(result, meter)
                     floors.setdefault((variant.name, round(rate)), []).append((result, sample))
@@ -1730,10 +1730,10 @@ class Bench:
                         flush=True,
                     )
                     continue
-                before = histograms(kafka.server)
-                with Meter(kafka.server) as meter:
+                before = histograms(target.server)
+                with Meter(target.server) as meter:
                     result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
-                after = histograms(kafka.server)
+                after = histograms(target.server)
                 # Where the tail is: the share of events whose own publish (acceptance to
                 # Kafka's acknowledgement, the bridge's histogram) took over 25 ms.
                 result["slow_publish"] = share_over(
