@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -25,12 +26,14 @@ from bridge.pipeline import Pipeline
 from bridge.replay import Replayer
 from bridge.sftpgo import ENV_TO_QUERY
 
-from support import free_port, wait_until_healthy
+from support import delete_kafka_topics, free_port, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 # The contract's vectors, carried in the repo (tests/data/README.md says where they came from).
 VECTORS = Path(__file__).resolve().parent / "data"
 BIN = Path(sys.executable).parent
+# Read at import: clean_environ scrubs BRIDGE_* before each test.
+KAFKA_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -57,6 +60,21 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("BRIDGE_", "LOGIN_AUDIT_HOOK_", "SFTPGO_LOGIND_")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def kafka_topic_prefix() -> Iterator[Callable[[str], str]]:
+    """Gives fresh topic name prefixes (``<kind>-<8 hex>``); after the test, the test broker's
+    topics starting with any of them are deleted (see support.delete_kafka_topics)."""
+    given: list[str] = []
+
+    def fresh(kind: str) -> str:
+        given.append(f"{kind}-{uuid.uuid4().hex[:8]}")
+        return given[-1]
+
+    yield fresh
+    for prefix in given:
+        delete_kafka_topics(KAFKA_BOOTSTRAP, prefix)
 
 
 # -- the contract's vectors, in tests/data

@@ -32,6 +32,21 @@ def skip_or_fail(message: str) -> NoReturn:
     pytest.skip(message)
 
 
+def delete_kafka_topics(bootstrap: str, prefix: str) -> None:
+    """Deletes the topics of the broker at ``bootstrap`` whose names start with ``prefix``.
+
+    Every run on a machine shares the test broker (scripts/brokers keeps its data), so a test
+    that creates topics deletes them; else each run leaves its topics behind for the broker to
+    load at every start.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    ours = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    for future in admin.delete_topics(ours, operation_timeout=10).values() if ours else []:
+        future.result()
+
+
 def free_port() -> int:
     """A loopback port nothing listens on right now."""
     with socket.socket() as sock:

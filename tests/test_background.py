@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,12 +134,14 @@ def _require_registry() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("spool", ["true", "false"])
 def test_a_registry_answering_404_at_start_ends_the_bridge_with_the_config_exit_code(
-    bridge_factory: Callable[..., BridgeProcess], spool: str
+    bridge_factory: Callable[..., BridgeProcess],
+    spool: str,
+    kafka_topic_prefix: Callable[[str], str],
 ) -> None:
     """A wrong registry URL is an operator's mistake: with the spool on, the bridge used to
     answer 200 into a spool that never drained; now it logs why, counts it, and exits 3."""
     _require_registry()
-    topic = f"config-exit-{uuid.uuid4().hex[:8]}"
+    topic = kafka_topic_prefix("config-exit")
     bridge = bridge_factory(
         start=False,
         sink="kafka",

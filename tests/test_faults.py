@@ -221,8 +221,9 @@ def test_kafka_stopped_and_started_mid_stream_loses_nothing(
     bridge_factory: Callable[..., BridgeProcess],
     names: list[str],
     capsys: pytest.CaptureFixture[str],
+    kafka_topic_prefix: Callable[[str], str],
 ) -> None:
-    topic = f"fault-kafka-{uuid.uuid4().hex[:8]}"
+    topic = kafka_topic_prefix("fault-kafka")
     bridge = _kafka_bridge(bridge_factory, topic)
     start = _once(lambda: brokers("start-kafka"))
     faults = {N_EVENTS // 3: lambda: brokers("stop-kafka"), 2 * N_EVENTS // 3: start}
@@ -281,8 +282,9 @@ def test_bridge_killed_with_sigkill_mid_stream_loses_nothing_it_acknowledged(
     bridge_factory: Callable[..., BridgeProcess],
     names: list[str],
     capsys: pytest.CaptureFixture[str],
+    kafka_topic_prefix: Callable[[str], str],
 ) -> None:
-    topic = f"fault-kill-{uuid.uuid4().hex[:8]}"
+    topic = kafka_topic_prefix("fault-kill")
     bridge = _kafka_bridge(bridge_factory, topic)
 
     def kill_and_restart() -> None:

@@ -34,7 +34,7 @@ from bridge.sinks.file import read_events
 
 from conftest import BIN, BridgeProcess, print_fault_row
 from ocsf import assert_ocsf
-from support import free_port, reachable, skip_or_fail
+from support import delete_kafka_topics, free_port, reachable, skip_or_fail
 
 pytestmark = [pytest.mark.slow, pytest.mark.pam]
 
@@ -406,7 +406,7 @@ def test_every_pam_attempt_gives_exactly_its_event_in_kafka(
         done = perform_all(lab)
         records = asyncio.run(read_topics(prefix, len(done)))
     finally:
-        delete_topics(prefix)
+        delete_kafka_topics(KAFKA_BOOTSTRAP, prefix)
 
     print_table("bridge up, Kafka", done, records, capsys)
     check(done, records, lab)
@@ -426,15 +426,6 @@ async def read_topics(prefix: str, count: int) -> list[dict[str, Any]]:
             assert consumed.headers["source"] == "pam"
             records.append(consumed.record)
     return records
-
-
-def delete_topics(prefix: str) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": KAFKA_BOOTSTRAP})
-    ours = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-    for future in admin.delete_topics(ours, operation_timeout=10).values() if ours else []:
-        future.result()
 
 
 def test_with_the_bridge_down_the_spool_keeps_every_pam_login_until_it_is_back(

@@ -210,11 +210,12 @@ def test_a_full_disk_under_the_spool_refuses_events_then_recovers_and_loses_noth
     bridge_factory: Callable[..., BridgeProcess],
     small_disk: Path,
     capsys: pytest.CaptureFixture[str],
+    kafka_topic_prefix: Callable[[str], str],
 ) -> None:
     """Kafka away, so everything goes to the spool, on a disk that fills up: events get 503
     (never 200) while it is full, 200 again once it has room, and every acknowledged event
     reaches Kafka when the bridge comes back with Kafka reachable."""
-    topic = f"spool-disk-full-{uuid.uuid4().hex[:8]}"
+    topic = kafka_topic_prefix("spool-disk-full")
     kafka = {
         "sink": "kafka",
         "kafka_topic_success": f"{topic}.success",

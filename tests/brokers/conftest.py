@@ -27,7 +27,7 @@ from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 
 from conftest import REPO
-from support import reachable, skip_or_fail
+from support import delete_kafka_topics, reachable, skip_or_fail
 
 KAFKA_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 RABBITMQ_URL = os.environ.get("BRIDGE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5673/")
@@ -168,10 +168,7 @@ def kafka_topics(kafka_bootstrap: str, unique: str) -> Iterator[KafkaTopics]:
 
     topics = KafkaTopics(prefix=unique, admin=AdminClient({"bootstrap.servers": kafka_bootstrap}))
     yield topics
-    ours = [t for t in topics.admin.list_topics(timeout=10).topics if t.startswith(unique)]
-    if ours:
-        for future in topics.admin.delete_topics(ours, operation_timeout=10).values():
-            future.result()
+    delete_kafka_topics(kafka_bootstrap, unique)
 
 
 @pytest.fixture
