@@ -600,9 +600,10 @@ PUBLISH_BUCKETS = "login_audit_publish_duration_seconds_bucket"
 FLOOR_AT_RATE_WHY = (
     "Under wrk's closed loop every server takes many requests per wake-up of its loop; at a "
     "constant rate it wakes for nearly each one, and each request costs more (the floor's own "
-    "CPU per request at a constant rate was 2.3-3.0x its CPU under wrk on 2026-12-04). So a rate "
-    "that is half of wrk's maximum keeps a worker busier than half the time: this table says "
-    "how much, and whether the extra is the bridge's or any server's on this loop."
+    "CPU per request at a constant rate was 2.3-2.5x its CPU under wrk in the 2026-12-04 "
+    "runs). So a rate that is half of wrk's maximum keeps a worker busier than half the time: "
+    "this table says how much, and whether the extra is the bridge's or any server's on this "
+    "loop."
 )
 
 
