@@ -98,6 +98,16 @@ RATE_MIN_FLOOR_RATIO = 0.3
 FIXED_RATE = 200
 # The issue's second latency rate, as a share of the maximum measured under wrk.
 TARGET_SHARE = 0.5
+# What each latency row's rate is, as its row says: FIXED_RATE, --latency-rate, or a share.
+FIXED_LABEL = "fixed"
+SET_LABEL = "--latency-rate"
+
+
+def share_label(share: float) -> str:
+    return f"{100 * share:g} % max"
+
+
+TARGET_LABELS = (FIXED_LABEL, SET_LABEL, share_label(TARGET_SHARE))
 P50_MAX_MS = 5.0
 P99_MAX_MS = 20.0
 # A latency run's stalls (see stall_windows): 100 ms windows in which most answers took > 20 ms.
@@ -144,6 +154,15 @@ class Plan:
 
 
 # ---------------------------------------------------------------- statistics and the report
+
+
+def round_ratios(samples: list[Sample], floor: list[Sample]) -> tuple[list[float], list[float]]:
+    """(events/s ÷ the floor's, CPU/event ÷ the floor's), the n-th sample of each paired: the
+    same round."""
+    pairs = list(zip(samples, floor, strict=False))
+    rate = [s.rate / f.rate for s, f in pairs if f.rate]
+    cpu = [s.us_per_event / f.us_per_event for s, f in pairs if f.us_per_event]
+    return rate, cpu
 
 
 def share_of_maximum(text: str) -> float:
@@ -1398,10 +1417,7 @@ class Bench:
     def ratios(self, target: Target, floor: Target) -> tuple[list[float], list[float]]:
         """Per round: (events/s ÷ floor's, CPU/event ÷ floor's), each pair from the same round.
         Rows loaded a new connection per event are compared with the floor loaded so."""
-        pairs = list(zip(target.samples, floor.samples, strict=False))
-        rate = [s.rate / f.rate for s, f in pairs if f.rate]
-        cpu = [s.us_per_event / f.us_per_event for s, f in pairs if f.us_per_event]
-        return rate, cpu
+        return round_ratios(target.samples, floor.samples)
 
     def report_rounds(self) -> None:
         n = self.plan.rounds
@@ -1688,8 +1704,8 @@ class Bench:
     # -- latency at a fixed rate (vegeta)
 
     def latency(self) -> None:
-        plans: list[tuple[Variant, Target, float]] = []  # the server loaded, at what rate
-        shares: dict[tuple[str, int], float] = {}  # each row's share of the maximum
+        # The server loaded, at what rate, and the row's label for that rate.
+        plans: list[tuple[Variant, Target, float, str]] = []
         for variant in self.variants:
             kafka = self.single(variant, "kafka")
             if not kafka.samples:
@@ -1697,43 +1713,44 @@ class Bench:
                 # load first. A latency-only run at a set 5,000/s once had its first round meet
                 # a broker that had served nothing yet (62 % of publishes over 25 ms, p50 10 s).
                 self.load.closed(kafka.server.port, self.plan.warm_up)
-            plans.append((variant, kafka, FIXED_RATE))
+            plans.append((variant, kafka, FIXED_RATE, FIXED_LABEL))
             if self.plan.latency_rate is not None:
-                plans.append((variant, kafka, self.plan.latency_rate))
+                plans.append((variant, kafka, self.plan.latency_rate, SET_LABEL))
                 continue
             if kafka.samples:
                 top = med([s.rate for s in kafka.samples])
             else:
                 top = self.load.closed(kafka.server.port, self.plan.seconds).ok_per_s
             for part in self.plan.latency_shares:
-                plans.append((variant, kafka, part * top))
-                shares[(variant.name, round(part * top))] = part
+                plans.append((variant, kafka, part * top, share_label(part)))
         # The floor at each of the same rates, in the same rounds (FLOOR_AT_RATE_WHY).
-        plans += [(v, self.single(v, "floor"), rate) for v, _, rate in plans]
-        results: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]] = {}
-        floors: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]] = {}
+        plans += [(v, self.single(v, "floor"), rate, label) for v, _, rate, label in plans]
+        # By (variant, rate, label): each round's vegeta result and sample.
+        results: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
+        floors: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
         shuffle = random.Random(self.seed + 1)
         for number in range(1, self.plan.latency_rounds + 1):
             shuffle.shuffle(plans)
             print(f"latency round {number}/{self.plan.latency_rounds} (vegeta)", flush=True)
-            for variant, target, rate in plans:
+            for variant, target, rate, label in plans:
                 port = target.server.port
                 self.load.fixed_rate(port, rate, min(2.0, self.plan.latency_seconds))  # warm-up
-                if target.kind == "floor":
-                    with Meter(target.server) as meter:
-                        result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
-                    sample = self._rate_sample(result, meter)
-                    floors.setdefault((variant.name, round(rate)), []).append((result, sample))
-                    print(
-                        f"  {variant.name} floor at {rate:,.0f}/s: p50 {result['p50_ms']:.2f} ms, "
-                        f"p99 {result['p99_ms']:.2f} ms, {result['ok']}/{result['requests']} 2xx, "
-                        f"{sample.us_per_event:,.0f} µs CPU/event",
-                        flush=True,
-                    )
-                    continue
-                before = histograms(target.server)
+                # The floor has no /metrics: no publish or loop-lag histograms to read.
+                bridge = target.kind != "floor"
+                before = histograms(target.server) if bridge else {}
                 with Meter(target.server) as meter:
                     result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
+                sample = self._rate_sample(result, meter)
+                key = (variant.name, round(rate), label)
+                said = (
+                    f"  {variant.name} {'Kafka' if bridge else 'floor'} at {rate:,.0f}/s: "
+                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                    f"{result['ok']}/{result['requests']} 2xx"
+                )
+                if not bridge:
+                    floors.setdefault(key, []).append((result, sample))
+                    print(f"{said}, {sample.us_per_event:,.0f} µs CPU/event", flush=True)
+                    continue
                 after = histograms(target.server)
                 # Where the tail is: the share of events whose own publish (acceptance to
                 # Kafka's acknowledgement, the bridge's histogram) took over 25 ms.
@@ -1744,12 +1761,9 @@ class Bench:
                 # a stall with it is the worker's; without it, the broker's or vegeta's.
                 lag = before[LOOP_LAG_BUCKETS], after[LOOP_LAG_BUCKETS]
                 result["loop_lag"] = share_over(*lag, 0.01) if lag[1] else None
-                sample = self._rate_sample(result, meter)
-                results.setdefault((variant.name, round(rate)), []).append((result, sample))
+                results.setdefault(key, []).append((result, sample))
                 print(
-                    f"  {variant.name} Kafka at {rate:,.0f}/s: p50 {result['p50_ms']:.2f} ms, "
-                    f"p99 {result['p99_ms']:.2f} ms, {result['ok']}/{result['requests']} 2xx, "
-                    f"publish over 25 ms {100 * result['slow_publish']:.2f} %, "
+                    f"{said}, publish over 25 ms {100 * result['slow_publish']:.2f} %, "
                     f"new connections {100 * result['new_connections']:.1f} %, "
                     f"loop lag over 10 ms {100 * (result['loop_lag'] or 0):.1f} %, "
                     f"sent over {LATE_SEND_MS:g} ms late {100 * result['late_sends']:.1f} %"
@@ -1757,21 +1771,14 @@ class Bench:
                     flush=True,
                 )
         rows = []
-        for (name, rate), runs in sorted(results.items()):
-            share = shares.get((name, rate))
-            if rate == FIXED_RATE:
-                offered = " (fixed)"
-            elif share is None:
-                offered = " (--latency-rate)"
-            else:
-                offered = f" ({100 * share:g} % max)"
+        for (name, rate, label), runs in sorted(results.items()):
             p50 = [r["p50_ms"] for r, _ in runs]
             p99 = [r["p99_ms"] for r, _ in runs]
             bad = sum(r["requests"] - r["ok"] for r, _ in runs)
             errors = sorted({e for r, _ in runs for e in r["errors"]})
             rows.append(
                 [
-                    f"{name}: {rate:,}/s{offered}",
+                    f"{name}: {rate:,}/s ({label})",
                     spread(p50, ".2f"),
                     spread(p99, ".2f"),
                     spread([r["max_ms"] for r, _ in runs], ".1f"),
@@ -1796,12 +1803,12 @@ class Bench:
                     f"{name} at {rate:,}/s, vegeta's errors (distinct, at most 3 a round): "
                     + "; ".join(f"`{e[:300]}`" for e in errors)
                 )
-            if share is not None and share != TARGET_SHARE:
+            if label not in TARGET_LABELS:
                 continue  # a row beside the target's, no target of its own
             tag = f" [{name}]" if len(self.variants) > 1 else ""
-            if rate == FIXED_RATE:
+            if label == FIXED_LABEL:
                 which = f"at {FIXED_RATE}/s"
-            elif share is None:
+            elif label == SET_LABEL:
                 which = f"at a set rate, not the target's 50 % of max ({rate:,}/s)"
             else:
                 which = f"at 50 % of max ({rate:,}/s)"
@@ -1873,44 +1880,43 @@ class Bench:
 
     def _floor_at_rate(
         self,
-        results: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]],
-        floors: dict[tuple[str, int], list[tuple[dict[str, Any], Sample]]],
+        results: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]],
+        floors: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]],
     ) -> str:
         """The bridge's CPU per event at each constant rate against the floor's at that rate,
         and against both under wrk (the cpu section's rows, when they ran)."""
         rows = []
-        for (name, rate), runs in sorted(results.items()):
-            at_rate = floors.get((name, rate), [])
+        for key, runs in sorted(results.items()):
+            at_rate = floors.get(key, [])
             # One of each per round, appended in round order: a ratio within each round.
-            ratios = [
-                s.us_per_event / f.us_per_event
-                for (_, s), (_, f) in zip(runs, at_rate, strict=True)
-            ]
+            _, cpu = round_ratios([s for _, s in runs], [f for _, f in at_rate])
+            name, rate, _ = key
             rows.append(
                 [
                     f"{name}: {rate:,}/s",
                     spread([f.us_per_event for _, f in at_rate]),
                     spread([s.us_per_event for _, s in runs]),
-                    spread(ratios, ".2f", "x"),
+                    spread(cpu, ".2f", "x"),
                     spread([r["p50_ms"] for r, _ in at_rate], ".2f"),
                     spread([r["p99_ms"] for r, _ in at_rate], ".2f"),
                     spread([100 * f.idle for _, f in at_rate], unit=" %"),
                 ]
             )
         for variant in self.variants:
-            kafka, floor = self.find(variant, "kafka"), self.find(variant, "floor")
-            if kafka is None or floor is None or not kafka.samples or not floor.samples:
+            kafka = self.find(variant, "kafka")
+            if kafka is None or not kafka.samples:
                 continue
-            pairs = list(zip(kafka.samples, floor.samples, strict=False))
+            floor = self.floor_of(kafka)
+            _, cpu = self.ratios(kafka, floor)
             rows.append(
                 [
                     f"{variant.name}: wrk's maximum (the cpu rounds)",
-                    spread([f.us_per_event for _, f in pairs]),
-                    spread([k.us_per_event for k, _ in pairs]),
-                    spread([k.us_per_event / f.us_per_event for k, f in pairs], ".2f", "x"),
+                    spread([f.us_per_event for f in floor.samples]),
+                    spread([k.us_per_event for k in kafka.samples]),
+                    spread(cpu, ".2f", "x"),
                     "",
                     "",
-                    spread([100 * f.idle for _, f in pairs], unit=" %"),
+                    spread([100 * f.idle for f in floor.samples], unit=" %"),
                 ]
             )
         return (
