@@ -26,10 +26,9 @@ from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.supervisor import Supervisor
 
-from conftest import BIN, BridgeProcess, print_fault_row
+from conftest import BIN, KAFKA_BOOTSTRAP, BridgeProcess, print_fault_row
 from support import skip_or_fail
 
-KAFKA = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 REGISTRY = os.environ.get(
     "BRIDGE_TEST_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081/apis/ccompat/v7"
 )
@@ -145,7 +144,7 @@ def test_a_registry_answering_404_at_start_ends_the_bridge_with_the_config_exit_
     bridge = bridge_factory(
         start=False,
         sink="kafka",
-        kafka_bootstrap_servers=KAFKA,
+        kafka_bootstrap_servers=KAFKA_BOOTSTRAP,
         kafka_topic_success=f"{topic}.success",
         kafka_topic_failure=f"{topic}.failure",
         kafka_topic_partitions="1",

@@ -29,13 +29,12 @@ import pytest
 from bridge.consume import KafkaReader, RabbitMQReader
 from bridge.settings import Settings
 
-from conftest import REPO, BridgeProcess, post, print_fault_row
+from conftest import KAFKA_BOOTSTRAP, REPO, BridgeProcess, post, print_fault_row
 from support import skip_or_fail
 
 N_EVENTS = 300
 CLIENTS = 4
 DRAIN_TIMEOUT = 180.0
-KAFKA = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 RABBITMQ = os.environ.get("BRIDGE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5673/")
 
 
@@ -159,7 +158,7 @@ def _report(
 
 def _kafka_settings(topic: str) -> Settings:
     return Settings(
-        kafka_bootstrap_servers=KAFKA,
+        kafka_bootstrap_servers=KAFKA_BOOTSTRAP,
         kafka_topic_success=f"{topic}.success",
         kafka_topic_failure=f"{topic}.failure",
     )
@@ -180,7 +179,7 @@ def _kafka_names(topic: str, expected: int) -> list[str]:
 def _kafka_bridge(factory: Callable[..., BridgeProcess], topic: str, **extra: str) -> BridgeProcess:
     return factory(
         sink="kafka",
-        kafka_bootstrap_servers=KAFKA,
+        kafka_bootstrap_servers=KAFKA_BOOTSTRAP,
         kafka_topic_success=f"{topic}.success",
         kafka_topic_failure=f"{topic}.failure",
         kafka_topic_partitions="1",

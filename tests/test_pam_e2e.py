@@ -32,7 +32,7 @@ from bridge.consume import KafkaReader
 from bridge.settings import Settings
 from bridge.sinks.file import read_events
 
-from conftest import BIN, BridgeProcess, print_fault_row
+from conftest import BIN, KAFKA_BOOTSTRAP, BridgeProcess, print_fault_row
 from ocsf import assert_ocsf
 from support import delete_kafka_topics, free_port, reachable, skip_or_fail
 
@@ -40,7 +40,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.pam]
 
 HOOK = BIN / "login-audit-hook"
 TOKEN = "pam-e2e-token"
-KAFKA_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 TOOLS = ("/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/sshpass", "/usr/bin/pamtester")
 BridgeFactory = Callable[..., BridgeProcess]
 

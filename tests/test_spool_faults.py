@@ -31,10 +31,9 @@ from bridge.durable_spool import DurableSpool
 from bridge.normalize import Normalizer
 from bridge.sinks.file import read_events
 
-from conftest import BridgeProcess, encoded, post, print_fault_row
+from conftest import KAFKA_BOOTSTRAP, BridgeProcess, encoded, post, print_fault_row
 from support import free_port, kafka_user_names
 
-KAFKA = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 T = TypeVar("T")
 
 
@@ -239,10 +238,10 @@ def test_a_full_disk_under_the_spool_refuses_events_then_recovers_and_loses_noth
         assert status == 200, body
         acknowledged.append(name)
     assert bridge.stop() == 0
-    bridge.env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"] = KAFKA
+    bridge.env["BRIDGE_KAFKA_BOOTSTRAP_SERVERS"] = KAFKA_BOOTSTRAP
     bridge.start()
     _drained(bridge)
-    delivered = kafka_user_names(KAFKA, topic)
+    delivered = kafka_user_names(KAFKA_BOOTSTRAP, topic)
     lost = set(acknowledged) - set(delivered)
     print_fault_row(
         "disk full on the spool",

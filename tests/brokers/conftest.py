@@ -26,10 +26,9 @@ from bridge.mediawiki import MediaWikiLogin
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 
-from conftest import REPO
+from conftest import KAFKA_BOOTSTRAP, REPO
 from support import delete_kafka_topics, reachable, skip_or_fail
 
-KAFKA_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 RABBITMQ_URL = os.environ.get("BRIDGE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5673/")
 PROTOCOLS = ("SSH", "FTP", "DAV", "HTTP")
 

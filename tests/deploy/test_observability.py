@@ -8,7 +8,6 @@ is checked for every other name, and a Kafka-sink bridge and a two-worker bridge
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from collections.abc import Callable
@@ -24,12 +23,12 @@ from .deploy_support import (
     metric_names,
     post_sftpgo_login,
 )
+from conftest import KAFKA_BOOTSTRAP
 from support import reachable, skip_or_fail
 
 pytestmark = pytest.mark.helm
 
 TOKEN = "deploy-test-token"
-KAFKA_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 # Prometheus's own series, not the bridge's.
 FROM_PROMETHEUS = {"up"}
 ONLY_WITH_WORKERS = {"login_audit_worker_up"}
