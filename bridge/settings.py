@@ -246,7 +246,12 @@ class Settings(BaseSettings):
         "event_id", description="Message key: event_id (dedupe) or user (per-user ordering)."
     )
     kafka_create_topics: bool = Field(True, description="Create missing topics at start.")
-    kafka_topic_partitions: int = Field(3, ge=1, description="Partitions of created topics.")
+    kafka_topic_partitions: int = Field(
+        -1,
+        description="Partitions of created topics (-1: the broker's default, num.partitions, "
+        "1 unless the cluster sets it). librdkafka sends each partition its own produce "
+        "request, so at a given rate every partition adds requests and broker CPU.",
+    )
     kafka_topic_replication: int = Field(
         -1, description="Replication factor of created topics (-1: the broker's default)."
     )
@@ -346,6 +351,15 @@ class Settings(BaseSettings):
         if not all(map(printable_ascii, stripped)):
             raise ValueError(UNSENDABLE_CHARACTERS)
         return tuple(map(SecretStr, stripped))
+
+    @field_validator("kafka_topic_partitions", "kafka_topic_replication")
+    @classmethod
+    def _count_or_broker_default(cls, value: int) -> int:
+        # Kafka takes -1 for "the broker's default" (KIP-464); 0 or less is refused by the
+        # cluster only once the bridge runs, as a topic that cannot be created.
+        if value == 0 or value < -1:
+            raise ValueError("must be 1 or more, or -1 for the broker's default")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -38,6 +38,27 @@ def test_a_bad_value_is_reported_with_its_variable_name(monkeypatch: pytest.Monk
         load_settings()
 
 
+@pytest.mark.parametrize(
+    "name", ["BRIDGE_KAFKA_TOPIC_PARTITIONS", "BRIDGE_KAFKA_TOPIC_REPLICATION"]
+)
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_a_topic_count_must_be_positive_or_the_brokers_default(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name}.*-1 for the broker's default"):
+        load_settings()
+
+
+def test_created_topics_take_the_brokers_partitions_and_replication_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings()
+    assert (settings.kafka_topic_partitions, settings.kafka_topic_replication) == (-1, -1)
+    monkeypatch.setenv("BRIDGE_KAFKA_TOPIC_PARTITIONS", "6")
+    assert load_settings().kafka_topic_partitions == 6
+
+
 def test_an_unknown_bridge_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_SINKK", "kafka")
     with pytest.raises(ConfigError, match="BRIDGE_SINKK"):

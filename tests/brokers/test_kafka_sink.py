@@ -11,6 +11,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaException
+
+# confluent_kafka.admin re-exports ConfigResource without declaring it (as NewTopic, see
+# bridge/sinks/kafka.py); the type stubs name it here.
+from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
 from bridge.codec import CONTENT_TYPE, AvroCodec, SingleObjectEncoder
@@ -134,6 +138,33 @@ def test_start_creates_missing_topics_with_the_configured_partitions(
         assert len(metadata[kafka_topics.failure].partitions) == 3
 
     asyncio.run(scenario())
+
+
+def test_start_creates_missing_topics_with_the_brokers_default_partitions_unless_set(
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
+) -> None:
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics)
+        assert settings.kafka_topic_partitions == -1
+        async with kafka_sink(settings, metrics, codec):
+            pass
+        metadata = topics_once_listed(kafka_topics, (kafka_topics.success, kafka_topics.failure))
+        default = brokers_default_partitions(kafka_topics)
+        assert len(metadata[kafka_topics.success].partitions) == default
+        assert len(metadata[kafka_topics.failure].partitions) == default
+
+    asyncio.run(scenario())
+
+
+def brokers_default_partitions(topics: KafkaTopics) -> int:
+    """num.partitions of a broker of the cluster, as it reports it."""
+    broker = next(iter(topics.admin.list_topics(timeout=10).brokers))
+    resource = ConfigResource(ConfigResource.Type.BROKER, str(broker))
+    configs = topics.admin.describe_configs([resource])[resource].result(timeout=10)
+    return int(configs["num.partitions"].value)
 
 
 def topics_once_listed(topics: KafkaTopics, names: tuple[str, ...]) -> dict[str, Any]:
