@@ -2433,21 +2433,24 @@ def report_rss(bench: Bench) -> None:
 # ---------------------------------------------------------------- cleanup and main
 
 
-def create_topics(lab: Lab, segment_bytes: int) -> None:
-    """Creates this run's topics before any bridge does, with log segments of ``segment_bytes``.
+def create_topics(lab: Lab, segment_bytes: int, partitions: int | None = None) -> int:
+    """Creates this run's topics before any bridge does, with log segments of ``segment_bytes``;
+    returns their partition count.
 
     The bench measures against Kafka's own default, 1 GiB, not the test broker's 16 MiB
     (scripts/kafka/server.properties.in, small for the tests' sake), at which a partition rolls
     every ~15 s at the bench's rates: one such roll lined up with a latency stall. (At a set
     5,000/s, two runs each way showed no clear difference: other pauses dominate.) Partitions:
-    the bridge's default, so the bridge finds what it would have created.
+    ``partitions`` (--partitions), else the bridge's default, so the bridge finds what it would
+    have created; each partition costs produce requests (docs/sinks.md, Partitions).
     """
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     from bridge.settings import Settings
 
-    partitions = Settings.model_fields["kafka_topic_partitions"].default
+    if partitions is None:
+        partitions = Settings.model_fields["kafka_topic_partitions"].default
     admin = AdminClient({"bootstrap.servers": lab.brokers.kafka})
     new = [
         NewTopic(topic, partitions, 1, config={"segment.bytes": str(segment_bytes)})
@@ -2461,6 +2464,7 @@ def create_topics(lab: Lab, segment_bytes: int) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"the bench's topics {lab.topics} were created but never listed")
         time.sleep(0.2)
+    return len(admin.list_topics(timeout=10).topics[lab.topics[0]].partitions)
 
 
 def delete_broker_objects(lab: Lab) -> None:
@@ -2580,10 +2584,12 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
             args.restart,
             per_event=not args.keep_alive_only,
         )
-        create_topics(lab, args.segment_bytes)
+        partitions = create_topics(lab, args.segment_bytes, args.partitions)
         report.note(
-            f"Kafka topics: log segments of {args.segment_bytes:,} bytes (--segment-bytes; "
-            "Kafka's default is 1 GiB, the test broker's 16 MiB)"
+            f"Kafka topics: {partitions} partition{'s' if partitions > 1 else ''} each "
+            "(--partitions; default: the bridge's, the broker's own default), log segments of "
+            f"{args.segment_bytes:,} bytes (--segment-bytes; Kafka's default is 1 GiB, the test "
+            "broker's 16 MiB)"
         )
         report.note(f"round order seed {seed} (--seed to repeat it)")
         bench.start()
@@ -2683,6 +2689,14 @@ def main() -> int:
         default=1 << 30,
         help="log segment size of the bench's Kafka topics (default 1 GiB, Kafka's own default; "
         "16777216 is the test broker's)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="partitions of the bench's Kafka topics (default: the bridge's default, -1, the "
+        "broker's own num.partitions, 1 here); librdkafka sends each partition its own produce "
+        "requests, so more partitions cost the broker (and the tail) more at a given rate",
     )
     parser.add_argument(
         "--keep-alive-only",
