@@ -355,8 +355,8 @@ class Settings(BaseSettings):
     @field_validator("kafka_topic_partitions", "kafka_topic_replication")
     @classmethod
     def _count_or_broker_default(cls, value: int) -> int:
-        # Kafka takes -1 for "the broker's default" (KIP-464); 0 or less is refused by the
-        # cluster only once the bridge runs, as a topic that cannot be created.
+        # Kafka takes -1 for "the broker's default" (KIP-464). The cluster refuses 0 and
+        # anything under -1 only when the sink creates its topics: refused here, at start-up.
         if value == 0 or value < -1:
             raise ValueError("must be 1 or more, or -1 for the broker's default")
         return value

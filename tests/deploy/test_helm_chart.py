@@ -138,15 +138,21 @@ def test_values_schema_rejects_an_unknown_sink(tools: Tools) -> None:
     assert "value must be one of 'file', 'kafka', 'rabbitmq'" in message
 
 
-@pytest.mark.parametrize("key", ["topicPartitions", "topicReplication"])
+@pytest.mark.parametrize(
+    ("key", "variable"),
+    [
+        ("topicPartitions", "BRIDGE_KAFKA_TOPIC_PARTITIONS"),
+        ("topicReplication", "BRIDGE_KAFKA_TOPIC_REPLICATION"),
+    ],
+)
 @pytest.mark.parametrize("value", [0, -2])
 def test_values_schema_takes_a_topic_count_or_minus_one_for_the_brokers_default(
-    tools: Tools, key: str, value: int
+    tools: Tools, key: str, variable: str, value: int
 ) -> None:
     message = render_text(tools, sets={f"sink.kafka.{key}": value}, check=False)
     assert f"at '/sink/kafka/{key}'" in message
     rendered = render_text(tools, sets={f"sink.kafka.{key}": -1, "sink.type": "kafka"})
-    assert "BRIDGE_KAFKA_TOPIC_" in rendered
+    assert f'{variable}: "-1"' in rendered
 
 
 def test_grace_period_not_longer_than_the_drain_is_refused(tools: Tools) -> None:
