@@ -2460,11 +2460,11 @@ def create_topics(lab: Lab, segment_bytes: int, partitions: int | None = None) -
         future.result(30)
     # The controller answers before every broker lists the topics: wait until one does.
     deadline = time.monotonic() + 30
-    while not set(lab.topics) <= set(admin.list_topics(timeout=10).topics):
+    while not set(lab.topics) <= set(listed := admin.list_topics(timeout=10).topics):
         if time.monotonic() > deadline:
             raise SystemExit(f"the bench's topics {lab.topics} were created but never listed")
         time.sleep(0.2)
-    return len(admin.list_topics(timeout=10).topics[lab.topics[0]].partitions)
+    return len(listed[lab.topics[0]].partitions)
 
 
 def delete_broker_objects(lab: Lab) -> None:

@@ -123,38 +123,23 @@ def test_messages_are_keyed_by_user_name_when_configured_and_by_event_id_without
     asyncio.run(scenario())
 
 
-def test_start_creates_missing_topics_with_the_configured_partitions(
+@pytest.mark.parametrize("configured", [3, None], ids=["set", "unset"])
+def test_start_creates_missing_topics_with_the_configured_partitions_or_the_brokers_default(
     kafka_bootstrap: str,
     kafka_topics: KafkaTopics,
     metrics: Metrics,
     codec: AvroCodec,
+    configured: int | None,
 ) -> None:
     async def scenario() -> None:
-        settings = kafka_settings(kafka_bootstrap, kafka_topics, kafka_topic_partitions=3)
+        overrides = {} if configured is None else {"kafka_topic_partitions": configured}
+        settings = kafka_settings(kafka_bootstrap, kafka_topics, **overrides)
         async with kafka_sink(settings, metrics, codec):
             pass
         metadata = topics_once_listed(kafka_topics, (kafka_topics.success, kafka_topics.failure))
-        assert len(metadata[kafka_topics.success].partitions) == 3
-        assert len(metadata[kafka_topics.failure].partitions) == 3
-
-    asyncio.run(scenario())
-
-
-def test_start_creates_missing_topics_with_the_brokers_default_partitions_unless_set(
-    kafka_bootstrap: str,
-    kafka_topics: KafkaTopics,
-    metrics: Metrics,
-    codec: AvroCodec,
-) -> None:
-    async def scenario() -> None:
-        settings = kafka_settings(kafka_bootstrap, kafka_topics)
-        assert settings.kafka_topic_partitions == -1
-        async with kafka_sink(settings, metrics, codec):
-            pass
-        metadata = topics_once_listed(kafka_topics, (kafka_topics.success, kafka_topics.failure))
-        default = brokers_default_partitions(kafka_topics)
-        assert len(metadata[kafka_topics.success].partitions) == default
-        assert len(metadata[kafka_topics.failure].partitions) == default
+        expected = configured or brokers_default_partitions(kafka_topics)
+        assert len(metadata[kafka_topics.success].partitions) == expected
+        assert len(metadata[kafka_topics.failure].partitions) == expected
 
     asyncio.run(scenario())
 
