@@ -494,7 +494,7 @@ class UserFieldsReader:
 
     def read(self, body: bytes) -> dict[str, Any]:
         """The listed fields that are present, by name; MalformedInput as parse_json_object."""
-        if self._decoder is not None:
+        if self._decoder is not None and not _may_nest_deeply(body):
             try:
                 user = self._decoder.decode(body.decode("utf-8"))
             except (
@@ -513,6 +513,21 @@ class UserFieldsReader:
                 return fields
         parsed = parse_json_object(body)
         return {name: parsed[name] for name in self._names.values() if name in parsed}
+
+
+# Far below Python's recursion limit (1,000) at any depth the bridge parses from.
+_SAFE_DEPTH = 500
+
+
+def _may_nest_deeply(body: bytes) -> bool:
+    """Whether ``body`` could nest objects or arrays more than _SAFE_DEPTH levels deep.
+
+    msgspec and the stdlib both give up at Python's recursion limit, but a few levels apart
+    (each counts its own frames), so a body nested right there was read by one and refused by
+    the other. Such a body is left to the stdlib alone. A level takes two bytes at least, so
+    the bodies hooks send (about 1 KiB) are not even counted.
+    """
+    return len(body) > 2 * _SAFE_DEPTH and body.count(b"{") + body.count(b"[") > _SAFE_DEPTH
 
 
 # What msgspec refuses in a renamed field's name.

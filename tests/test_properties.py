@@ -317,6 +317,25 @@ def test_the_user_fields_reader_reads_what_the_stdlib_reads_or_fails_with_its_er
     assert fast == _stdlib_reading(body)
 
 
+def test_a_body_nested_around_the_recursion_limit_is_read_as_the_stdlib_reads_it() -> None:
+    # Both give up at the recursion limit, msgspec a few levels deeper than the stdlib: just
+    # past the stdlib's last depth, msgspec alone once read the body. Both are called from
+    # this frame, so they meet the limit at the same depths as in the property test above.
+    def nested(depth: int) -> bytes:
+        return b'{"a":' * depth + b"1" + b"}" * depth
+
+    limit = 1
+    while not isinstance(_stdlib_reading(nested(limit)), str):
+        limit += 1
+    for depth in range(limit - 8, limit + 8):
+        body = nested(depth)
+        try:
+            fast: dict[str, Any] | str = UserFieldsReader(READER_FIELDS).read(body)
+        except MalformedInput as exc:
+            fast = exc.message
+        assert fast == _stdlib_reading(body), depth
+
+
 def test_the_user_fields_reader_skips_a_field_the_stdlib_refuses_to_convert() -> None:
     # The one difference, on purpose: Python's int() limit (4,300 digits) made valid JSON a 400
     # even in a field the allow-list drops; a skipped field is no longer converted at all.
