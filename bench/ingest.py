@@ -39,7 +39,9 @@ import base64
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
+import math
 import os
 import random
 import shlex
@@ -611,6 +613,7 @@ TCP_SHOWN = (
     "DelayedACKs",
     "TCPAbortOnTimeout",
 )
+WARM_UP_S = 2.0  # of a latency round, by the vegeta process that measures it
 LATE_SEND_MS = 10.0  # a request vegeta sent this far behind its schedule was held up there
 PUBLISH_BUCKETS = "login_audit_publish_duration_seconds_bucket"
 
@@ -1026,58 +1029,115 @@ class Load:
         argv = [self.wrk, "-t", str(WRK_THREADS), "-c", str(connections), "--timeout", "10s"]
         return [*argv, *options, f"http://127.0.0.1:{port}{HOOK_PATH}"]
 
-    def fixed_rate(self, port: int, rate: float, seconds: float) -> dict[str, Any]:
-        """vegeta at `rate` requests/s for `seconds`: latency percentiles (ms) and 2xx count."""
+    def fixed_rate(
+        self,
+        port: int,
+        rate: float,
+        seconds: float,
+        *,
+        warm_up: float = 0.0,
+        window: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+    ) -> dict[str, Any]:
+        """vegeta at `rate` requests/s for `warm_up` + `seconds`: latency percentiles (ms), 2xx
+        count and where the slow answers were, over the requests scheduled after the warm-up.
+
+        Warm-up and window are one vegeta process, so the window starts with the connections
+        and workers the warm-up left it. A fresh vegeta starts with none and opens them in a
+        burst, more connections at once than a hook's client ever opens after its own start.
+        `window()` is entered about when the counted requests start and left when the last
+        answer is in: the caller's meters run there.
+        """
         if self.vegeta is None:
             self.vegeta = ensure_vegeta()
         targets = self.scratch / f"vegeta-{port}.jsonl"
         if not targets.exists():
             write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
         results = self.scratch / "vegeta.bin"
-        before = tcp_counters()
-        subprocess.run(
+        per_s = max(1, round(rate))
+        attack = subprocess.Popen(
             [
                 str(self.vegeta),
                 "attack",
                 "-format=json",
                 f"-targets={targets}",
-                f"-rate={max(1, round(rate))}/1s",
-                f"-duration={seconds:g}s",
+                f"-rate={per_s}/1s",
+                f"-duration={warm_up + seconds:g}s",
                 "-timeout=10s",
                 "-http2=false",
                 "-max-body=0",
                 f"-output={results}",
             ],
-            check=True,
-            capture_output=True,
-        )
-        out = subprocess.run(
-            [str(self.vegeta), "report", "-type=json", str(results)],
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            check=True,
-        ).stdout
+        )
+        try:
+            time.sleep(warm_up)
+            before = tcp_counters()
+            with window():
+                _, err = attack.communicate()
+        finally:
+            if attack.poll() is None:
+                attack.kill()
+                attack.wait()
+        if attack.returncode != 0:
+            raise subprocess.CalledProcessError(attack.returncode, attack.args, "", err)
         after = tcp_counters()
         tcp = {name: after[name] - before[name] for name in TCP_SHOWN if name in after}
-        data = json.loads(out)
-        stalls = stall_windows(self.vegeta, results, max(1, round(rate)))
-        latencies = data["latencies"]
-        statuses = {str(k): int(v) for k, v in (data.get("status_codes") or {}).items()}
+        hits = read_hits(self.vegeta, results)
+        counted = [hit for hit in hits if hit.seq >= warm_up * per_s]
+        latencies = sorted(hit.latency_ns for hit in counted)
+        statuses: dict[str, int] = {}
+        for hit in counted:
+            statuses[str(hit.code)] = statuses.get(str(hit.code), 0) + 1
         return {
             "offered": rate,
-            "requests": int(data["requests"]),
+            "requests": len(counted),
             "ok": sum(n for s, n in statuses.items() if s.startswith("2")),
             "statuses": statuses,
-            "p50_ms": latencies["50th"] / 1e6,
-            "p99_ms": latencies["99th"] / 1e6,
-            "max_ms": latencies["max"] / 1e6,
-            "errors": sorted(set(data.get("errors") or []))[:3],
+            "p50_ms": nearest_rank(latencies, 0.50) / 1e6,
+            "p99_ms": nearest_rank(latencies, 0.99) / 1e6,
+            "max_ms": (latencies[-1] if latencies else 0) / 1e6,
+            "errors": sorted({hit.error for hit in counted if hit.error})[:3],
             # vegeta opens a connection for each request sent while all its open ones wait:
             # a stall turns into new connections, which cost the bridge more than kept-alive.
-            "new_connections": tcp.get("PassiveOpens", 0) / max(1, int(data["requests"])),
+            "new_connections": tcp.get("PassiveOpens", 0) / max(1, len(counted)),
             "tcp": tcp,
-            **stalls,
+            **stall_windows(hits, counted, per_s),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One of vegeta's requests: when it was sent, its place in the schedule, its answer."""
+
+    sent_ns: int
+    seq: int
+    code: int
+    latency_ns: int
+    error: str
+
+
+def read_hits(vegeta: Path, results: Path) -> list[Hit]:
+    """vegeta's per-request results (its CSV: timestamp, code, latency, bytes out, bytes in,
+    error, body, attack, seq, ...)."""
+    out = subprocess.run(
+        [str(vegeta), "encode", "--to", "csv", str(results)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [
+        Hit(int(row[0]), int(row[8]), int(row[1]), int(row[2]), row[5])
+        for row in csv.reader(out.splitlines())
+    ]
+
+
+def nearest_rank(ordered: list[int], share: float) -> int:
+    """The nearest-rank percentile of an ascending list (0 when it is empty)."""
+    if not ordered:
+        return 0
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def tcp_counters() -> dict[str, int]:
@@ -1096,38 +1156,34 @@ def tcp_counters() -> dict[str, int]:
     return counters
 
 
-def stall_windows(vegeta: Path, results: Path, rate: float) -> dict[str, float]:
+def stall_windows(hits: list[Hit], counted: list[Hit], rate: float) -> dict[str, float]:
     """Where a run's slow answers are: spread out (queueing in the bridge) or bunched in stalls.
 
-    The run is cut into windows of STALL_WINDOW_S by send time. A window is a stall when most of
-    its requests took over SLOW_MS: everything waited at once (a broker pausing, the machine
-    busy elsewhere, a long collection). Returns the stall windows' count and the share of the
-    slow answers that fell in them, from vegeta's own per-request results; and the share of
-    requests vegeta sent over LATE_SEND_MS behind its own schedule (request n at n / rate from
-    the start): vegeta short of CPU, then sending a burst to catch up.
+    The `counted` requests are cut into windows of STALL_WINDOW_S by send time. A window is a
+    stall when most of its requests took over SLOW_MS: everything waited at once (a broker
+    pausing, the machine busy elsewhere, a long collection). Returns the stall windows' count
+    and the share of the slow answers that fell in them; and the share of the counted requests
+    vegeta sent over LATE_SEND_MS behind its own schedule (request n at n / rate from the
+    schedule's start, set by all `hits`, the warm-up's too): vegeta short of CPU, then sending a
+    burst to catch up.
     """
-    out = subprocess.run(
-        [str(vegeta), "encode", "--to", "csv", str(results)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
     counts: dict[int, list[int]] = {}
-    offsets: list[float] = []  # each request's send time less its place in the schedule
-    for row in csv.reader(out.splitlines()):
-        sent_ns, latency_ns = int(row[0]), int(row[2])
-        offsets.append(sent_ns - int(row[8]) * 1e9 / rate)
-        window = counts.setdefault(sent_ns // int(STALL_WINDOW_S * 1e9), [0, 0])
+    for hit in counted:
+        window = counts.setdefault(hit.sent_ns // int(STALL_WINDOW_S * 1e9), [0, 0])
         window[0] += 1
-        window[1] += latency_ns > SLOW_MS * 1e6
+        window[1] += hit.latency_ns > SLOW_MS * 1e6
     slow = sum(n for _, n in counts.values())
     stalled = [(total, n) for total, n in counts.values() if n * 2 > total]
-    start = min(offsets, default=0.0)
-    late = sum(offset - start > LATE_SEND_MS * 1e6 for offset in offsets)
+
+    def behind(hit: Hit) -> float:  # its send time less its place in the schedule
+        return hit.sent_ns - hit.seq * 1e9 / rate
+
+    start = min(map(behind, hits), default=0.0)
+    late = sum(behind(hit) - start > LATE_SEND_MS * 1e6 for hit in counted)
     return {
         "stalls": len(stalled),
         "slow_in_stalls": sum(n for _, n in stalled) / slow if slow else 0.0,
-        "late_sends": late / len(offsets) if offsets else 0.0,
+        "late_sends": late / len(counted) if counted else 0.0,
     }
 
 
@@ -1733,13 +1789,17 @@ class Bench:
             shuffle.shuffle(plans)
             print(f"latency round {number}/{self.plan.latency_rounds} (vegeta)", flush=True)
             for variant, target, rate, label in plans:
-                port = target.server.port
-                self.load.fixed_rate(port, rate, min(2.0, self.plan.latency_seconds))  # warm-up
                 # The floor has no /metrics: no publish or loop-lag histograms to read.
                 bridge = target.kind != "floor"
-                before = histograms(target.server) if bridge else {}
-                with Meter(target.server) as meter:
-                    result = self.load.fixed_rate(port, rate, self.plan.latency_seconds)
+                before: dict[str, dict[float, float]] = {}
+                meter = Meter(target.server)
+                result = self.load.fixed_rate(
+                    target.server.port,
+                    rate,
+                    self.plan.latency_seconds,
+                    warm_up=min(WARM_UP_S, self.plan.latency_seconds),
+                    window=functools.partial(self._measured, target, meter, before),
+                )
                 sample = self._rate_sample(result, meter)
                 key = (variant.name, round(rate), label)
                 said = (
@@ -1822,12 +1882,15 @@ class Bench:
             "### Latency into Kafka at a constant rate (vegeta)\n\n"
             f"vegeta {vegeta_version(self.load.vegeta)} (Go, constant rate, keep-alive, "
             f"HTTP/1.1), {self.plan.latency_rounds} round(s) of {self.plan.latency_seconds:g} s "
-            "after a 2 s warm-up each; latency from vegeta's send to the whole answer (the "
-            "bridge answers after the event's own delivery report). *publish > 25 ms*: the share "
-            "of events whose own publish, from acceptance to Kafka's acknowledgement, took over "
-            "25 ms (the bridge's `login_audit_publish_duration_seconds`): when it is near or over "
-            "1 %, the p99 is the broker's, not the bridge's queueing. *stalls*: 100 ms windows "
-            "(by send time) in which most answers took over 20 ms, everything waiting at once; "
+            f"after a {WARM_UP_S:g} s warm-up each, by the same vegeta process (the window "
+            "starts with the connections the warm-up opened; percentiles by nearest rank over "
+            "the requests scheduled after the warm-up); latency from vegeta's send to the whole "
+            "answer (the bridge answers after the event's own delivery report). *publish > 25 "
+            "ms*: the share of events whose own publish, from acceptance to Kafka's "
+            "acknowledgement, took over 25 ms (the bridge's "
+            "`login_audit_publish_duration_seconds`): when it is near or over 1 %, the p99 is "
+            "the broker's, not the bridge's queueing. *stalls*: 100 ms windows (by send time) "
+            "in which most answers took over 20 ms, everything waiting at once; "
             "*slow in stalls*: the share of the answers over 20 ms that fell in them. Slow "
             "answers spread thinly over the run are the bridge queueing; bunched in a few "
             "stalls, a pause (the broker rolling its log segments or collecting, the machine's "
@@ -1867,6 +1930,17 @@ class Bench:
 
         if floors:
             self.report.block(self._floor_at_rate(results, floors))
+
+    @contextlib.contextmanager
+    def _measured(
+        self, target: Target, meter: Meter, before: dict[str, dict[float, float]]
+    ) -> Iterator[None]:
+        """A latency window's meters: the bridge's histograms into `before` at its start (the
+        floor has none), and its CPU over the whole window."""
+        if target.kind != "floor":
+            before.update(histograms(target.server))
+        with meter:
+            yield
 
     def _rate_sample(self, result: dict[str, Any], meter: Meter) -> Sample:
         return Sample(
