@@ -1140,6 +1140,17 @@ def nearest_rank(ordered: list[int], share: float) -> int:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
+def percent(share: float | None, spec: str) -> str:
+    """A share as a percentage, or n/a when it could not be read."""
+    return "n/a" if share is None else f"{100 * share:{spec}} %"
+
+
+def percents(shares: list[float | None], spec: str) -> str:
+    """The spread of the shares that were read, as percentages; n/a when none was."""
+    read = [100 * share for share in shares if share is not None]
+    return spread(read, spec, " %") if read else "n/a"
+
+
 def tcp_counters() -> dict[str, int]:
     """The machine's TCP counters since boot (/proc/net/snmp's Tcp and /proc/net/netstat's
     TcpExt), by name; differences over a latency window say what the kernel did meanwhile.
@@ -1814,18 +1825,24 @@ class Bench:
                 after = histograms(target.server)
                 # Where the tail is: the share of events whose own publish (acceptance to
                 # Kafka's acknowledgement, the bridge's histogram) took over 25 ms.
-                result["slow_publish"] = share_over(
-                    before[PUBLISH_BUCKETS], after[PUBLISH_BUCKETS], 0.025
+                result["slow_publish"] = (
+                    share_over(before[PUBLISH_BUCKETS], after[PUBLISH_BUCKETS], 0.025)
+                    if before
+                    else None
                 )
                 # The bridge's own loop held up (its timer every 0.1 s ran over 10 ms late):
                 # a stall with it is the worker's; without it, the broker's or vegeta's.
-                lag = before[LOOP_LAG_BUCKETS], after[LOOP_LAG_BUCKETS]
-                result["loop_lag"] = share_over(*lag, 0.01) if lag[1] else None
+                lag_before, lag_after = before.get(LOOP_LAG_BUCKETS), after[LOOP_LAG_BUCKETS]
+                result["loop_lag"] = (
+                    share_over(lag_before, lag_after, 0.01)
+                    if lag_before is not None and lag_after
+                    else None
+                )
                 results.setdefault(key, []).append((result, sample))
                 print(
-                    f"{said}, publish over 25 ms {100 * result['slow_publish']:.2f} %, "
+                    f"{said}, publish over 25 ms {percent(result['slow_publish'], '.2f')}, "
                     f"new connections {100 * result['new_connections']:.1f} %, "
-                    f"loop lag over 10 ms {100 * (result['loop_lag'] or 0):.1f} %, "
+                    f"loop lag over 10 ms {percent(result['loop_lag'], '.1f')}, "
                     f"sent over {LATE_SEND_MS:g} ms late {100 * result['late_sends']:.1f} %"
                     + "".join(f", {k} {v}" for k, v in result["tcp"].items() if v),
                     flush=True,
@@ -1842,17 +1859,13 @@ class Bench:
                     spread(p50, ".2f"),
                     spread(p99, ".2f"),
                     spread([r["max_ms"] for r, _ in runs], ".1f"),
-                    spread([100 * r["slow_publish"] for r, _ in runs], ".2f", " %"),
+                    percents([r["slow_publish"] for r, _ in runs], ".2f"),
                     spread([r["stalls"] for r, _ in runs]),
                     spread([100 * r["slow_in_stalls"] for r, _ in runs], unit=" %"),
                     spread([100 * r["new_connections"] for r, _ in runs], ".1f", " %"),
                     spread([100 * r["late_sends"] for r, _ in runs], ".1f", " %"),
                     spread([r["tcp"].get("RetransSegs", 0) for r, _ in runs]),
-                    (
-                        spread([100 * r["loop_lag"] for r, _ in runs], ".1f", " %")
-                        if all(r["loop_lag"] is not None for r, _ in runs)
-                        else "n/a"
-                    ),
+                    percents([r["loop_lag"] for r, _ in runs], ".1f"),
                     f"{bad}" + (f" ({'; '.join(errors)[:120]})" if errors else ""),
                     spread([s.us_per_event for _, s in runs]),
                     spread([100 * s.idle for _, s in runs], unit=" %"),
@@ -1902,6 +1915,8 @@ class Bench:
             "(`login_audit_event_loop_lag_seconds`, a timer every 0.1 s) that ran over 10 ms "
             "late: stalls with it are the worker's (its loop held up or short of CPU), stalls "
             "without it the broker's or the generator's; n/a for a bridge without that metric. "
+            "Both shares are read from the bridge's /metrics under load; a round whose worker "
+            "did not answer that read within 2 s leaves them out (n/a when no round has them). "
             f"*sent > {LATE_SEND_MS:g} ms late*: the requests vegeta sent that far behind its "
             "own schedule (short of CPU itself, it then sends a burst to catch up). "
             "*TCP retransmits*: segments the machine's TCP sent again over the run (/proc/net/snmp "
@@ -1935,11 +1950,16 @@ class Bench:
     def _measured(
         self, target: Target, meter: Meter, before: dict[str, dict[float, float]]
     ) -> Iterator[None]:
-        """A latency window's meters: the bridge's histograms into `before` at its start (the
-        floor has none), and its CPU over the whole window."""
-        if target.kind != "floor":
-            before.update(histograms(target.server))
+        """A latency window's meters: its CPU over the whole window, and the bridge's
+        histograms into `before` at its start (the floor has none).
+
+        The histograms are read under load: a worker that does not answer within
+        http_get's timeout (a collapsed round) leaves `before` empty, and that round's
+        publish and loop-lag shares n/a, instead of ending the run."""
         with meter:
+            if target.kind != "floor":
+                with contextlib.suppress(OSError):
+                    before.update(histograms(target.server))
             yield
 
     def _rate_sample(self, result: dict[str, Any], meter: Meter) -> Sample:
