@@ -110,9 +110,6 @@ def share_label(share: float) -> str:
 
 
 TARGET_LABELS = (FIXED_LABEL, SET_LABEL, share_label(TARGET_SHARE))
-# A row beside the target's: half the maximum with a new connection per event, loaded the same
-# way (PER_EVENT_WHY): the load a worker takes from hooks that reach it directly.
-PER_EVENT_LABEL = f"{share_label(TARGET_SHARE)} new connection each"
 P50_MAX_MS = 5.0
 P99_MAX_MS = 20.0
 # A latency run's stalls (see stall_windows): 100 ms windows in which most answers took > 20 ms.
@@ -1040,7 +1037,6 @@ class Load:
         *,
         warm_up: float = 0.0,
         window: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
-        keep_alive: bool = True,
     ) -> dict[str, Any]:
         """vegeta at `rate` requests/s for `warm_up` + `seconds`: latency percentiles (ms), 2xx
         count and where the slow answers were, over the requests scheduled after the warm-up.
@@ -1049,8 +1045,7 @@ class Load:
         and workers the warm-up left it. A fresh vegeta starts with none and opens them in a
         burst, more connections at once than a hook's client ever opens after its own start.
         `window()` is entered about when the counted requests start and left when the last
-        answer is in: the caller's meters run there. Without `keep_alive`, every request
-        asks ``Connection: close`` and goes on a new connection.
+        answer is in: the caller's meters run there.
         """
         if self.vegeta is None:
             self.vegeta = ensure_vegeta()
@@ -1070,7 +1065,6 @@ class Load:
                 "-timeout=10s",
                 "-http2=false",
                 "-max-body=0",
-                f"-keepalive={str(keep_alive).lower()}",
                 f"-output={results}",
             ],
             stdout=subprocess.DEVNULL,
@@ -1796,15 +1790,8 @@ class Bench:
                 top = self.load.closed(kafka.server.port, self.plan.seconds).ok_per_s
             for part in self.plan.latency_shares:
                 plans.append((variant, kafka, part * top, share_label(part)))
-            per_event = self.find(variant, "kafka", per_event=True)
-            if per_event is not None and per_event.samples:
-                top = med([s.rate for s in per_event.samples])
-                plans.append((variant, per_event, TARGET_SHARE * top, PER_EVENT_LABEL))
-        # The floor at each of the same rates, loaded the same way, in the same rounds
-        # (FLOOR_AT_RATE_WHY).
-        for variant, target, rate, label in list(plans):
-            floor = self.floor_of(target) if target.per_event else self.single(variant, "floor")
-            plans.append((variant, floor, rate, label))
+        # The floor at each of the same rates, in the same rounds (FLOOR_AT_RATE_WHY).
+        plans += [(v, self.single(v, "floor"), rate, label) for v, _, rate, label in plans]
         # By (variant, rate, label): each round's vegeta result and sample.
         results: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
         floors: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
@@ -1823,7 +1810,6 @@ class Bench:
                     self.plan.latency_seconds,
                     warm_up=min(WARM_UP_S, self.plan.latency_seconds),
                     window=functools.partial(self._measured, target, meter, before),
-                    keep_alive=not target.per_event,
                 )
                 sample = self._rate_sample(result, meter)
                 key = (variant.name, round(rate), label)
@@ -1912,11 +1898,7 @@ class Bench:
             f"after a {WARM_UP_S:g} s warm-up each, by the same vegeta process (the window "
             "starts with the connections the warm-up opened; percentiles by nearest rank over "
             "the requests scheduled after the warm-up); latency from vegeta's send to the whole "
-            "answer (the bridge answers after the event's own delivery report). The row "
-            f"*{PER_EVENT_LABEL}* (when the cpu rounds ran): vegeta with keep-alive off, so "
-            "each event comes on a new connection as from hooks that reach a worker directly "
-            f"({PER_EVENT_WHY}), at {100 * TARGET_SHARE:g} % of the maximum the cpu rounds "
-            "measured loaded that way; beside the target's row, not held to it. *publish > 25 "
+            "answer (the bridge answers after the event's own delivery report). *publish > 25 "
             "ms*: the share of events whose own publish, from acceptance to Kafka's "
             "acknowledgement, took over 25 ms (the bridge's "
             "`login_audit_publish_duration_seconds`): when it is near or over 1 %, the p99 is "
