@@ -403,6 +403,12 @@ class _AdminListeners:
         for _, sock in self._servers:
             sock.close()  # uvicorn closes what it served; these may never have been served
         _unlink_socket(self._local)
+        if self._local is not None:
+            # The last worker out removes the group's directory (rmdir refuses while a sibling's
+            # socket is in it): `serve` removes it too, but not when it was killed (SIGKILL),
+            # and then its workers stop on their own (bridge.workers._die_with_parent).
+            with contextlib.suppress(OSError):
+                self._local.parent.rmdir()
 
 
 class _Listener(uvicorn.Server):

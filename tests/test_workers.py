@@ -108,6 +108,40 @@ def test_serve_workers_2_answers_on_one_port_takes_in_the_hook_spool_once_and_st
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 
+def running(pid: int) -> bool:
+    """Not exited: a worker orphaned by `serve`'s death stays a zombie until init reaps it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_killed_serve_leaves_no_worker_running_and_no_socket_directory(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    bridge = bridge_factory(auth_tokens="test-token", workers="2")
+    assert bridge.process is not None
+    workers = children_of(bridge.process.pid)
+    assert len(workers) == 2
+    argv = Path(f"/proc/{workers[0]}/cmdline").read_bytes().decode().split("\0")
+    sockets = Path(argv[argv.index("--worker-sockets") + 1])
+    # Ready on the hook port may come from worker 0 alone. A worker signalled before it
+    # serves (and handles signals) dies by the signal's default action and cleans up nothing:
+    # wait for both to say they serve.
+    deadline = time.monotonic() + WAIT_SECONDS
+    while bridge.logs().count(" serving on ") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(p.name for p in sockets.iterdir()) == ["0.sock", "1.sock"]
+    bridge.process.kill()
+    bridge.process.wait()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(running, workers))
+    assert not sockets.exists()
+
+
 def spool_events(spool_path: Path, users: list[str]) -> None:
     """Stores events in a spool as a bridge whose sink was down would have."""
     normalizer = Normalizer()
