@@ -959,9 +959,13 @@ def parse_wrk(out: str) -> Closed:
 class Load:
     """wrk (closed loop: the most a server sustains) and vegeta (a constant offered rate)."""
 
-    def __init__(self, scratch: Path, pairs: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, scratch: Path, pairs: list[tuple[str, str]], vegeta_connections: int | None = None
+    ) -> None:
         self.wrk = ensure_wrk()
         self.vegeta: Path | None = None
+        # At most this many connections per vegeta run (None: vegeta's default, no limit).
+        self.vegeta_connections = vegeta_connections
         self.scratch = scratch
         self.pairs = pairs
         self.timed = scratch / "timed.lua"
@@ -1054,6 +1058,7 @@ class Load:
             write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
         results = self.scratch / "vegeta.bin"
         per_s = max(1, round(rate))
+        limit = self.vegeta_connections
         attack = subprocess.Popen(
             [
                 str(self.vegeta),
@@ -1065,6 +1070,7 @@ class Load:
                 "-timeout=10s",
                 "-http2=false",
                 "-max-body=0",
+                *([f"-max-connections={limit}"] if limit else []),
                 f"-output={results}",
             ],
             stdout=subprocess.DEVNULL,
@@ -2667,7 +2673,7 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
         bench = Bench(
             plan,
             lab,
-            Load(lab.scratch, request_pairs()),
+            Load(lab.scratch, request_pairs(), args.vegeta_max_connections),
             rss,
             report,
             args.only,
@@ -2686,6 +2692,12 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
             "broker's 16 MiB)"
         )
         report.note(f"round order seed {seed} (--seed to repeat it)")
+        if args.vegeta_max_connections:
+            report.note(
+                f"vegeta opened at most {args.vegeta_max_connections} connections per run "
+                "(--vegeta-max-connections): a request with none free waited in vegeta, and "
+                "that wait is in its latency, as behind a proxy that pools its connections"
+            )
         bench.start()
         if {"cpu", "workers"} & args.only:
             bench.rounds()
@@ -2776,6 +2788,14 @@ def main() -> int:
         help="a latency row at this share of the measured maximum (repeatable; default 0.5, "
         "the issue's target): e.g. --latency-share 0.35 --latency-share 0.5 shows where the "
         "tail turns, the highest rate a worker holds within the p99",
+    )
+    parser.add_argument(
+        "--vegeta-max-connections",
+        type=int,
+        metavar="N",
+        help="vegeta opens at most N connections (default: no limit, a new one for each request "
+        "sent while all are busy); a request with none free waits in vegeta and that wait "
+        "counts in its latency: the load a proxy that pools its connections gives",
     )
     parser.add_argument(
         "--segment-bytes",
