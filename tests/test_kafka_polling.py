@@ -32,12 +32,11 @@ class CountingProducer:
         return self.in_flight
 
 
-def _client(producer: CountingProducer, first_poll: float = BUSY_POLL_SECONDS) -> _Client:
+def _client(producer: CountingProducer) -> _Client:
     def on_fatal(generation: int, err: Any) -> None:
         raise AssertionError(f"no fatal error here: {err}")
 
-    loop = asyncio.get_running_loop()
-    return _Client(cast(Producer, producer), 1, on_fatal, loop, first_poll)
+    return _Client(cast(Producer, producer), 1, on_fatal, asyncio.get_running_loop())
 
 
 def test_each_produced_batch_serves_the_queued_reports_without_waiting_for_the_timer() -> None:
@@ -55,25 +54,6 @@ def test_each_produced_batch_serves_the_queued_reports_without_waiting_for_the_t
     at_once, next_batch, later = asyncio.run(scenario())
     assert (at_once, next_batch) == (1, 2)
     assert later > next_batch
-
-
-def test_after_a_batch_goes_out_the_timer_first_polls_once_the_linger_has_passed() -> None:
-    # Deadlines, not durations: the loop runs its timers in deadline order, so the sleep that
-    # ends inside the linger wakes before the first poll, and the one past it after.
-    async def scenario() -> tuple[int, int]:
-        producer = CountingProducer()
-        client = _client(producer, first_poll=0.2)
-        client.kick()  # serves what is queued at once
-        await asyncio.sleep(0.1)
-        within = producer.polls
-        await asyncio.sleep(0.3)
-        past = producer.polls
-        await client.close(1.0)
-        return within, past
-
-    within, past = asyncio.run(scenario())
-    assert within == 1
-    assert past > 1
 
 
 def test_a_closed_client_leaves_the_last_reports_to_its_flush() -> None:

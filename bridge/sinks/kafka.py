@@ -141,20 +141,17 @@ class _Client:
         generation: int,
         on_fatal: Callable[[int, KafkaError], None],
         loop: asyncio.AbstractEventLoop,
-        first_poll_seconds: float = BUSY_POLL_SECONDS,
     ) -> None:
         self.producer = producer
         self.generation = generation
         self._on_fatal = on_fatal
         self._loop = loop
-        self._first_poll = max(BUSY_POLL_SECONDS, first_poll_seconds)
         self._busy = False
         self._timer: asyncio.TimerHandle | None = loop.call_later(POLL_SECONDS, self._poll)
 
     def kick(self) -> None:
         """Messages went out: serve the reports already queued, then poll at the short interval
-        until none is left in flight, the first time after ``first_poll_seconds`` (the linger:
-        no report comes back sooner, and at a low rate each event starts a busy spell).
+        until none is left in flight.
 
         Serving here, in a turn of the loop that is awake anyway, answers the requests whose
         reports came in since the last poll without waiting for the timer: under a steady
@@ -167,7 +164,7 @@ class _Client:
             return
         self._busy = True
         self._timer.cancel()
-        self._timer = self._loop.call_later(self._first_poll, self._poll)
+        self._timer = self._loop.call_later(BUSY_POLL_SECONDS, self._poll)
 
     def _poll(self) -> None:
         self._serve()
@@ -331,10 +328,7 @@ class KafkaSink(Sink):
     def _new_client(self) -> _Client:
         generation = self._generation + 1
         assert self._loop is not None  # noqa: S101 - set by start()
-        linger = float(self._config.get("linger.ms", 0)) / 1000
-        client = _Client(
-            self._new_producer(generation), generation, self._note_fatal, self._loop, linger
-        )
+        client = _Client(self._new_producer(generation), generation, self._note_fatal, self._loop)
         self._generation = generation
         return client
 
