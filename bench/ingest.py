@@ -722,6 +722,18 @@ def thread_label(pid: int, tid: int, python_names: dict[int, str]) -> str:
     return f"{native} (tid {tid}, no Python name)"
 
 
+THREAD_KINDS = ("event loop", "librdkafka", "other threads")
+
+
+def thread_kind(label: str) -> str:
+    """Which of THREAD_KINDS a thread_label() belongs to."""
+    if "MainThread (event loop)" in label:  # after a process prefix with several workers
+        return THREAD_KINDS[0]
+    if "(librdkafka)" in label:
+        return THREAD_KINDS[1]
+    return THREAD_KINDS[2]
+
+
 def thread_labels(server: Server, spy: Path | None) -> dict[tuple[int, int], str]:
     """A readable label per thread: Python's thread names from `py-spy dump`, else the comm."""
     pids = server.pids()
@@ -1809,7 +1821,9 @@ class Bench:
                 # The floor has no /metrics: no publish or loop-lag histograms to read.
                 bridge = target.kind != "floor"
                 before: dict[str, dict[float, float]] = {}
-                meter = Meter(target.server)
+                # Per thread for the bridge (its loop against librdkafka's), by comm when the
+                # cpu rounds did not name the threads.
+                meter = Meter(target.server, (target.labels or {}) if bridge else None)
                 result = self.load.fixed_rate(
                     target.server.port,
                     rate,
@@ -1951,6 +1965,7 @@ class Bench:
 
         if floors:
             self.report.block(self._floor_at_rate(results, floors))
+        self.report.block(self._threads_at_rate(results))
 
     @contextlib.contextmanager
     def _measured(
@@ -1976,6 +1991,38 @@ class Bench:
             meter.cpu,
             meter.seconds,
             meter.idle,
+            meter.threads,
+        )
+
+    @staticmethod
+    def _threads_at_rate(
+        results: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]],
+    ) -> str:
+        """The bridge's CPU per event at each constant rate, by thread: its event loop,
+        librdkafka's threads, the rest."""
+
+        def part(sample: Sample, kind: str) -> float:
+            seconds = sum(
+                cpu for label, cpu in sample.threads.items() if kind == thread_kind(label)
+            )
+            return seconds / max(sample.ok, 1) * 1e6
+
+        rows = [
+            [
+                f"{name}: {rate:,}/s",
+                *(spread([part(s, kind) for _, s in runs]) for kind in THREAD_KINDS),
+                spread([s.us_per_event for _, s in runs]),
+            ]
+            for (name, rate, _), runs in sorted(results.items())
+        ]
+        return (
+            "### CPU per event at a constant rate, by thread: Kafka, 1 worker\n\n"
+            "From /proc/PID/task/TID/stat over the same windows as the latency rows. At a low "
+            "rate each event wakes the process from idle, and its work runs cold.\n\n"
+            + table(
+                ["offered", *(f"{kind} µs/event" for kind in THREAD_KINDS), "process µs/event"],
+                rows,
+            )
         )
 
     def _floor_at_rate(
