@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -1105,9 +1106,7 @@ class Load:
         hits = read_hits(self.vegeta, results)
         counted = [hit for hit in hits if hit.seq >= warm_up * per_s]
         latencies = sorted(hit.latency_ns for hit in counted)
-        statuses: dict[str, int] = {}
-        for hit in counted:
-            statuses[str(hit.code)] = statuses.get(str(hit.code), 0) + 1
+        statuses = collections.Counter(str(hit.code) for hit in counted)
         return {
             "offered": rate,
             "requests": len(counted),
