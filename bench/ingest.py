@@ -58,7 +58,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1150,10 +1150,10 @@ def read_hits(vegeta: Path, results: Path) -> list[Hit]:
     ]
 
 
-def nearest_rank(ordered: list[int], share: float) -> int:
-    """The nearest-rank percentile of an ascending list (0 when it is empty)."""
+def nearest_rank(ordered: Sequence[float], share: float) -> float:
+    """The nearest-rank percentile of an ascending list (nan when it is empty)."""
     if not ordered:
-        return 0
+        return float("nan")
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
@@ -2386,22 +2386,18 @@ def shim_to_kafka(bench: Bench) -> None:
             [
                 [
                     "hook exit (the bridge answers after Kafka acknowledged)",
-                    f"{pct(exited, 0.5) * 1e3:.1f}",
-                    f"{pct(exited, 0.99) * 1e3:.1f}",
+                    f"{nearest_rank(exited, 0.5) * 1e3:.1f}",
+                    f"{nearest_rank(exited, 0.99) * 1e3:.1f}",
                 ],
                 [
                     f"the event read by a consumer ({len(seen)}/{len(spawned)} seen)",
-                    f"{pct(consumed, 0.5) * 1e3:.1f}",
-                    f"{pct(consumed, 0.99) * 1e3:.1f}",
+                    f"{nearest_rank(consumed, 0.5) * 1e3:.1f}",
+                    f"{nearest_rank(consumed, 0.99) * 1e3:.1f}",
                 ],
             ],
         )
     )
     bench.lab.stop([server])
-
-
-def pct(ordered: list[float], fraction: float) -> float:
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
 def program_vector_env() -> dict[str, str]:
