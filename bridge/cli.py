@@ -296,10 +296,14 @@ def _tail(args: argparse.Namespace) -> int:
 
     settings = _load(args, _overrides(args, DATA_FLAGS))
     records = _records(args, settings)
-    for count, record in enumerate(records, start=1):
-        print(dumps(record, datetime_profile=args.datetime), flush=True)
-        if args.limit is not None and count >= args.limit:
-            break
+    try:
+        for count, record in enumerate(records, start=1):
+            print(dumps(record, datetime_profile=args.datetime), flush=True)
+            if args.limit is not None and count >= args.limit:
+                break
+    except SinkError as exc:
+        print(f"login-audit-bridge: tail --from {args.source}: {exc.message}", file=sys.stderr)
+        return Exit.SINK_UNAVAILABLE
     return Exit.OK
 
 

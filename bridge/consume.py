@@ -103,6 +103,7 @@ class KafkaReader:
         self._decoder = decoder or default_decoder()
         self._from_beginning = from_beginning
         self._consumer: Consumer | None = None
+        self._partitions: frozenset[tuple[str, int]] = frozenset()
 
     async def __aenter__(self) -> Self:
         self._consumer = await asyncio.to_thread(self._open)
@@ -130,6 +131,8 @@ class KafkaReader:
                 **client_config(self._settings),
                 "group.id": f"login-audit-tail-{uuid.uuid4()}",
                 "enable.auto.commit": False,
+                # The end of a partition is then a fact the broker states, not a guess from quiet.
+                "enable.partition.eof": True,
             }
         )
         offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END
@@ -138,33 +141,65 @@ class KafkaReader:
         except KafkaException as exc:
             consumer.close()
             raise to_sink_error(exc.args[0]) from exc
+        assignment = [
+            TopicPartition(topic, partition, offset)
+            for topic in self._topics
+            if topic in metadata.topics
+            for partition in metadata.topics[topic].partitions
+        ]
+        self._partitions = frozenset((tp.topic, tp.partition) for tp in assignment)
         # Assigning partitions directly skips the group rebalance: reading starts at once.
-        consumer.assign(
-            [
-                TopicPartition(topic, partition, offset)
-                for topic in self._topics
-                if topic in metadata.topics
-                for partition in metadata.topics[topic].partitions
-            ]
-        )
+        consumer.assign(assignment)
         return consumer
 
     async def events(
-        self, *, limit: int | None = None, idle_timeout: float | None = None
+        self,
+        *,
+        limit: int | None = None,
+        idle_timeout: float | None = None,
+        to_end: bool = False,
     ) -> AsyncIterator[ConsumedEvent]:
-        """Yields events until ``limit`` were read or none came for ``idle_timeout`` seconds."""
+        """Yields events until ``limit`` were read, or the end, or ``idle_timeout`` of silence.
+
+        ``to_end``: stop once every partition read has reached its end (what the broker had
+        when the reader got there), however long a slow partition takes to answer. Silence for
+        ``idle_timeout`` then means the broker did not answer, and raises SinkUnavailable
+        naming the partitions not read, instead of ending as if they were empty. Without
+        ``to_end``, silence for ``idle_timeout`` ends the iteration.
+        """
+        from confluent_kafka import KafkaError
+
         consumer = self._require_open()
         count, idle = 0, 0.0
+        at_end: set[tuple[str, int]] = set()
+        if to_end and not self._partitions:
+            return
         while limit is None or count < limit:
             message = await asyncio.to_thread(consumer.poll, POLL_SECONDS)
             if message is None:
                 idle += POLL_SECONDS
                 if idle_timeout is not None and idle >= idle_timeout:
+                    if to_end:
+                        raise SinkUnavailable(self._not_read(at_end, idle_timeout))
                     return
                 continue
             idle = 0.0
+            place = (message.topic() or "", message.partition() or 0)
+            err = message.error()
+            if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                at_end.add(place)
+                if to_end and at_end >= self._partitions:
+                    return
+                continue
+            at_end.discard(place)
             yield self._convert(message)
             count += 1
+
+    def _not_read(self, at_end: set[tuple[str, int]], waited: float) -> str:
+        missing = sorted(self._partitions - at_end)
+        shown = ", ".join(f"{topic}[{partition}]" for topic, partition in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return f"kafka did not answer for {waited:g} s: {shown}{more} not read to the end"
 
     def _convert(self, message: Message) -> ConsumedEvent:
         from bridge.sinks.kafka_errors import to_sink_error
@@ -305,12 +340,14 @@ async def tail(
     idle_timeout: float | None = None,
     from_beginning: bool = True,
     decoder: Decoder | None = None,
+    to_end: bool = False,
 ) -> AsyncGenerator[ConsumedEvent, None]:
     """Events of one status, or both, from a broker.
 
-    Kafka: the status topics, from their beginning unless told otherwise. RabbitMQ: a temporary
-    queue bound to the exchange with ``<status>.#`` (or ``#``), so only events published from
-    now on, and nothing is taken away from the durable queues.
+    Kafka: the status topics, from their beginning unless told otherwise, and with ``to_end``
+    only up to their end (KafkaReader.events). RabbitMQ: a temporary queue bound to the
+    exchange with ``<status>.#`` (or ``#``), so only events published from now on, and nothing
+    is taken away from the durable queues; a queue has no end, so ``to_end`` does not apply.
     """
     reader: KafkaReader | RabbitMQReader
     if broker == "kafka":
@@ -323,7 +360,11 @@ async def tail(
         binding_key = f"{status}.#" if status is not None else "#"
         reader = RabbitMQReader(settings, binding_key=binding_key, decoder=decoder)
     async with reader:
-        async for event in reader.events(limit=limit, idle_timeout=idle_timeout):
+        if isinstance(reader, KafkaReader):
+            events = reader.events(limit=limit, idle_timeout=idle_timeout, to_end=to_end)
+        else:
+            events = reader.events(limit=limit, idle_timeout=idle_timeout)
+        async for event in events:
             yield event
 
 
@@ -338,9 +379,10 @@ def tail_broker(
 ) -> Iterator[dict[str, Any]]:
     """What ``login-audit-bridge tail --from kafka|rabbitmq`` prints: decoded records.
 
-    Without ``follow`` it ends once no event came for ``idle_seconds``: for Kafka, after the
-    topics were read to their end; for RabbitMQ, which keeps no history for a new queue, after
-    the events published in that window. A message that does not decode (another schema, a
+    Without ``follow`` it ends: for Kafka, once every partition was read to its end (raising
+    SinkUnavailable if the broker does not answer for ``publish_timeout_seconds``); for
+    RabbitMQ, which keeps no history for a new queue, once no event came for ``idle_seconds``,
+    after the events published in that window. A message that does not decode (another schema, a
     hostile writer, not Avro) is skipped with a line on ``warnings`` (stderr) saying where it is
     and why; the count of skipped messages closes the output.
     """
@@ -351,12 +393,20 @@ def tail_broker(
         from bridge.registry import registry_decoder
 
         decoder = registry_decoder(settings)
+    to_end = source == "kafka" and not follow
+    if follow:
+        idle_timeout = None
+    elif to_end:
+        idle_timeout = max(idle_seconds, settings.publish_timeout_seconds)
+    else:
+        idle_timeout = idle_seconds
     events = tail(
         settings,
         broker=source,
         status=status,
-        idle_timeout=None if follow else idle_seconds,
+        idle_timeout=idle_timeout,
         decoder=decoder,
+        to_end=to_end,
     )
     # One loop for the whole iteration: the broker connection belongs to it.
     with asyncio.Runner() as runner:

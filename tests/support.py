@@ -196,7 +196,7 @@ def kafka_user_names(bootstrap: str, topic: str) -> list[str]:
     async def read() -> list[str]:
         names: list[str] = []
         async with KafkaReader(settings) as reader:
-            async for event in reader.events(idle_timeout=10):
+            async for event in reader.events(idle_timeout=10, to_end=True):
                 assert event.record is not None, event.error
                 names.append(event.record["user"]["name"])
         return names

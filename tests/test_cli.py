@@ -12,6 +12,7 @@ from bridge.cli import Exit
 
 from conftest import BIN, BridgeProcess, post
 from ocsf import assert_ocsf_json
+from support import free_port
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -78,6 +79,18 @@ def test_port_in_use_exits_with_failure_and_says_why(
     run = _run("serve", env=env)
     assert run.returncode == Exit.FAILURE
     assert "cannot listen" in run.stderr
+
+
+def test_tail_from_an_unreachable_kafka_exits_with_the_sink_code_and_says_why() -> None:
+    env = {
+        "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "BRIDGE_PUBLISH_TIMEOUT_SECONDS": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    run = _run("tail", "--from", "kafka", env=env)
+    assert run.returncode == Exit.SINK_UNAVAILABLE
+    assert "login-audit-bridge: tail --from kafka: kafka:" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_tail_prints_stored_events_as_json_lines(bridge: BridgeProcess) -> None:

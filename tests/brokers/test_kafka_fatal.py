@@ -154,7 +154,7 @@ def test_a_fatal_producer_error_rebuilds_the_producer_and_loses_no_event(
         await spool.close()
 
         async with KafkaReader(settings) as reader:
-            read = [e async for e in reader.events(idle_timeout=5.0)]
+            read = [e async for e in reader.events(idle_timeout=10.0, to_end=True)]
         delivered = {e.record["metadata"]["uid"] for e in read if e.record is not None}
         sent = {e.event_id for e in events}
         print_fault_row(

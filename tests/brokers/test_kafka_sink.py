@@ -379,6 +379,35 @@ def test_cli_tail_of_one_status_prints_its_records_and_ends_without_follow(
     asyncio.run(scenario())
 
 
+def test_reading_to_the_end_ends_at_every_partitions_end_empty_ones_included(
+    kafka_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+) -> None:
+    """The end is the broker's end-of-partition, not a quiet spell: a reader told to read to
+    the end returns once each partition reported it. Had it waited for quiet instead, the
+    generous timeout here would have run out and raised SinkUnavailable."""
+
+    async def scenario() -> None:
+        settings = kafka_settings(kafka_bootstrap, kafka_topics)
+        empty = NewTopic(kafka_topics.success, num_partitions=3, replication_factor=1)
+        for future in kafka_topics.admin.create_topics([empty]).values():
+            future.result()
+        topics_once_listed(kafka_topics, (kafka_topics.success,))
+        failures = [e for e in make_events(8) if e.status == "failure"]
+        async with kafka_sink(settings, metrics, codec) as sink:
+            await asyncio.gather(*(sink.send(encoded(e)) for e in failures))
+
+        async with KafkaReader(settings) as reader:
+            read = [e async for e in reader.events(idle_timeout=WAIT_SECONDS, to_end=True)]
+        assert sorted(_uid(e.record) for e in read) == sorted(e.event_id for e in failures)
+        assert {e.destination for e in read} == {kafka_topics.failure}
+
+    asyncio.run(scenario())
+
+
 def _uid(record: dict[str, Any] | None) -> str:
     assert record is not None
     uid: str = record["metadata"]["uid"]

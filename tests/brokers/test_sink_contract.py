@@ -23,8 +23,11 @@ from bridge.sinks.memory import MemorySink
 from conftest import encoded
 
 STATUSES: tuple[Status, ...] = ("success", "failure")
-# How long a reader waits for one more message after the expected ones, to prove there is none.
+# How long a reader waits for one more message after the expected ones, to prove there is none
+# (RabbitMQ: a queue has no end to read to).
 QUIET_SECONDS = 2.0
+# How long Kafka may be silent before a reader reading to the end gives up (it ends at the end).
+ANSWER_SECONDS = 15.0
 EVENT_COUNT = 24
 
 Arrivals = list[tuple[Status, dict[str, Any]]]
@@ -82,7 +85,7 @@ class KafkaBackend(Backend):
         }
         found: Arrivals = []
         async with KafkaReader(self.settings) as reader:
-            async for event in reader.events(limit=expected + 1, idle_timeout=QUIET_SECONDS):
+            async for event in reader.events(idle_timeout=ANSWER_SECONDS, to_end=True):
                 assert event.record is not None, event.error
                 found.append((status_of[event.destination], event.record))
         return found
