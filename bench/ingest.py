@@ -436,13 +436,48 @@ def start_brokers(own: bool) -> Brokers:
     )
 
 
+def split_cpus() -> tuple[set[int], set[int]]:
+    """(the servers' CPU, the rest) out of the CPUs this process may use."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit(
+            "--pin-servers needs at least 2 CPUs: one for the servers, one for the rest"
+        )
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def pin_brokers(own: bool, cpus: set[int]) -> str:
+    """Moves every thread of the running brokers (found by their pid files) onto ``cpus``;
+    threads they start later inherit it. Says which were moved."""
+    run_dir = Path(OWN_BROKER_ENV["LOGIN_AUDIT_RUN"]) if own else CACHE / "run"
+    moved = []
+    for pid_file in sorted(run_dir.glob("*/*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except (OSError, ValueError):
+            continue  # not running
+        for task in tasks:
+            with contextlib.suppress(OSError):  # a thread that just ended
+                os.sched_setaffinity(int(task.name), cpus)
+        moved.append(pid_file.stem)
+    return ", ".join(moved) or "no broker"
+
+
 class Lab:
     """Starts bridge workers and floors in a scratch directory; stops all it started."""
 
-    def __init__(self, scratch: Path, brokers: Brokers, workers_mode: str) -> None:
+    def __init__(
+        self,
+        scratch: Path,
+        brokers: Brokers,
+        workers_mode: str,
+        server_cpus: set[int] | None = None,
+    ) -> None:
         self.scratch = scratch
         self.brokers = brokers
         self.workers_mode = workers_mode
+        self.server_cpus = server_cpus  # --pin-servers: where bridges and floors run
         self.run_id = uuid.uuid4().hex[:8]
         self.topics = (f"bench-{self.run_id}.success", f"bench-{self.run_id}.failure")
         self.queues = (f"bench-{self.run_id}.success", f"bench-{self.run_id}.failure")
@@ -496,7 +531,14 @@ class Lab:
                 env["BRIDGE_REUSE_PORT"] = "true"
             with (data_dir / "bridge.log").open("wb") as log:
                 processes.append(
-                    subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=data_dir)
+                    subprocess.Popen(
+                        argv,
+                        env=env,
+                        stdout=log,
+                        stderr=log,
+                        cwd=data_dir,
+                        preexec_fn=self._pin(),
+                    )
                 )
         scheme = "https" if "BRIDGE_TLS_CERTFILE" in variant.settings else "http"
         server = Server(name, port, processes, data_dir / "bridge.log", sink, scheme=scheme)
@@ -508,6 +550,13 @@ class Lab:
                 "the methods it wraps changed; update it"
             )
         return server
+
+    def _pin(self) -> Callable[[], None] | None:
+        """A server's pre-exec step under --pin-servers: onto the servers' CPUs."""
+        cpus = self.server_cpus
+        if cpus is None:
+            return None
+        return lambda: os.sched_setaffinity(0, cpus)
 
     def floor(self, variant: Variant) -> Server:
         """bench/floor_app.py through the variant's `serve` code path; checks its banner."""
@@ -529,6 +578,7 @@ class Lab:
                 stdout=out,
                 stderr=out,
                 cwd=data_dir,
+                preexec_fn=self._pin(),
             )
         server = Server(f"{variant.name}-floor", port, [process], log)
         self.started.append(server)
@@ -2662,13 +2712,28 @@ def lab_and_brokers(
     workers_mode: str = "processes",
     keep_brokers: bool = False,
     prefix: str = "ingest-bench-",
+    pin_servers: bool = False,
 ) -> Iterator[Lab]:
     """A lab in a scratch directory, on own or shared brokers; afterwards every server it
     started is stopped, the bench's topics and queues deleted, and own brokers this started
-    stopped (unless ``keep_brokers``). Every bench here runs inside one."""
+    stopped (unless ``keep_brokers``). Every bench here runs inside one.
+
+    ``pin_servers``: the bridges and floors run on the last CPU and everything else (this
+    process, the load generators, the brokers) on the others, so a worker's latency is not
+    its wait for a CPU that a generator or a broker holds."""
+    server_cpus, others = split_cpus() if pin_servers else (None, None)
+    if others is not None:
+        os.sched_setaffinity(0, others)  # wrk, vegeta and brokers started from here inherit it
     found = start_brokers(own=own)
+    if server_cpus is not None and others is not None:
+        pinned = pin_brokers(own, others)
+        print(
+            f"--pin-servers: servers on CPU {sorted(server_cpus)}, {pinned} and the load "
+            f"generators on CPU {sorted(others)}",
+            flush=True,
+        )
     scratch = Path(tempfile.mkdtemp(prefix=prefix))
-    lab = Lab(scratch, found, workers_mode)
+    lab = Lab(scratch, found, workers_mode, server_cpus)
     try:
         yield lab
     finally:
@@ -2709,6 +2774,7 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
             own=args.brokers == "own",
             workers_mode=args.workers_mode,
             keep_brokers=args.keep_brokers,
+            pin_servers=args.pin_servers,
         ) as lab,
         RssSampler() as rss,
     ):
@@ -2734,6 +2800,14 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
             "broker's 16 MiB)"
         )
         report.note(f"round order seed {seed} (--seed to repeat it)")
+        if lab.server_cpus is not None:
+            report.note(
+                f"--pin-servers: every bridge worker and floor ran on CPU "
+                f"{sorted(lab.server_cpus)} alone; the brokers, the load generators and the bench "
+                "on the others. `core` and CPU per event are still the servers' own; `machine "
+                "idle` is of all CPUs. Two workers share that one CPU, so the workers section "
+                "does not measure scaling in this mode"
+            )
         if args.vegeta_max_connections:
             report.note(
                 f"vegeta opened at most {args.vegeta_max_connections} connections per run "
@@ -2893,6 +2967,13 @@ def main() -> int:
         metavar="EVENTS_PER_S",
         help="profile under vegeta at this constant rate (keep-alive) instead of wrk at the "
         "maximum: where the latency rows spend their CPU",
+    )
+    parser.add_argument(
+        "--pin-servers",
+        action="store_true",
+        help="run the bridges and floors on the last CPU and the brokers, load generators and "
+        "bench on the others (as a worker with a core of its own); default: the kernel "
+        "places everything",
     )
     parser.add_argument("--keep-brokers", action="store_true", help="leave own brokers running")
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
