@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
 from bridge.replay import Replayer
 from bridge.sftpgo import ENV_TO_QUERY
+from bridge.workers import usable_cpus
 
 from support import delete_kafka_topics, free_port, wait_until_healthy
 
@@ -174,6 +176,10 @@ def mediawiki_events(normalizer: Normalizer) -> list[LoginEvent]:
 # -- a real bridge process on loopback
 
 
+# What each worker logs once it listens (bridge.service._serve_http).
+SERVING = " serving on "
+
+
 @dataclass
 class BridgeProcess:
     """A `login-audit-bridge serve` child process; its stderr is kept for log checks."""
@@ -191,6 +197,9 @@ class BridgeProcess:
         return self.data_dir / "events"
 
     def start(self, timeout: float = 20.0) -> None:
+        """Starts `serve` and waits until it is healthy and, with `--workers`, until every
+        worker serves (see wait_until_workers_serve)."""
+        served = self.logs().count(SERVING) if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [str(BIN / "login-audit-bridge"), "serve"],
@@ -200,6 +209,9 @@ class BridgeProcess:
                 cwd=self.data_dir,
             )
         wait_until_healthy(self.admin_url or self.url, self.process, timeout)
+        workers = int(self.env.get("BRIDGE_WORKERS", "1")) or usable_cpus()
+        if workers > 1:
+            self.wait_until_workers_serve(served + workers, timeout)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.process is not None
@@ -211,6 +223,18 @@ class BridgeProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_until_workers_serve(self, lines: int, timeout: float = 20.0) -> None:
+        """Until the log holds ``lines`` "serving on" lines, one per worker that started.
+
+        Healthy may be worker 0's answer alone, and a worker signalled before it serves (and
+        handles signals) dies by the signal's default action. Stopped then (the fixtures'
+        SIGKILL ends the parent, whose death signals the workers), it leaves its socket in the
+        group's directory under /tmp, and the directory stays."""
+        deadline = time.monotonic() + timeout
+        while self.logs().count(SERVING) < lines:
+            assert time.monotonic() < deadline, f"fewer than {lines} '{SERVING}' lines in the log"
+            time.sleep(0.05)
 
 
 @pytest.fixture
