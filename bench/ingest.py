@@ -2830,7 +2830,16 @@ def run(args: argparse.Namespace, stem: str) -> tuple[Report, list[Variant]]:
     return report, variants
 
 
+def _stop_by_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
+    # A run stopped early still stops every server and broker it started (the lab's finally):
+    # SIGTERM would end Python without unwinding, and a shell's `&` starts it with SIGINT
+    # ignored, a state Python keeps.
+    signal.signal(signal.SIGTERM, _stop_by_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
