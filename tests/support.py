@@ -181,7 +181,7 @@ def own_kafka_instance(run_dir: Path) -> Iterator[OwnKafka]:
 
 def kafka_user_names(bootstrap: str, topic: str) -> list[str]:
     """The user names of the events on ``<topic>.success`` and ``<topic>.failure``, duplicates
-    included, read until the topics stay quiet for 10 s."""
+    included, read to the end of every partition (SinkUnavailable if Kafka is silent for 10 s)."""
     import asyncio
 
     from bridge.consume import KafkaReader

@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from bridge.consume import KafkaReader, RabbitMQReader
+from bridge.consume import RabbitMQReader
 from bridge.settings import Settings
 
 from conftest import KAFKA_BOOTSTRAP, REPO, BridgeProcess, post, print_fault_row
-from support import skip_or_fail
+from support import kafka_user_names, skip_or_fail
 
 N_EVENTS = 300
 CLIENTS = 4
@@ -156,26 +156,6 @@ def _report(
     return len(lost), duplicated
 
 
-def _kafka_settings(topic: str) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=KAFKA_BOOTSTRAP,
-        kafka_topic_success=f"{topic}.success",
-        kafka_topic_failure=f"{topic}.failure",
-    )
-
-
-def _kafka_names(topic: str) -> list[str]:
-    async def read() -> list[str]:
-        names: list[str] = []
-        async with KafkaReader(_kafka_settings(topic)) as reader:
-            async for event in reader.events(idle_timeout=10, to_end=True):
-                assert event.record is not None, event.error
-                names.append(event.record["user"]["name"])
-        return names
-
-    return asyncio.run(read())
-
-
 def _kafka_bridge(factory: Callable[..., BridgeProcess], topic: str, **extra: str) -> BridgeProcess:
     return factory(
         sink="kafka",
@@ -227,7 +207,8 @@ def test_kafka_stopped_and_started_mid_stream_loses_nothing(
     start = _once(lambda: brokers("start-kafka"))
     faults = {N_EVENTS // 3: lambda: brokers("stop-kafka"), 2 * N_EVENTS // 3: start}
     tally = _run_scenario(bridge, names, faults, recover=start)
-    lost, _ = _report("kafka stopped mid-stream", tally, _kafka_names(topic), capsys)
+    delivered = kafka_user_names(KAFKA_BOOTSTRAP, topic)
+    lost, _ = _report("kafka stopped mid-stream", tally, delivered, capsys)
     assert len(tally.acknowledged) == N_EVENTS  # the spool took every event while Kafka was away
     assert lost == 0
 
@@ -298,6 +279,8 @@ def test_bridge_killed_with_sigkill_mid_stream_loses_nothing_it_acknowledged(
         3 * N_EVENTS // 4: start,
     }
     tally = _run_scenario(bridge, names, faults, recover=start)
-    lost, _ = _report("bridge SIGKILL mid-stream", tally, _kafka_names(topic), capsys)
+    lost, _ = _report(
+        "bridge SIGKILL mid-stream", tally, kafka_user_names(KAFKA_BOOTSTRAP, topic), capsys
+    )
     assert len(tally.acknowledged) >= N_EVENTS - CLIENTS * 2  # only requests cut by the kill
     assert lost == 0
