@@ -123,6 +123,7 @@ class KafkaReader:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException
         from confluent_kafka.cimpl import TopicPartition
 
+        from bridge.logs import librdkafka_logger
         from bridge.sinks.kafka import client_config
         from bridge.sinks.kafka_errors import to_sink_error
 
@@ -133,6 +134,8 @@ class KafkaReader:
                 "enable.auto.commit": False,
                 # The end of a partition is then a fact the broker states, not a guess from quiet.
                 "enable.partition.eof": True,
+                # Through logging, repeats suppressed, instead of a line per attempt on stderr.
+                "logger": librdkafka_logger(),
             }
         )
         offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END

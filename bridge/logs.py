@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
+from collections.abc import Callable
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -32,3 +35,62 @@ def configure_logging(*, level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+# What differs between two lines librdkafka repeats: the time a step took ("after 0ms") and the
+# client's number, which grows each time the sink builds a new client after a failure.
+_VARYING = re.compile(r"\b\d+ms\b|(?<=#producer-)\d+|(?<=#consumer-)\d+")
+
+
+class RepeatSuppressor(logging.Filter):
+    """Lets the first of identical lines through, then one per ``window`` seconds.
+
+    librdkafka logs each failed attempt to connect: with the broker away, a bridge wrote 20 to
+    40 identical ERROR lines a second ("Connect to ipv4#... failed: Connection refused"), for
+    as long as the outage lasted. Lines that differ only where _VARYING matches are identical
+    here. Those left out are counted, and the next one let through says how many there were.
+    At most ``max_kept`` different lines are remembered, the oldest forgotten first.
+
+    Records come from the loop's thread and, while a client closes, from a worker thread; a
+    race between the two may let one extra line through, never lose a different one.
+    """
+
+    def __init__(
+        self,
+        window: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_kept: int = 256,
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self._clock = clock
+        self._max_kept = max_kept
+        self._seen: dict[tuple[int, str], list[float]] = {}  # line -> [let through at, left out]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        key = (record.levelno, _VARYING.sub("#", message))
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            left_out = f"{seen[1]:.0f} identical line(s) not logged in the {self.window:g} s before"
+            record.msg = f"{message} ({left_out})"
+            record.args = ()
+        self._seen.pop(key, None)
+        self._seen[key] = [now, 0]
+        if len(self._seen) > self._max_kept:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger librdkafka's own lines go to (its clients' ``logger`` setting), repeats
+    suppressed (RepeatSuppressor)."""
+    logger = logging.getLogger("bridge.sinks.kafka.librdkafka")
+    if not any(isinstance(f, RepeatSuppressor) for f in logger.filters):
+        logger.addFilter(RepeatSuppressor())
+    return logger

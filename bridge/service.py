@@ -91,13 +91,18 @@ async def serve(
     the same data directory is refused (SpoolInUse, a ConfigError) rather than replaying the
     same events.
     """
+    starting = _StopWhileStarting()
     held = SpoolLock(settings.spool_path) if settings.spool_enabled else contextlib.nullcontext()
     with held:
-        await _serve_holding_the_spool(settings, metrics=metrics, group=group)
+        await _serve_holding_the_spool(settings, metrics=metrics, group=group, starting=starting)
 
 
 async def _serve_holding_the_spool(
-    settings: Settings, *, metrics: Metrics | None, group: WorkerGroup | None
+    settings: Settings,
+    *,
+    metrics: Metrics | None,
+    group: WorkerGroup | None,
+    starting: _StopWhileStarting,
 ) -> None:
     metrics = metrics if metrics is not None else Metrics()
     metrics.watch_process()
@@ -150,7 +155,7 @@ async def _serve_holding_the_spool(
         admin.start()
         if spool is None:
             # Without a spool there is nowhere to put events: wait for the sink.
-            await _start_sink(sink, sink_started, retry=False)
+            await starting.unless_stopped(_start_sink(sink, sink_started, retry=False))
         else:
             background.start("sink-start", lambda: _start_sink(sink, sink_started, retry=True))
             replayer = Replayer(
@@ -164,9 +169,11 @@ async def _serve_holding_the_spool(
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         background.start("loop-lag", metrics.watch_loop_lag)
         _settle_heap()
-        await _serve_until_fatal(
-            background, _serve_http(settings, pipeline, normalizer, metrics, group, admin.where)
-        )
+        if starting.signum is None:
+            await _serve_until_fatal(
+                background,
+                _serve_http(settings, pipeline, normalizer, metrics, group, admin.where, starting),
+            )
         stopped = True
     finally:
         await background.stop()
@@ -316,9 +323,11 @@ async def _serve_http(
     metrics: Metrics,
     group: WorkerGroup | None,
     admin_where: list[str],
+    starting: _StopWhileStarting | None = None,
 ) -> None:
     """Serves the hook listeners until they stop; ``admin_where`` only completes the log line
-    (the admin listeners run longer, see _AdminListeners)."""
+    (the admin listeners run longer, see _AdminListeners). ``starting`` hands the stop signals
+    over to the listeners (see _stop_on_signals)."""
     tokens = TokenCheck(
         [t.get_secret_value() for t in settings.auth_tokens], header=settings.auth_header
     )
@@ -349,7 +358,7 @@ async def _serve_http(
         pipeline.sink.name,
     )
     try:
-        with _stop_on_signals([server for server, _ in hooks], pipeline):
+        with _stop_on_signals([server for server, _ in hooks], pipeline, starting):
             await _run(hooks)
     finally:
         _unlink_socket(settings.uds)
@@ -432,7 +441,9 @@ async def _run(hooks: Sequence[tuple[uvicorn.Server, socket.socket]]) -> None:
 
 @contextlib.contextmanager
 def _stop_on_signals(
-    servers: Sequence[uvicorn.Server], pipeline: Pipeline | None = None
+    servers: Sequence[uvicorn.Server],
+    pipeline: Pipeline | None = None,
+    starting: _StopWhileStarting | None = None,
 ) -> Iterator[None]:
     """SIGINT or SIGTERM stops every hook listener gracefully; a second SIGINT forces it.
 
@@ -457,7 +468,13 @@ def _stop_on_signals(
                 server.force_exit = True
             server.should_exit = True
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    if starting is not None:
+        # Taken over from the start-up's handlers, which put back the ones from before them;
+        # a signal they caught since the bridge decided to serve stops the listeners now.
+        previous = starting.hand_over()
+        if starting.signum is not None:
+            stop(starting.signum, None)
     try:
         yield
     finally:
@@ -465,6 +482,57 @@ def _stop_on_signals(
             # Stopping already: a second SIGTERM (an impatient caller) must not kill the process
             # with the default action while it drains its spool and flushes its sink.
             signal.signal(sig, _already_stopping if stopping and sig == signal.SIGTERM else handler)
+
+
+class _StopWhileStarting:
+    """SIGINT and SIGTERM from the start of ``serve`` until the hook listeners take them over.
+
+    Before, the signal's default action ended a bridge still starting: unlogged, exit -15, and
+    without the stop's clean-up. A worker of ``serve --workers`` signalled then (by its parent,
+    or by its parent's death) left its socket and the group's directory behind, and a bridge
+    without a spool waiting for its broker could not be stopped, only killed. Now the signal is
+    logged and recorded; a wait for the sink ends at once, and the bridge goes through the same
+    clean-up as after serving, without serving.
+
+    Created on the loop, in the main thread (signal handlers can only be set there).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._waiting: asyncio.Future[Any] | None = None
+        self._previous = {sig: signal.signal(sig, self._stop) for sig in STOP_SIGNALS}
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        _log_soon(logging.INFO, "received %s while starting: stopping", signal.Signals(signum).name)
+        if self._waiting is not None:
+            # A handler runs between any two bytecodes, maybe inside the loop's own code.
+            self._loop.call_soon_threadsafe(self._waiting.cancel)
+
+    async def unless_stopped(self, step: Coroutine[Any, Any, None]) -> None:
+        """Runs ``step``; a stop signal cancels it, and it returns early instead of raising."""
+        if self.signum is not None:
+            step.close()
+            return
+        self._waiting = asyncio.ensure_future(step)
+        try:
+            await self._waiting
+        except asyncio.CancelledError:
+            if self.signum is None:  # cancelled from elsewhere: not this class's to swallow
+                raise
+        finally:
+            self._waiting = None
+
+    def hand_over(self) -> dict[signal.Signals, Any]:
+        """The handlers from before this one, for the caller to put back when it is done with
+        the signals (it has installed its own)."""
+        return self._previous
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _already_stopping(signum: int, frame: object) -> None:

@@ -240,6 +240,30 @@ def test_sigterm_after_sigterm_never_kills_a_bridge_while_it_drains_and_flushes(
     assert "Logging error" not in logs  # a handler logging inside logging's own write
 
 
+def test_sigterm_while_a_bridge_without_a_spool_waits_for_its_broker_stops_it_cleanly(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """Without a spool the bridge waits for its sink before it serves; SIGTERM then (a rollout
+    giving up on a pod that never turned ready) is a stop, not a death by the default action
+    (exit -15, unlogged, nothing cleaned up)."""
+    bridge = bridge_factory(
+        sink="kafka",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
+        spool_enabled="false",
+        publish_timeout_seconds="60",
+    )
+    assert bridge.process is not None
+    # Its admin port answers /healthz while it waits (bridge_factory waited for that).
+    time.sleep(0.5)
+    assert bridge.process.poll() is None
+    assert " serving on " not in bridge.logs()
+    # Well before the publish timeout: the wait for the broker ends with the stop.
+    assert bridge.stop(timeout=20) == 0
+    logs = bridge.logs()
+    assert "received SIGTERM while starting: stopping" in logs
+    assert "login-audit-bridge stopped" in logs
+
+
 def test_drain_refuses_a_spool_a_running_bridge_holds(bridge: BridgeProcess) -> None:
     done = _drain(bridge.data_dir, bridge.env, "--timeout", "5")
     assert done.returncode == 5, done.stderr

@@ -26,7 +26,8 @@ from bridge.settings import load_settings
 from bridge.sinks.file import read_events
 from bridge.workers import usable_cpus, worker_count, worker_settings
 
-from conftest import BIN, BridgeProcess, encoded, post
+from conftest import BIN, SERVING, BridgeProcess, encoded, post
+from support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +137,52 @@ def test_killed_serve_leaves_no_worker_running_and_no_socket_directory(
         time.sleep(0.1)
     assert not any(map(running, workers))
     assert not sockets.exists()
+
+
+def test_killed_serve_whose_workers_still_start_leaves_no_socket_directory(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """Workers still starting (here: waiting for a broker, without a spool) when `serve` is
+    killed get SIGTERM from its death and stop through their clean-up, removing their sockets;
+    before, the signal's default action ended them and the sockets stayed under /tmp."""
+    bridge = bridge_factory(
+        start=False,
+        auth_tokens="test-token",
+        workers="2",
+        sink="kafka",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
+        spool_enabled="false",
+        publish_timeout_seconds="6",
+    )
+    with bridge.log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [str(BIN / "login-audit-bridge"), "serve"],
+            env=bridge.env,
+            stdout=log,
+            stderr=log,
+            cwd=bridge.data_dir,
+        )
+    bridge.process = process  # the fixture stops it if the test fails early
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(children_of(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = children_of(process.pid)
+    assert len(workers) == 2
+    argv = Path(f"/proc/{workers[0]}/cmdline").read_bytes().decode().split("\0")
+    sockets = Path(argv[argv.index("--worker-sockets") + 1])
+    # Each worker binds its socket before it waits for the sink, which takes seconds here.
+    while len(list(sockets.glob("*.sock"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(p.name for p in sockets.iterdir()) == ["0.sock", "1.sock"]
+    assert SERVING not in bridge.logs()
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(running, workers))
+    assert not sockets.exists()
+    assert bridge.logs().count("received SIGTERM while starting: stopping") == 2
 
 
 def spool_events(spool_path: Path, users: list[str]) -> None:

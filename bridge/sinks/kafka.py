@@ -21,6 +21,7 @@ from bridge.codec import WireEncoder
 from bridge.deadlines import Deadlines
 from bridge.errors import ConfigError, SinkError, SinkUnavailable
 from bridge.event import EncodedEvent, LoginEvent
+from bridge.logs import librdkafka_logger
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
@@ -38,6 +39,8 @@ CLIENT_ID = "login-audit-bridge"
 POLL_SECONDS = 0.1
 # While messages await their delivery report: what a report may wait on top of the broker's ack.
 BUSY_POLL_SECONDS = 0.001
+# How long one metadata request of the start-up check may block its thread (_check_cluster).
+CHECK_SLICE_SECONDS = 0.5
 # Without exported statistics the sink still needs them to notice that a broker came back.
 READINESS_STATISTICS_MS = 5000
 # A producer that hits a fatal error again at once (e.g. the cluster denies idempotent writes)
@@ -338,7 +341,7 @@ class KafkaSink(Sink):
             "error_cb": partial(self._on_error, generation),
             "stats_cb": partial(self._on_statistics, generation),
             # librdkafka's own log lines go through logging (served by poll) instead of stderr.
-            "logger": logging.getLogger(f"{__name__}.librdkafka"),
+            "logger": librdkafka_logger(),
         }
         try:
             return Producer(config)
@@ -392,16 +395,32 @@ class KafkaSink(Sink):
             log.warning("kafka: %d message(s) of the replaced producer were never answered", left)
 
     async def _check_cluster(self) -> None:
-        """Fails with SinkUnavailable unless the cluster answers within the publish timeout."""
+        """Fails with SinkUnavailable unless the cluster answers within the publish timeout.
+
+        Asked in slices of CHECK_SLICE_SECONDS: a request blocks its thread for its whole
+        timeout while no broker answers, cancelling the wait does not end it, and the process
+        cannot exit before the thread does. One request for the whole publish timeout held a
+        bridge stopped while it waited for its broker that long after "stopped".
+        """
         producer = self._require_producer()
-        try:
-            metadata = await asyncio.to_thread(producer.list_topics, timeout=self._publish_timeout)
-        except KafkaException as exc:
-            err: KafkaError = exc.args[0]
-            raise SinkUnavailable(
-                f"kafka: no answer from {self._config['bootstrap.servers']}: {err.str()}",
-                detail=err.name(),
-            ) from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._publish_timeout
+        while True:
+            asked = loop.time()
+            wait = max(0.0, min(CHECK_SLICE_SECONDS, deadline - asked))
+            try:
+                metadata = await asyncio.to_thread(producer.list_topics, timeout=wait)
+                break
+            except KafkaException as exc:
+                if loop.time() < deadline:
+                    # Not in a tight loop should an error come back before the slice is over.
+                    await asyncio.sleep(max(0.0, asked + wait - loop.time()))
+                    continue
+                err: KafkaError = exc.args[0]
+                raise SinkUnavailable(
+                    f"kafka: no answer from {self._config['bootstrap.servers']}: {err.str()}",
+                    detail=err.name(),
+                ) from exc
         self._reachable = True
         missing = [t for t in self._topics.values() if t not in metadata.topics]
         if missing and self._create_topics:
