@@ -7,6 +7,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -42,6 +43,12 @@ def configure_logging(*, level: str, fmt: str) -> None:
 _VARYING = re.compile(r"\b\d+ms\b|(?<=#producer-)\d+|(?<=#consumer-)\d+")
 
 
+@dataclass(slots=True)
+class _Seen:
+    logged_at: float
+    left_out: int = 0
+
+
 class RepeatSuppressor(logging.Filter):
     """Lets the first of identical lines through, then one per ``window`` seconds.
 
@@ -66,22 +73,24 @@ class RepeatSuppressor(logging.Filter):
         self.window = window
         self._clock = clock
         self._max_kept = max_kept
-        self._seen: dict[tuple[int, str], list[float]] = {}  # line -> [let through at, left out]
+        self._seen: dict[tuple[int, str], _Seen] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         key = (record.levelno, _VARYING.sub("#", message))
         now = self._clock()
         seen = self._seen.get(key)
-        if seen is not None and now - seen[0] < self.window:
-            seen[1] += 1
+        if seen is not None and now - seen.logged_at < self.window:
+            seen.left_out += 1
             return False
-        if seen is not None and seen[1]:
-            left_out = f"{seen[1]:.0f} identical line(s) not logged in the {self.window:g} s before"
-            record.msg = f"{message} ({left_out})"
+        if seen is not None and seen.left_out:
+            window = f"{self.window:g} s"
+            record.msg = (
+                f"{message} ({seen.left_out} identical line(s) not logged in the {window} before)"
+            )
             record.args = ()
-        self._seen.pop(key, None)
-        self._seen[key] = [now, 0]
+        self._seen.pop(key, None)  # re-inserted: the dict's order is the order of last use
+        self._seen[key] = _Seen(now)
         if len(self._seen) > self._max_kept:
             del self._seen[next(iter(self._seen))]
         return True
