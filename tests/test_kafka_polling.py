@@ -8,11 +8,19 @@ through a real one).
 from __future__ import annotations
 
 import asyncio
+import time
+from types import SimpleNamespace
 from typing import Any, cast
 
-from confluent_kafka import Producer
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer
 
-from bridge.sinks.kafka import BUSY_POLL_SECONDS, _Client
+from bridge.codec import AvroCodec
+from bridge.encode import build_wire_encoder
+from bridge.errors import SinkUnavailable
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+from bridge.sinks.kafka import BUSY_POLL_SECONDS, CHECK_SLICE_SECONDS, KafkaSink, _Client
 
 
 class CountingProducer:
@@ -65,3 +73,52 @@ def test_a_closed_client_leaves_the_last_reports_to_its_flush() -> None:
         return producer.polls
 
     assert asyncio.run(scenario()) == 0
+
+
+class SlowCluster:
+    """A producer whose cluster answers metadata requests only after ``answers_after`` seconds
+    (never, if None): a request with a shorter timeout blocks that long and fails, as
+    librdkafka's does."""
+
+    def __init__(self, answers_after: float | None) -> None:
+        self.answers_after = answers_after
+        self.timeouts: list[float] = []
+
+    def list_topics(self, timeout: float) -> Any:
+        self.timeouts.append(timeout)
+        if self.answers_after is None or timeout < self.answers_after:
+            time.sleep(timeout)
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        time.sleep(self.answers_after)
+        return SimpleNamespace(topics={"audit.success": None, "audit.failure": None})
+
+
+def _check(cluster: SlowCluster, publish_timeout: float) -> None:
+    settings = Settings(
+        sink="kafka", kafka_topic_success="audit.success", kafka_topic_failure="audit.failure"
+    )
+    codec = AvroCodec()
+    metrics = Metrics()
+    sink = KafkaSink.from_settings(
+        settings.model_copy(update={"publish_timeout_seconds": publish_timeout}),
+        encoder=build_wire_encoder(settings, codec),
+        metrics=metrics,
+    )
+    sink._require_producer = lambda: cast(Producer, cluster)  # type: ignore[method-assign]
+    asyncio.run(sink._check_cluster())
+
+
+def test_the_start_up_check_asks_in_slices_that_grow_until_a_slow_cluster_answers() -> None:
+    cluster = SlowCluster(answers_after=0.9)  # slower than the first slice
+    _check(cluster, publish_timeout=10.0)
+    assert cluster.timeouts[0] == CHECK_SLICE_SECONDS
+    assert cluster.timeouts == sorted(cluster.timeouts)  # each as long as the wait so far
+    assert cluster.timeouts[-1] >= 0.9
+    assert len(cluster.timeouts) <= 3  # 0.5, 0.5, then about 1
+
+
+def test_the_start_up_check_gives_up_at_the_publish_timeout_naming_the_servers() -> None:
+    cluster = SlowCluster(answers_after=None)
+    with pytest.raises(SinkUnavailable, match="no answer from"):
+        _check(cluster, publish_timeout=1.5)
+    assert 1.4 <= sum(cluster.timeouts) <= 1.5 + 1e-6  # the slices end at the deadline

@@ -39,7 +39,8 @@ CLIENT_ID = "login-audit-bridge"
 POLL_SECONDS = 0.1
 # While messages await their delivery report: what a report may wait on top of the broker's ack.
 BUSY_POLL_SECONDS = 0.001
-# How long one metadata request of the start-up check may block its thread (_check_cluster).
+# How long the first metadata request of the start-up check may block its thread; each next one
+# may take as long as all before it (_check_cluster).
 CHECK_SLICE_SECONDS = 0.5
 # Without exported statistics the sink still needs them to notice that a broker came back.
 READINESS_STATISTICS_MS = 5000
@@ -397,17 +398,21 @@ class KafkaSink(Sink):
     async def _check_cluster(self) -> None:
         """Fails with SinkUnavailable unless the cluster answers within the publish timeout.
 
-        Asked in slices of CHECK_SLICE_SECONDS: a request blocks its thread for its whole
-        timeout while no broker answers, cancelling the wait does not end it, and the process
-        cannot exit before the thread does. One request for the whole publish timeout held a
-        bridge stopped while it waited for its broker that long after "stopped".
+        Asked in slices, from CHECK_SLICE_SECONDS on, each as long as the wait so far: a
+        request blocks its thread for its whole timeout while no broker answers, cancelling the
+        wait does not end it, and the process cannot exit before the thread does. One request
+        for the whole publish timeout held a bridge stopped while it waited for its broker that
+        long after "stopped"; now a stop waits at most as long as the check had run before it
+        (half a second at first). The slices grow so that a cluster slower to answer than the
+        first slice is still heard.
         """
         producer = self._require_producer()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._publish_timeout
+        began = loop.time()
+        deadline = began + self._publish_timeout
         while True:
             asked = loop.time()
-            wait = max(0.0, min(CHECK_SLICE_SECONDS, deadline - asked))
+            wait = max(0.0, min(max(CHECK_SLICE_SECONDS, asked - began), deadline - asked))
             try:
                 metadata = await asyncio.to_thread(producer.list_topics, timeout=wait)
                 break
