@@ -13,11 +13,11 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 # CI fails a test whose broker or tool is missing; a laptop skips it.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -62,6 +62,33 @@ def reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T],
+    done: Callable[[T], bool] = bool,
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.1,
+    what: str | Callable[[], str] = "",
+) -> T:
+    """Polls ``probe`` until ``done`` accepts its value (by default: until the value is true) and
+    returns that value. After ``timeout`` seconds it fails with the last value and ``what``
+    (a callable is called then, e.g. to show the logs of that moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        if time.monotonic() >= deadline:
+            detail = what() if callable(what) else what
+            raise AssertionError(
+                f"still {value!r} after {timeout:g} s" + (f": {detail}" if detail else "")
+            )
+        time.sleep(interval)
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_spool_faults import read_users, spool_with_events, wait_for
+from test_spool_faults import read_users, spool_with_events
 
 from bridge.cli import Exit
 from bridge.errors import ConfigError
@@ -27,7 +27,7 @@ from bridge.metrics import Metrics
 from bridge.supervisor import Supervisor
 
 from conftest import BIN, KAFKA_BOOTSTRAP, BridgeProcess, print_fault_row
-from support import skip_or_fail
+from support import skip_or_fail, wait_for
 
 REGISTRY = os.environ.get(
     "BRIDGE_TEST_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081/apis/ccompat/v7"
@@ -201,7 +201,11 @@ def test_a_spool_locked_by_another_process_fails_the_replay_which_recovers_once_
         holder.execute("ROLLBACK")
         holder.close()
     wait_for(lambda: _readyz(bridge)[0], lambda s: s == 200, timeout=90)
-    wait_for(lambda: _metric(bridge, 'login_audit_spool_events{spool="bridge"}'), lambda d: d == 0)
+    wait_for(
+        lambda: _metric(bridge, 'login_audit_spool_events{spool="bridge"}'),
+        lambda d: d == 0,
+        timeout=60,
+    )
     delivered = read_users(data / "events")
     print_fault_row(
         "spool locked by another process",

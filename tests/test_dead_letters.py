@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from test_spool_faults import metric, read_users, wait_for
+from test_spool_faults import metric, read_users
 
 from bridge.cli import Exit
 from bridge.codec import AvroCodec
@@ -25,6 +25,7 @@ from bridge.pipeline import Pipeline
 from bridge.sinks.memory import MemorySink
 
 from conftest import BIN, BridgeProcess, encoded, replayer
+from support import wait_for
 
 QUERY = {"ip": "192.0.2.9", "login_method": "password", "protocol": "SSH", "status": "0"}
 
@@ -80,14 +81,26 @@ def test_dead_letters_are_counted_at_start_listed_and_sent_again_once_requeued(
 
     one = _cli(bridge, "requeue", ids[1])
     assert one.returncode == Exit.OK, one.stderr
-    wait_for(lambda: read_users(data / "events"), lambda users: users == ["refused-b"])
-    wait_for(lambda: metric(bridge.url, "login_audit_spool_dead_letter_events"), lambda n: n == 2)
+    wait_for(lambda: read_users(data / "events"), lambda users: users == ["refused-b"], timeout=60)
+    wait_for(
+        lambda: metric(bridge.url, "login_audit_spool_dead_letter_events"),
+        lambda n: n == 2,
+        timeout=60,
+    )
 
     rest = _cli(bridge, "requeue", "--all")
     assert rest.returncode == Exit.OK, rest.stderr
     assert "requeued 2 dead letter(s)" in rest.stderr
-    wait_for(lambda: sorted(read_users(data / "events")), lambda users: users == sorted(names))
-    wait_for(lambda: metric(bridge.url, "login_audit_spool_dead_letter_events"), lambda n: n == 0)
+    wait_for(
+        lambda: sorted(read_users(data / "events")),
+        lambda users: users == sorted(names),
+        timeout=60,
+    )
+    wait_for(
+        lambda: metric(bridge.url, "login_audit_spool_dead_letter_events"),
+        lambda n: n == 0,
+        timeout=60,
+    )
     assert _cli(bridge, "list").stdout == ""
 
 

@@ -34,7 +34,7 @@ from bridge.sinks.file import read_events
 
 from conftest import BIN, KAFKA_BOOTSTRAP, BridgeProcess, print_fault_row
 from ocsf import assert_ocsf
-from support import delete_kafka_topics, free_port, reachable, skip_or_fail
+from support import delete_kafka_topics, free_port, reachable, skip_or_fail, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.pam]
 
@@ -347,12 +347,6 @@ def all_bytes(*directories: Path) -> bytes:
         for p in sorted(d.rglob("*"))
         if p.is_file()
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def spooled(spool: Path) -> list[Path]:

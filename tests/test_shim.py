@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from conftest import (
     vector_query,
 )
 from ocsf import assert_ocsf
-from support import free_port
+from support import free_port, wait_for
 from wire import Relay, header, other_service
 
 pytestmark = pytest.mark.slow
@@ -143,15 +142,6 @@ def spooled(directory: Path) -> list[Path]:
 def leftovers(directory: Path) -> list[str]:
     """Whatever is in the spool directory: spooled events, temp files, rejected/."""
     return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def dead_url() -> str:
@@ -721,7 +711,7 @@ def start_listening(bridge: BridgeProcess) -> None:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
-    assert wait_for(listening), bridge.logs()
+    wait_for(listening, what=bridge.logs)
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,10 @@ import sqlite3
 import stat
 import subprocess
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from test_intake import spool_document, write_spool_file
@@ -32,20 +30,7 @@ from bridge.normalize import Normalizer
 from bridge.sinks.file import read_events
 
 from conftest import KAFKA_BOOTSTRAP, BridgeProcess, encoded, post, print_fault_row
-from support import free_port, kafka_user_names
-
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], done: Callable[[T], bool], *, timeout: float = 60.0) -> T:
-    """Polls ``probe`` until ``done`` says yes; fails with the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, f"still {value!r} after {timeout} s"
-        time.sleep(0.2)
+from support import free_port, kafka_user_names, wait_for
 
 
 def spool_with_events(path: Path, n: int, *, codec: AvroCodec | None = None) -> list[str]:
@@ -83,6 +68,7 @@ def _drained(bridge: BridgeProcess) -> None:
     wait_for(
         lambda: metric(bridge.url, 'login_audit_spool_events{spool="bridge"}'),
         lambda depth: depth == 0,
+        timeout=60,
     )
 
 
@@ -169,6 +155,7 @@ def test_the_spool_gauges_are_true_from_start_up_while_the_sink_is_down(
     wait_for(
         lambda: metric(bridge.url, 'login_audit_spool_oldest_age_seconds{spool="bridge"}'),
         lambda later: later > age,
+        timeout=60,
     )
     assert metric(bridge.url, "login_audit_spool_bytes") > 0
 
@@ -338,10 +325,15 @@ def test_a_poisoned_hook_spool_is_taken_in_file_by_file(
     watchdog.start()
     try:
         bridge = bridge_factory(hook_spool_dir=str(directory))
-        wait_for(lambda: sorted(read_users(bridge.events_dir)), lambda u: len(u) >= len(names))
+        wait_for(
+            lambda: sorted(read_users(bridge.events_dir)),
+            lambda u: len(u) >= len(names),
+            timeout=60,
+        )
         wait_for(
             lambda: metric(bridge.url, "login_audit_spool_rejected_total"),
             lambda n: n == len(poison),
+            timeout=60,
         )
     finally:
         watchdog.cancel()

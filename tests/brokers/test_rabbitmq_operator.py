@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 from collections.abc import Callable
 
@@ -28,7 +27,7 @@ from bridge.sinks.rabbitmq import RabbitMQSink
 
 from .conftest import RabbitMQUser
 from conftest import BridgeProcess, encoded, post, print_fault_row
-from support import free_port
+from support import free_port, wait_for
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -54,14 +53,6 @@ def publish_errors(bridge: BridgeProcess) -> float:
     return sum(
         v for (name, _), v in scrape(bridge).items() if name == "login_audit_publish_errors_total"
     )
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT_SECONDS}s: {what}")
-        time.sleep(0.2)
 
 
 async def declare_exchange_and_queue(url: str, exchange: str, queue: str) -> None:
@@ -119,7 +110,8 @@ def test_a_missing_write_permission_keeps_events_spooled_until_it_is_granted(
                 publish_errors(bridge) > EVENTS
                 or value(bridge, "login_audit_spool_dead_letters_total") > 0
             ),
-            "a replay that failed",
+            timeout=WAIT_SECONDS,
+            what="a replay that failed",
         )
         assert (
             value(
@@ -135,7 +127,8 @@ def test_a_missing_write_permission_keeps_events_spooled_until_it_is_granted(
         await asyncio.to_thread(
             wait_for,
             lambda: value(bridge, "login_audit_spool_events", spool="bridge") == 0,
-            "the spool drained after the grant",
+            timeout=WAIT_SECONDS,
+            what="the spool drained after the grant",
         )
         delivered = await read_queue(rabbitmq_url, queue, EVENTS)
 
