@@ -106,7 +106,22 @@ class KafkaReader:
         self._partitions: frozenset[tuple[str, int]] = frozenset()
 
     async def __aenter__(self) -> Self:
-        self._consumer = await asyncio.to_thread(self._open)
+        from confluent_kafka import KafkaException
+
+        from bridge.sinks.kafka import cluster_metadata
+        from bridge.sinks.kafka_errors import to_sink_error
+
+        consumer = await asyncio.to_thread(self._new_consumer)
+        try:
+            within = self._settings.publish_timeout_seconds
+            metadata = await cluster_metadata(consumer, within=within)
+            await asyncio.to_thread(self._assign, consumer, metadata)
+        except BaseException as exc:
+            await asyncio.to_thread(consumer.close)
+            if isinstance(exc, KafkaException):
+                raise to_sink_error(exc.args[0]) from exc
+            raise
+        self._consumer = consumer
         return self
 
     async def __aexit__(
@@ -119,15 +134,13 @@ class KafkaReader:
         if consumer is not None:
             await asyncio.to_thread(consumer.close)
 
-    def _open(self) -> Consumer:
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException
-        from confluent_kafka.cimpl import TopicPartition
+    def _new_consumer(self) -> Consumer:
+        from confluent_kafka import Consumer
 
         from bridge.logs import librdkafka_logger
         from bridge.sinks.kafka import client_config
-        from bridge.sinks.kafka_errors import to_sink_error
 
-        consumer = Consumer(
+        return Consumer(
             {
                 **client_config(self._settings),
                 "group.id": f"login-audit-tail-{uuid.uuid4()}",
@@ -138,12 +151,12 @@ class KafkaReader:
                 "logger": librdkafka_logger(),
             }
         )
+
+    def _assign(self, consumer: Consumer, metadata: Any) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+        from confluent_kafka.cimpl import TopicPartition
+
         offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END
-        try:
-            metadata = consumer.list_topics(timeout=self._settings.publish_timeout_seconds)
-        except KafkaException as exc:
-            consumer.close()
-            raise to_sink_error(exc.args[0]) from exc
         assignment = [
             TopicPartition(topic, partition, offset)
             for topic in self._topics
@@ -153,7 +166,6 @@ class KafkaReader:
         self._partitions = frozenset((tp.topic, tp.partition) for tp in assignment)
         # Assigning partitions directly skips the group rebalance: reading starts at once.
         consumer.assign(assignment)
-        return consumer
 
     async def events(
         self,

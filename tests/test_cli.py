@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,6 +93,34 @@ def test_tail_from_an_unreachable_kafka_exits_with_the_sink_code_and_says_why() 
     assert run.returncode == Exit.SINK_UNAVAILABLE
     assert "login-audit-bridge: tail --from kafka: kafka:" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_ctrl_c_ends_a_tail_waiting_for_an_unreachable_kafka_before_its_timeout() -> None:
+    """The wait for the cluster's answer runs in a thread that Ctrl-C cannot end: one request
+    for the whole publish timeout held the command that long after Ctrl-C."""
+    env = {
+        "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "BRIDGE_PUBLISH_TIMEOUT_SECONDS": "60",
+        "PATH": "/usr/bin:/bin",
+    }
+    tail = subprocess.Popen(
+        [str(BIN / "login-audit-bridge"), "tail", "--from", "kafka"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # well into the wait for the broker
+        assert tail.poll() is None
+        tail.send_signal(signal.SIGINT)
+        _, stderr = tail.communicate(timeout=20)  # the publish timeout is 60 s
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
+    assert tail.returncode == Exit.OK  # Ctrl-C is how a tail ends
+    assert "Traceback" not in stderr
 
 
 def test_tail_prints_stored_events_as_json_lines(bridge: BridgeProcess) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 # confluent_kafka.admin re-exports NewTopic without declaring it; the type stubs name it here.
@@ -134,6 +134,33 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "message.timeout.ms": delivery_timeout_ms(settings.publish_timeout_seconds),
         "statistics.interval.ms": statistics_ms,
     }
+
+
+async def cluster_metadata(client: Producer | Consumer, *, within: float) -> Any:
+    """The cluster's metadata (``list_topics``: a ClusterMetadata, which confluent-kafka's
+    type stubs leave as Any there); the last KafkaException after ``within`` seconds.
+
+    Asked in slices, from CHECK_SLICE_SECONDS on, each as long as the wait so far: a request
+    blocks its thread for its whole timeout while no broker answers, cancelling the wait does
+    not end it, and a process cannot exit before the thread does. One request for the whole
+    publish timeout held a bridge stopped while it waited for its broker (or `tail` after
+    Ctrl-C) that long; now a stop waits at most as long as the wait had run before it (half a
+    second at first). The slices grow so that a cluster slower to answer than the first slice
+    is still heard.
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    deadline = began + within
+    while True:
+        asked = loop.time()
+        wait = max(0.0, min(max(CHECK_SLICE_SECONDS, asked - began), deadline - asked))
+        try:
+            return await asyncio.to_thread(client.list_topics, timeout=wait)
+        except KafkaException:
+            if loop.time() >= deadline:
+                raise
+            # Not in a tight loop should an error come back before the slice is over.
+            await asyncio.sleep(max(0.0, asked + wait - loop.time()))
 
 
 class _Client:
@@ -396,36 +423,16 @@ class KafkaSink(Sink):
             log.warning("kafka: %d message(s) of the replaced producer were never answered", left)
 
     async def _check_cluster(self) -> None:
-        """Fails with SinkUnavailable unless the cluster answers within the publish timeout.
-
-        Asked in slices, from CHECK_SLICE_SECONDS on, each as long as the wait so far: a
-        request blocks its thread for its whole timeout while no broker answers, cancelling the
-        wait does not end it, and the process cannot exit before the thread does. One request
-        for the whole publish timeout held a bridge stopped while it waited for its broker that
-        long after "stopped"; now a stop waits at most as long as the check had run before it
-        (half a second at first). The slices grow so that a cluster slower to answer than the
-        first slice is still heard.
-        """
+        """Fails with SinkUnavailable unless the cluster answers within the publish timeout."""
         producer = self._require_producer()
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        deadline = began + self._publish_timeout
-        while True:
-            asked = loop.time()
-            wait = max(0.0, min(max(CHECK_SLICE_SECONDS, asked - began), deadline - asked))
-            try:
-                metadata = await asyncio.to_thread(producer.list_topics, timeout=wait)
-                break
-            except KafkaException as exc:
-                if loop.time() < deadline:
-                    # Not in a tight loop should an error come back before the slice is over.
-                    await asyncio.sleep(max(0.0, asked + wait - loop.time()))
-                    continue
-                err: KafkaError = exc.args[0]
-                raise SinkUnavailable(
-                    f"kafka: no answer from {self._config['bootstrap.servers']}: {err.str()}",
-                    detail=err.name(),
-                ) from exc
+        try:
+            metadata = await cluster_metadata(producer, within=self._publish_timeout)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            raise SinkUnavailable(
+                f"kafka: no answer from {self._config['bootstrap.servers']}: {err.str()}",
+                detail=err.name(),
+            ) from exc
         self._reachable = True
         missing = [t for t in self._topics.values() if t not in metadata.topics]
         if missing and self._create_topics:
