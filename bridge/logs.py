@@ -56,7 +56,8 @@ class RepeatSuppressor(logging.Filter):
     40 identical ERROR lines a second ("Connect to ipv4#... failed: Connection refused"), for
     as long as the outage lasted. Lines that differ only where _VARYING matches are identical
     here. Those left out are counted, and the next one let through says how many there were.
-    At most ``max_kept`` different lines are remembered, the oldest forgotten first.
+    At most ``max_kept`` different lines are remembered, the oldest forgotten first. With the
+    log level at debug, every line goes through.
 
     Records come from the loop's thread and, while a client closes, from a worker thread; a
     race between the two may let one extra line through, never lose a different one.
@@ -76,6 +77,8 @@ class RepeatSuppressor(logging.Filter):
         self._seen: dict[tuple[int, str], _Seen] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True  # someone debugging wants every line
         message = record.getMessage()
         key = (record.levelno, _VARYING.sub("#", message))
         now = self._clock()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from bridge.logs import RepeatSuppressor
 
@@ -16,6 +18,16 @@ REFUSED = (
     "FAIL [login-audit-bridge#producer-{n}] [thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: "
     "Connect to ipv4#127.0.0.1:1 failed: Connection refused (after {ms}ms in state CONNECT)"
 )
+
+
+@pytest.fixture(autouse=True)
+def root_at_info() -> Iterator[None]:
+    """Below debug, as a bridge runs by default (another test may leave the root at debug)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    yield
+    root.setLevel(level)
 
 
 class Clock:
@@ -81,6 +93,7 @@ def test_a_bridge_whose_broker_is_away_logs_the_refused_connection_once_not_per_
         sink="kafka",
         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
         publish_timeout_seconds="1",
+        log_level="info",  # at debug, every line goes through
     )
     deadline = time.monotonic() + 20
     while bridge.logs().count("spooling meanwhile") < 2 and time.monotonic() < deadline:
@@ -96,3 +109,9 @@ def test_a_bridge_whose_broker_is_away_logs_the_refused_connection_once_not_per_
     ]
     assert len(refused) == 1
     assert refused[0]["level"] == "ERROR"
+
+
+def test_at_debug_level_every_repeated_line_goes_through() -> None:
+    logging.getLogger().setLevel(logging.DEBUG)  # put back by root_at_info
+    suppress = RepeatSuppressor(60.0, clock=Clock())
+    assert all(suppress.filter(record(REFUSED.format(n=1, ms=0))) for _ in range(3))
