@@ -196,10 +196,9 @@ class BridgeProcess:
     def events_dir(self) -> Path:
         return self.data_dir / "events"
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Starts `serve` and waits until it is healthy and, with `--workers`, until every
-        worker serves (see wait_until_workers_serve)."""
-        served = self.logs().count(SERVING) if self.log_path.exists() else 0
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Starts `serve` and returns at once (start() waits until it serves); its output goes
+        to the log, and the fixture stops it."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [str(BIN / "login-audit-bridge"), "serve"],
@@ -208,7 +207,14 @@ class BridgeProcess:
                 stderr=log,
                 cwd=self.data_dir,
             )
-        wait_until_healthy(self.admin_url or self.url, self.process, timeout)
+        return self.process
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Starts `serve` and waits until it is healthy and, with `--workers`, until every
+        worker serves (see wait_until_workers_serve)."""
+        served = self.logs().count(SERVING) if self.log_path.exists() else 0
+        process = self.launch()
+        wait_until_healthy(self.admin_url or self.url, process, timeout)
         workers = int(self.env.get("BRIDGE_WORKERS", "1")) or usable_cpus()
         if workers > 1:
             self.wait_until_workers_serve(served + workers, timeout)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sqlite3
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.supervisor import Supervisor
 
-from conftest import BIN, KAFKA_BOOTSTRAP, BridgeProcess, print_fault_row
+from conftest import KAFKA_BOOTSTRAP, BridgeProcess, print_fault_row
 from support import skip_or_fail, wait_for
 
 REGISTRY = os.environ.get(
@@ -152,14 +151,7 @@ def test_a_registry_answering_404_at_start_ends_the_bridge_with_the_config_exit_
         spool_enabled=spool,
         log_format="text",
     )
-    with bridge.log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [str(BIN / "login-audit-bridge"), "serve"],
-            env=bridge.env,
-            stdout=log,
-            stderr=log,
-            cwd=bridge.data_dir,
-        )
+    process = bridge.launch()
     try:
         code = process.wait(timeout=90)
     finally:

@@ -28,7 +28,6 @@ from bridge.shim import DEFAULTS
 from bridge.sinks.file import read_events
 
 from conftest import (
-    BIN,
     BridgeProcess,
     print_fault_row,
     secret_strings,
@@ -698,14 +697,7 @@ def check_settings(env: dict[str, str]) -> tuple[int, str]:
 def start_listening(bridge: BridgeProcess) -> None:
     """Starts a bridge whose /healthz plain HTTP cannot reach (TLS): waits for its port."""
     port = int(bridge.url.rsplit(":", 1)[1])
-    with bridge.log_path.open("ab") as log:
-        bridge.process = subprocess.Popen(
-            [str(BIN / "login-audit-bridge"), "serve"],
-            env=bridge.env,
-            stdout=log,
-            stderr=log,
-            cwd=bridge.data_dir,
-        )
+    bridge.launch()
 
     def listening() -> bool:
         with socket.socket() as probe:

@@ -154,15 +154,7 @@ def test_killed_serve_whose_workers_still_start_leaves_no_socket_directory(
         spool_enabled="false",
         publish_timeout_seconds="6",
     )
-    with bridge.log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [str(BIN / "login-audit-bridge"), "serve"],
-            env=bridge.env,
-            stdout=log,
-            stderr=log,
-            cwd=bridge.data_dir,
-        )
-    bridge.process = process  # the fixture stops it if the test fails early
+    process = bridge.launch()
     deadline = time.monotonic() + WAIT_SECONDS
     while len(children_of(process.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
