@@ -39,8 +39,8 @@ CLIENT_ID = "login-audit-bridge"
 POLL_SECONDS = 0.1
 # While messages await their delivery report: what a report may wait on top of the broker's ack.
 BUSY_POLL_SECONDS = 0.001
-# How long the first metadata request of the start-up check may block its thread; each next one
-# may take as long as all before it (_check_cluster).
+# How long the first metadata request of a wait for the cluster may block its thread; each next
+# one may take as long as all before it (cluster_metadata).
 CHECK_SLICE_SECONDS = 0.5
 # Without exported statistics the sink still needs them to notice that a broker came back.
 READINESS_STATISTICS_MS = 5000
