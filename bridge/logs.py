@@ -36,6 +36,8 @@ def configure_logging(*, level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    for name in REPEATING_LOGGERS:
+        quiet_repeats(name)
 
 
 # What differs between two lines librdkafka repeats: the time a step took ("after 0ms") and the
@@ -54,10 +56,11 @@ class RepeatSuppressor(logging.Filter):
 
     librdkafka logs each failed attempt to connect: with the broker away, a bridge wrote 20 to
     40 identical ERROR lines a second ("Connect to ipv4#... failed: Connection refused"), for
-    as long as the outage lasted. Lines that differ only where _VARYING matches are identical
-    here. Those left out are counted, and the next one let through says how many there were.
-    At most ``max_kept`` different lines are remembered, the oldest forgotten first. With the
-    log level at debug, every line goes through.
+    as long as the outage lasted; aiormq about one every 1.3 s for an absent RabbitMQ. Lines
+    that differ only where _VARYING matches are identical here. Those left out are counted,
+    and the next one let through says how many there were. At most ``max_kept`` different
+    lines are remembered, the oldest forgotten first. With the log level at debug, every line
+    goes through.
 
     Records come from the loop's thread and, while a client closes, from a worker thread; a
     race between the two may let one extra line through, never lose a different one.
@@ -99,10 +102,22 @@ class RepeatSuppressor(logging.Filter):
         return True
 
 
-def librdkafka_logger() -> logging.Logger:
-    """The logger librdkafka's own lines go to (its clients' ``logger`` setting), repeats
-    suppressed (RepeatSuppressor)."""
-    logger = logging.getLogger("bridge.sinks.kafka.librdkafka")
+# The broker clients' loggers that say the same thing at each attempt while a broker is away:
+# librdkafka's lines (through the Kafka clients' ``logger`` setting), aiormq's failed connects
+# (ERROR) and aio-pika's reconnects (INFO), about one of each per second to an absent RabbitMQ.
+LIBRDKAFKA_LOGGER = "bridge.sinks.kafka.librdkafka"
+REPEATING_LOGGERS = (LIBRDKAFKA_LOGGER, "aiormq.connection", "aio_pika.robust_connection")
+
+
+def quiet_repeats(name: str) -> logging.Logger:
+    """The logger ``name``, with repeated lines suppressed (RepeatSuppressor) from now on."""
+    logger = logging.getLogger(name)
     if not any(isinstance(f, RepeatSuppressor) for f in logger.filters):
         logger.addFilter(RepeatSuppressor())
     return logger
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger librdkafka's own lines go to (its clients' ``logger`` setting), repeats
+    suppressed also where configure_logging was not called (``tail``)."""
+    return quiet_repeats(LIBRDKAFKA_LOGGER)

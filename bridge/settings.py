@@ -325,8 +325,8 @@ class Settings(BaseSettings):
     # -- logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info",
-        description="Log level. Below debug, a librdkafka line that repeats is logged once a "
-        "minute, with the count of those left out.",
+        description="Log level. Below debug, a line of librdkafka's or the RabbitMQ client's "
+        "that repeats is logged once a minute, with the count of those left out.",
     )
     log_format: Literal["json", "text"] = Field("json", description="json lines or plain text.")
 

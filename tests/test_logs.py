@@ -115,3 +115,25 @@ def test_at_debug_level_every_repeated_line_goes_through() -> None:
     logging.getLogger().setLevel(logging.DEBUG)  # put back by root_at_info
     suppress = RepeatSuppressor(60.0, clock=Clock())
     assert all(suppress.filter(record(REFUSED.format(n=1, ms=0))) for _ in range(3))
+
+
+def test_a_bridge_whose_rabbitmq_is_away_logs_the_clients_failed_connect_once_not_per_attempt(
+    bridge_factory: Callable[..., BridgeProcess],
+) -> None:
+    """aiormq logs an ERROR and aio-pika an INFO at every attempt, about one each 1.3 s."""
+    bridge = bridge_factory(
+        sink="rabbitmq",
+        rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",  # nothing listens there
+        log_level="info",
+    )
+    deadline = time.monotonic() + 20
+    while bridge.logs().count("unreachable") < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert bridge.stop() == 0
+    logs = [json.loads(line) for line in bridge.logs().splitlines()]
+    attempts = [
+        r for r in logs if r["logger"] == "bridge.sinks.rabbitmq" and "unreachable" in r["message"]
+    ]
+    assert len(attempts) >= 3
+    for name in ("aiormq.connection", "aio_pika.robust_connection"):
+        assert len([r for r in logs if r["logger"] == name]) == 1, name
