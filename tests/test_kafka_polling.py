@@ -8,6 +8,7 @@ through a real one).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from types import SimpleNamespace
 from typing import Any, cast
@@ -20,7 +21,13 @@ from bridge.encode import build_wire_encoder
 from bridge.errors import SinkUnavailable
 from bridge.metrics import Metrics
 from bridge.settings import Settings
-from bridge.sinks.kafka import BUSY_POLL_SECONDS, CHECK_SLICE_SECONDS, KafkaSink, _Client
+from bridge.sinks.kafka import (
+    BUSY_POLL_SECONDS,
+    CHECK_SLICE_SECONDS,
+    KafkaSink,
+    _Client,
+    cluster_metadata,
+)
 
 
 class CountingProducer:
@@ -122,3 +129,34 @@ def test_the_start_up_check_gives_up_at_the_publish_timeout_naming_the_servers()
     with pytest.raises(SinkUnavailable, match="no answer from"):
         _check(cluster, publish_timeout=1.5)
     assert 1.4 <= sum(cluster.timeouts) <= 1.5 + 1e-6  # the slices end at the deadline
+
+
+class BusyCluster:
+    """A producer whose metadata request is in its thread until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.returned = False
+
+    def list_topics(self, timeout: float) -> Any:
+        self.started.set()
+        self.release.wait(5)
+        self.returned = True
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+
+def test_a_cancelled_wait_for_the_cluster_returns_only_once_its_request_has() -> None:
+    """The caller closes the client after a cancel: not while a thread still uses it."""
+
+    async def scenario() -> bool:
+        cluster = BusyCluster()
+        waiting = asyncio.create_task(cluster_metadata(cast(Producer, cluster), within=10.0))
+        await asyncio.to_thread(cluster.started.wait, 5)
+        waiting.cancel()
+        asyncio.get_running_loop().call_later(0.3, cluster.release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return cluster.returned
+
+    assert asyncio.run(scenario())

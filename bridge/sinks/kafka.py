@@ -147,6 +147,9 @@ async def cluster_metadata(client: Producer | Consumer, *, within: float) -> Any
     Ctrl-C) that long; now a stop waits at most as long as the wait had run before it (half a
     second at first). The slices grow so that a cluster slower to answer than the first slice
     is still heard.
+
+    Cancelled, it returns only once the request in flight has: the caller's clean-up closes
+    the client, and closing a consumer destroys its handle under a thread still using it.
     """
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -154,8 +157,14 @@ async def cluster_metadata(client: Producer | Consumer, *, within: float) -> Any
     while True:
         asked = loop.time()
         wait = max(0.0, min(max(CHECK_SLICE_SECONDS, asked - began), deadline - asked))
+        request = asyncio.ensure_future(asyncio.to_thread(client.list_topics, timeout=wait))
         try:
-            return await asyncio.to_thread(client.list_topics, timeout=wait)
+            return await asyncio.shield(request)
+        except asyncio.CancelledError:
+            await asyncio.wait({request})
+            if not request.cancelled():
+                request.exception()  # retrieved: whatever it says, the caller is stopping
+            raise
         except KafkaException:
             if loop.time() >= deadline:
                 raise
