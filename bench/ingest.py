@@ -2721,11 +2721,11 @@ def lab_and_brokers(
     ``pin_servers``: the bridges and floors run on the last CPU and everything else (this
     process, the load generators, the brokers) on the others, so a worker's latency is not
     its wait for a CPU that a generator or a broker holds."""
-    server_cpus, others = split_cpus() if pin_servers else (None, None)
-    if others is not None:
+    server_cpus, others = split_cpus() if pin_servers else (None, set())
+    if server_cpus is not None:
         os.sched_setaffinity(0, others)  # wrk, vegeta and brokers started from here inherit it
     found = start_brokers(own=own)
-    if server_cpus is not None and others is not None:
+    if server_cpus is not None:
         pinned = pin_brokers(own, others)
         print(
             f"--pin-servers: servers on CPU {sorted(server_cpus)}, {pinned} and the load "

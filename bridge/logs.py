@@ -104,7 +104,7 @@ class RepeatSuppressor(logging.Filter):
 
 # The broker clients' loggers that say the same thing at each attempt while a broker is away:
 # librdkafka's lines (through the Kafka clients' ``logger`` setting), aiormq's failed connects
-# (ERROR) and aio-pika's reconnects (INFO), about one of each per second to an absent RabbitMQ.
+# (ERROR) and aio-pika's reconnects (INFO), about one of each every 1.3 s to an absent RabbitMQ.
 LIBRDKAFKA_LOGGER = "bridge.sinks.kafka.librdkafka"
 REPEATING_LOGGERS = (LIBRDKAFKA_LOGGER, "aiormq.connection", "aio_pika.robust_connection")
 

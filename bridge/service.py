@@ -439,6 +439,10 @@ async def _run(hooks: Sequence[tuple[uvicorn.Server, socket.socket]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# What stops the bridge: SIGTERM from a supervisor or Kubernetes, SIGINT from a terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _stop_on_signals(
     servers: Sequence[uvicorn.Server],
@@ -530,9 +534,6 @@ class _StopWhileStarting:
         """The handlers from before this one, for the caller to put back when it is done with
         the signals (it has installed its own)."""
         return self._previous
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _already_stopping(signum: int, frame: object) -> None:
