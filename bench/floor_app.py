@@ -15,14 +15,26 @@ does too. With ``--workers`` in the bridge's ``serve``, the floor asks for one w
 On start it prints one line, ``floor: loop=<class> http=<class>``, which the benchmark
 checks (no line: the bridge's code path changed, and this process may be serving the real
 bridge; update this file) and reports beside the results.
+
+``--publish kafka --vector V`` makes it the *Kafka floor*: every answer then waits for the
+delivery report of one event, built and encoded once at start-up from the SFTPGo HTTP-mode
+vector ``V``, sent through the bridge's own Kafka sink (``KafkaSink.send``, with the producer
+settings the bridge takes from the same ``BRIDGE_KAFKA_*`` variables). It still reads each
+request's whole body, but routes, parses, normalizes and encodes nothing. Its latency at a
+constant rate is what the loop, the broker and the machine leave to any bridge that answers
+after Kafka's acknowledgement: no bridge on this loop and machine does better.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import json
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -31,6 +43,10 @@ from bridge import cli, service
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
+App = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
 BANNER = "floor:"
 
 
@@ -58,19 +74,76 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return qualified(kind) if base is kind else f"{qualified(kind)} on {qualified(base)}"
 
 
-async def serve_floor(settings: Any, **_: object) -> None:
+def publishing(send_event: Callable[[], Awaitable[None]]) -> App:
+    """The floor's app, answering each request once ``send_event()`` has returned."""
+
+    async def app(
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        await send_event()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def kafka_sink(
+    settings: Any, vector: dict[str, Any]
+) -> tuple[Any, Callable[[], Awaitable[None]]]:
+    """The bridge's Kafka sink, started, and a call sending the vector's event through it."""
+    from bridge.codec import AvroCodec
+    from bridge.encode import Encoder, build_wire_encoder
+    from bridge.metrics import Metrics
+    from bridge.normalize import Normalizer
+    from bridge.sinks import build_sink
+
+    query = dict(urllib.parse.parse_qsl(vector["raw_query"], keep_blank_values=True))
+    normalizer = Normalizer(sftpgo_user_fields=settings.sftpgo_user_fields)
+    event = normalizer.sftpgo_from_http(query, vector["raw_body"].encode())
+    codec = AvroCodec()
+    encoded = Encoder(codec).encode(event)
+    encoder = build_wire_encoder(settings, codec)
+    sink = build_sink(settings, codec=codec, encoder=encoder, metrics=Metrics())
+    await sink.start()
+    return sink, lambda: sink.send(encoded)
+
+
+async def serve_floor(
+    settings: Any,
+    *,
+    publish: str | None = None,
+    vector: dict[str, Any] | None = None,
+    **_: object,
+) -> None:
     """Stands in for ``bridge.service.serve``: the bridge's sockets and Config, the floor's app."""
-    config = service._uvicorn_config(app, settings)
-    config.load()
-    loop = asyncio.get_running_loop()
-    print(
-        f"{BANNER} loop={loop_name(loop)} http={qualified(config.http_protocol_class)}",
-        flush=True,
-    )
-    sockets = service._bind(settings)
-    server = uvicorn.Server(config)
-    with service._stop_on_signals([server]):
-        await server.serve(sockets=sockets)
+    sink = None
+    application: App = app
+    if publish == "kafka":
+        assert vector is not None  # main() requires it with --publish
+        sink, send_event = await kafka_sink(settings, vector)
+        application = publishing(send_event)
+    try:
+        config = service._uvicorn_config(application, settings)
+        config.load()
+        loop = asyncio.get_running_loop()
+        print(
+            f"{BANNER} loop={loop_name(loop)} http={qualified(config.http_protocol_class)}"
+            + (f" publish={publish}" if publish else ""),
+            flush=True,
+        )
+        sockets = service._bind(settings)
+        server = uvicorn.Server(config)
+        with service._stop_on_signals([server]):
+            await server.serve(sockets=sockets)
+    finally:
+        if sink is not None:
+            await sink.stop()
 
 
 def serve_argv() -> list[str]:
@@ -85,8 +158,20 @@ def serve_argv() -> list[str]:
 
 
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
-    service.serve = serve_floor
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--publish",
+        choices=["kafka"],
+        help="answer each request after one event's delivery report from the bridge's Kafka sink",
+    )
+    parser.add_argument(
+        "--vector", type=Path, help="the SFTPGo HTTP-mode vector (JSON) whose event --publish sends"
+    )
+    args = parser.parse_args()
+    if args.publish and args.vector is None:
+        parser.error("--publish needs --vector")
+    vector = json.loads(args.vector.read_text(encoding="utf-8")) if args.vector else None
+    service.serve = functools.partial(serve_floor, publish=args.publish, vector=vector)
     return int(cli.main(serve_argv()))
 
 

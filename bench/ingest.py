@@ -558,29 +558,37 @@ class Lab:
             return None
         return lambda: os.sched_setaffinity(0, cpus)
 
-    def floor(self, variant: Variant) -> Server:
-        """bench/floor_app.py through the variant's `serve` code path; checks its banner."""
+    def floor(self, variant: Variant, *, kafka: bool = False) -> Server:
+        """bench/floor_app.py through the variant's `serve` code path; checks its banner.
+
+        `kafka`: the Kafka floor (KAFKA_FLOOR_WHY), with the Kafka worker's settings."""
         port = free_port()
-        data_dir = self.data_dir(f"{variant.name}-floor")
-        env = {
-            **variant.env(),
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "BRIDGE_HOST": "127.0.0.1",
-            "BRIDGE_PORT": str(port),
-            "BRIDGE_DATA_DIR": str(data_dir),
-            "BRIDGE_LOG_LEVEL": "warning",
-        }
+        name = f"{variant.name}-{KAFKA_FLOOR if kafka else 'floor'}"
+        data_dir = self.data_dir(name)
+        argv = [PYTHON, str(REPO / "bench" / "floor_app.py")]
+        if kafka:
+            env = self.bridge_env(variant, "kafka", port, data_dir)
+            argv += ["--publish", "kafka", "--vector", str(floor_vector())]
+        else:
+            env = {
+                **variant.env(),
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "BRIDGE_HOST": "127.0.0.1",
+                "BRIDGE_PORT": str(port),
+                "BRIDGE_DATA_DIR": str(data_dir),
+                "BRIDGE_LOG_LEVEL": "warning",
+            }
         log = data_dir / "floor.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [PYTHON, str(REPO / "bench" / "floor_app.py")],
+                argv,
                 env=env,
                 stdout=out,
                 stderr=out,
                 cwd=data_dir,
                 preexec_fn=self._pin(),
             )
-        server = Server(f"{variant.name}-floor", port, [process], log)
+        server = Server(name, port, [process], log)
         self.started.append(server)
         wait_ready(server, sink_ready=False, path="/")
         if floor_banner(server) is None:
@@ -677,6 +685,18 @@ FLOOR_AT_RATE_WHY = (
     "runs). So a rate that is half of wrk's maximum keeps a worker busier than half the time: "
     "this table says how much, and whether the extra is the bridge's or any server's on this "
     "loop."
+)
+
+KAFKA_FLOOR = "kafka-floor"
+# Why the latency section loads a floor that publishes too (bench/README, "Latency").
+KAFKA_FLOOR_WHY = (
+    "The Kafka floor is bench/floor_app.py answering each request once the bridge's own Kafka "
+    "sink (KafkaSink.send, the bridge's producer settings, the same broker and topics) has the "
+    "delivery report of one event encoded at start-up: the same loop, HTTP server and publish "
+    "as the bridge, without routing, parsing, normalizing or encoding. Its latency at a rate is "
+    "what the machine, the broker and the loop leave to any bridge that answers after Kafka's "
+    "acknowledgement; the bridge's p99 over the Kafka floor's, within each round, is what the "
+    "bridge's own work adds."
 )
 
 
@@ -870,16 +890,26 @@ class RssSampler:
 # ---------------------------------------------------------------- load generators
 
 
-def request_pairs() -> list[tuple[str, str]]:
-    """(path, body) of every HTTP-mode SFTPGo vector, as SFTPGo's HTTP hook sends them."""
-    pairs = []
+def http_vectors() -> list[tuple[Path, dict[str, Any]]]:
+    """Every HTTP-mode SFTPGo vector with a body: its file and its content."""
+    found = []
     for path in sorted(VECTORS.glob("*.json")):
         vector = json.loads(path.read_text(encoding="utf-8"))
         if vector.get("mode") == "http" and vector.get("raw_body"):
-            pairs.append((f"{HOOK_PATH}?{vector['raw_query']}", vector["raw_body"]))
-    if not pairs:
+            found.append((path, vector))
+    if not found:
         raise SystemExit(f"no HTTP-mode vectors under {VECTORS}")
-    return pairs
+    return found
+
+
+def request_pairs() -> list[tuple[str, str]]:
+    """(path, body) of every HTTP-mode SFTPGo vector, as SFTPGo's HTTP hook sends them."""
+    return [(f"{HOOK_PATH}?{v['raw_query']}", v["raw_body"]) for _, v in http_vectors()]
+
+
+def floor_vector() -> Path:
+    """The vector whose event the Kafka floor sends for every request: the first one."""
+    return http_vectors()[0][0]
 
 
 def lua_string(text: str) -> str:
@@ -1289,10 +1319,17 @@ class Target:
     per_event: bool = False  # wrk opens a new connection for every event (PER_EVENT_WHY)
 
     @property
+    def is_bridge(self) -> bool:
+        """Bridge workers, with /metrics; not one of the floors."""
+        return self.kind not in ("floor", KAFKA_FLOOR)
+
+    @property
     def title(self) -> str:
         how = ", new connection per event" if self.per_event else ""
         if self.kind == "floor":
             return f"floor (bare ASGI app, the bridge's serve path){how}"
+        if self.kind == KAFKA_FLOOR:
+            return f"Kafka floor (the floor awaiting the bridge's Kafka sink){how}"
         sink = {"kafka": "Kafka (acks=all)", "rabbitmq": "RabbitMQ", "file": "file sink"}
         plural = "s" if self.workers > 1 else ""
         return f"{sink[self.kind]}, {self.workers} worker{plural}{how}"
@@ -1356,6 +1393,8 @@ class Bench:
     def serve(self, variant: Variant, kind: str, workers: int) -> Server:
         if kind == "floor":
             return self.lab.floor(variant)
+        if kind == KAFKA_FLOOR:
+            return self.lab.floor(variant, kafka=True)
         server = self.lab.bridge(variant, kind, workers)
         self.rss.watch(server)
         return server
@@ -1507,7 +1546,7 @@ class Bench:
         starts of the same code then varies from round to round instead of biasing every
         round of the run the same way."""
         for target in both:
-            if target.kind != "floor":
+            if target.is_bridge:
                 target.errors_before += metric(target.server, "login_audit_publish_errors_total")
         self.lab.stop([t.server for t in both])
         for target in both:
@@ -1542,6 +1581,8 @@ class Bench:
         return list(zip(runs, meters, strict=True))
 
     def in_rounds(self, target: Target) -> bool:
+        if target.kind == KAFKA_FLOOR:
+            return False  # latency rows only
         if target.kind == "floor":
             return True
         if "cpu" in self.sections and target.workers == 1:
@@ -1824,7 +1865,7 @@ class Bench:
 
     def note_spooled(self) -> None:
         for target in self.targets:
-            if target.kind == "floor":
+            if not target.is_bridge:
                 continue
             errors = target.errors_before + metric(
                 target.server, "login_audit_publish_errors_total"
@@ -1857,18 +1898,27 @@ class Bench:
                 top = self.load.closed(kafka.server.port, self.plan.seconds).ok_per_s
             for part in self.plan.latency_shares:
                 plans.append((variant, kafka, part * top, share_label(part)))
-        # The floor at each of the same rates, in the same rounds (FLOOR_AT_RATE_WHY).
-        plans += [(v, self.single(v, "floor"), rate, label) for v, _, rate, label in plans]
+        # The floor and the Kafka floor at each of the same rates, in the same rounds
+        # (FLOOR_AT_RATE_WHY, KAFKA_FLOOR_WHY).
+        bridges = list(plans)
+        plans += [(v, self.single(v, "floor"), rate, label) for v, _, rate, label in bridges]
+        for variant in self.variants:
+            if self.find(variant, KAFKA_FLOOR) is None:
+                # Warmed up as the worker was: its first round must not meet a cold producer.
+                warm = self.add(variant, KAFKA_FLOOR)
+                self.load.closed(warm.server.port, self.plan.warm_up)
+        plans += [(v, self.single(v, KAFKA_FLOOR), rate, label) for v, _, rate, label in bridges]
         # By (variant, rate, label): each round's vegeta result and sample.
         results: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
         floors: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
+        kafka_floors: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
         shuffle = random.Random(self.seed + 1)
         for number in range(1, self.plan.latency_rounds + 1):
             shuffle.shuffle(plans)
             print(f"latency round {number}/{self.plan.latency_rounds} (vegeta)", flush=True)
             for variant, target, rate, label in plans:
-                # The floor has no /metrics: no publish or loop-lag histograms to read.
-                bridge = target.kind != "floor"
+                # The floors have no /metrics: no publish or loop-lag histograms to read.
+                bridge = target.is_bridge
                 before: dict[str, dict[float, float]] = {}
                 # Per thread for the bridge (its loop against librdkafka's), by comm when the
                 # cpu rounds did not name the threads.
@@ -1882,13 +1932,15 @@ class Bench:
                 )
                 sample = self._rate_sample(result, meter)
                 key = (variant.name, round(rate), label)
+                who = {"floor": "floor", KAFKA_FLOOR: "Kafka floor"}.get(target.kind, "Kafka")
                 said = (
-                    f"  {variant.name} {'Kafka' if bridge else 'floor'} at {rate:,.0f}/s: "
+                    f"  {variant.name} {who} at {rate:,.0f}/s: "
                     f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
                     f"{result['ok']}/{result['requests']} 2xx"
                 )
                 if not bridge:
-                    floors.setdefault(key, []).append((result, sample))
+                    kept = floors if target.kind == "floor" else kafka_floors
+                    kept.setdefault(key, []).append((result, sample))
                     print(f"{said}, {sample.us_per_event:,.0f} µs CPU/event", flush=True)
                     continue
                 after = histograms(target.server)
@@ -1954,10 +2006,13 @@ class Bench:
                 which = f"at a set rate, not the target's 50 % of max ({rate:,}/s)"
             else:
                 which = f"at 50 % of max ({rate:,}/s)"
+            beside = kafka_floors.get((name, rate, label), [])
+            floor_p99 = spread([r["p99_ms"] for r, _ in beside], ".2f")
             self.report.target(
                 f"Kafka latency {which}: p50 ≤ {P50_MAX_MS:g} ms, p99 ≤ {P99_MAX_MS:g} ms{tag}",
                 f"p50 {spread(p50, '.2f')} ms, p99 {spread(p99, '.2f')} ms"
-                + (f", {bad} non-2xx" if bad else ""),
+                + (f", {bad} non-2xx" if bad else "")
+                + (f" (Kafka floor, same rounds: p99 {floor_p99} ms)" if beside else ""),
                 met(med(p50) <= P50_MAX_MS and med(p99) <= P99_MAX_MS and not bad),
             )
         self.report.block(
@@ -2014,6 +2069,8 @@ class Bench:
 
         if floors:
             self.report.block(self._floor_at_rate(results, floors))
+        if kafka_floors:
+            self.report.block(self._kafka_floor_at_rate(results, kafka_floors))
         self.report.block(self._threads_at_rate(results))
 
     @contextlib.contextmanager
@@ -2027,7 +2084,7 @@ class Bench:
         http_get's timeout (a collapsed round) leaves `before` empty, and that round's
         publish and loop-lag shares n/a, instead of ending the run."""
         with meter:
-            if target.kind != "floor":
+            if target.is_bridge:
                 with contextlib.suppress(OSError):
                     before.update(histograms(target.server))
             yield
@@ -2070,6 +2127,57 @@ class Bench:
             "rate each event wakes the process from idle, and its work runs cold.\n\n"
             + table(
                 ["offered", *(f"{kind} µs/event" for kind in THREAD_KINDS), "process µs/event"],
+                rows,
+            )
+        )
+
+    @staticmethod
+    def _kafka_floor_at_rate(
+        results: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]],
+        kafka_floors: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]],
+    ) -> str:
+        """The bridge's latency at each constant rate against the Kafka floor's, same rounds."""
+        rows = []
+        for key, runs in sorted(results.items()):
+            beside = kafka_floors.get(key, [])
+            if not beside:
+                continue
+            name, rate, _ = key
+            # One of each per round, appended in round order: a ratio within each round.
+            p99_ratio = [
+                r["p99_ms"] / max(f["p99_ms"], 1e-9)
+                for (r, _), (f, _) in zip(runs, beside, strict=False)
+            ]
+            rows.append(
+                [
+                    f"{name}: {rate:,}/s",
+                    spread([f["p50_ms"] for f, _ in beside], ".2f"),
+                    spread([f["p99_ms"] for f, _ in beside], ".2f"),
+                    spread([f["max_ms"] for f, _ in beside], ".1f"),
+                    spread([f["stalls"] for f, _ in beside]),
+                    str(sum(f["requests"] - f["ok"] for f, _ in beside)),
+                    spread([s.us_per_event for _, s in beside]),
+                    spread([100 * s.idle for _, s in beside], unit=" %"),
+                    spread([r["p99_ms"] for r, _ in runs], ".2f"),
+                    spread(p99_ratio, ".2f", "x"),
+                ]
+            )
+        return (
+            "### Latency at a constant rate: the bridge against the Kafka floor\n\n"
+            f"{KAFKA_FLOOR_WHY} Same rounds and rates as the latency rows; *stalls* as there.\n\n"
+            + table(
+                [
+                    "offered",
+                    "Kafka floor p50 ms",
+                    "Kafka floor p99 ms",
+                    "max ms",
+                    "stalls",
+                    "non-2xx",
+                    "µs CPU/request",
+                    "machine idle",
+                    "bridge p99 ms",
+                    "bridge p99 ÷ Kafka floor's",
+                ],
                 rows,
             )
         )
