@@ -4,7 +4,8 @@ What grows a worker under a connection storm is what it holds at once: open conn
 requests waiting for the sink. ``BRIDGE_MAX_CONNECTIONS`` caps the first (``BRIDGE_MAX_IN_FLIGHT``
 the second); this shows what they cost and what the cap bounds. For each cap (the bridge's
 default, and ``none``: a cap too high to reach) and each mode, one fresh worker into the bench's
-own Kafka takes ``--connections`` connections from an asyncio client:
+own Kafka takes ``--connections`` connections from an asyncio client (``--cap N``: one more cap
+to compare):
 
 - ``idle``: the connections send nothing for ``--hold`` seconds;
 - ``in-flight``: Kafka is paused (SIGSTOP, the bench's own broker only) while every connection
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import ingest
 from ingest import RssSampler, Variant, table
+
+from bridge.settings import Settings
 
 NO_CAP = 1_000_000
 MODES = ("idle", "in-flight")
@@ -115,8 +118,16 @@ def main() -> int:
     )
     parser.add_argument("--connections", type=int, default=8000, help="per run (default 8000)")
     parser.add_argument("--hold", type=float, default=5.0, help="seconds held (default 5)")
+    parser.add_argument(
+        "--cap",
+        type=int,
+        action="append",
+        default=[],
+        help="also a worker with this BRIDGE_MAX_CONNECTIONS (repeatable), beside the default's",
+    )
     parser.add_argument("--label", help="added to the results file name")
     args = parser.parse_args()
+    default_cap = Settings().max_connections
     raise_file_limit(args.connections)
     started = datetime.now(UTC)
     rows = []
@@ -124,9 +135,9 @@ def main() -> int:
     with ingest.lab_and_brokers(own=True, prefix="bench-memory-") as lab:
         ingest.create_topics(lab, 1 << 30)
         kafka = kafka_pid()
-        for cap in (None, NO_CAP):
+        for cap in (None, *args.cap, NO_CAP):
             for mode in MODES:
-                cap_text = "none" if cap == NO_CAP else "default (4096)"
+                cap_text = {None: f"default ({default_cap})", NO_CAP: "none"}.get(cap, str(cap))
                 # Requests stay in flight while Kafka is paused, not handed to the spool.
                 settings = {"BRIDGE_SPOOL_AFTER_SECONDS": str(args.hold + 5)}
                 if cap is not None:
