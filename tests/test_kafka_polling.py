@@ -160,3 +160,20 @@ def test_a_cancelled_wait_for_the_cluster_returns_only_once_its_request_has() ->
         return cluster.returned
 
     assert asyncio.run(scenario())
+
+
+def test_a_wait_for_the_cluster_ends_after_the_slice_in_which_the_broker_refused_the_client() -> (
+    None
+):
+    """What the error callback heard (here: at once) ends the wait with that error; the
+    requests alone would have gone on to the deadline."""
+    refusal = KafkaError(KafkaError._AUTHENTICATION, "Authentication failed")
+    cluster = SlowCluster(answers_after=None)
+
+    async def scenario() -> None:
+        await cluster_metadata(cast(Producer, cluster), within=10.0, refused=lambda: refusal)
+
+    with pytest.raises(KafkaException) as caught:
+        asyncio.run(scenario())
+    assert caught.value.args[0] is refusal
+    assert cluster.timeouts == [CHECK_SLICE_SECONDS]

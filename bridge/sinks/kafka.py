@@ -42,6 +42,9 @@ BUSY_POLL_SECONDS = 0.001
 # How long the first metadata request of a wait for the cluster may block its thread; each next
 # one may take as long as all before it (cluster_metadata).
 CHECK_SLICE_SECONDS = 0.5
+# What a broker says when it refuses the bridge's credentials: asking again with the same ones
+# gets the same answer, so a wait for the cluster ends there instead of at its timeout.
+REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
 # Without exported statistics the sink still needs them to notice that a broker came back.
 READINESS_STATISTICS_MS = 5000
 # A producer that hits a fatal error again at once (e.g. the cluster denies idempotent writes)
@@ -136,9 +139,16 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def cluster_metadata(client: Producer | Consumer, *, within: float) -> Any:
+async def cluster_metadata(
+    client: Producer | Consumer,
+    *,
+    within: float,
+    refused: Callable[[], KafkaError | None] | None = None,
+) -> Any:
     """The cluster's metadata (``list_topics``: a ClusterMetadata, which confluent-kafka's
-    type stubs leave as Any there); the last KafkaException after ``within`` seconds.
+    type stubs leave as Any there); the last KafkaException after ``within`` seconds, or
+    at the end of the first slice after ``refused()`` returned an error (the client's error
+    callback saw the broker refuse it: no later slice can succeed), that error.
 
     Asked in slices, from CHECK_SLICE_SECONDS on, each as long as the wait so far: a request
     blocks its thread for its whole timeout while no broker answers, cancelling the wait does
@@ -166,6 +176,9 @@ async def cluster_metadata(client: Producer | Consumer, *, within: float) -> Any
                 request.exception()  # retrieved: whatever it says, the caller is stopping
             raise
         except KafkaException:
+            said = refused() if refused is not None else None
+            if said is not None:
+                raise KafkaException(said) from None
             if loop.time() >= deadline:
                 raise
             # Not in a tight loop should an error come back before the slice is over.
@@ -302,6 +315,8 @@ class KafkaSink(Sink):
         self._deadlines: Deadlines[asyncio.Future[None]]
         self._reachable = False
         self._fatal: KafkaError | None = None
+        # The broker's refusal of the credentials, seen by error_cb (served by poll on the loop).
+        self._refused: KafkaError | None = None
 
     @classmethod
     def from_settings(
@@ -330,6 +345,7 @@ class KafkaSink(Sink):
         self._loop_thread = threading.get_ident()
         self._deadlines = Deadlines(self._loop, self._publish_timeout, self._expire)
         self._fatal = None
+        self._refused = None
         self._client = self._new_client()
         try:
             await self._check_cluster()
@@ -434,14 +450,18 @@ class KafkaSink(Sink):
     async def _check_cluster(self) -> None:
         """Fails with SinkUnavailable unless the cluster answers within the publish timeout."""
         producer = self._require_producer()
+        servers = self._config["bootstrap.servers"]
         try:
-            metadata = await cluster_metadata(producer, within=self._publish_timeout)
+            metadata = await cluster_metadata(
+                producer, within=self._publish_timeout, refused=lambda: self._refused
+            )
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            raise SinkUnavailable(
-                f"kafka: no answer from {self._config['bootstrap.servers']}: {err.str()}",
-                detail=err.name(),
-            ) from exc
+            if err.code() in REFUSED:
+                message = f"kafka: {servers} refused the bridge's credentials: {err.str()}"
+            else:
+                message = f"kafka: no answer from {servers}: {err.str()}"
+            raise SinkUnavailable(message, detail=err.name()) from exc
         self._reachable = True
         missing = [t for t in self._topics.values() if t not in metadata.topics]
         if missing and self._create_topics:
@@ -490,6 +510,9 @@ class KafkaSink(Sink):
             self._note_fatal(generation, err)
         elif not self._current(generation):
             return  # a replaced producer, flushing: its view of the cluster no longer counts
+        elif err.code() in REFUSED:
+            self._refused = err
+            log.warning("kafka: a broker refused the bridge's credentials: %s", err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._reachable = False
             log.warning("kafka: all brokers are down")
