@@ -18,7 +18,7 @@ from bridge.settings import Settings
 
 if TYPE_CHECKING:  # the broker libraries load only when a reader is opened
     import aio_pika.abc
-    from confluent_kafka import Consumer, Message
+    from confluent_kafka import Consumer, KafkaError, Message
 
 Decoder = Callable[[bytes], dict[str, Any]]
 BrokerName = Literal["kafka", "rabbitmq"]
@@ -104,6 +104,8 @@ class KafkaReader:
         self._from_beginning = from_beginning
         self._consumer: Consumer | None = None
         self._partitions: frozenset[tuple[str, int]] = frozenset()
+        # The broker's refusal of the credentials, seen by error_cb (served by poll).
+        self._refused: KafkaError | None = None
 
     async def __aenter__(self) -> Self:
         from confluent_kafka import KafkaException
@@ -114,7 +116,9 @@ class KafkaReader:
         consumer = await asyncio.to_thread(self._new_consumer)
         try:
             within = self._settings.publish_timeout_seconds
-            metadata = await cluster_metadata(consumer, within=within)
+            metadata = await cluster_metadata(
+                consumer, within=within, refused=lambda: self._refusal(consumer)
+            )
             await asyncio.to_thread(self._assign, consumer, metadata)
         except BaseException as exc:
             await asyncio.to_thread(consumer.close)
@@ -134,6 +138,18 @@ class KafkaReader:
         if consumer is not None:
             await asyncio.to_thread(consumer.close)
 
+    def _refusal(self, consumer: Consumer) -> KafkaError | None:
+        """Whether a broker refused the credentials: the error callbacks queued so far are
+        served first (a consumer's run only in poll; before assign() it returns no message)."""
+        consumer.poll(0)
+        return self._refused
+
+    def _note_error(self, err: KafkaError) -> None:
+        from bridge.sinks.kafka import REFUSED
+
+        if err.code() in REFUSED:
+            self._refused = err
+
     def _new_consumer(self) -> Consumer:
         from confluent_kafka import Consumer
 
@@ -149,6 +165,7 @@ class KafkaReader:
                 "enable.partition.eof": True,
                 # Through logging, repeats suppressed, instead of a line per attempt on stderr.
                 "logger": librdkafka_logger(),
+                "error_cb": self._note_error,
             }
         )
 

@@ -157,6 +157,7 @@ class OwnKafka:
     run_dir: Path
     port: int
     controller_port: int
+    sasl_port: int
 
     @property
     def bootstrap(self) -> str:
@@ -168,6 +169,7 @@ class OwnKafka:
             "LOGIN_AUDIT_RUN": str(self.run_dir),
             "LOGIN_AUDIT_KAFKA_PORT": str(self.port),
             "LOGIN_AUDIT_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "LOGIN_AUDIT_KAFKA_SASL_PORT": str(self.sasl_port),
         }
         done = subprocess.run(
             [str(REPO / "scripts/brokers"), command],
@@ -195,11 +197,11 @@ class OwnKafka:
 @contextmanager
 def own_kafka_instance(run_dir: Path) -> Iterator[OwnKafka]:
     """Stopped at first; stopped again on the way out (by its pid file), whatever happened."""
-    port = free_port()
-    controller = free_port()
-    while controller == port:
-        controller = free_port()
-    kafka = OwnKafka(run_dir, port, controller)
+    ports: list[int] = []
+    while len(ports) < 3:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    kafka = OwnKafka(run_dir, *ports)
     try:
         yield kafka
     finally:

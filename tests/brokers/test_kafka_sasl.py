@@ -167,3 +167,26 @@ def test_a_kafka_that_refuses_the_bridges_password_fails_its_start_at_once_sayin
     assert settings.kafka_sasl_password is not None
     assert settings.kafka_sasl_password.get_secret_value() not in str(error)
     assert not sink.ready()
+
+
+def test_a_tail_whose_password_kafka_refuses_fails_at_once_saying_so(
+    kafka_sasl_bootstrap: str, kafka_topics: KafkaTopics, scram_user: tuple[str, str]
+) -> None:
+    user, _ = scram_user
+    settings = sasl_settings(
+        kafka_sasl_bootstrap,
+        kafka_topics,
+        user,
+        "not-" + secrets.token_urlsafe(12),
+        publish_timeout_seconds=PUBLISH_TIMEOUT,
+    )
+
+    async def scenario() -> SinkUnavailable:
+        with pytest.raises(SinkUnavailable) as caught:
+            async with asyncio.timeout(NOTICED_WITHIN), KafkaReader(settings):
+                pass
+        return caught.value
+
+    error = asyncio.run(scenario())
+    assert "authentication" in str(error).lower()
+    assert error.detail == "_AUTHENTICATION"
