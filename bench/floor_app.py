@@ -50,19 +50,6 @@ App = Callable[
 BANNER = "floor:"
 
 
-async def app(
-    scope: Scope,
-    receive: Callable[[], Awaitable[Message]],
-    send: Callable[[Message], Awaitable[None]],
-) -> None:
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 204, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
-
-
 def qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -74,8 +61,9 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return qualified(kind) if base is kind else f"{qualified(kind)} on {qualified(base)}"
 
 
-def publishing(send_event: Callable[[], Awaitable[None]]) -> App:
-    """The floor's app, answering each request once ``send_event()`` has returned."""
+def serving(send_event: Callable[[], Awaitable[None]] | None = None) -> App:
+    """The floor's app: reads the whole request, then answers 204; with ``send_event``, only
+    once that has returned (the Kafka floor)."""
 
     async def app(
         scope: Scope,
@@ -86,7 +74,8 @@ def publishing(send_event: Callable[[], Awaitable[None]]) -> App:
         while more:
             message = await receive()
             more = message.get("more_body", False)
-        await send_event()
+        if send_event is not None:
+            await send_event()
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -123,11 +112,11 @@ async def serve_floor(
 ) -> None:
     """Stands in for ``bridge.service.serve``: the bridge's sockets and Config, the floor's app."""
     sink = None
-    application: App = app
+    application = serving()
     if publish == "kafka":
         assert vector is not None  # main() requires it with --publish
         sink, send_event = await kafka_sink(settings, vector)
-        application = publishing(send_event)
+        application = serving(send_event)
     try:
         config = service._uvicorn_config(application, settings)
         config.load()

@@ -72,6 +72,18 @@ def sasl_settings(
     )
 
 
+def refused_settings(bootstrap: str, topics: KafkaTopics, user: tuple[str, str]) -> Settings:
+    """The user's name with a password that is not theirs, and a publish timeout long enough
+    that a start or a tail waiting for it has not noticed the refusal."""
+    return sasl_settings(
+        bootstrap,
+        topics,
+        user[0],
+        "not-" + secrets.token_urlsafe(12),
+        publish_timeout_seconds=PUBLISH_TIMEOUT,
+    )
+
+
 def authenticates(bootstrap: str, user: str, password: str) -> bool:
     """Whether the broker lets this user in yet (a new credential reaches it shortly after the
     controller commits it)."""
@@ -145,14 +157,7 @@ def test_a_kafka_that_refuses_the_bridges_password_fails_its_start_at_once_sayin
     metrics: Metrics,
     codec: AvroCodec,
 ) -> None:
-    user, _ = scram_user
-    settings = sasl_settings(
-        kafka_sasl_bootstrap,
-        kafka_topics,
-        user,
-        "not-" + secrets.token_urlsafe(12),
-        publish_timeout_seconds=PUBLISH_TIMEOUT,
-    )
+    settings = refused_settings(kafka_sasl_bootstrap, kafka_topics, scram_user)
     sink = kafka_sink(settings, metrics, codec)
 
     async def scenario() -> SinkUnavailable:
@@ -172,14 +177,7 @@ def test_a_kafka_that_refuses_the_bridges_password_fails_its_start_at_once_sayin
 def test_a_tail_whose_password_kafka_refuses_fails_at_once_saying_so(
     kafka_sasl_bootstrap: str, kafka_topics: KafkaTopics, scram_user: tuple[str, str]
 ) -> None:
-    user, _ = scram_user
-    settings = sasl_settings(
-        kafka_sasl_bootstrap,
-        kafka_topics,
-        user,
-        "not-" + secrets.token_urlsafe(12),
-        publish_timeout_seconds=PUBLISH_TIMEOUT,
-    )
+    settings = refused_settings(kafka_sasl_bootstrap, kafka_topics, scram_user)
 
     async def scenario() -> SinkUnavailable:
         with pytest.raises(SinkUnavailable) as caught:
