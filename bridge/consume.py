@@ -139,15 +139,16 @@ class KafkaReader:
             await asyncio.to_thread(consumer.close)
 
     def _refusal(self, consumer: Consumer) -> KafkaError | None:
-        """Whether a broker refused the credentials: the error callbacks queued so far are
-        served first (a consumer's run only in poll; before assign() it returns no message)."""
+        """Whether a broker refused the credentials, or TLS a certificate (see ``refusal``):
+        the error callbacks queued so far are served first (a consumer's run only in poll;
+        before assign() it returns no message)."""
         consumer.poll(0)
         return self._refused
 
     def _note_error(self, err: KafkaError) -> None:
-        from bridge.sinks.kafka import REFUSED
+        from bridge.sinks.kafka import refusal
 
-        if err.code() in REFUSED:
+        if refusal(err) is not None:
             self._refused = err
 
     def _new_consumer(self) -> Consumer:

@@ -158,6 +158,7 @@ class OwnKafka:
     port: int
     controller_port: int
     sasl_port: int
+    ssl_port: int
 
     @property
     def bootstrap(self) -> str:
@@ -170,6 +171,7 @@ class OwnKafka:
             "LOGIN_AUDIT_KAFKA_PORT": str(self.port),
             "LOGIN_AUDIT_KAFKA_CONTROLLER_PORT": str(self.controller_port),
             "LOGIN_AUDIT_KAFKA_SASL_PORT": str(self.sasl_port),
+            "LOGIN_AUDIT_KAFKA_SSL_PORT": str(self.ssl_port),
         }
         done = subprocess.run(
             [str(REPO / "scripts/brokers"), command],
@@ -198,7 +200,7 @@ class OwnKafka:
 def own_kafka_instance(run_dir: Path) -> Iterator[OwnKafka]:
     """Stopped at first; stopped again on the way out (by its pid file), whatever happened."""
     ports: list[int] = []
-    while len(ports) < 3:
+    while len(ports) < 4:
         if (port := free_port()) not in ports:
             ports.append(port)
     kafka = OwnKafka(run_dir, *ports)

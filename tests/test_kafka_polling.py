@@ -27,6 +27,7 @@ from bridge.sinks.kafka import (
     KafkaSink,
     _Client,
     cluster_metadata,
+    refusal,
 )
 
 
@@ -177,3 +178,44 @@ def test_a_wait_for_the_cluster_ends_after_the_slice_in_which_the_broker_refused
         asyncio.run(scenario())
     assert caught.value.args[0] is refusal
     assert cluster.timeouts == [CHECK_SLICE_SECONDS]
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "refused"),
+    [
+        (
+            KafkaError._AUTHENTICATION,
+            "SASL authentication error: Authentication failed",
+            "credentials",
+        ),
+        (KafkaError.SASL_AUTHENTICATION_FAILED, "Authentication failed", "credentials"),
+        # The bridge does not trust the broker's certificate (librdkafka 2.x, OpenSSL 3).
+        (
+            KafkaError._SSL,
+            "ssl://127.0.0.1:19095/bootstrap: SSL handshake failed: error:0A000086:SSL routines::"
+            "certificate verify failed: broker certificate could not be verified",
+            "certificate",
+        ),
+        # The broker's alert about the bridge's certificate, read after a TLS 1.3 handshake.
+        (
+            KafkaError._TRANSPORT,
+            "ssl://127.0.0.1:19095/bootstrap: Receive failed: error:0A000412:SSL routines::"
+            "ssl/tls alert bad certificate: SSL alert number 42",
+            "certificate",
+        ),
+        (KafkaError._TRANSPORT, "Receive failed: tlsv13 alert certificate required", "certificate"),
+        # A broker dropping the connection mid-handshake (restarting) may come back: no refusal.
+        (
+            KafkaError._SSL,
+            "ssl://127.0.0.1:19095/bootstrap: SSL handshake failed: Disconnected",
+            None,
+        ),
+        (KafkaError._TRANSPORT, "Connect to ipv4#127.0.0.1:19095 failed: Connection refused", None),
+        (KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down", None),
+    ],
+    ids=lambda value: value if isinstance(value, str | None) else None,
+)
+def test_only_refused_credentials_and_failed_certificate_checks_end_a_wait_early(
+    code: int, text: str, refused: str | None
+) -> None:
+    assert refusal(KafkaError(code, text)) == refused

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,33 @@ CHECK_SLICE_SECONDS = 0.5
 # What a broker says when it refuses the bridge's credentials: asking again with the same ones
 # gets the same answer, so a wait for the cluster ends there instead of at its timeout.
 REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
+# OpenSSL's reasons for a failed certificate check: ours of the broker's, or the broker's alert
+# about ours ("ssl/tls alert bad certificate", "tlsv1 alert unknown ca", "tlsv13 alert
+# certificate required", "sslv3 alert certificate expired", ...).
+_CERTIFICATE_FAILED = re.compile(
+    r"certificate verify failed|alert (?:bad certificate|unknown ca|certificate \w+)", re.IGNORECASE
+)
+
+
+def refusal(err: KafkaError) -> str | None:
+    """What was refused, when ``err`` says that asking again with the same settings gets the
+    same answer: "credentials" (SASL), "certificate" (TLS: the bridge does not trust the
+    broker's certificate, or the broker not the bridge's). Else None.
+
+    librdkafka reports TLS failures as ``_SSL`` (in the handshake) or ``_TRANSPORT`` (the
+    broker's alert, read after a TLS 1.3 handshake), a broker closing the connection while it
+    restarts too; only OpenSSL's reason for a failed certificate check, in the error's text,
+    tells a refusal from that.
+    """
+    if err.code() in REFUSED:
+        return "credentials"
+    if err.code() in (KafkaError._SSL, KafkaError._TRANSPORT) and _CERTIFICATE_FAILED.search(
+        err.str()
+    ):
+        return "certificate"
+    return None
+
+
 # Without exported statistics the sink still needs them to notice that a broker came back.
 READINESS_STATISTICS_MS = 5000
 # A producer that hits a fatal error again at once (e.g. the cluster denies idempotent writes)
@@ -457,8 +485,11 @@ class KafkaSink(Sink):
             )
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            if err.code() in REFUSED:
+            refused = refusal(err)
+            if refused == "credentials":
                 message = f"kafka: {servers} refused the bridge's credentials: {err.str()}"
+            elif refused == "certificate":
+                message = f"kafka: TLS with {servers} failed its certificate check: {err.str()}"
             else:
                 message = f"kafka: no answer from {servers}: {err.str()}"
             raise SinkUnavailable(message, detail=err.name()) from exc
@@ -510,9 +541,9 @@ class KafkaSink(Sink):
             self._note_fatal(generation, err)
         elif not self._current(generation):
             return  # a replaced producer, flushing: its view of the cluster no longer counts
-        elif err.code() in REFUSED:
+        elif refusal(err) is not None:
             self._refused = err
-            log.warning("kafka: a broker refused the bridge's credentials: %s", err.str())
+            log.warning("kafka: a broker connection was refused: %s", err.str())
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._reachable = False
             log.warning("kafka: all brokers are down")

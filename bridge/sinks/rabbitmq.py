@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -34,6 +35,9 @@ _AUTHENTICATION_ERRORS = (
     aiormq.exceptions.ProbableAuthenticationError,
 )
 
+# OpenSSL's reasons for a broker's alert that it did not accept the client's certificate.
+_PEER_REFUSED_CERTIFICATE = re.compile(r"ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_\w+)")
+
 # What aio-pika itself treats as a broken connection (aiormq, pamqp, socket errors), and time-outs.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     *aio_pika.exceptions.CONNECTION_EXCEPTIONS,
@@ -47,6 +51,7 @@ Reason = Literal[
     "timeout",
     "unauthorized",
     "authentication",
+    "certificate",
     "rejected",
     "not_found",
     "transport",
@@ -78,7 +83,27 @@ def classify(exc: BaseException) -> tuple[type[SinkError], Reason]:
         return SinkUnavailable, "timeout"
     if isinstance(exc, _AUTHENTICATION_ERRORS):
         return SinkUnavailable, "authentication"
+    if certificate_refused(exc):
+        return SinkUnavailable, "certificate"
     return SinkUnavailable, "transport"
+
+
+def certificate_refused(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error in ``exc`` or what caused it when a certificate check failed: the bridge's
+    of the broker's certificate (``ssl.SSLCertVerificationError``), or the broker's of the
+    bridge's (its alert: unknown CA, bad or missing certificate). Trying again with the same
+    files gets the same answer. aiormq raises its own connection error from the TLS one.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        if isinstance(cause, ssl.SSLError) and _PEER_REFUSED_CERTIFICATE.search(cause.reason or ""):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def to_sink_error(exc: BaseException) -> SinkError:
@@ -239,8 +264,8 @@ class RabbitMQSink(Sink):
                 return connection
             except BaseException as exc:
                 await connection.close()
-                if isinstance(exc, _AUTHENTICATION_ERRORS):
-                    raise  # retrying will not make the credentials right
+                if isinstance(exc, _AUTHENTICATION_ERRORS) or certificate_refused(exc):
+                    raise  # retrying will not make the credentials or certificates right
                 if not isinstance(exc, aiormq.exceptions.AMQPConnectionError | OSError):
                     raise
                 log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import ssl
 from types import ModuleType
 from typing import get_args
 
@@ -203,3 +204,27 @@ def test_an_unroutable_message_error_names_the_routing_key() -> None:
     error = rabbitmq.to_sink_error(build(aiormq.exceptions.PublishError))
     assert "NO_ROUTE" in error.message
     assert "failure.sftpgo.ssh" in error.message
+
+
+def test_a_failed_certificate_check_under_aiormqs_connection_error_is_its_own_reason() -> None:
+    """aiormq raises AMQPConnectionError from the TLS error; the cause names the refusal."""
+    checked = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    )
+    wrapped = aiormq.exceptions.AMQPConnectionError(*checked.args)
+    wrapped.__cause__ = checked
+
+    assert rabbitmq.classify(wrapped) == (SinkUnavailable, "certificate")
+    assert rabbitmq.to_sink_error(wrapped).message.startswith("rabbitmq: certificate: ")
+
+
+def test_a_brokers_alert_about_the_client_certificate_is_a_failed_certificate_check() -> None:
+    alert = ssl.SSLError(
+        1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required"
+    )
+    alert.reason = "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    other = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    other.reason = "WRONG_VERSION_NUMBER"
+
+    assert rabbitmq.classify(alert)[1] == "certificate"
+    assert rabbitmq.classify(other)[1] == "transport"
