@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,12 +126,24 @@ def rabbitmq_tls_settings(
     )
 
 
-def start_fails(start: Callable[[], Any]) -> SinkUnavailable:
-    """The SinkUnavailable that ``start()`` raises within NOTICED_WITHIN seconds."""
+# Which side meets a stranger's certificate. Each ends the wait at once, naming the certificate
+# and what OpenSSL said.
+DISTRUSTED_BROKER = "the-bridge-does-not-trust-the-brokers-certificate"
+REFUSED_CLIENT = "the-broker-refuses-the-bridges-client-certificate"
+
+
+def mismatched(side: str, ours: ClientFiles, strangers: ClientFiles) -> tuple[Path, ClientFiles]:
+    """The CA the bridge checks the broker with, and the client certificate it shows."""
+    return (strangers.ca, ours) if side == DISTRUSTED_BROKER else (ours.ca, strangers)
+
+
+def refusal(opening: Callable[[], Awaitable[Any]]) -> SinkUnavailable:
+    """The SinkUnavailable that ``opening()`` (a sink's start, a reader's entry) raises within
+    NOTICED_WITHIN seconds, far sooner than the publish timeout it was given."""
 
     async def scenario() -> SinkUnavailable:
         with pytest.raises(SinkUnavailable) as caught:
-            await asyncio.wait_for(start(), NOTICED_WITHIN)
+            await asyncio.wait_for(opening(), NOTICED_WITHIN)
         return caught.value
 
     return asyncio.run(scenario())
@@ -163,7 +175,14 @@ def test_a_bridge_with_a_client_certificate_publishes_to_kafka_over_tls_and_read
     asyncio.run(scenario())
 
 
-def test_a_kafka_whose_certificate_the_bridge_does_not_trust_fails_its_start_at_once(
+@pytest.mark.parametrize(
+    ("side", "openssl_says"),
+    [(DISTRUSTED_BROKER, "certificate verify failed"), (REFUSED_CLIENT, "alert bad certificate")],
+    ids=[DISTRUSTED_BROKER, REFUSED_CLIENT],
+)
+def test_a_failed_certificate_check_ends_the_kafka_sinks_start_at_once_naming_it(
+    side: str,
+    openssl_says: str,
     kafka_ssl_bootstrap: str,
     kafka_topics: KafkaTopics,
     brokers_tls: ClientFiles,
@@ -171,67 +190,32 @@ def test_a_kafka_whose_certificate_the_bridge_does_not_trust_fails_its_start_at_
     metrics: Metrics,
     codec: AvroCodec,
 ) -> None:
+    ca, client = mismatched(side, brokers_tls, strangers)
     settings = kafka_tls_settings(
-        kafka_ssl_bootstrap,
-        kafka_topics,
-        strangers.ca,
-        brokers_tls,
-        publish_timeout_seconds=PUBLISH_TIMEOUT,
+        kafka_ssl_bootstrap, kafka_topics, ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT
     )
     sink = kafka_sink(settings, metrics, codec)
 
-    error = start_fails(sink.start)
+    error = refusal(sink.start)
 
-    assert "failed its certificate check" in str(error)
-    assert "certificate verify failed" in str(error)
-    assert error.detail == "_SSL"
+    assert str(error).startswith(f"kafka: TLS with {kafka_ssl_bootstrap} failed its certificate")
+    assert openssl_says in str(error)
     assert not sink.ready()
 
 
-def test_a_kafka_that_refuses_the_bridges_client_certificate_fails_its_start_at_once(
-    kafka_ssl_bootstrap: str,
-    kafka_topics: KafkaTopics,
-    brokers_tls: ClientFiles,
-    strangers: ClientFiles,
-    metrics: Metrics,
-    codec: AvroCodec,
-) -> None:
-    settings = kafka_tls_settings(
-        kafka_ssl_bootstrap,
-        kafka_topics,
-        brokers_tls.ca,
-        strangers,
-        publish_timeout_seconds=PUBLISH_TIMEOUT,
-    )
-    sink = kafka_sink(settings, metrics, codec)
-
-    error = start_fails(sink.start)
-
-    assert "failed its certificate check" in str(error)
-    assert "alert bad certificate" in str(error)
-
-
-def test_a_tail_that_does_not_trust_kafkas_certificate_fails_at_once_saying_so(
+def test_a_kafka_tail_that_does_not_trust_the_brokers_certificate_fails_at_once_naming_it(
     kafka_ssl_bootstrap: str,
     kafka_topics: KafkaTopics,
     brokers_tls: ClientFiles,
     strangers: ClientFiles,
 ) -> None:
+    ca, client = mismatched(DISTRUSTED_BROKER, brokers_tls, strangers)
     settings = kafka_tls_settings(
-        kafka_ssl_bootstrap,
-        kafka_topics,
-        strangers.ca,
-        brokers_tls,
-        publish_timeout_seconds=PUBLISH_TIMEOUT,
+        kafka_ssl_bootstrap, kafka_topics, ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT
     )
 
-    async def scenario() -> SinkUnavailable:
-        with pytest.raises(SinkUnavailable) as caught:
-            async with asyncio.timeout(NOTICED_WITHIN), KafkaReader(settings):
-                pass
-        return caught.value
+    error = refusal(KafkaReader(settings).__aenter__)
 
-    error = asyncio.run(scenario())
     assert "certificate verify failed" in str(error)
     assert error.detail == "_SSL"
 
@@ -263,7 +247,14 @@ def test_a_bridge_with_a_client_certificate_publishes_to_rabbitmq_over_tls_and_r
     asyncio.run(scenario())
 
 
-def test_a_rabbitmq_whose_certificate_the_bridge_does_not_trust_fails_its_start_at_once(
+@pytest.mark.parametrize(
+    ("side", "openssl_says"),
+    [(DISTRUSTED_BROKER, "certificate verify failed"), (REFUSED_CLIENT, "alert unknown ca")],
+    ids=[DISTRUSTED_BROKER, REFUSED_CLIENT],
+)
+def test_a_failed_certificate_check_ends_the_rabbitmq_sinks_start_at_once_naming_it(
+    side: str,
+    openssl_says: str,
     rabbitmq_tls_url: str,
     rabbitmq_names: str,
     brokers_tls: ClientFiles,
@@ -271,64 +262,32 @@ def test_a_rabbitmq_whose_certificate_the_bridge_does_not_trust_fails_its_start_
     metrics: Metrics,
     codec: AvroCodec,
 ) -> None:
+    ca, client = mismatched(side, brokers_tls, strangers)
     settings = rabbitmq_tls_settings(
-        rabbitmq_tls_url,
-        rabbitmq_names,
-        strangers.ca,
-        brokers_tls,
-        publish_timeout_seconds=PUBLISH_TIMEOUT,
+        rabbitmq_tls_url, rabbitmq_names, ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT
     )
     sink = rabbitmq_sink(settings, metrics, codec)
 
-    error = start_fails(sink.start)
+    error = refusal(sink.start)
 
     assert str(error).startswith("rabbitmq: certificate: ")
-    assert "certificate verify failed" in str(error)
+    assert openssl_says in str(error)
     assert "guest:guest" not in str(error)
     assert not sink.ready()
 
 
-def test_a_rabbitmq_that_refuses_the_bridges_client_certificate_fails_its_start_at_once(
-    rabbitmq_tls_url: str,
-    rabbitmq_names: str,
-    brokers_tls: ClientFiles,
-    strangers: ClientFiles,
-    metrics: Metrics,
-    codec: AvroCodec,
-) -> None:
-    settings = rabbitmq_tls_settings(
-        rabbitmq_tls_url,
-        rabbitmq_names,
-        brokers_tls.ca,
-        strangers,
-        publish_timeout_seconds=PUBLISH_TIMEOUT,
-    )
-    sink = rabbitmq_sink(settings, metrics, codec)
-
-    error = start_fails(sink.start)
-
-    assert str(error).startswith("rabbitmq: certificate: ")
-
-
-def test_a_rabbitmq_tail_that_does_not_trust_the_brokers_certificate_fails_at_once(
+def test_a_rabbitmq_tail_that_does_not_trust_the_brokers_certificate_fails_at_once_naming_it(
     rabbitmq_tls_url: str,
     rabbitmq_names: str,
     brokers_tls: ClientFiles,
     strangers: ClientFiles,
 ) -> None:
+    ca, client = mismatched(DISTRUSTED_BROKER, brokers_tls, strangers)
     settings = rabbitmq_tls_settings(
-        rabbitmq_tls_url,
-        rabbitmq_names,
-        strangers.ca,
-        brokers_tls,
-        publish_timeout_seconds=PUBLISH_TIMEOUT,
+        rabbitmq_tls_url, rabbitmq_names, ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT
     )
 
-    async def scenario() -> SinkUnavailable:
-        with pytest.raises(SinkUnavailable) as caught:
-            async with asyncio.timeout(NOTICED_WITHIN), RabbitMQReader(settings):
-                pass
-        return caught.value
+    error = refusal(RabbitMQReader(settings).__aenter__)
 
-    error = asyncio.run(scenario())
     assert str(error).startswith("rabbitmq: certificate: ")
+    assert "certificate verify failed" in str(error)
