@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import struct
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastavro.read import SchemaResolutionError
@@ -143,13 +145,19 @@ class RegistryClient:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 10.0,
+        ca_location: Path | None = None,
     ) -> None:
         scheme = urllib.parse.urlsplit(url).scheme
         if scheme not in ("http", "https"):
             raise ConfigError(f"schema registry URL must be http:// or https://, not {url!r}")
         self.url = url.rstrip("/")
         self._timeout = timeout
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
+        if ca_location is not None:
+            if scheme != "https":
+                raise ConfigError("schema_registry_ssl_ca_location needs an https:// registry URL")
+            handlers.append(urllib.request.HTTPSHandler(context=_tls_context(ca_location)))
+        self._opener = urllib.request.build_opener(*handlers)
         self._headers = {"Accept": f"{REGISTRY_MEDIA_TYPE}, application/json"}
         if username is not None:
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
@@ -165,6 +173,7 @@ class RegistryClient:
             username=settings.schema_registry_username,
             password=password.get_secret_value() if password is not None else None,
             timeout=settings.publish_timeout_seconds,
+            ca_location=settings.schema_registry_ssl_ca_location,
         )
 
     def __repr__(self) -> str:
@@ -209,7 +218,20 @@ class RegistryClient:
             raise registry_error(exc.code, payload, url=self.url) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise SinkUnavailable(
+                    f"schema registry {self.url}: TLS certificate check failed: {reason} "
+                    "(BRIDGE_SCHEMA_REGISTRY_SSL_CA_LOCATION names the CA to check it with)"
+                ) from exc
             raise SinkUnavailable(f"schema registry {self.url} unreachable: {reason}") from exc
+
+
+def _tls_context(ca_location: Path) -> ssl.SSLContext:
+    """Checks the registry's certificate against ``ca_location`` only, hostname included."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_location))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"schema_registry_ssl_ca_location {ca_location}: {exc}") from exc
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):

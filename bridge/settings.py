@@ -307,6 +307,10 @@ class Settings(BaseSettings):
     )
     schema_registry_username: str | None = Field(None, description="Registry basic-auth user.")
     schema_registry_password: SecretStr | None = Field(None, description="Registry password.")
+    schema_registry_ssl_ca_location: Path | None = Field(
+        None,
+        description="CA bundle for an https:// registry (default: the system's CA bundle).",
+    )
 
     # -- the bridge's own spool, used when the broker is down or slow
     spool_enabled: bool = Field(

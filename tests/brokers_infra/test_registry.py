@@ -15,9 +15,11 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from bridge.codec import AvroCodec
 from bridge.errors import ConfigError, MalformedInput, SinkUnavailable
@@ -425,3 +427,76 @@ def test_a_url_without_the_confluent_api_path_is_explained(
             await encoder.prepare(topics[:1])
 
     asyncio.run(scenario())
+
+
+# -- HTTPS: the registry's listener with the test brokers' CA (scripts/brokers ensure_tls)
+
+REGISTRY_TLS_URL = os.environ.get(
+    "BRIDGE_TEST_SCHEMA_REGISTRY_TLS_URL", "https://127.0.0.1:18444/apis/ccompat/v7"
+)
+TLS_DIR = os.environ.get("BRIDGE_TEST_TLS_DIR")
+
+
+@pytest.fixture(scope="module")
+def registry_tls() -> tuple[str, Path]:
+    """The registry's HTTPS URL and the CA that signed its certificate."""
+    parts = urllib.parse.urlsplit(REGISTRY_TLS_URL)
+    ca = Path(TLS_DIR or "/nonexistent") / "ca.pem"
+    if not reachable(parts.hostname or "127.0.0.1", parts.port or 443) or not ca.is_file():
+        skip_or_fail(
+            f"no Schema Registry HTTPS listener at {REGISTRY_TLS_URL} with its CA in "
+            "BRIDGE_TEST_TLS_DIR: run LOGIN_AUDIT_REGISTRY=1 scripts/brokers start and "
+            'eval "$(scripts/brokers env)"'
+        )
+    return REGISTRY_TLS_URL, ca
+
+
+@pytest.mark.kafka
+def test_a_registry_over_https_with_its_ca_registers_the_schema_and_decodes(
+    registry_tls: tuple[str, Path], topics: list[str], codec: AvroCodec, record: dict[str, Any]
+) -> None:
+    url, ca = registry_tls
+    settings = load_settings(schema_registry_url=url, schema_registry_ssl_ca_location=ca)
+
+    async def scenario() -> None:
+        encoder = ConfluentRegistryEncoder.from_settings(settings, codec=codec)
+        await encoder.prepare(topics)
+        message = encoder.encode(record, topics[0])
+
+        assert registry_decoder(settings)(message) == codec.decode_datum(codec.encode_datum(record))
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.kafka
+def test_a_registry_whose_certificate_the_bridge_cannot_check_is_named_as_such(
+    registry_tls: tuple[str, Path], topics: list[str], codec: AvroCodec, tmp_path: Path
+) -> None:
+    url, _ = registry_tls
+    stranger = tmp_path / "stranger.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    settings = load_settings(schema_registry_url=url, schema_registry_ssl_ca_location=stranger)
+
+    async def scenario() -> None:
+        encoder = ConfluentRegistryEncoder.from_settings(settings, codec=codec)
+        with pytest.raises(SinkUnavailable, match="TLS certificate check failed") as caught:
+            await encoder.prepare(topics)
+        assert "certificate verify failed" in str(caught.value)
+
+    asyncio.run(scenario())
+
+
+def test_a_registry_ca_with_a_plain_http_url_is_a_config_error(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+
+    with pytest.raises(ConfigError, match="needs an https:// registry URL"):
+        RegistryClient("http://127.0.0.1:1/apis/ccompat/v7", ca_location=ca)
+
+
+def test_a_registry_ca_file_that_does_not_load_is_a_config_error(tmp_path: Path) -> None:
+    ca = tmp_path / "not-a-ca.pem"
+    ca.write_text("not a certificate\n")
+
+    with pytest.raises(ConfigError, match="schema_registry_ssl_ca_location"):
+        RegistryClient("https://127.0.0.1:1/apis/ccompat/v7", ca_location=ca)

@@ -409,6 +409,13 @@ def test_kafka_sasl_tls_puts_passwords_in_the_secret_and_files_on_a_mount(render
         "mountPath": "/etc/login-audit-bridge/kafka-tls",
         "readOnly": True,
     }
+    assert config["BRIDGE_SCHEMA_REGISTRY_SSL_CA_LOCATION"] == (
+        "/etc/login-audit-bridge/registry-tls/ca.crt"
+    )
+    assert mounts["registry-tls"]["mountPath"] == "/etc/login-audit-bridge/registry-tls"
+    pod = workload(objects)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["registry-tls"]["secret"]["secretName"] == "schema-registry-ca"
 
 
 def test_rabbitmq_url_with_credentials_is_only_in_the_secret(render: Render) -> None:
@@ -794,6 +801,7 @@ def test_drain_job_mounts_the_claim_and_drains_it_with_the_bridges_settings(
     mounts = {m["name"]: m["mountPath"] for m in drain["volumeMounts"]}
     assert mounts["data"] == config_data(objects)["BRIDGE_DATA_DIR"]
     assert "kafka-tls" in mounts  # the broker's CA, as the bridge has it
+    assert "registry-tls" in mounts  # and the registry's
     assert pod["restartPolicy"] == "Never"
     assert job["spec"]["backoffLimit"] == 3
     # The Services select the bridge's pods: never the drain's.

@@ -81,6 +81,7 @@ acknowledged. emptyDir only when spool.volume says so. */}}
 {{- define "login-audit-bridge.tlsDir" -}}/etc/login-audit-bridge/tls{{- end }}
 {{- define "login-audit-bridge.kafkaTlsDir" -}}/etc/login-audit-bridge/kafka-tls{{- end }}
 {{- define "login-audit-bridge.rabbitmqTlsDir" -}}/etc/login-audit-bridge/rabbitmq-tls{{- end }}
+{{- define "login-audit-bridge.registryTlsDir" -}}/etc/login-audit-bridge/registry-tls{{- end }}
 
 {{/* The values that become BRIDGE_* secrets when no existingSecret is given; empty ones are left out. */}}
 {{- define "login-audit-bridge.secretData" -}}
