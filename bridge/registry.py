@@ -27,6 +27,7 @@ from fastavro.schema import parse_schema
 
 from bridge.codec import AvroCodec
 from bridge.errors import BridgeError, ConfigError, MalformedInput, SinkUnavailable
+from bridge.tls import client_context
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
@@ -156,7 +157,10 @@ class RegistryClient:
         if ca_location is not None:
             if scheme != "https":
                 raise ConfigError("schema_registry_ssl_ca_location needs an https:// registry URL")
-            handlers.append(urllib.request.HTTPSHandler(context=_tls_context(ca_location)))
+            context = client_context(
+                ca_location, files=f"schema_registry_ssl_ca_location {ca_location}"
+            )
+            handlers.append(urllib.request.HTTPSHandler(context=context))
         self._opener = urllib.request.build_opener(*handlers)
         self._headers = {"Accept": f"{REGISTRY_MEDIA_TYPE}, application/json"}
         if username is not None:
@@ -224,14 +228,6 @@ class RegistryClient:
                     "(BRIDGE_SCHEMA_REGISTRY_SSL_CA_LOCATION names the CA to check it with)"
                 ) from exc
             raise SinkUnavailable(f"schema registry {self.url} unreachable: {reason}") from exc
-
-
-def _tls_context(ca_location: Path) -> ssl.SSLContext:
-    """Checks the registry's certificate against ``ca_location`` only, hostname included."""
-    try:
-        return ssl.create_default_context(cafile=str(ca_location))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"schema_registry_ssl_ca_location {ca_location}: {exc}") from exc
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):

@@ -52,27 +52,6 @@ REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_
 _CERTIFICATE_FAILED = re.compile(
     r"certificate verify failed|alert (?:bad certificate|unknown ca|certificate \w+)", re.IGNORECASE
 )
-
-
-def refusal(err: KafkaError) -> str | None:
-    """What was refused, when ``err`` says that asking again with the same settings gets the
-    same answer: "credentials" (SASL), "certificate" (TLS: the bridge does not trust the
-    broker's certificate, or the broker not the bridge's). Else None.
-
-    librdkafka reports TLS failures as ``_SSL`` (in the handshake) or ``_TRANSPORT`` (the
-    broker's alert, read after a TLS 1.3 handshake), a broker closing the connection while it
-    restarts too; only OpenSSL's reason for a failed certificate check, in the error's text,
-    tells a refusal from that.
-    """
-    if err.code() in REFUSED:
-        return "credentials"
-    if err.code() in (KafkaError._SSL, KafkaError._TRANSPORT) and _CERTIFICATE_FAILED.search(
-        err.str()
-    ):
-        return "certificate"
-    return None
-
-
 # Without exported statistics the sink still needs them to notice that a broker came back.
 READINESS_STATISTICS_MS = 5000
 # A producer that hits a fatal error again at once (e.g. the cluster denies idempotent writes)
@@ -165,6 +144,25 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "message.timeout.ms": delivery_timeout_ms(settings.publish_timeout_seconds),
         "statistics.interval.ms": statistics_ms,
     }
+
+
+def refusal(err: KafkaError) -> str | None:
+    """What was refused, when ``err`` says that asking again with the same settings gets the
+    same answer: "credentials" (SASL), "certificate" (TLS: the bridge does not trust the
+    broker's certificate, or the broker not the bridge's). Else None.
+
+    librdkafka reports TLS failures as ``_SSL`` (in the handshake) or ``_TRANSPORT`` (the
+    broker's alert, read after a TLS 1.3 handshake), a broker closing the connection while it
+    restarts too; only OpenSSL's reason for a failed certificate check, in the error's text,
+    tells a refusal from that.
+    """
+    if err.code() in REFUSED:
+        return "credentials"
+    if err.code() in (KafkaError._SSL, KafkaError._TRANSPORT) and _CERTIFICATE_FAILED.search(
+        err.str()
+    ):
+        return "certificate"
+    return None
 
 
 async def cluster_metadata(

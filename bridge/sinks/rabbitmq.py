@@ -22,6 +22,7 @@ from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
+from bridge.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +133,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     if key is not None and cert is None:
         raise ConfigError("rabbitmq_ssl_keyfile needs rabbitmq_ssl_certfile")
-    try:
-        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-        if cert is not None:
-            context.load_cert_chain(str(cert), str(key) if key is not None else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"rabbitmq TLS files: {exc}") from exc
-    return context
+    return client_context(ca, cert, key, files="rabbitmq TLS files")
 
 
 def redacted(url: str) -> str:

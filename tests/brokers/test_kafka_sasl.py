@@ -36,8 +36,7 @@ from bridge.settings import Settings
 from bridge.sinks.kafka import client_config
 
 from .conftest import KafkaTopics, login_events, require_broker
-from .test_kafka_sink import kafka_sink
-from conftest import encoded
+from .test_kafka_sink import kafka_settings, kafka_sink, publish_and_read_back
 from support import wait_for
 
 pytestmark = [pytest.mark.kafka]
@@ -59,11 +58,9 @@ def kafka_sasl_bootstrap(kafka_bootstrap: str) -> str:
 def sasl_settings(
     bootstrap: str, topics: KafkaTopics, user: str, password: str, **overrides: Any
 ) -> Settings:
-    return Settings(
-        sink="kafka",
-        kafka_bootstrap_servers=bootstrap,
-        kafka_topic_success=topics.success,
-        kafka_topic_failure=topics.failure,
+    return kafka_settings(
+        bootstrap,
+        topics,
         kafka_security_protocol="SASL_PLAINTEXT",
         kafka_sasl_mechanism="SCRAM-SHA-512",
         kafka_sasl_username=user,
@@ -139,15 +136,9 @@ def test_a_bridge_with_scram_credentials_creates_its_topics_publishes_and_reads_
     assert client_config(settings)["security.protocol"] == "sasl_plaintext"
     events = login_events(4)
 
-    async def scenario() -> None:
-        async with kafka_sink(settings, metrics, codec) as sink:
-            for event in events:
-                await sink.send(encoded(event))
-        async with KafkaReader(settings) as reader:
-            found = [e async for e in reader.events(limit=len(events), idle_timeout=15)]
-        assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
+    found = publish_and_read_back(settings, metrics, codec, events)
 
-    asyncio.run(scenario())
+    assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
 
 
 def test_a_kafka_that_refuses_the_bridges_password_fails_its_start_at_once_saying_so(

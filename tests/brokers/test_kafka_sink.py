@@ -54,6 +54,21 @@ async def read_all(settings: Settings, count: int) -> list[ConsumedEvent]:
         return [e async for e in reader.events(limit=count, idle_timeout=WAIT_SECONDS)]
 
 
+def publish_and_read_back(
+    settings: Settings, metrics: Metrics, codec: AvroCodec, events: list[LoginEvent]
+) -> list[ConsumedEvent]:
+    """Publishes ``events`` through a started sink, stops it, then reads them from the topics
+    (through the same settings: the same listener and credentials as the sink)."""
+
+    async def scenario() -> list[ConsumedEvent]:
+        async with kafka_sink(settings, metrics, codec) as sink:
+            for event in events:
+                await sink.send(encoded(event))
+        return await read_all(settings, len(events))
+
+    return asyncio.run(scenario())
+
+
 def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float | None:
     return metrics.registry.get_sample_value(name, labels or {})
 

@@ -26,11 +26,12 @@ from bridge.errors import SinkUnavailable
 from bridge.event import LoginEvent
 from bridge.metrics import Metrics
 from bridge.settings import Settings
+from bridge.sinks.base import Sink
 from bridge.sinks.kafka import client_config
 
 from .conftest import KafkaTopics, require_broker
-from .test_kafka_sink import kafka_sink
-from .test_rabbitmq_sink import rabbitmq_sink
+from .test_kafka_sink import kafka_settings, kafka_sink, publish_and_read_back
+from .test_rabbitmq_sink import rabbitmq_settings, rabbitmq_sink
 from conftest import encoded
 from support import skip_or_fail
 
@@ -99,11 +100,9 @@ def rabbitmq_tls_url(rabbitmq_url: str) -> str:
 def kafka_tls_settings(
     bootstrap: str, topics: KafkaTopics, ca: Path, client: ClientFiles, **overrides: Any
 ) -> Settings:
-    return Settings(
-        sink="kafka",
-        kafka_bootstrap_servers=bootstrap,
-        kafka_topic_success=topics.success,
-        kafka_topic_failure=topics.failure,
+    return kafka_settings(
+        bootstrap,
+        topics,
         kafka_security_protocol="SSL",
         kafka_ssl_ca_location=ca,
         kafka_ssl_certificate_location=client.certificate,
@@ -115,10 +114,9 @@ def kafka_tls_settings(
 def rabbitmq_tls_settings(
     url: str, exchange: str, ca: Path, client: ClientFiles, **overrides: Any
 ) -> Settings:
-    return Settings(
-        sink="rabbitmq",
-        rabbitmq_url=url,
-        rabbitmq_exchange=exchange,
+    return rabbitmq_settings(
+        url,
+        exchange,
         rabbitmq_ssl_ca_file=ca,
         rabbitmq_ssl_certfile=client.certificate,
         rabbitmq_ssl_keyfile=client.key,
@@ -137,6 +135,65 @@ def mismatched(side: str, ours: ClientFiles, strangers: ClientFiles) -> tuple[Pa
     return (strangers.ca, ours) if side == DISTRUSTED_BROKER else (ours.ca, strangers)
 
 
+@dataclass(frozen=True)
+class TlsBroker:
+    """One broker's TLS listener as the refusal tests meet it, and what each says."""
+
+    settings: Callable[..., Settings]  # (ca, client, **overrides), on the test's own names
+    sink: Callable[[Settings, Metrics, AvroCodec], Sink]
+    reader: Callable[[Settings], Any]  # an async context manager: tail's reader
+    refused: str  # how a failed certificate check starts the sink's error
+    reader_refused: str  # and the reader's
+    openssl_says: dict[str, str]  # by side: what OpenSSL's reason, quoted, says
+    reader_detail: str  # the reader's error's detail when it does not trust the broker
+    secret: str | None  # the user and password in the broker's URL: never in an error
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("kafka", marks=pytest.mark.kafka),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def tls_broker(request: pytest.FixtureRequest) -> TlsBroker:
+    """Each broker in turn; only that broker's fixtures are asked for."""
+    if request.param == "kafka":
+        bootstrap: str = request.getfixturevalue("kafka_ssl_bootstrap")
+        topics: KafkaTopics = request.getfixturevalue("kafka_topics")
+        return TlsBroker(
+            settings=lambda ca, client, **more: kafka_tls_settings(
+                bootstrap, topics, ca, client, **more
+            ),
+            sink=kafka_sink,
+            reader=KafkaReader,
+            refused=f"kafka: TLS with {bootstrap} failed its certificate check: ",
+            reader_refused="kafka: _SSL: ",
+            openssl_says={
+                DISTRUSTED_BROKER: "certificate verify failed",
+                REFUSED_CLIENT: "alert bad certificate",
+            },
+            reader_detail="_SSL",
+            secret=None,
+        )
+    url: str = request.getfixturevalue("rabbitmq_tls_url")
+    exchange: str = request.getfixturevalue("rabbitmq_names")
+    return TlsBroker(
+        settings=lambda ca, client, **more: rabbitmq_tls_settings(
+            url, exchange, ca, client, **more
+        ),
+        sink=rabbitmq_sink,
+        reader=RabbitMQReader,
+        refused="rabbitmq: certificate: ",
+        reader_refused="rabbitmq: certificate: ",
+        openssl_says={
+            DISTRUSTED_BROKER: "certificate verify failed",
+            REFUSED_CLIENT: "alert unknown ca",
+        },
+        reader_detail="AMQPConnectionError",
+        secret=f"{URL(url).user}:{URL(url).password}",
+    )
+
+
 def refusal(opening: Callable[[], Awaitable[Any]]) -> SinkUnavailable:
     """The SinkUnavailable that ``opening()`` (a sink's start, a reader's entry) raises within
     NOTICED_WITHIN seconds, far sooner than the publish timeout it was given."""
@@ -149,9 +206,48 @@ def refusal(opening: Callable[[], Awaitable[Any]]) -> SinkUnavailable:
     return asyncio.run(scenario())
 
 
-# -- Kafka
+# -- both brokers
 
 
+@pytest.mark.parametrize("side", [DISTRUSTED_BROKER, REFUSED_CLIENT])
+def test_a_failed_certificate_check_ends_the_sinks_start_at_once_naming_it(
+    side: str,
+    tls_broker: TlsBroker,
+    brokers_tls: ClientFiles,
+    strangers: ClientFiles,
+    metrics: Metrics,
+    codec: AvroCodec,
+) -> None:
+    ca, client = mismatched(side, brokers_tls, strangers)
+    settings = tls_broker.settings(ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT)
+    sink = tls_broker.sink(settings, metrics, codec)
+
+    error = refusal(sink.start)
+
+    assert str(error).startswith(tls_broker.refused)
+    assert tls_broker.openssl_says[side] in str(error)
+    if tls_broker.secret is not None:
+        assert tls_broker.secret not in str(error)
+    assert not sink.ready()
+
+
+def test_a_tail_that_does_not_trust_the_brokers_certificate_fails_at_once_naming_it(
+    tls_broker: TlsBroker, brokers_tls: ClientFiles, strangers: ClientFiles
+) -> None:
+    ca, client = mismatched(DISTRUSTED_BROKER, brokers_tls, strangers)
+    settings = tls_broker.settings(ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT)
+
+    error = refusal(tls_broker.reader(settings).__aenter__)
+
+    assert str(error).startswith(tls_broker.reader_refused)
+    assert "certificate verify failed" in str(error)
+    assert error.detail == tls_broker.reader_detail
+
+
+# -- each broker's publish and read back
+
+
+@pytest.mark.kafka
 def test_a_bridge_with_a_client_certificate_publishes_to_kafka_over_tls_and_reads_back(
     kafka_ssl_bootstrap: str,
     kafka_topics: KafkaTopics,
@@ -164,65 +260,12 @@ def test_a_bridge_with_a_client_certificate_publishes_to_kafka_over_tls_and_read
     assert client_config(settings)["security.protocol"] == "ssl"
     events = make_events(4)
 
-    async def scenario() -> None:
-        async with kafka_sink(settings, metrics, codec) as sink:
-            for event in events:
-                await sink.send(encoded(event))
-        async with KafkaReader(settings) as reader:
-            found = [e async for e in reader.events(limit=len(events), idle_timeout=15)]
-        assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
+    found = publish_and_read_back(settings, metrics, codec, events)
 
-    asyncio.run(scenario())
+    assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
 
 
-@pytest.mark.parametrize(
-    ("side", "openssl_says"),
-    [(DISTRUSTED_BROKER, "certificate verify failed"), (REFUSED_CLIENT, "alert bad certificate")],
-    ids=[DISTRUSTED_BROKER, REFUSED_CLIENT],
-)
-def test_a_failed_certificate_check_ends_the_kafka_sinks_start_at_once_naming_it(
-    side: str,
-    openssl_says: str,
-    kafka_ssl_bootstrap: str,
-    kafka_topics: KafkaTopics,
-    brokers_tls: ClientFiles,
-    strangers: ClientFiles,
-    metrics: Metrics,
-    codec: AvroCodec,
-) -> None:
-    ca, client = mismatched(side, brokers_tls, strangers)
-    settings = kafka_tls_settings(
-        kafka_ssl_bootstrap, kafka_topics, ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT
-    )
-    sink = kafka_sink(settings, metrics, codec)
-
-    error = refusal(sink.start)
-
-    assert str(error).startswith(f"kafka: TLS with {kafka_ssl_bootstrap} failed its certificate")
-    assert openssl_says in str(error)
-    assert not sink.ready()
-
-
-def test_a_kafka_tail_that_does_not_trust_the_brokers_certificate_fails_at_once_naming_it(
-    kafka_ssl_bootstrap: str,
-    kafka_topics: KafkaTopics,
-    brokers_tls: ClientFiles,
-    strangers: ClientFiles,
-) -> None:
-    ca, client = mismatched(DISTRUSTED_BROKER, brokers_tls, strangers)
-    settings = kafka_tls_settings(
-        kafka_ssl_bootstrap, kafka_topics, ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT
-    )
-
-    error = refusal(KafkaReader(settings).__aenter__)
-
-    assert "certificate verify failed" in str(error)
-    assert error.detail == "_SSL"
-
-
-# -- RabbitMQ
-
-
+@pytest.mark.rabbitmq
 def test_a_bridge_with_a_client_certificate_publishes_to_rabbitmq_over_tls_and_reads_back(
     rabbitmq_tls_url: str,
     rabbitmq_names: str,
@@ -245,49 +288,3 @@ def test_a_bridge_with_a_client_certificate_publishes_to_rabbitmq_over_tls_and_r
         assert [m.message_id for m in found] == [e.event_id for e in events]
 
     asyncio.run(scenario())
-
-
-@pytest.mark.parametrize(
-    ("side", "openssl_says"),
-    [(DISTRUSTED_BROKER, "certificate verify failed"), (REFUSED_CLIENT, "alert unknown ca")],
-    ids=[DISTRUSTED_BROKER, REFUSED_CLIENT],
-)
-def test_a_failed_certificate_check_ends_the_rabbitmq_sinks_start_at_once_naming_it(
-    side: str,
-    openssl_says: str,
-    rabbitmq_tls_url: str,
-    rabbitmq_names: str,
-    brokers_tls: ClientFiles,
-    strangers: ClientFiles,
-    metrics: Metrics,
-    codec: AvroCodec,
-) -> None:
-    ca, client = mismatched(side, brokers_tls, strangers)
-    settings = rabbitmq_tls_settings(
-        rabbitmq_tls_url, rabbitmq_names, ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT
-    )
-    sink = rabbitmq_sink(settings, metrics, codec)
-
-    error = refusal(sink.start)
-
-    assert str(error).startswith("rabbitmq: certificate: ")
-    assert openssl_says in str(error)
-    assert "guest:guest" not in str(error)
-    assert not sink.ready()
-
-
-def test_a_rabbitmq_tail_that_does_not_trust_the_brokers_certificate_fails_at_once_naming_it(
-    rabbitmq_tls_url: str,
-    rabbitmq_names: str,
-    brokers_tls: ClientFiles,
-    strangers: ClientFiles,
-) -> None:
-    ca, client = mismatched(DISTRUSTED_BROKER, brokers_tls, strangers)
-    settings = rabbitmq_tls_settings(
-        rabbitmq_tls_url, rabbitmq_names, ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT
-    )
-
-    error = refusal(RabbitMQReader(settings).__aenter__)
-
-    assert str(error).startswith("rabbitmq: certificate: ")
-    assert "certificate verify failed" in str(error)
