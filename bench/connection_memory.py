@@ -10,12 +10,16 @@ to compare):
 - ``idle``: the connections send nothing for ``--hold`` seconds;
 - ``in-flight``: Kafka is paused (SIGSTOP, the bench's own broker only) while every connection
   sends one SFTPGo login, so each request waits for its acknowledgement; Kafka continues after
-  ``--hold`` seconds and every answer is read.
+  ``--hold`` seconds and every answer is read;
+- ``idle-tls`` (``--tls``, instead of the two above): the worker listens for HTTPS (a throwaway
+  ``trustme`` certificate) and the connections send nothing, not even a TLS ClientHello: each
+  sits in its handshake. ``--baseline PATH`` runs the same rows for another checkout's bridge.
 
 The worker's VmRSS is sampled every 50 ms; the table gives it idle after start and at its peak,
 and the answers by status. Nothing here asserts a size.
 
-    .venv/bin/python bench/connection_memory.py [--connections 8000] [--hold 5]
+    .venv/bin/python bench/connection_memory.py [--connections 8000] [--hold 5] [--cap N]
+        [--tls [--baseline PATH]]
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import checkouts
 import ingest
+import trustme
 from ingest import RssSampler, Variant, table
 
 from bridge.settings import Settings
@@ -72,7 +78,7 @@ async def load(
         except OSError:
             return "error"
         try:
-            if mode != "idle":
+            if not mode.startswith("idle"):
                 writer.write(wire[index % len(wire)])
                 await writer.drain()
                 line = await asyncio.wait_for(reader.readline(), hold + 30)
@@ -101,6 +107,15 @@ async def load(
             os.kill(kafka, signal.SIGCONT)
 
 
+def tls_settings(directory: Path) -> dict[str, str]:
+    """An HTTPS listener's settings, with a throwaway CA's certificate for 127.0.0.1."""
+    leaf = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return {"BRIDGE_TLS_CERTFILE": str(cert), "BRIDGE_TLS_KEYFILE": str(key)}
+
+
 def raise_file_limit(count: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = count + 256
@@ -125,8 +140,22 @@ def main() -> int:
         default=[],
         help="also a worker with this BRIDGE_MAX_CONNECTIONS (repeatable), beside the default's",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="idle connections to an HTTPS listener, in handshake"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="with --tls: also another checkout's bridge package"
+    )
     parser.add_argument("--label", help="added to the results file name")
     args = parser.parse_args()
+    args.source = None
+    checkouts.resolve_checkouts(parser, args)
+    if args.baseline is not None and not args.tls:
+        parser.error("--baseline is for --tls")
+    modes = ("idle-tls",) if args.tls else MODES
+    sources: list[tuple[str, Path | None]] = [("this checkout", None)]
+    if args.baseline is not None:
+        sources.append(("baseline", args.baseline))
     default_cap = Settings().max_connections
     raise_file_limit(args.connections)
     started = datetime.now(UTC)
@@ -135,33 +164,46 @@ def main() -> int:
     with ingest.lab_and_brokers(own=True, prefix="bench-memory-") as lab:
         ingest.create_topics(lab, 1 << 30)
         kafka = kafka_pid()
-        for cap in (None, *args.cap, NO_CAP):
-            for mode in MODES:
-                cap_text = {None: f"default ({default_cap})", NO_CAP: "none"}.get(cap, str(cap))
-                # Requests stay in flight while Kafka is paused, not handed to the spool.
-                settings = {"BRIDGE_SPOOL_AFTER_SECONDS": str(args.hold + 5)}
-                if cap is not None:
-                    settings["BRIDGE_MAX_CONNECTIONS"] = str(cap)
-                variant = Variant(f"cap {cap_text}", None, settings=settings)
-                server = lab.bridge(variant, "kafka", role=mode)
-                asyncio.run(load(server.port, 50, "warm-up", 0, kafka))
-                with RssSampler() as rss:
-                    rss.watch(server)
-                    answers = asyncio.run(
-                        load(server.port, args.connections, mode, args.hold, kafka)
-                    )
-                lab.stop([server])
-                idle, peak = rss.by_server()[server.name]
-                seen = ", ".join(f"{n:,} {what}" for what, n in answers.most_common())
-                rows.append([cap_text, mode, f"{idle:.0f}", f"{peak:.0f}", seen])
-                print(f"  {' | '.join(rows[-1])}", flush=True)
+        tls = tls_settings(lab.scratch) if args.tls else {}
+        for who, source in sources:
+            for cap in (None, *args.cap, NO_CAP):
+                for mode in modes:
+                    cap_text = {None: f"default ({default_cap})", NO_CAP: "none"}.get(cap, str(cap))
+                    # Requests stay in flight while Kafka is paused, not handed to the spool.
+                    settings = {"BRIDGE_SPOOL_AFTER_SECONDS": str(args.hold + 5), **tls}
+                    if cap is not None:
+                        settings["BRIDGE_MAX_CONNECTIONS"] = str(cap)
+                    variant = Variant(f"{who}, cap {cap_text}", source, settings=settings)
+                    server = lab.bridge(variant, "kafka", role=mode)
+                    if not args.tls:  # a plain request each: not for an HTTPS listener
+                        asyncio.run(load(server.port, 50, "warm-up", 0, kafka))
+                    with RssSampler() as rss:
+                        rss.watch(server)
+                        answers = asyncio.run(
+                            load(server.port, args.connections, mode, args.hold, kafka)
+                        )
+                    lab.stop([server])
+                    idle, peak = rss.by_server()[server.name]
+                    seen = ", ".join(f"{n:,} {what}" for what, n in answers.most_common())
+                    rows.append([who, cap_text, mode, f"{idle:.0f}", f"{peak:.0f}", seen])
+                    print(f"  {' | '.join(rows[-1])}", flush=True)
     text = (
         f"# Connection memory, {started:%Y-%m-%d %H:%M} UTC\n\n"
         f"{ingest.how_run('connection_memory.py')}. One bridge worker "
         f"into the bench's own Kafka per row, {args.connections:,} connections held "
-        f"{args.hold:g} s (in-flight: Kafka paused meanwhile, every request waiting for it).\n\n"
+        f"{args.hold:g} s (in-flight: Kafka paused meanwhile, every request waiting for it; "
+        "idle-tls: an HTTPS listener, the connections in their handshake).\n\n"
+        + "".join(f"- {who}: {checkouts.describe(source)}\n" for who, source in sources)
+        + "\n"
         + table(
-            ["max_connections", "connections", "idle after start, MiB", "peak, MiB", "answers"],
+            [
+                "checkout",
+                "max_connections",
+                "connections",
+                "idle after start, MiB",
+                "peak, MiB",
+                "answers",
+            ],
             rows,
         )
         + "\n"

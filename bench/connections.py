@@ -9,6 +9,10 @@ Kafka at a fixed rate, the way operators size it, with and without a connection 
 plain HTTP and on HTTPS with an RSA-2048 and an ECDSA P-256 server key.
 
     .venv/bin/python bench/connections.py [--rate 500] [--seconds 10] [--rounds 3]
+        [--scheme http|rsa|ecdsa ...] [--baseline PATH]
+
+``--baseline PATH`` runs each server twice, on this checkout's bridge and on the other's, in the
+same rounds.
 
 Each round runs every (server, connection) pair once, in a fresh random order, with vegeta at
 the fixed rate (``-keepalive=false`` for a connection per event: vegeta then asks
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import checkouts
 import ingest
 import trustme
 from ingest import Lab, Variant, spread, table
@@ -42,6 +47,7 @@ TIME_WAIT_MAX = 10_000
 class Scheme:
     name: str
     key: trustme.KeyType | None  # None: plain HTTP
+    source: Path | None = None  # whose bridge package: this checkout's when None (--baseline)
 
 
 SCHEMES = (
@@ -49,6 +55,10 @@ SCHEMES = (
     Scheme("HTTPS, RSA-2048 key", trustme.KeyType.RSA),
     Scheme("HTTPS, ECDSA P-256 key", trustme.KeyType.ECDSA),
 )
+
+
+def scheme_id(scheme: Scheme) -> str:
+    return scheme.key.name.lower() if scheme.key is not None else "http"
 
 
 @dataclass
@@ -82,12 +92,14 @@ def start_bridge(lab: Lab, scheme: Scheme, certs: Path) -> Bridge:
     if scheme.key is not None:
         ca = trustme.CA(key_type=scheme.key)
         leaf = ca.issue_cert("127.0.0.1", key_type=scheme.key)
-        cert, key = certs / f"{scheme.key.name}.crt", certs / f"{scheme.key.name}.key"
+        stem = f"{scheme_id(scheme)}-{'baseline' if scheme.source else 'this'}"
+        cert, key = certs / f"{stem}.crt", certs / f"{stem}.key"
         leaf.cert_chain_pems[0].write_to_path(str(cert))
         leaf.private_key_pem.write_to_path(str(key))
         settings = {"BRIDGE_TLS_CERTFILE": str(cert), "BRIDGE_TLS_KEYFILE": str(key)}
-    role = scheme.key.name if scheme.key is not None else "http"
-    server = lab.bridge(Variant("this checkout", None, settings=settings), "kafka", role=role)
+    role = f"{scheme_id(scheme)}{'-baseline' if scheme.source else ''}"
+    variant = Variant(scheme.name, scheme.source, settings=settings)
+    server = lab.bridge(variant, "kafka", role=role)
     return Bridge(scheme, server)
 
 
@@ -142,9 +154,11 @@ def attack(
     )
 
 
-def report(runs: dict[tuple[str, bool], list[Run]], rate: int, seconds: float) -> str:
+def report(
+    schemes: list[Scheme], runs: dict[tuple[str, bool], list[Run]], rate: int, seconds: float
+) -> str:
     rows = []
-    for scheme in SCHEMES:
+    for scheme in schemes:
         kept = runs[(scheme.name, True)]
         for keep_alive in (True, False):
             done = runs[(scheme.name, keep_alive)]
@@ -196,9 +210,26 @@ def main() -> int:
         default="own",
         help="the bench's own Kafka (default) or the shared test brokers (never stopped)",
     )
+    parser.add_argument(
+        "--scheme",
+        choices=[scheme_id(scheme) for scheme in SCHEMES],
+        action="append",
+        help="only these servers (repeatable; default all three)",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="also each server on another checkout's bridge package"
+    )
     parser.add_argument("--seed", type=int, help="the rounds' order (default random, printed)")
     parser.add_argument("--label", help="added to the results file name")
     args = parser.parse_args()
+    args.source = None
+    checkouts.resolve_checkouts(parser, args)
+    chosen = [s for s in SCHEMES if args.scheme is None or scheme_id(s) in args.scheme]
+    schemes = list(chosen)
+    if args.baseline is not None:
+        schemes = [Scheme(f"this checkout, {s.name}", s.key) for s in chosen] + [
+            Scheme(f"baseline, {s.name}", s.key, args.baseline) for s in chosen
+        ]
     if args.rate * args.seconds > TIME_WAIT_MAX:
         parser.error(
             f"--rate x --seconds over {TIME_WAIT_MAX:,}: a run with a connection per event would "
@@ -208,12 +239,12 @@ def main() -> int:
     started = datetime.now(UTC)
     vegeta = ingest.ensure_vegeta()
     runs: dict[tuple[str, bool], list[Run]] = {
-        (s.name, k): [] for s in SCHEMES for k in (True, False)
+        (s.name, k): [] for s in schemes for k in (True, False)
     }
     with ingest.lab_and_brokers(own=args.brokers == "own", prefix="bench-connections-") as lab:
         scratch = lab.scratch
         ingest.create_topics(lab, 1 << 30)
-        bridges = [start_bridge(lab, scheme, scratch) for scheme in SCHEMES]
+        bridges = [start_bridge(lab, scheme, scratch) for scheme in schemes]
         for bridge in bridges:  # warm-up
             attack(vegeta, bridge, scratch, args.rate, 2, keep_alive=True)
         shuffle = random.Random(seed)
@@ -238,7 +269,10 @@ def main() -> int:
         f"for {args.seconds:g} s per run, {args.rounds} rounds; median [range] over rounds. "
         "*per connection*: what the run with a new connection per event cost per event over "
         "the same server's kept-alive run of the same round.\n\n"
-        + report(runs, args.rate, args.seconds)
+        + f"- this checkout: {checkouts.describe(None)}\n"
+        + (f"- baseline: {checkouts.describe(args.baseline)}\n" if args.baseline else "")
+        + "\n"
+        + report(schemes, runs, args.rate, args.seconds)
         + "\n"
     )
     ingest.write_results(ingest.results_stem(started, "connections", args.label), text)
