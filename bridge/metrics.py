@@ -81,7 +81,9 @@ class Metrics:
             "Client connections the bridge closed itself, by reason (headers_too_large: 431, "
             "header_timeout and body_timeout: 408 or a silent close, invalid_http: 400, "
             "too_many_connections: 503 before reading, evicted: closed to make room for a new "
-            "one).",
+            "one, handshake_timeout: no TLS handshake within the header timeout, "
+            "tls_handshake_failed: a TLS handshake the bridge refused, as a client certificate "
+            "it does not trust).",
             ["reason"],
             registry=r,
         )

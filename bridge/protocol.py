@@ -11,8 +11,10 @@ client, authenticated or not: no token has been read yet when they are needed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import ssl
 import time
 import weakref
 from collections import OrderedDict
@@ -56,7 +58,7 @@ class ConnectionLimits:
 
 def bounded_protocol(
     limits: ConnectionLimits, metrics: Metrics, hooks: HookEndpoints | None = None
-) -> type[HttpToolsProtocol]:
+) -> type[BoundedHttpToolsProtocol]:
     """The protocol class to give ``uvicorn.Config(http=...)``, bound to these limits.
 
     With ``hooks``, the hook POSTs are answered by :class:`HookCycle`, without ASGI; the app
@@ -101,10 +103,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # cycle (protocol, transport, flow control, cycle) left to the garbage collector.
         self._expire: Callable[[BoundedHttpToolsProtocol], None] = _no_deadline
         self._refused = False
+        # Over TLS (TlsAccept): stops counting this connection as one in its handshake.
+        self.handshake_done: Callable[[], object] | None = None
 
     # -- the transport
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self.handshake_done is not None:
+            self.handshake_done()
+            self.handshake_done = None
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             # Each open connection holds memory (about 6 KiB, more with a request in it) and
@@ -624,3 +631,123 @@ def _no_deadline(_protocol: BoundedHttpToolsProtocol) -> None:
 
 _SPENT = _Cue(_nothing)
 _DRAINING: set[asyncio.Task[None]] = set()
+
+
+# -- TLS: each handshake counted against the connection cap from its accept
+
+
+def tls_handshake_class(base: type[Any]) -> type[Any]:
+    """``base``, the loop's own TLS protocol class (uvloop's or asyncio's ``SSLProtocol``), which
+    keeps its TCP transport where :class:`TlsAccept` can close it: neither exposes its own."""
+
+    class Handshake(base):  # type: ignore[misc]
+        tcp: asyncio.BaseTransport | None = None
+        evicted = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.tcp = transport
+            super().connection_made(transport)
+            if self.evicted:  # made room for a connection accepted in the same turn of the loop
+                transport.close()
+
+        def evict(self) -> None:
+            self.evicted = True
+            if self.tcp is not None:
+                self.tcp.close()
+
+    return Handshake
+
+
+class TlsAccept:
+    """The protocol factory of a TLS listener: the loop's own TLS protocol around each accepted
+    connection, counted against the listener's ``max_connections`` from the accept on.
+
+    A loop's ``create_server(ssl=...)`` runs the handshake before the connection class sees
+    the connection: a client that connected and sent nothing (or part of a ClientHello) held
+    about 52 KiB until the handshake timeout, outside the cap, so a few hundred connections a
+    second filled a worker past its memory limit. Here the listener is plain TCP and this
+    factory wraps each connection itself, as the loop would: a connection in its handshake
+    counts beside the established ones, and past the cap the oldest still in its handshake is
+    closed to make room, the newest being the one a hook, which handshakes at once, is making.
+    The handshake's end is counted too: a failed one (``tls_handshake_failed``: a client
+    certificate refused, not TLS at all) or one over ``handshake_timeout`` would otherwise be
+    seen nowhere, the loops logging them only at debug level.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], asyncio.BaseProtocol],
+        context: ssl.SSLContext,
+        *,
+        handshake_timeout: float | None,
+        handshake_class: type[Any],
+    ) -> None:
+        self._loop = loop
+        self._factory = factory
+        self._context = context
+        self._timeout = handshake_timeout
+        self._handshake_class = handshake_class
+        self._handshaking: OrderedDict[Any, None] = OrderedDict()  # the oldest first
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        app = self._factory()
+        waiter = self._loop.create_future()
+        handshake = self._handshake_class(
+            self._loop,
+            app,
+            self._context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=self._timeout,
+        )
+        self._handshaking[handshake] = None
+        if isinstance(app, BoundedHttpToolsProtocol):
+            # At once, not from the waiter's callbacks, which run a turn later: a connection
+            # accepted in between must not take this one, done, for one still in its handshake.
+            app.handshake_done = functools.partial(self._handshaking.pop, handshake, None)
+            waiter.add_done_callback(functools.partial(self._ended, handshake, app.metrics))
+            self._make_room(app)
+        else:
+            waiter.add_done_callback(lambda _: self._handshaking.pop(handshake, None))
+        return cast(asyncio.BaseProtocol, handshake)
+
+    def _make_room(self, app: BoundedHttpToolsProtocol) -> None:
+        cap = app.limits.max_connections
+        # Never the new connection itself: with every connection established and busy, it goes
+        # on to the connection class's own cap, which answers it 503 over TLS.
+        if len(self._handshaking) + len(app.connections) <= cap or len(self._handshaking) < 2:
+            return
+        oldest = next(iter(self._handshaking))
+        del self._handshaking[oldest]
+        oldest.evict()
+        app.metrics.connections_closed.labels("evicted").inc()
+        _crowd_log.closed(
+            _peer(oldest.tcp),
+            f"closed to make room: over {cap} connections open, this one the oldest still in "
+            "its TLS handshake",
+        )
+
+    def _ended(self, handshake: Any, metrics: Metrics, waiter: asyncio.Future[None]) -> None:
+        if self._handshaking.pop(handshake, _EVICTED) is _EVICTED or waiter.cancelled():
+            return
+        exc = waiter.exception()
+        if isinstance(exc, ConnectionAbortedError):  # the loops' handshake timeout
+            within = f" within {self._timeout:g} s" if self._timeout is not None else ""
+            cause, message = "handshake_timeout", f"no TLS handshake{within}"
+        elif isinstance(exc, ssl.SSLError):
+            cause, message = "tls_handshake_failed", f"TLS handshake failed: {exc}"
+        else:  # done, or the client went away: nothing the bridge closed
+            return
+        metrics.connections_closed.labels(cause).inc()
+        _crowd_log.closed(_peer(handshake.tcp), message)
+
+
+def _peer(transport: asyncio.BaseTransport | None) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "a client"
+
+
+_EVICTED = object()

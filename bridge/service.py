@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import functools
 import gc
@@ -11,9 +12,9 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -28,7 +29,7 @@ from bridge.intake import HandoffIntake
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
 from bridge.pipeline import Pipeline
-from bridge.protocol import ConnectionLimits, bounded_protocol
+from bridge.protocol import ConnectionLimits, TlsAccept, bounded_protocol, tls_handshake_class
 from bridge.replay import Replayer
 from bridge.settings import Settings
 from bridge.sinks import build_sink
@@ -46,37 +47,65 @@ def run(main: Coroutine[Any, Any, None], *, tls_handshake_timeout: float | None 
     uvloop: only uvicorn's own runner does. uvloop cut the CPU per event by about 5 % (issue 11).
 
     ``tls_handshake_timeout``: how long a client connecting to a TLS listener may take over its
-    handshake (see :class:`_HandshakeDeadline`); None leaves the loop's own 60 s.
+    handshake (see :class:`_TlsServers`); None leaves the loop's own 60 s.
     """
-    try:
-        import uvloop
-    except ImportError:  # optional: a platform without it runs on asyncio's loop
-        base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
-    else:
-        base = uvloop.Loop
-    loop_class = type("Loop", (_HandshakeDeadline, base), {})
+    loop_class = event_loop_class()
     with asyncio.Runner(loop_factory=lambda: loop_class(tls_handshake_timeout)) as runner:
         runner.run(main)
 
 
-class _HandshakeDeadline:
-    """An event loop whose TLS servers give a client ``tls_handshake_timeout`` seconds for its
-    handshake, unless the caller says otherwise.
+def event_loop_class(*, uvloop: bool = True) -> Callable[[float | None], asyncio.AbstractEventLoop]:
+    """The bridge's event loop: uvloop's when it is installed (and ``uvloop``), else asyncio's,
+    with TLS servers as :class:`_TlsServers` makes them. Called with the handshake timeout."""
+    base: type[asyncio.AbstractEventLoop] = asyncio.SelectorEventLoop
+    handshake: type[Any] = asyncio.sslproto.SSLProtocol
+    if uvloop:
+        try:
+            import uvloop as installed
+        except ImportError:  # optional: a platform without it runs on asyncio's loop
+            pass
+        else:
+            base = installed.Loop
+            handshake = installed.loop.SSLProtocol  # type: ignore[attr-defined]
+    namespace = {"handshake_class": tls_handshake_class(handshake)}
+    return cast(
+        Callable[[float | None], asyncio.AbstractEventLoop],
+        type("Loop", (_TlsServers, base), namespace),
+    )
 
-    A connection in its handshake belongs to the loop: the bridge's connection class sees it
-    only once the handshake is done, so neither its header deadline nor its connection cap can
-    end it before. uvicorn creates its servers without a handshake timeout, and the loop's
-    default is 60 s: a client that connected and sent nothing held about 52 KiB that long.
+
+class _TlsServers:
+    """An event loop whose TLS servers count each connection against the bridge's connection
+    cap from its accept (:class:`bridge.protocol.TlsAccept`), and give a client
+    ``tls_handshake_timeout`` seconds for its handshake unless the caller says otherwise.
+
+    uvicorn creates its servers itself, with ``ssl=`` and no handshake timeout: the loop would
+    run each handshake out of the bridge's sight, for up to its default 60 s. Here the server
+    is plain TCP and TlsAccept makes the same loop's TLS protocol around each connection.
     """
+
+    handshake_class: type[Any]  # the loop's own TLS protocol, see tls_handshake_class
 
     def __init__(self, tls_handshake_timeout: float | None = None) -> None:
         super().__init__()
         self.tls_handshake_timeout = tls_handshake_timeout
 
-    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
-        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
-            kwargs["ssl_handshake_timeout"] = self.tls_handshake_timeout  # None: the loop's own
-        return await super().create_server(*args, **kwargs)  # type: ignore[misc,no-any-return]
+    async def create_server(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
+    ) -> asyncio.AbstractServer:
+        context: ssl.SSLContext | None = kwargs.pop("ssl", None)
+        timeout: float | None = kwargs.pop("ssl_handshake_timeout", None)
+        if context is not None:
+            protocol_factory = TlsAccept(
+                cast(asyncio.AbstractEventLoop, self),
+                protocol_factory,
+                context,
+                handshake_timeout=timeout or self.tls_handshake_timeout,
+                handshake_class=self.handshake_class,
+            )
+        return await super().create_server(  # type: ignore[misc,no-any-return]
+            protocol_factory, *args, **kwargs
+        )
 
 
 async def serve(

@@ -124,8 +124,9 @@ class Settings(BaseSettings):
         "the least active connection with no request being served is closed to make room; "
         "with none, the new connection is answered 503 with Retry-After and closed before "
         "anything is read. Bounds the memory connections take (about 6 KiB each, 17 KiB with "
-        "a request waiting for the sink: at 2048, a worker peaks near 92 MiB); over HTTPS, "
-        "only once a connection's TLS handshake is done (docs/deployment.md).",
+        "a request waiting for the sink: at 2048, a worker peaks near 92 MiB). Over HTTPS a "
+        "connection counts from its accept, and one still in its TLS handshake (about 53 KiB) "
+        "is the first closed to make room (docs/deployment.md).",
     )
     max_header_bytes: int = Field(
         16384,

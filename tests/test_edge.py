@@ -647,9 +647,8 @@ def test_over_https_the_bridge_issues_no_session_tickets(
 def test_over_https_a_client_that_never_sends_its_handshake_is_closed_at_the_header_timeout(
     bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
 ) -> None:
-    # The handshake is the loop's, before the bridge's connection class sees the connection:
-    # without a handshake timeout of its own, such a client held about 52 KiB for the loop's
-    # default 60 s, outside BRIDGE_MAX_CONNECTIONS and the header deadline.
+    # The handshake comes before the bridge's connection class sees the connection: with the
+    # loop's default timeout, such a client held about 52 KiB for 60 s, past the header deadline.
     ca = trustme.CA()
     server_pem, key_pem = server_certificate(ca, tmp_path)
     bridge = bridge_factory(
@@ -663,6 +662,51 @@ def test_over_https_a_client_that_never_sends_its_handshake_is_closed_at_the_hea
     # open past this, and recv() raises instead of reading the close.
     with socket.create_connection(("127.0.0.1", port), timeout=30) as silent:
         assert silent.recv(1) == b""
+    closed = _metric(bridge, "login_audit_connections_closed_total", reason="handshake_timeout")
+    assert closed == 1
+    assert "no TLS handshake within 1 s" in bridge.logs()
+
+
+def test_over_https_a_refused_client_certificate_is_counted_and_logged(
+    bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
+) -> None:
+    # The loops log a failed handshake at debug level only: a hook whose certificate the bridge
+    # refuses was seen nowhere on the bridge's side.
+    ca = trustme.CA()
+    server_pem, key_pem = server_certificate(ca, tmp_path)
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    bridge = bridge_factory(
+        auth_tokens="test-token",
+        tls_certfile=str(server_pem),
+        tls_keyfile=str(key_pem),
+        tls_client_ca=str(ca_pem),
+    )
+    port = int(bridge.url.rsplit(":", 1)[1])
+    stranger = ssl.create_default_context()
+    ca.configure_trust(stranger)
+    trustme.CA().issue_cert("sftpgo.example").configure_cert(stranger)  # another CA's
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            stranger.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(BOB_REQUEST)  # TLS 1.3: the refusal comes after the client's side
+            refused = tls.recv(1) == b""
+    except (ssl.SSLError, ConnectionError):
+        refused = True
+    assert refused
+    deadline = time.monotonic() + 10
+    reason = "tls_handshake_failed"
+    while _metric(bridge, "login_audit_connections_closed_total", reason=reason) < 1:
+        assert time.monotonic() < deadline, bridge.logs()
+        time.sleep(0.05)
+    assert _metric(bridge, "login_audit_connections_closed_total", reason=reason) == 1
+    assert re.search(
+        r"closed the connection from 127\.0\.0\.1:\d+: TLS handshake failed: ", bridge.logs()
+    )
+    assert "CERTIFICATE_VERIFY_FAILED" in bridge.logs()
+    assert list(read_events(bridge.events_dir)) == []
 
 
 def test_with_mtls_on_tcp_the_admin_port_and_the_unix_socket_speak_plain_http(

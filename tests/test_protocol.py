@@ -8,9 +8,14 @@ written after it.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import logging
+import socket
+import ssl
+from pathlib import Path
 
 import pytest
+import trustme
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
@@ -19,12 +24,16 @@ from bridge.app import Answer
 from bridge.metrics import Metrics
 from bridge.protocol import (
     _MAX_HEADS,
+    BoundedHttpToolsProtocol,
     ConnectionLimits,
+    TlsAccept,
     _CrowdLog,
     _Heads,
     _json_answer,
     bounded_protocol,
+    tls_handshake_class,
 )
+from bridge.service import _Listener, event_loop_class
 
 from support import RecordingTransport
 
@@ -182,3 +191,112 @@ def test_heads_kept_for_answers_of_many_lengths_are_bounded() -> None:
             answer, close=False, default_headers=DATE
         )
         assert len(heads._made) <= _MAX_HEADS
+
+
+# -- a TLS listener, on each loop the bridge may run on
+
+
+@pytest.mark.parametrize("uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_on_tls_connections_still_in_their_handshake_count_against_the_cap(
+    uvloop: bool, tmp_path: Path
+) -> None:
+    """Clients that connect and never handshake fill no worker: past the cap the oldest still
+    in its handshake is closed, and a real client's handshake and request go through."""
+    ca = trustme.CA()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    limits = ConnectionLimits(
+        max_connections=3, max_header_bytes=8192, header_timeout=30.0, body_timeout=30.0
+    )
+    metrics = Metrics()
+
+    async def scenario() -> tuple[list[bool], bytes]:
+        config = uvicorn.Config(
+            app=hello,
+            lifespan="off",
+            log_config=None,
+            http=bounded_protocol(limits, metrics),
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+        )
+        sock = socket.create_server(("127.0.0.1", 0))
+        server = _Listener(config)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:  # noqa: ASYNC110 - uvicorn's Server has a flag, no event
+            await asyncio.sleep(0.01)
+        port = sock.getsockname()[1]
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(6)]
+        await asyncio.sleep(0.5)
+        # The first three were closed for the last three: each reads its end of stream at once.
+        closed = []
+        for reader, _ in silent:
+            try:
+                closed.append(await asyncio.wait_for(reader.read(1), 0.5) == b"")
+            except TimeoutError:
+                closed.append(False)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        writer.write(b"GET /hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        for _, silent_writer in silent:
+            silent_writer.close()
+        server.should_exit = True
+        await serving
+        return closed, answer
+
+    loop_class = event_loop_class(uvloop=uvloop)
+    with asyncio.Runner(loop_factory=lambda: loop_class(30.0)) as runner:
+        closed, answer = runner.run(scenario())
+    assert closed == [True, True, True, False, False, False]
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b'{"hello":"/hook"}')
+    # Three for the silent ones, one more for the real client's own handshake.
+    evicted = metrics.connections_closed.labels("evicted")._value.get()
+    assert evicted == 4
+
+
+def test_on_tls_a_connection_whose_handshake_just_ended_is_not_taken_for_one_still_in_it(
+    tmp_path: Path,
+) -> None:
+    """The loop tells of a handshake's end through a future whose callbacks run a turn later;
+    a connection accepted in that turn must make room among those still in their handshake."""
+    limits = ConnectionLimits(
+        max_connections=2, max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_context)
+
+    async def scenario() -> list[bool]:
+        config = uvicorn.Config(app=hello, lifespan="off", log_level="warning")
+        config.load()
+        protocol_class = bounded_protocol(limits, Metrics())
+        state = ServerState()
+        made: list[BoundedHttpToolsProtocol] = []
+
+        def factory() -> BoundedHttpToolsProtocol:
+            made.append(protocol_class(config=config, server_state=state, app_state={}))
+            return made[-1]
+
+        accept = TlsAccept(
+            asyncio.get_running_loop(),
+            factory,
+            server_context,
+            handshake_timeout=5.0,
+            handshake_class=tls_handshake_class(asyncio.sslproto.SSLProtocol),
+        )
+        handshakes = [accept(), accept()]
+        tcp = [RecordingTransport(), RecordingTransport(), RecordingTransport()]
+        made[0].connection_made(RecordingTransport())  # the first one's handshake is done
+        handshakes.append(accept())  # one established, two in their handshake: over the cap
+        for handshake, transport in zip(handshakes, tcp, strict=True):
+            handshake.connection_made(transport)  # the loop's own step, once accepted
+        closed = [transport.closed for transport in tcp]
+        for handshake in handshakes:
+            handshake.connection_lost(None)
+        return closed
+
+    assert asyncio.run(scenario()) == [False, True, False]
