@@ -13,6 +13,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,21 @@ def strangers(tmp_path: Path) -> ClientFiles:
     return files
 
 
+@pytest.fixture
+def expired(brokers_tls: ClientFiles, tmp_path: Path) -> ClientFiles:
+    """A client certificate of the brokers' own CA that expired yesterday."""
+    folder = brokers_tls.ca.parent
+    ca = trustme.CA.from_pem((folder / "ca.pem").read_bytes(), (folder / "ca.key").read_bytes())
+    now = datetime.now(UTC)
+    issued = ca.issue_cert(
+        "bridge-client", not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
+    )
+    files = ClientFiles(brokers_tls.ca, tmp_path / "expired.pem", tmp_path / "expired.key")
+    issued.cert_chain_pems[0].write_to_path(str(files.certificate))
+    issued.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
 @pytest.fixture(scope="session")
 def kafka_ssl_bootstrap(kafka_bootstrap: str) -> str:
     host, _, port = KAFKA_SSL_BOOTSTRAP.split(",")[0].rpartition(":")
@@ -128,11 +144,19 @@ def rabbitmq_tls_settings(
 # and what OpenSSL said.
 DISTRUSTED_BROKER = "the-bridge-does-not-trust-the-brokers-certificate"
 REFUSED_CLIENT = "the-broker-refuses-the-bridges-client-certificate"
+EXPIRED_CLIENT = "the-broker-refuses-the-bridges-expired-client-certificate"
 
 
-def mismatched(side: str, ours: ClientFiles, strangers: ClientFiles) -> tuple[Path, ClientFiles]:
+def mismatched(
+    side: str, ours: ClientFiles, strangers: ClientFiles, expired: ClientFiles | None = None
+) -> tuple[Path, ClientFiles]:
     """The CA the bridge checks the broker with, and the client certificate it shows."""
-    return (strangers.ca, ours) if side == DISTRUSTED_BROKER else (ours.ca, strangers)
+    if side == DISTRUSTED_BROKER:
+        return strangers.ca, ours
+    if side == EXPIRED_CLIENT:
+        assert expired is not None
+        return ours.ca, expired
+    return ours.ca, strangers
 
 
 @dataclass(frozen=True)
@@ -171,6 +195,9 @@ def tls_broker(request: pytest.FixtureRequest) -> TlsBroker:
             openssl_says={
                 DISTRUSTED_BROKER: "certificate verify failed",
                 REFUSED_CLIENT: "alert bad certificate",
+                # Java answers a client certificate it cannot validate with alert 46, whatever
+                # the reason.
+                EXPIRED_CLIENT: "alert certificate unknown",
             },
             reader_detail="_SSL",
             secret=None,
@@ -188,6 +215,7 @@ def tls_broker(request: pytest.FixtureRequest) -> TlsBroker:
         openssl_says={
             DISTRUSTED_BROKER: "certificate verify failed",
             REFUSED_CLIENT: "alert unknown ca",
+            EXPIRED_CLIENT: "alert certificate expired",
         },
         reader_detail="AMQPConnectionError",
         secret=f"{URL(url).user}:{URL(url).password}",
@@ -209,16 +237,17 @@ def refusal(opening: Callable[[], Awaitable[Any]]) -> SinkUnavailable:
 # -- both brokers
 
 
-@pytest.mark.parametrize("side", [DISTRUSTED_BROKER, REFUSED_CLIENT])
+@pytest.mark.parametrize("side", [DISTRUSTED_BROKER, REFUSED_CLIENT, EXPIRED_CLIENT])
 def test_a_failed_certificate_check_ends_the_sinks_start_at_once_naming_it(
     side: str,
     tls_broker: TlsBroker,
     brokers_tls: ClientFiles,
     strangers: ClientFiles,
+    expired: ClientFiles,
     metrics: Metrics,
     codec: AvroCodec,
 ) -> None:
-    ca, client = mismatched(side, brokers_tls, strangers)
+    ca, client = mismatched(side, brokers_tls, strangers, expired)
     settings = tls_broker.settings(ca, client, publish_timeout_seconds=PUBLISH_TIMEOUT)
     sink = tls_broker.sink(settings, metrics, codec)
 
