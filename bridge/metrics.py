@@ -87,6 +87,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.tls_certificate_renewals = Counter(
+            "login_audit_tls_certificate_renewals_total",
+            "Times the HTTPS listener found its certificate, key or client CA files changed, by "
+            "result (renewed: new connections get the new certificate; failed: they do not load, "
+            "and the certificate loaded before is still served).",
+            ["result"],
+            registry=r,
+        )
         self.requests_in_flight = Gauge(
             "login_audit_requests_in_flight",
             "Hook events being made durable now (authenticated, body read, not yet answered).",

@@ -42,6 +42,7 @@ from bridge.app import (
     retry_after,
 )
 from bridge.metrics import Metrics
+from bridge.tls import RenewableServerContext
 
 log = logging.getLogger(__name__)
 
@@ -678,20 +679,25 @@ class TlsAccept:
         self,
         loop: asyncio.AbstractEventLoop,
         factory: Callable[[], asyncio.BaseProtocol],
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | RenewableServerContext,
         *,
         handshake_timeout: float | None,
         handshake_class: type[Any],
     ) -> None:
         self._loop = loop
         self._factory = factory
-        self._context = context
+        self._renewable = context if isinstance(context, RenewableServerContext) else None
+        self._context = context.context if isinstance(context, RenewableServerContext) else context
         self._timeout = handshake_timeout
         self._handshake_class = handshake_class
         self._handshaking: OrderedDict[Any, None] = OrderedDict()  # the oldest first
 
     def __call__(self) -> asyncio.BaseProtocol:
         app = self._factory()
+        if self._renewable is not None:
+            self._context, renewal = self._renewable.current()
+            if renewal is not None and isinstance(app, BoundedHttpToolsProtocol):
+                app.metrics.tls_certificate_renewals.labels(renewal).inc()
         waiter = self._loop.create_future()
         handshake = self._handshake_class(
             self._loop,

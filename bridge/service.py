@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import ssl
+import weakref
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -35,9 +36,15 @@ from bridge.settings import Settings
 from bridge.sinks import build_sink
 from bridge.sinks.base import Sink
 from bridge.supervisor import Supervisor
+from bridge.tls import RenewableServerContext
 from bridge.workergroup import WorkerGroup
 
 log = logging.getLogger(__name__)
+
+# Each HTTPS listener's renewable context, by the context uvicorn hands the loop's create_server.
+RENEWABLE: weakref.WeakKeyDictionary[ssl.SSLContext, RenewableServerContext] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def run(main: Coroutine[Any, Any, None], *, tls_handshake_timeout: float | None = None) -> None:
@@ -99,7 +106,7 @@ class _TlsServers:
             protocol_factory = TlsAccept(
                 cast(asyncio.AbstractEventLoop, self),
                 protocol_factory,
-                context,
+                RENEWABLE.get(context, context),
                 handshake_timeout=timeout or self.tls_handshake_timeout,
                 handshake_class=self.handshake_class,
             )
@@ -586,8 +593,12 @@ def _log_soon(level: int, message: str, *args: object) -> None:
     loop.call_soon_threadsafe(functools.partial(log.log, level, message, *args))
 
 
-class _Config(uvicorn.Config):
-    """uvicorn's Config, with an HTTPS listener that issues no TLS session tickets.
+def _server_context(
+    config: uvicorn.Config, make: Callable[[], ssl.SSLContext], *, every: float
+) -> ssl.SSLContext:
+    """An HTTPS listener's context (uvicorn's ``ssl_context_factory``): uvicorn's own, issuing
+    no TLS session tickets, and made again from the files when they change, for new connections
+    (:class:`bridge.tls.RenewableServerContext`, looked for at most every ``every`` seconds).
 
     No client of the bridge resumes a session: SFTPGo's HTTP hook builds a new client for each
     call, the shim is a process per login, MediaWiki posts from the login's own request. Each
@@ -597,11 +608,21 @@ class _Config(uvicorn.Config):
     tickets, no ticket key can decrypt a recorded session later either.
     """
 
-    def load(self) -> None:
-        super().load()
-        if self.ssl is not None:
-            self.ssl.num_tickets = 0  # TLS 1.3
-            self.ssl.options |= ssl.OP_NO_TICKET  # TLS 1.2
+    def without_tickets() -> ssl.SSLContext:
+        context = make()  # uvicorn's own, from the config's ssl_* files and options
+        context.num_tickets = 0  # TLS 1.3
+        context.options |= ssl.OP_NO_TICKET  # TLS 1.2
+        return context
+
+    first = without_tickets()
+    files = [config.ssl_certfile, config.ssl_keyfile, config.ssl_ca_certs]
+    RENEWABLE[first] = RenewableServerContext(
+        without_tickets,
+        [Path(name) for name in files if name is not None],
+        first=first,
+        every=every,
+    )
+    return first
 
 
 def _uvicorn_config(
@@ -616,13 +637,16 @@ def _uvicorn_config(
         options = {
             "ssl_certfile": str(settings.tls_certfile),
             "ssl_keyfile": str(settings.tls_keyfile),
+            "ssl_context_factory": functools.partial(
+                _server_context, every=settings.tls_renewal_check_seconds
+            ),
         }
         if settings.tls_client_ca is not None:
             options |= {
                 "ssl_ca_certs": str(settings.tls_client_ca),
                 "ssl_cert_reqs": ssl.CERT_REQUIRED,
             }
-    return _Config(
+    return uvicorn.Config(
         app,  # type: ignore[arg-type]
         http=http or "httptools",
         ws="none",  # no websockets: an upgrade would hand the connection to another protocol

@@ -195,6 +195,14 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = Field(
         None, description="CA bundle (PEM): when set, clients must present a certificate (mTLS)."
     )
+    tls_renewal_check_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often, at most, a new HTTPS connection has the bridge look at "
+        "tls_certfile, tls_keyfile and tls_client_ca for a change: a renewed certificate is "
+        "served to new connections without a restart (files that do not load leave the one "
+        "loaded before).",
+    )
 
     # -- where events go
     sink: SinkName = Field("file", description="file, kafka or rabbitmq (memory: tests only).")

@@ -709,6 +709,108 @@ def test_over_https_a_refused_client_certificate_is_counted_and_logged(
     assert list(read_events(bridge.events_dir)) == []
 
 
+class SecretVolume:
+    """A server certificate and key as a Kubernetes Secret volume holds them: ``tls.crt`` and
+    ``tls.key`` link into ``..data``, itself a link to a directory of the current files, and
+    an update swaps ``..data`` in one rename."""
+
+    def __init__(self, root: Path, ca: trustme.CA) -> None:
+        self.root = root
+        root.mkdir()
+        self.cert, self.key = root / "tls.crt", root / "tls.key"
+        self.versions = 0
+        self.update(ca)
+        self.cert.symlink_to("..data/tls.crt")
+        self.key.symlink_to("..data/tls.key")
+
+    def update(self, ca: trustme.CA) -> None:
+        self.versions += 1
+        version = self.root / f"..v{self.versions}"
+        version.mkdir()
+        server_certificate(ca, version)
+        (version / "cert.pem").rename(version / "tls.crt")
+        (version / "key.pem").rename(version / "tls.key")
+        staged = self.root / "..data_tmp"
+        staged.symlink_to(version.name)
+        staged.rename(self.root / "..data")
+
+
+def https_post(port: int, ca: trustme.CA) -> int:
+    """The status of BOB's hook POST over a new HTTPS connection that trusts only ``ca``."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer test-token"}
+        connection.request("POST", HOOK, body=BOB, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_over_https_a_certificate_renewed_on_disk_is_served_to_new_connections_without_a_restart(
+    bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
+) -> None:
+    # cert-manager renews a certificate well before it expires and Kubernetes updates the
+    # mounted Secret; a bridge that loaded its certificate once served the old one until it
+    # expired, and from then on every hook's handshake failed.
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    volume = SecretVolume(tmp_path / "tls", old_ca)
+    bridge = bridge_factory(
+        auth_tokens="test-token",
+        tls_certfile=str(volume.cert),
+        tls_keyfile=str(volume.key),
+        tls_renewal_check_seconds="0.2",
+    )
+    port = int(bridge.url.rsplit(":", 1)[1])
+    assert https_post(port, old_ca) == 200
+    context = ssl.create_default_context()
+    old_ca.configure_trust(context)
+    kept = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer test-token"}
+    kept.request("POST", HOOK, body=BOB, headers=headers)
+    assert kept.getresponse().read() and kept.sock is not None
+
+    volume.update(new_ca)
+    time.sleep(0.3)
+    # The first new connection after the interval has the bridge look at the files, before its
+    # own handshake: it and every later one get the new certificate.
+    assert https_post(port, new_ca) == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https_post(port, old_ca)
+    # A connection made before keeps its session.
+    kept.request("POST", HOOK, body=BOB, headers=headers)
+    assert kept.getresponse().status == 200
+    kept.close()
+
+    renewals = _metric(bridge, "login_audit_tls_certificate_renewals_total", result="renewed")
+    assert renewals == 1
+    assert "TLS: loaded the renewed certificate from" in bridge.logs()
+    assert len(list(read_events(bridge.events_dir))) == 4
+
+
+def test_over_https_a_renewal_that_does_not_load_leaves_the_old_certificate_served(
+    bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    volume = SecretVolume(tmp_path / "tls", ca)
+    bridge = bridge_factory(
+        auth_tokens="test-token",
+        tls_certfile=str(volume.cert),
+        tls_keyfile=str(volume.key),
+        tls_renewal_check_seconds="0.2",
+    )
+    port = int(bridge.url.rsplit(":", 1)[1])
+    # A key that is not the certificate's: the renewal cannot be served.
+    trustme.CA().issue_cert("127.0.0.1").private_key_pem.write_to_path(str(volume.key))
+    time.sleep(0.3)
+
+    assert https_post(port, ca) == 200  # the certificate loaded before
+    failed = _metric(bridge, "login_audit_tls_certificate_renewals_total", result="failed")
+    assert failed >= 1
+    assert "do not load" in bridge.logs() and "still serving the certificate" in bridge.logs()
+
+
 def test_with_mtls_on_tcp_the_admin_port_and_the_unix_socket_speak_plain_http(
     bridge_factory: Callable[..., BridgeProcess], tmp_path: Path, short_dir: Path
 ) -> None:
