@@ -89,10 +89,11 @@ class Metrics:
         )
         self.tls_certificate_renewals = Counter(
             "login_audit_tls_certificate_renewals_total",
-            "Times the HTTPS listener found its certificate, key or client CA files changed, by "
-            "result (renewed: new connections get the new certificate; failed: they do not load, "
-            "and the certificate loaded before is still served).",
-            ["result"],
+            "Times the bridge found TLS files it had loaded changed, by whose (https: the "
+            "listener's certificate, key and client CA; kafka: the Kafka client's CA, "
+            "certificate and key) and result (renewed: new connections use them; failed: they "
+            "do not load, and those loaded before stay in use).",
+            ["files", "result"],
             registry=r,
         )
         self.requests_in_flight = Gauge(

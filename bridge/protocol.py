@@ -697,7 +697,7 @@ class TlsAccept:
         if self._renewable is not None:
             self._context, renewal = self._renewable.current()
             if renewal is not None and isinstance(app, BoundedHttpToolsProtocol):
-                app.metrics.tls_certificate_renewals.labels(renewal).inc()
+                app.metrics.tls_certificate_renewals.labels("https", renewal).inc()
         waiter = self._loop.create_future()
         handshake = self._handshake_class(
             self._loop,

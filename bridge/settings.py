@@ -198,10 +198,11 @@ class Settings(BaseSettings):
     tls_renewal_check_seconds: float = Field(
         10.0,
         gt=0,
-        description="How often, at most, a new HTTPS connection has the bridge look at "
-        "tls_certfile, tls_keyfile and tls_client_ca for a change: a renewed certificate is "
-        "served to new connections without a restart (files that do not load leave the one "
-        "loaded before).",
+        description="How often, at most, the bridge looks at its TLS files for a change: "
+        "tls_certfile, tls_keyfile and tls_client_ca when a connection arrives, and the Kafka "
+        "client's kafka_ssl_* files with its statistics (every 5 s). A renewed certificate is "
+        "used without a restart: by new HTTPS connections, and by a new Kafka producer. Files "
+        "that do not load leave those loaded before in use.",
     )
 
     # -- where events go

@@ -37,16 +37,54 @@ def client_context(
     return context
 
 
+Identity = tuple[tuple[int, int, int, int] | None, ...]
+
+
+class WatchedFiles:
+    """Files the bridge loaded, and whether they have changed since, looked at no more often
+    than every ``every`` seconds: their identity (device, inode, size, modification time; a
+    Kubernetes Secret volume swaps them by renaming a directory, which changes the inode)."""
+
+    def __init__(
+        self, files: Sequence[Path], *, every: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.files = tuple(files)
+        self._every = every
+        self._clock = clock
+        self._loaded = _identity(self.files)
+        self._next = clock() + every
+
+    def __str__(self) -> str:
+        return ", ".join(str(path) for path in self.files)
+
+    def changed(self) -> Identity | None:
+        """None until it is time to look again and then while nothing changed; else what is
+        there now, to give to :meth:`loaded` once it is loaded. Read before loading: a change
+        made while loading is then seen at the next look."""
+        now = self._clock()
+        if now < self._next:
+            return None
+        self._next = now + self._every
+        found = _identity(self.files)
+        return found if found != self._loaded else None
+
+    def now(self) -> Identity:
+        """What is there now: read it before loading the files, and give it to :meth:`loaded`."""
+        return _identity(self.files)
+
+    def loaded(self, identity: Identity) -> None:
+        self._loaded = identity
+
+
 class RenewableServerContext:
     """A TLS listener's context, made again from its files when they change: a certificate
     renewed on disk (cert-manager's, a Kubernetes Secret volume's) is served to new connections
     without a restart. Connections already open keep the one they were made with.
 
-    Looked at from the accept path, at most every ``every`` seconds: the files' identity
-    (device, inode, size, modification time; a Secret volume swaps them by renaming a
-    directory) is compared with what was loaded. A change is loaded into a new context; files
-    that do not load (a certificate whose key is not written yet, a pair that does not match)
-    leave the context loaded before in place, and are tried again at the next look.
+    Looked at from the accept path (see :class:`WatchedFiles`). A change is loaded into a new
+    context; files that do not load (a certificate whose key is not written yet, a pair that
+    does not match) leave the context loaded before in place, and are tried again at the next
+    look.
     """
 
     def __init__(
@@ -59,43 +97,34 @@ class RenewableServerContext:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._make = make
-        self._files = tuple(files)
+        self._files = WatchedFiles(files, every=every, clock=clock)
         self._every = every
-        self._clock = clock
-        self._loaded = _identity(self._files)
-        self._next = clock() + every
         self.context = first
 
     def current(self) -> tuple[ssl.SSLContext, str | None]:
         """The context to make the next connection with, and what this call did when it looked
         at the files: "renewed", "failed" (they changed, and do not load), or None."""
-        now = self._clock()
-        if now < self._next:
+        found = self._files.changed()
+        if found is None:
             return self.context, None
-        self._next = now + self._every
-        found = _identity(self._files)
-        if found == self._loaded:
-            return self.context, None
-        names = ", ".join(str(path) for path in self._files)
         try:
             context = self._make()
         except (OSError, ssl.SSLError, ValueError) as exc:
             log.warning(
                 "TLS: %s changed but do not load (%s): still serving the certificate loaded "
                 "before; trying again in %g s",
-                names,
+                self._files,
                 exc,
                 self._every,
             )
             return self.context, "failed"
-        # What was read, not what is there now: a change made while loading is loaded next time.
-        self._loaded = found
+        self._files.loaded(found)
         self.context = context
-        log.info("TLS: loaded the renewed certificate from %s for new connections", names)
+        log.info("TLS: loaded the renewed certificate from %s for new connections", self._files)
         return context, "renewed"
 
 
-def _identity(files: Sequence[Path]) -> tuple[tuple[int, int, int, int] | None, ...]:
+def _identity(files: Sequence[Path]) -> Identity:
     found: list[tuple[int, int, int, int] | None] = []
     for path in files:
         try:

@@ -263,3 +263,30 @@ class RecordingTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         pass
+
+
+class SecretVolume:
+    """Files as a Kubernetes Secret volume holds them: each name links into ``..data``, itself a
+    link to a directory of the current version, and an update swaps ``..data`` in one rename
+    (the kubelet's atomic writer)."""
+
+    def __init__(self, root: Path, files: dict[str, bytes]) -> None:
+        self.root = root
+        self.versions = 0
+        root.mkdir()
+        self.update(files)
+        for name in files:
+            (root / name).symlink_to(f"..data/{name}")
+
+    def __truediv__(self, name: str) -> Path:
+        return self.root / name
+
+    def update(self, files: dict[str, bytes]) -> None:
+        self.versions += 1
+        version = self.root / f"..v{self.versions}"
+        version.mkdir()
+        for name, content in files.items():
+            (version / name).write_bytes(content)
+        staged = self.root / "..data_tmp"
+        staged.symlink_to(version.name)
+        staged.rename(self.root / "..data")

@@ -27,7 +27,7 @@ from bridge.settings import Settings, check_can_serve, load_settings
 from bridge.sinks.file import read_events
 
 from conftest import BIN, BridgeProcess, post, print_fault_row
-from support import free_port
+from support import SecretVolume, free_port
 
 QUERY = "ip=198.51.100.7&login_method=password&protocol=SSH&status=0"
 HOOK = f"/v1/hooks/sftpgo?{QUERY}"
@@ -709,30 +709,10 @@ def test_over_https_a_refused_client_certificate_is_counted_and_logged(
     assert list(read_events(bridge.events_dir)) == []
 
 
-class SecretVolume:
-    """A server certificate and key as a Kubernetes Secret volume holds them: ``tls.crt`` and
-    ``tls.key`` link into ``..data``, itself a link to a directory of the current files, and
-    an update swaps ``..data`` in one rename."""
-
-    def __init__(self, root: Path, ca: trustme.CA) -> None:
-        self.root = root
-        root.mkdir()
-        self.cert, self.key = root / "tls.crt", root / "tls.key"
-        self.versions = 0
-        self.update(ca)
-        self.cert.symlink_to("..data/tls.crt")
-        self.key.symlink_to("..data/tls.key")
-
-    def update(self, ca: trustme.CA) -> None:
-        self.versions += 1
-        version = self.root / f"..v{self.versions}"
-        version.mkdir()
-        server_certificate(ca, version)
-        (version / "cert.pem").rename(version / "tls.crt")
-        (version / "key.pem").rename(version / "tls.key")
-        staged = self.root / "..data_tmp"
-        staged.symlink_to(version.name)
-        staged.rename(self.root / "..data")
+def server_files(ca: trustme.CA) -> dict[str, bytes]:
+    """``ca``'s certificate for 127.0.0.1 and its key, as a kubernetes.io/tls Secret has them."""
+    leaf = ca.issue_cert("127.0.0.1")
+    return {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes()}
 
 
 def https_post(port: int, ca: trustme.CA) -> int:
@@ -755,11 +735,11 @@ def test_over_https_a_certificate_renewed_on_disk_is_served_to_new_connections_w
     # mounted Secret; a bridge that loaded its certificate once served the old one until it
     # expired, and from then on every hook's handshake failed.
     old_ca, new_ca = trustme.CA(), trustme.CA()
-    volume = SecretVolume(tmp_path / "tls", old_ca)
+    volume = SecretVolume(tmp_path / "tls", server_files(old_ca))
     bridge = bridge_factory(
         auth_tokens="test-token",
-        tls_certfile=str(volume.cert),
-        tls_keyfile=str(volume.key),
+        tls_certfile=str(volume / "tls.crt"),
+        tls_keyfile=str(volume / "tls.key"),
         tls_renewal_check_seconds="0.2",
     )
     port = int(bridge.url.rsplit(":", 1)[1])
@@ -771,7 +751,7 @@ def test_over_https_a_certificate_renewed_on_disk_is_served_to_new_connections_w
     kept.request("POST", HOOK, body=BOB, headers=headers)
     assert kept.getresponse().read() and kept.sock is not None
 
-    volume.update(new_ca)
+    volume.update(server_files(new_ca))
     time.sleep(0.3)
     # The first new connection after the interval has the bridge look at the files, before its
     # own handshake: it and every later one get the new certificate.
@@ -783,7 +763,9 @@ def test_over_https_a_certificate_renewed_on_disk_is_served_to_new_connections_w
     assert kept.getresponse().status == 200
     kept.close()
 
-    renewals = _metric(bridge, "login_audit_tls_certificate_renewals_total", result="renewed")
+    renewals = _metric(
+        bridge, "login_audit_tls_certificate_renewals_total", files="https", result="renewed"
+    )
     assert renewals == 1
     assert "TLS: loaded the renewed certificate from" in bridge.logs()
     assert len(list(read_events(bridge.events_dir))) == 4
@@ -793,20 +775,22 @@ def test_over_https_a_renewal_that_does_not_load_leaves_the_old_certificate_serv
     bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
 ) -> None:
     ca = trustme.CA()
-    volume = SecretVolume(tmp_path / "tls", ca)
+    volume = SecretVolume(tmp_path / "tls", server_files(ca))
     bridge = bridge_factory(
         auth_tokens="test-token",
-        tls_certfile=str(volume.cert),
-        tls_keyfile=str(volume.key),
+        tls_certfile=str(volume / "tls.crt"),
+        tls_keyfile=str(volume / "tls.key"),
         tls_renewal_check_seconds="0.2",
     )
     port = int(bridge.url.rsplit(":", 1)[1])
     # A key that is not the certificate's: the renewal cannot be served.
-    trustme.CA().issue_cert("127.0.0.1").private_key_pem.write_to_path(str(volume.key))
+    (volume / "tls.key").write_bytes(trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes())
     time.sleep(0.3)
 
     assert https_post(port, ca) == 200  # the certificate loaded before
-    failed = _metric(bridge, "login_audit_tls_certificate_renewals_total", result="failed")
+    failed = _metric(
+        bridge, "login_audit_tls_certificate_renewals_total", files="https", result="failed"
+    )
     assert failed >= 1
     assert "do not load" in bridge.logs() and "still serving the certificate" in bridge.logs()
 

@@ -33,6 +33,7 @@ from bridge.sinks.kafka_errors import (
     to_sink_error,
 )
 from bridge.sinks.kafka_stats import KafkaStatistics, any_broker_up
+from bridge.tls import WatchedFiles
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,18 @@ def _tls_config(settings: Settings) -> dict[str, Any]:
     if settings.kafka_ssl_key_password is not None:
         config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
     return config
+
+
+def _watched_tls_files(settings: Settings) -> WatchedFiles | None:
+    files = [
+        settings.kafka_ssl_ca_location,
+        settings.kafka_ssl_certificate_location,
+        settings.kafka_ssl_key_location,
+    ]
+    given = [path for path in files if path is not None]
+    if not given:
+        return None
+    return WatchedFiles(given, every=settings.tls_renewal_check_seconds)
 
 
 def _sasl_config(settings: Settings) -> dict[str, Any]:
@@ -310,8 +323,12 @@ class KafkaSink(Sink):
         export_statistics: bool,
         encoder: WireEncoder,
         metrics: Metrics,
+        tls_files: WatchedFiles | None = None,
     ) -> None:
         self._config = config
+        # The CA, certificate and key files librdkafka loads when a producer is made, and only
+        # then: when they change, a new producer replaces the current one (see _renew_tls).
+        self._tls_files = tls_files
         self._admin_config = admin_config
         self._topics = {"success": topic_success, "failure": topic_failure}
         self._key_by_user = key_by_user
@@ -361,6 +378,7 @@ class KafkaSink(Sink):
             export_statistics=settings.kafka_statistics_interval_ms > 0,
             encoder=encoder,
             metrics=metrics,
+            tls_files=_watched_tls_files(settings),
         )
 
     # -- lifecycle
@@ -410,8 +428,11 @@ class KafkaSink(Sink):
     def _new_client(self) -> _Client:
         generation = self._generation + 1
         assert self._loop is not None  # noqa: S101 - set by start()
+        files = self._tls_files.now() if self._tls_files is not None else None
         client = _Client(self._new_producer(generation), generation, self._note_fatal, self._loop)
         self._generation = generation
+        if self._tls_files is not None and files is not None:
+            self._tls_files.loaded(files)
         return client
 
     def _new_producer(self, generation: int) -> Producer:
@@ -464,6 +485,40 @@ class KafkaSink(Sink):
         log.warning("kafka: a new producer replaced the one that hit the fatal error")
         # The old one's queued messages were failed by librdkafka (their sends spool them);
         # those in flight are answered while it flushes, for at most the publish timeout.
+        retiring = asyncio.create_task(self._retire(old))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+
+    # -- TLS files renewed on disk
+
+    def _renew_tls(self) -> None:
+        """A new producer for TLS files that changed (a client certificate renewed on disk);
+        the one before finishes the messages it has, as after a fatal error.
+
+        librdkafka reads its CA, certificate and key files only when a producer is made: one
+        made before a renewal shows the old certificate at every reconnect, and once that has
+        expired the brokers refuse it.
+        """
+        files = self._tls_files
+        if files is None or files.changed() is None:
+            return
+        old = self._client
+        if old is None or self._recovery is not None:  # stopped, or a new producer is coming
+            return
+        try:
+            new = self._new_client()
+        except ConfigError as exc:
+            self._metrics.tls_certificate_renewals.labels("kafka", "failed").inc()
+            log.warning(
+                "kafka: %s changed but do not load (%s): the producer goes on with the files "
+                "loaded before; trying again later",
+                files,
+                exc,
+            )
+            return
+        self._client = new
+        self._metrics.tls_certificate_renewals.labels("kafka", "renewed").inc()
+        log.info("kafka: %s changed: a new producer uses them", files)
         retiring = asyncio.create_task(self._retire(old))
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)
@@ -557,6 +612,9 @@ class KafkaSink(Sink):
         stats: dict[str, Any] = json.loads(text)
         self.statistics.observe(stats)
         self._reachable = any_broker_up(stats)
+        if self._tls_files is not None and self._loop is not None:
+            # After this poll(): a new producer is not made inside the current one's callback.
+            self._loop.call_soon(self._renew_tls)
 
     def _on_delivery(
         self,

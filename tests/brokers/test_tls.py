@@ -10,6 +10,7 @@ the certificate, instead of waiting out the publish timeout as "no answer".
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,10 +32,10 @@ from bridge.sinks.base import Sink
 from bridge.sinks.kafka import client_config
 
 from .conftest import KafkaTopics, require_broker
-from .test_kafka_sink import kafka_settings, kafka_sink, publish_and_read_back
+from .test_kafka_sink import eventually, kafka_settings, kafka_sink, publish_and_read_back, read_all
 from .test_rabbitmq_sink import rabbitmq_settings, rabbitmq_sink
 from conftest import encoded
-from support import skip_or_fail
+from support import SecretVolume, skip_or_fail
 
 # Read at import: the suite's autouse fixture scrubs BRIDGE_* before each test.
 KAFKA_SSL_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_SSL_BOOTSTRAP", "127.0.0.1:19095")
@@ -292,6 +293,123 @@ def test_a_bridge_with_a_client_certificate_publishes_to_kafka_over_tls_and_read
     found = publish_and_read_back(settings, metrics, codec, events)
 
     assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
+
+
+def client_files(ca: trustme.CA) -> dict[str, bytes]:
+    leaf = ca.issue_cert("bridge-client")
+    return {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes()}
+
+
+@pytest.mark.kafka
+def test_a_kafka_client_certificate_renewed_on_disk_is_used_by_a_new_producer(
+    kafka_ssl_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    brokers_tls: ClientFiles,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # librdkafka reads its certificate files only when a producer is made: one made before a
+    # renewal shows the old certificate at every reconnect, and once that expires the brokers
+    # refuse it. First a stranger's certificate, to see the new producer really use the files,
+    # then one of the brokers' CA again.
+    brokers_ca = trustme.CA.from_pem(
+        brokers_tls.ca.read_bytes(), (brokers_tls.ca.parent / "ca.key").read_bytes()
+    )
+    volume = SecretVolume(tmp_path / "kafka-tls", client_files(brokers_ca))
+    client = ClientFiles(brokers_tls.ca, volume / "tls.crt", volume / "tls.key")
+    settings = kafka_tls_settings(
+        kafka_ssl_bootstrap,
+        kafka_topics,
+        brokers_tls.ca,
+        client,
+        tls_renewal_check_seconds=0.1,
+        kafka_statistics_interval_ms=100,
+    )
+    events = make_events(2)
+
+    def renewed() -> float:
+        labels = {"files": "kafka", "result": "renewed"}
+        return (
+            metrics.registry.get_sample_value("login_audit_tls_certificate_renewals_total", labels)
+            or 0
+        )
+
+    async def scenario() -> None:
+        async with kafka_sink(settings, metrics, codec) as sink:
+            await sink.send(encoded(events[0]))
+            volume.update(client_files(trustme.CA()))
+            await eventually(lambda: renewed() == 1)
+            await eventually(lambda: "a broker connection was refused" in caplog.text)
+            volume.update(client_files(brokers_ca))
+            await eventually(lambda: renewed() == 2)
+            await sink.send(encoded(events[1]))
+
+    with caplog.at_level(logging.INFO, logger="bridge.sinks.kafka"):
+        asyncio.run(scenario())
+    found = asyncio.run(read_all(settings, len(events)))
+
+    assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
+    assert (
+        f"kafka: {client.ca}, {client.certificate}, {client.key} changed: a new producer"
+        in caplog.text
+    )
+
+
+@pytest.mark.kafka
+def test_kafka_client_files_that_change_and_do_not_load_leave_the_producer_in_place(
+    kafka_ssl_bootstrap: str,
+    kafka_topics: KafkaTopics,
+    brokers_tls: ClientFiles,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours = {
+        "tls.crt": brokers_tls.certificate.read_bytes(),
+        "tls.key": brokers_tls.key.read_bytes(),
+    }
+    volume = SecretVolume(tmp_path / "kafka-tls", ours)
+    client = ClientFiles(brokers_tls.ca, volume / "tls.crt", volume / "tls.key")
+    settings = kafka_tls_settings(
+        kafka_ssl_bootstrap,
+        kafka_topics,
+        brokers_tls.ca,
+        client,
+        tls_renewal_check_seconds=0.1,
+        kafka_statistics_interval_ms=100,
+    )
+    events = make_events(2)
+
+    def failed() -> float:
+        labels = {"files": "kafka", "result": "failed"}
+        name = "login_audit_tls_certificate_renewals_total"
+        return metrics.registry.get_sample_value(name, labels) or 0
+
+    async def scenario() -> None:
+        async with kafka_sink(settings, metrics, codec) as sink:
+            await sink.send(encoded(events[0]))
+            # The certificate renewed, its key not written yet: a pair that does not match.
+            volume.update({**ours, "tls.key": client_files(trustme.CA())["tls.key"]})
+            await eventually(lambda: failed() >= 1)
+            await sink.send(encoded(events[1]))  # the producer made before, still working
+
+    with caplog.at_level(logging.WARNING, logger="bridge.sinks.kafka"):
+        asyncio.run(scenario())
+    found = asyncio.run(
+        read_all(
+            kafka_tls_settings(kafka_ssl_bootstrap, kafka_topics, brokers_tls.ca, brokers_tls),
+            len(events),
+        )
+    )
+
+    assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
+    assert "changed but do not load" in caplog.text
+    assert "the producer goes on with the files loaded before" in caplog.text
 
 
 @pytest.mark.rabbitmq
