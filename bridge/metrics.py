@@ -90,7 +90,7 @@ class Metrics:
         self.tls_certificate_renewals = Counter(
             "login_audit_tls_certificate_renewals_total",
             "Times the bridge found TLS files it had loaded changed, by whose (https: the "
-            "listener's certificate, key and client CA; kafka: the Kafka client's CA, "
+            "listener's certificate, key and client CA; kafka, rabbitmq: the sink's CA, "
             "certificate and key) and result (renewed: new connections use them; failed: they "
             "do not load, and those loaded before stay in use).",
             ["files", "result"],

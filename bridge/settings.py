@@ -199,10 +199,11 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         description="How often, at most, the bridge looks at its TLS files for a change: "
-        "tls_certfile, tls_keyfile and tls_client_ca when a connection arrives, and the Kafka "
-        "client's kafka_ssl_* files with its statistics (every 5 s). A renewed certificate is "
-        "used without a restart: by new HTTPS connections, and by a new Kafka producer. Files "
-        "that do not load leave those loaded before in use.",
+        "tls_certfile, tls_keyfile and tls_client_ca when a connection arrives, the "
+        "kafka_ssl_* files with the producer's statistics (every 5 s), the rabbitmq_ssl_* "
+        "files on a timer. A renewed certificate is used without a restart: by new HTTPS "
+        "connections, a new Kafka producer, new RabbitMQ connections. Files that do not load "
+        "leave those loaded before in use.",
     )
 
     # -- where events go

@@ -49,7 +49,7 @@ class WatchedFiles:
         self, files: Sequence[Path], *, every: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.files = tuple(files)
-        self._every = every
+        self.every = every
         self._clock = clock
         self._loaded = _identity(self.files)
         self._next = clock() + every
@@ -64,7 +64,7 @@ class WatchedFiles:
         now = self._clock()
         if now < self._next:
             return None
-        self._next = now + self._every
+        self._next = now + self.every
         found = _identity(self.files)
         return found if found != self._loaded else None
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -22,7 +24,7 @@ from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
-from bridge.tls import client_context
+from bridge.tls import WatchedFiles, client_context
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +167,14 @@ class RabbitMQSink(Sink):
         publish_timeout: float,
         encoder: WireEncoder,
         metrics: Metrics,
+        renew_tls: tuple[WatchedFiles, Callable[[], ssl.SSLContext | None]] | None = None,
     ) -> None:
         self._url = url
         self._tls = tls
+        # The TLS files, looked at on a timer while started, and what makes a context of them:
+        # when they change, new connections (aio-pika's reconnects too) use the new context.
+        self._renew_tls = renew_tls
+        self._tls_timer: asyncio.TimerHandle | None = None
         self._exchange_name = exchange
         self._queues = queues
         self._publish_timeout = publish_timeout
@@ -189,14 +196,26 @@ class RabbitMQSink(Sink):
                 "success": settings.rabbitmq_queue_success,
                 "failure": settings.rabbitmq_queue_failure,
             }
+        tls = ssl_context(settings)
+        files = [
+            settings.rabbitmq_ssl_ca_file,
+            settings.rabbitmq_ssl_certfile,
+            settings.rabbitmq_ssl_keyfile,
+        ]
+        given = [path for path in files if path is not None]
+        renew_tls = None
+        if tls is not None and given:
+            watched = WatchedFiles(given, every=settings.tls_renewal_check_seconds)
+            renew_tls = (watched, functools.partial(ssl_context, settings))
         return cls(
             url=settings.rabbitmq_url.get_secret_value(),
-            tls=ssl_context(settings),
+            tls=tls,
             exchange=settings.rabbitmq_exchange,
             queues=queues,
             publish_timeout=settings.publish_timeout_seconds,
             encoder=encoder,
             metrics=metrics,
+            renew_tls=renew_tls,
         )
 
     # -- lifecycle
@@ -214,6 +233,7 @@ class RabbitMQSink(Sink):
                 self._channel = await self._open_channel(self._connection)
                 self._exchange = await self._declare(self._channel)
                 await self._encoder.prepare([self._exchange_name])
+            self._look_at_tls_later()
         except BaseException as exc:
             await self.stop()
             if isinstance(exc, TimeoutError):
@@ -225,6 +245,9 @@ class RabbitMQSink(Sink):
             raise
 
     async def stop(self) -> None:
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
         if self._repair is not None:
             self._repair.cancel()
             await asyncio.gather(self._repair, return_exceptions=True)
@@ -242,6 +265,44 @@ class RabbitMQSink(Sink):
             and channel is not None
             and not channel.is_closed
         )
+
+    # -- TLS files renewed on disk
+
+    def _look_at_tls_later(self) -> None:
+        if self._renew_tls is not None:
+            every = self._renew_tls[0].every
+            self._tls_timer = asyncio.get_running_loop().call_later(every, self._look_at_tls)
+
+    def _look_at_tls(self) -> None:
+        """A new context for TLS files that changed (a client certificate renewed on disk),
+        for the connections made from now on: the sink's own and aio-pika's reconnects of the
+        current one. The connection open now keeps its session (the broker checked the
+        certificate once, in the handshake)."""
+        self._look_at_tls_later()
+        assert self._renew_tls is not None  # noqa: S101 - only scheduled with it
+        files, make = self._renew_tls
+        found = files.changed()
+        if found is None:
+            return
+        try:
+            context = make()
+        except ConfigError as exc:
+            self._metrics.tls_certificate_renewals.labels("rabbitmq", "failed").inc()
+            log.warning(
+                "rabbitmq: %s changed but do not load (%s): connections go on with the files "
+                "loaded before; trying again in %g s",
+                files,
+                exc,
+                files.every,
+            )
+            return
+        files.loaded(found)
+        self._tls = context
+        if isinstance(self._connection, aio_pika.RobustConnection):
+            # What aio-pika connects with when it reconnects this robust connection.
+            self._connection.kwargs["context"] = context
+        self._metrics.tls_certificate_renewals.labels("rabbitmq", "renewed").inc()
+        log.info("rabbitmq: %s changed: new connections use them", files)
 
     async def _connect(self) -> AbstractRobustConnection:
         delay = FIRST_RETRY_SECONDS

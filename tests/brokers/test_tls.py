@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 import trustme
 from yarl import URL
@@ -31,7 +32,7 @@ from bridge.settings import Settings
 from bridge.sinks.base import Sink
 from bridge.sinks.kafka import client_config
 
-from .conftest import KafkaTopics, require_broker
+from .conftest import KafkaTopics, rabbitmqctl, require_broker
 from .test_kafka_sink import eventually, kafka_settings, kafka_sink, publish_and_read_back, read_all
 from .test_rabbitmq_sink import rabbitmq_settings, rabbitmq_sink
 from conftest import encoded
@@ -410,6 +411,120 @@ def test_kafka_client_files_that_change_and_do_not_load_leave_the_producer_in_pl
     assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
     assert "changed but do not load" in caplog.text
     assert "the producer goes on with the files loaded before" in caplog.text
+
+
+@pytest.mark.rabbitmq
+def test_a_rabbitmq_client_certificate_renewed_on_disk_is_shown_when_the_connection_is_remade(
+    rabbitmq_tls_url: str,
+    rabbitmq_url: str,
+    rabbitmq_names: str,
+    brokers_tls: ClientFiles,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+    tmp_path: Path,
+) -> None:
+    # The broker checks a client certificate in the handshake only: the connection open at a
+    # renewal keeps working, but aio-pika's reconnect after the broker closed it would have
+    # shown the certificate loaded at start, expired by then. The broker names the certificate
+    # of each connection (peer_cert_subject).
+    brokers_ca = trustme.CA.from_pem(
+        brokers_tls.ca.read_bytes(), (brokers_tls.ca.parent / "ca.key").read_bytes()
+    )
+
+    def certificate(name: str) -> dict[str, bytes]:
+        leaf = brokers_ca.issue_cert("bridge-client", common_name=name)
+        return {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes()}
+
+    volume = SecretVolume(tmp_path / "rabbitmq-tls", certificate("bridge-before"))
+    client = ClientFiles(brokers_tls.ca, volume / "tls.crt", volume / "tls.key")
+    # Durable queues of the test's own: closing every connection deletes a reader's own queue.
+    settings = rabbitmq_tls_settings(
+        rabbitmq_tls_url,
+        rabbitmq_names,
+        brokers_tls.ca,
+        client,
+        tls_renewal_check_seconds=0.1,
+        rabbitmq_declare_queues=True,
+        rabbitmq_queue_success=f"{rabbitmq_names}.success",
+        rabbitmq_queue_failure=f"{rabbitmq_names}.failure",
+    )
+    events = make_events(2)
+
+    def shown() -> str:
+        return rabbitmqctl("list_connections", "peer_cert_subject")
+
+    def renewed() -> float:
+        labels = {"files": "rabbitmq", "result": "renewed"}
+        name = "login_audit_tls_certificate_renewals_total"
+        return metrics.registry.get_sample_value(name, labels) or 0
+
+    async def scenario() -> int:
+        async with rabbitmq_sink(settings, metrics, codec) as sink:
+            await sink.send(encoded(events[0]))
+            assert "CN=bridge-before" in shown()
+            volume.update(certificate("bridge-after"))
+            await eventually(lambda: renewed() == 1)
+            rabbitmqctl("close_all_connections", "certificate renewal test")
+            await eventually(lambda: "CN=bridge-after" in shown())
+            await sink.send(encoded(events[1]))  # confirmed by the broker
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            counts = [
+                (
+                    await channel.declare_queue(f"{rabbitmq_names}.{status}", passive=True)
+                ).declaration_result.message_count
+                for status in ("success", "failure")
+            ]
+        return sum(c or 0 for c in counts)
+
+    assert asyncio.run(scenario()) == len(events)
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_client_files_that_change_and_do_not_load_leave_the_connection_in_use(
+    rabbitmq_tls_url: str,
+    rabbitmq_names: str,
+    brokers_tls: ClientFiles,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours = {
+        "tls.crt": brokers_tls.certificate.read_bytes(),
+        "tls.key": brokers_tls.key.read_bytes(),
+    }
+    volume = SecretVolume(tmp_path / "rabbitmq-tls", ours)
+    client = ClientFiles(brokers_tls.ca, volume / "tls.crt", volume / "tls.key")
+    settings = rabbitmq_tls_settings(
+        rabbitmq_tls_url, rabbitmq_names, brokers_tls.ca, client, tls_renewal_check_seconds=0.1
+    )
+    events = make_events(2)
+
+    def failed() -> float:
+        labels = {"files": "rabbitmq", "result": "failed"}
+        name = "login_audit_tls_certificate_renewals_total"
+        return metrics.registry.get_sample_value(name, labels) or 0
+
+    async def scenario() -> list[str]:
+        async with (
+            rabbitmq_sink(settings, metrics, codec) as sink,
+            RabbitMQReader(settings) as reader,
+        ):
+            await sink.send(encoded(events[0]))
+            # The certificate renewed, its key not written yet: a pair that does not match.
+            volume.update({**ours, "tls.key": client_files(trustme.CA())["tls.key"]})
+            await eventually(lambda: failed() >= 1)
+            await sink.send(encoded(events[1]))
+            found = [m async for m in reader.events(limit=len(events), idle_timeout=10)]
+        return [m.message_id or "" for m in found]
+
+    with caplog.at_level(logging.WARNING, logger="bridge.sinks.rabbitmq"):
+        assert asyncio.run(scenario()) == [e.event_id for e in events]
+    assert "changed but do not load" in caplog.text
+    assert "connections go on with the files loaded before" in caplog.text
 
 
 @pytest.mark.rabbitmq
