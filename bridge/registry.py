@@ -27,7 +27,7 @@ from fastavro.schema import parse_schema
 
 from bridge.codec import AvroCodec
 from bridge.errors import BridgeError, ConfigError, MalformedInput, SinkUnavailable
-from bridge.tls import client_context
+from bridge.tls import client_context, peer_refused_certificate
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
@@ -147,6 +147,8 @@ class RegistryClient:
         password: str | None = None,
         timeout: float = 10.0,
         ca_location: Path | None = None,
+        certificate_location: Path | None = None,
+        key_location: Path | None = None,
     ) -> None:
         scheme = urllib.parse.urlsplit(url).scheme
         if scheme not in ("http", "https"):
@@ -154,12 +156,21 @@ class RegistryClient:
         self.url = url.rstrip("/")
         self._timeout = timeout
         handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
-        if ca_location is not None:
-            if scheme != "https":
-                raise ConfigError("schema_registry_ssl_ca_location needs an https:// registry URL")
-            context = client_context(
-                ca_location, files=f"schema_registry_ssl_ca_location {ca_location}"
+        given = {
+            "schema_registry_ssl_ca_location": ca_location,
+            "schema_registry_ssl_certificate_location": certificate_location,
+            "schema_registry_ssl_key_location": key_location,
+        }
+        named = {name: path for name, path in given.items() if path is not None}
+        if key_location is not None and certificate_location is None:
+            raise ConfigError(
+                "schema_registry_ssl_key_location needs schema_registry_ssl_certificate_location"
             )
+        if named:
+            if scheme != "https":
+                raise ConfigError(f"{', '.join(named)} needs an https:// registry URL")
+            files = ", ".join(f"{name} {path}" for name, path in named.items())
+            context = client_context(ca_location, certificate_location, key_location, files=files)
             handlers.append(urllib.request.HTTPSHandler(context=context))
         self._opener = urllib.request.build_opener(*handlers)
         self._headers = {"Accept": f"{REGISTRY_MEDIA_TYPE}, application/json"}
@@ -178,6 +189,8 @@ class RegistryClient:
             password=password.get_secret_value() if password is not None else None,
             timeout=settings.publish_timeout_seconds,
             ca_location=settings.schema_registry_ssl_ca_location,
+            certificate_location=settings.schema_registry_ssl_certificate_location,
+            key_location=settings.schema_registry_ssl_key_location,
         )
 
     def __repr__(self) -> str:
@@ -221,11 +234,17 @@ class RegistryClient:
                 raise _NotRegistered(registry_message(payload)) from exc
             raise registry_error(exc.code, payload, url=self.url) from exc
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            # An SSLError has a reason too: OpenSSL's, a string.
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             if isinstance(reason, ssl.SSLCertVerificationError):
                 raise SinkUnavailable(
                     f"schema registry {self.url}: TLS certificate check failed: {reason} "
                     "(BRIDGE_SCHEMA_REGISTRY_SSL_CA_LOCATION names the CA to check it with)"
+                ) from exc
+            if peer_refused_certificate(reason):
+                raise SinkUnavailable(
+                    f"schema registry {self.url} did not accept the bridge's client "
+                    f"certificate: {reason} (BRIDGE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION)"
                 ) from exc
             raise SinkUnavailable(f"schema registry {self.url} unreachable: {reason}") from exc
 

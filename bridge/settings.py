@@ -322,6 +322,14 @@ class Settings(BaseSettings):
         None,
         description="CA bundle for an https:// registry (default: the system's CA bundle).",
     )
+    schema_registry_ssl_certificate_location: Path | None = Field(
+        None, description="Client certificate (PEM) for a registry that asks for one (mTLS)."
+    )
+    schema_registry_ssl_key_location: Path | None = Field(
+        None,
+        description="Key of schema_registry_ssl_certificate_location (PEM; default: the key "
+        "in the certificate's file).",
+    )
 
     # -- the bridge's own spool, used when the broker is down or slow
     spool_enabled: bool = Field(

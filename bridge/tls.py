@@ -8,6 +8,7 @@ the bridge at start-up.)
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,17 @@ from pathlib import Path
 from bridge.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# OpenSSL's reasons for a server's alert that it did not accept the client's certificate.
+_PEER_REFUSED_CERTIFICATE = re.compile(r"ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_\w+)")
+
+
+def peer_refused_certificate(error: object) -> bool:
+    """``error`` is the server's TLS alert that it did not accept the client's certificate
+    (unknown CA, bad, expired, required...)."""
+    return isinstance(error, ssl.SSLError) and bool(
+        _PEER_REFUSED_CERTIFICATE.search(error.reason or "")
+    )
 
 
 def client_context(

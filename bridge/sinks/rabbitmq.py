@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
-from bridge.tls import WatchedFiles, client_context
+from bridge.tls import WatchedFiles, client_context, peer_refused_certificate
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +36,6 @@ _AUTHENTICATION_ERRORS = (
     aiormq.exceptions.AuthenticationError,
     aiormq.exceptions.ProbableAuthenticationError,
 )
-
-# OpenSSL's reasons for a broker's alert that it did not accept the client's certificate.
-_PEER_REFUSED_CERTIFICATE = re.compile(r"ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_\w+)")
 
 # What aio-pika itself treats as a broken connection (aiormq, pamqp, socket errors), and time-outs.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
@@ -103,7 +99,7 @@ def certificate_refused(exc: BaseException) -> ssl.SSLError | None:
         seen.add(id(cause))
         if isinstance(cause, ssl.SSLCertVerificationError):
             return cause
-        if isinstance(cause, ssl.SSLError) and _PEER_REFUSED_CERTIFICATE.search(cause.reason or ""):
+        if isinstance(cause, ssl.SSLError) and peer_refused_certificate(cause):
             return cause
         cause = cause.__cause__ or cause.__context__
     return None

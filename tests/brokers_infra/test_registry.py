@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import threading
 import urllib.parse
 import urllib.request
@@ -484,6 +485,86 @@ def test_a_registry_whose_certificate_the_bridge_cannot_check_is_named_as_such(
         assert "certificate verify failed" in str(caught.value)
 
     asyncio.run(scenario())
+
+
+# -- a client certificate: Apicurio's build fixes client-auth to none (quarkus.http.ssl.client-auth
+# is a build-time property), so the certificate is shown to a TLS server that requires one, in
+# front of a registry's answer; the API itself is Apicurio's above.
+
+
+@pytest.fixture
+def mtls_registry(tmp_path: Path) -> Iterator[tuple[str, trustme.CA]]:
+    """An HTTPS URL whose server requires a client certificate of the CA it returns."""
+    ca = trustme.CA()
+    body = json.dumps({"subject": "s", "version": 1, "id": 7, "schema": '"string"'}).encode()
+    server = _RecordingServer((200, {"Content-Type": "application/json"}, body))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.configure_trust(context)
+    # TLS 1.2: the client certificate is checked inside the handshake, so the refusal reaches
+    # the client as the server's alert every time. Under TLS 1.3 it comes after the client's
+    # side of the handshake, and the request written meanwhile may meet a reset instead.
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/apis/ccompat/v7", ca
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _client_files(ca: trustme.CA, folder: Path) -> tuple[Path, Path, Path]:
+    leaf = ca.issue_cert("bridge-client")
+    ca_pem, cert, key = folder / "ca.pem", folder / "client.pem", folder / "client.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return ca_pem, cert, key
+
+
+def test_a_registry_that_requires_a_client_certificate_gets_the_bridges(
+    mtls_registry: tuple[str, trustme.CA], tmp_path: Path
+) -> None:
+    url, ca = mtls_registry
+    ca_pem, cert, key = _client_files(ca, tmp_path)
+    ca.cert_pem.write_to_path(str(ca_pem))
+    settings = load_settings(
+        schema_registry_url=url,
+        schema_registry_ssl_ca_location=ca_pem,
+        schema_registry_ssl_certificate_location=cert,
+        schema_registry_ssl_key_location=key,
+    )
+
+    assert RegistryClient.from_settings(settings).lookup("s", '"string"') == 7
+
+
+def test_a_client_certificate_the_registry_does_not_accept_is_named_as_such(
+    mtls_registry: tuple[str, trustme.CA], tmp_path: Path
+) -> None:
+    url, ca = mtls_registry
+    ca_pem, cert, key = _client_files(trustme.CA(), tmp_path)  # another CA's
+    ca.cert_pem.write_to_path(str(ca_pem))
+    client = RegistryClient(url, ca_location=ca_pem, certificate_location=cert, key_location=key)
+
+    with pytest.raises(SinkUnavailable, match="did not accept the bridge's client certificate"):
+        client.lookup("s", '"string"')
+
+
+def test_a_registry_client_key_without_its_certificate_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs schema_registry_ssl_certificate_location"):
+        RegistryClient("https://127.0.0.1:1/apis/ccompat/v7", key_location=tmp_path / "k.pem")
+
+
+def test_a_registry_client_certificate_with_a_plain_http_url_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    leaf = trustme.CA().issue_cert("bridge-client")
+    certificate = tmp_path / "client.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(certificate))
+
+    with pytest.raises(ConfigError, match="certificate_location needs an https:// registry URL"):
+        RegistryClient("http://127.0.0.1:1/apis/ccompat/v7", certificate_location=certificate)
 
 
 def test_a_registry_ca_with_a_plain_http_url_is_a_config_error(tmp_path: Path) -> None:

@@ -412,6 +412,12 @@ def test_kafka_sasl_tls_puts_passwords_in_the_secret_and_files_on_a_mount(render
     assert config["BRIDGE_SCHEMA_REGISTRY_SSL_CA_LOCATION"] == (
         "/etc/login-audit-bridge/registry-tls/ca.crt"
     )
+    assert config["BRIDGE_SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION"] == (
+        "/etc/login-audit-bridge/registry-tls/tls.crt"
+    )
+    assert config["BRIDGE_SCHEMA_REGISTRY_SSL_KEY_LOCATION"] == (
+        "/etc/login-audit-bridge/registry-tls/tls.key"
+    )
     assert mounts["registry-tls"]["mountPath"] == "/etc/login-audit-bridge/registry-tls"
     pod = workload(objects)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
