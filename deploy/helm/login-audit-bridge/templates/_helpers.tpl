@@ -83,6 +83,43 @@ acknowledged. emptyDir only when spool.volume says so. */}}
 {{- define "login-audit-bridge.rabbitmqTlsDir" -}}/etc/login-audit-bridge/rabbitmq-tls{{- end }}
 {{- define "login-audit-bridge.registryTlsDir" -}}/etc/login-audit-bridge/registry-tls{{- end }}
 
+{{/*
+The TLS Secrets the bridge's clients read, as a YAML list of name (the volume's), dir (where it
+is mounted) and secret: the Kafka or RabbitMQ sink's, and the Schema Registry's. The bridge's
+pods and the drain Job mount the same ones.
+*/}}
+{{- define "login-audit-bridge.clientTlsSecrets" -}}
+{{- $s := .Values.sink -}}
+{{- if and (eq $s.type "kafka") $s.kafka.tls.secretName }}
+- {name: kafka-tls, dir: {{ include "login-audit-bridge.kafkaTlsDir" . | quote }}, secret: {{ $s.kafka.tls.secretName | quote }}}
+{{- end }}
+{{- if and (eq $s.type "rabbitmq") $s.rabbitmq.tls.secretName }}
+- {name: rabbitmq-tls, dir: {{ include "login-audit-bridge.rabbitmqTlsDir" . | quote }}, secret: {{ $s.rabbitmq.tls.secretName | quote }}}
+{{- end }}
+{{- if and .Values.schemaRegistry.url .Values.schemaRegistry.tls.secretName }}
+- {name: registry-tls, dir: {{ include "login-audit-bridge.registryTlsDir" . | quote }}, secret: {{ .Values.schemaRegistry.tls.secretName | quote }}}
+{{- end }}
+{{- end }}
+
+{{/* volumeMounts entries for clientTlsSecrets: read-only. */}}
+{{- define "login-audit-bridge.clientTlsMounts" -}}
+{{- range (include "login-audit-bridge.clientTlsSecrets" . | fromYamlArray) }}
+- name: {{ .name }}
+  mountPath: {{ .dir }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* volumes entries for clientTlsSecrets: files readable by the owner and group only. */}}
+{{- define "login-audit-bridge.clientTlsVolumes" -}}
+{{- range (include "login-audit-bridge.clientTlsSecrets" . | fromYamlArray) }}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .secret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
 {{/* The values that become BRIDGE_* secrets when no existingSecret is given; empty ones are left out. */}}
 {{- define "login-audit-bridge.secretData" -}}
 {{- $s := .Values.sink }}
