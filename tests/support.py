@@ -265,6 +265,11 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
+def tls_secret(leaf: Any) -> dict[str, bytes]:
+    """A trustme certificate and its key, as a kubernetes.io/tls Secret holds them."""
+    return {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes()}
+
+
 class SecretVolume:
     """Files as a Kubernetes Secret volume holds them: each name links into ``..data``, itself a
     link to a directory of the current version, and an update swaps ``..data`` in one rename

@@ -27,7 +27,7 @@ from bridge.settings import Settings, check_can_serve, load_settings
 from bridge.sinks.file import read_events
 
 from conftest import BIN, BridgeProcess, post, print_fault_row
-from support import SecretVolume, free_port
+from support import SecretVolume, free_port, tls_secret
 
 QUERY = "ip=198.51.100.7&login_method=password&protocol=SSH&status=0"
 HOOK = f"/v1/hooks/sftpgo?{QUERY}"
@@ -709,10 +709,17 @@ def test_over_https_a_refused_client_certificate_is_counted_and_logged(
     assert list(read_events(bridge.events_dir)) == []
 
 
-def server_files(ca: trustme.CA) -> dict[str, bytes]:
-    """``ca``'s certificate for 127.0.0.1 and its key, as a kubernetes.io/tls Secret has them."""
-    leaf = ca.issue_cert("127.0.0.1")
-    return {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes()}
+def https_bridge_on(
+    volume: SecretVolume, bridge_factory: Callable[..., BridgeProcess]
+) -> tuple[BridgeProcess, int]:
+    """A bridge serving HTTPS with the certificate on ``volume``, and its port."""
+    bridge = bridge_factory(
+        auth_tokens="test-token",
+        tls_certfile=str(volume / "tls.crt"),
+        tls_keyfile=str(volume / "tls.key"),
+        tls_renewal_check_seconds="0.2",
+    )
+    return bridge, int(bridge.url.rsplit(":", 1)[1])
 
 
 def https_post(port: int, ca: trustme.CA) -> int:
@@ -735,14 +742,8 @@ def test_over_https_a_certificate_renewed_on_disk_is_served_to_new_connections_w
     # mounted Secret; a bridge that loaded its certificate once served the old one until it
     # expired, and from then on every hook's handshake failed.
     old_ca, new_ca = trustme.CA(), trustme.CA()
-    volume = SecretVolume(tmp_path / "tls", server_files(old_ca))
-    bridge = bridge_factory(
-        auth_tokens="test-token",
-        tls_certfile=str(volume / "tls.crt"),
-        tls_keyfile=str(volume / "tls.key"),
-        tls_renewal_check_seconds="0.2",
-    )
-    port = int(bridge.url.rsplit(":", 1)[1])
+    volume = SecretVolume(tmp_path / "tls", tls_secret(old_ca.issue_cert("127.0.0.1")))
+    bridge, port = https_bridge_on(volume, bridge_factory)
     assert https_post(port, old_ca) == 200
     context = ssl.create_default_context()
     old_ca.configure_trust(context)
@@ -751,7 +752,7 @@ def test_over_https_a_certificate_renewed_on_disk_is_served_to_new_connections_w
     kept.request("POST", HOOK, body=BOB, headers=headers)
     assert kept.getresponse().read() and kept.sock is not None
 
-    volume.update(server_files(new_ca))
+    volume.update(tls_secret(new_ca.issue_cert("127.0.0.1")))
     time.sleep(0.3)
     # The first new connection after the interval has the bridge look at the files, before its
     # own handshake: it and every later one get the new certificate.
@@ -775,14 +776,8 @@ def test_over_https_a_renewal_that_does_not_load_leaves_the_old_certificate_serv
     bridge_factory: Callable[..., BridgeProcess], tmp_path: Path
 ) -> None:
     ca = trustme.CA()
-    volume = SecretVolume(tmp_path / "tls", server_files(ca))
-    bridge = bridge_factory(
-        auth_tokens="test-token",
-        tls_certfile=str(volume / "tls.crt"),
-        tls_keyfile=str(volume / "tls.key"),
-        tls_renewal_check_seconds="0.2",
-    )
-    port = int(bridge.url.rsplit(":", 1)[1])
+    volume = SecretVolume(tmp_path / "tls", tls_secret(ca.issue_cert("127.0.0.1")))
+    bridge, port = https_bridge_on(volume, bridge_factory)
     # A key that is not the certificate's: the renewal cannot be served.
     (volume / "tls.key").write_bytes(trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes())
     time.sleep(0.3)

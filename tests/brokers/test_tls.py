@@ -36,7 +36,7 @@ from .conftest import KafkaTopics, rabbitmqctl, require_broker
 from .test_kafka_sink import eventually, kafka_settings, kafka_sink, publish_and_read_back, read_all
 from .test_rabbitmq_sink import rabbitmq_settings, rabbitmq_sink
 from conftest import encoded
-from support import SecretVolume, skip_or_fail
+from support import SecretVolume, skip_or_fail, tls_secret
 
 # Read at import: the suite's autouse fixture scrubs BRIDGE_* before each test.
 KAFKA_SSL_BOOTSTRAP = os.environ.get("BRIDGE_TEST_KAFKA_SSL_BOOTSTRAP", "127.0.0.1:19095")
@@ -87,12 +87,17 @@ def strangers(tmp_path: Path) -> ClientFiles:
 
 
 @pytest.fixture
-def expired(brokers_tls: ClientFiles, tmp_path: Path) -> ClientFiles:
+def brokers_ca(brokers_tls: ClientFiles) -> trustme.CA:
+    """The test brokers' CA, to issue client certificates they accept."""
+    key = brokers_tls.ca.parent / "ca.key"
+    return trustme.CA.from_pem(brokers_tls.ca.read_bytes(), key.read_bytes())
+
+
+@pytest.fixture
+def expired(brokers_tls: ClientFiles, brokers_ca: trustme.CA, tmp_path: Path) -> ClientFiles:
     """A client certificate of the brokers' own CA that expired yesterday."""
-    folder = brokers_tls.ca.parent
-    ca = trustme.CA.from_pem((folder / "ca.pem").read_bytes(), (folder / "ca.key").read_bytes())
     now = datetime.now(UTC)
-    issued = ca.issue_cert(
+    issued = brokers_ca.issue_cert(
         "bridge-client", not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
     )
     files = ClientFiles(brokers_tls.ca, tmp_path / "expired.pem", tmp_path / "expired.key")
@@ -165,6 +170,7 @@ def mismatched(
 class TlsBroker:
     """One broker's TLS listener as the refusal tests meet it, and what each says."""
 
+    name: str  # the sink's, as its log lines and the renewals metric name it
     settings: Callable[..., Settings]  # (ca, client, **overrides), on the test's own names
     sink: Callable[[Settings, Metrics, AvroCodec], Sink]
     reader: Callable[[Settings], Any]  # an async context manager: tail's reader
@@ -173,6 +179,9 @@ class TlsBroker:
     openssl_says: dict[str, str]  # by side: what OpenSSL's reason, quoted, says
     reader_detail: str  # the reader's error's detail when it does not trust the broker
     secret: str | None  # the user and password in the broker's URL: never in an error
+    # Settings under which every event sent has somewhere to go without a reader (RabbitMQ's
+    # mandatory publish needs a bound queue).
+    routed: dict[str, Any]
 
 
 @pytest.fixture(
@@ -187,6 +196,7 @@ def tls_broker(request: pytest.FixtureRequest) -> TlsBroker:
         bootstrap: str = request.getfixturevalue("kafka_ssl_bootstrap")
         topics: KafkaTopics = request.getfixturevalue("kafka_topics")
         return TlsBroker(
+            name="kafka",
             settings=lambda ca, client, **more: kafka_tls_settings(
                 bootstrap, topics, ca, client, **more
             ),
@@ -203,10 +213,12 @@ def tls_broker(request: pytest.FixtureRequest) -> TlsBroker:
             },
             reader_detail="_SSL",
             secret=None,
+            routed={},
         )
     url: str = request.getfixturevalue("rabbitmq_tls_url")
     exchange: str = request.getfixturevalue("rabbitmq_names")
     return TlsBroker(
+        name="rabbitmq",
         settings=lambda ca, client, **more: rabbitmq_tls_settings(
             url, exchange, ca, client, **more
         ),
@@ -221,6 +233,11 @@ def tls_broker(request: pytest.FixtureRequest) -> TlsBroker:
         },
         reader_detail="AMQPConnectionError",
         secret=f"{URL(url).user}:{URL(url).password}",
+        routed={
+            "rabbitmq_declare_queues": True,
+            "rabbitmq_queue_success": f"{exchange}.success",
+            "rabbitmq_queue_failure": f"{exchange}.failure",
+        },
     )
 
 
@@ -234,6 +251,40 @@ def refusal(opening: Callable[[], Awaitable[Any]]) -> SinkUnavailable:
         return caught.value
 
     return asyncio.run(scenario())
+
+
+# -- certificates renewed on disk: client files on a Secret volume, swapped as the kubelet does
+
+
+def client_files(ca: trustme.CA, name: str = "bridge-client") -> dict[str, bytes]:
+    return tls_secret(ca.issue_cert("bridge-client", common_name=name))
+
+
+def files_of(client: ClientFiles) -> dict[str, bytes]:
+    return {"tls.crt": client.certificate.read_bytes(), "tls.key": client.key.read_bytes()}
+
+
+def on_a_volume(root: Path, ca: Path, files: dict[str, bytes]) -> tuple[SecretVolume, ClientFiles]:
+    volume = SecretVolume(root, files)
+    return volume, ClientFiles(ca, volume / "tls.crt", volume / "tls.key")
+
+
+def kafka_renewal_settings(bootstrap: str, topics: KafkaTopics, client: ClientFiles) -> Settings:
+    # The sink looks at its files with the producer's statistics: both at a test's pace.
+    return kafka_tls_settings(
+        bootstrap,
+        topics,
+        client.ca,
+        client,
+        tls_renewal_check_seconds=0.1,
+        kafka_statistics_interval_ms=100,
+    )
+
+
+def renewals(metrics: Metrics, files: str, result: str) -> float:
+    labels = {"files": files, "result": result}
+    name = "login_audit_tls_certificate_renewals_total"
+    return metrics.registry.get_sample_value(name, labels) or 0
 
 
 # -- both brokers
@@ -275,6 +326,43 @@ def test_a_tail_that_does_not_trust_the_brokers_certificate_fails_at_once_naming
     assert error.detail == tls_broker.reader_detail
 
 
+def test_client_files_that_change_and_do_not_load_leave_the_sink_sending_with_those_before(
+    tls_broker: TlsBroker,
+    brokers_tls: ClientFiles,
+    metrics: Metrics,
+    codec: AvroCodec,
+    make_events: Callable[[int], list[LoginEvent]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours = files_of(brokers_tls)
+    volume, client = on_a_volume(tmp_path / "tls", brokers_tls.ca, ours)
+    # Kafka's sink looks at its files with the producer's statistics: both at a test's pace.
+    settings = tls_broker.settings(
+        client.ca,
+        client,
+        tls_renewal_check_seconds=0.1,
+        kafka_statistics_interval_ms=100,
+        **tls_broker.routed,
+    )
+    events = make_events(2)
+
+    async def scenario() -> None:
+        async with tls_broker.sink(settings, metrics, codec) as sink:
+            await sink.send(encoded(events[0]))
+            # The certificate renewed, its key not written yet: a pair that does not match.
+            volume.update({**ours, "tls.key": client_files(trustme.CA())["tls.key"]})
+            await eventually(lambda: renewals(metrics, tls_broker.name, "failed") >= 1)
+            await sink.send(encoded(events[1]))  # acknowledged: the files before still serve
+
+    with caplog.at_level(logging.WARNING, logger=f"bridge.sinks.{tls_broker.name}"):
+        asyncio.run(scenario())
+    assert f"{tls_broker.name}: {client.ca}, {client.certificate}, {client.key} changed but " in (
+        caplog.text
+    )
+    assert "do not load" in caplog.text and "with the files loaded before" in caplog.text
+
+
 # -- each broker's publish and read back
 
 
@@ -296,16 +384,12 @@ def test_a_bridge_with_a_client_certificate_publishes_to_kafka_over_tls_and_read
     assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
 
 
-def client_files(ca: trustme.CA) -> dict[str, bytes]:
-    leaf = ca.issue_cert("bridge-client")
-    return {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes()}
-
-
 @pytest.mark.kafka
 def test_a_kafka_client_certificate_renewed_on_disk_is_used_by_a_new_producer(
     kafka_ssl_bootstrap: str,
     kafka_topics: KafkaTopics,
     brokers_tls: ClientFiles,
+    brokers_ca: trustme.CA,
     metrics: Metrics,
     codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
@@ -316,36 +400,18 @@ def test_a_kafka_client_certificate_renewed_on_disk_is_used_by_a_new_producer(
     # renewal shows the old certificate at every reconnect, and once that expires the brokers
     # refuse it. First a stranger's certificate, to see the new producer really use the files,
     # then one of the brokers' CA again.
-    brokers_ca = trustme.CA.from_pem(
-        brokers_tls.ca.read_bytes(), (brokers_tls.ca.parent / "ca.key").read_bytes()
-    )
-    volume = SecretVolume(tmp_path / "kafka-tls", client_files(brokers_ca))
-    client = ClientFiles(brokers_tls.ca, volume / "tls.crt", volume / "tls.key")
-    settings = kafka_tls_settings(
-        kafka_ssl_bootstrap,
-        kafka_topics,
-        brokers_tls.ca,
-        client,
-        tls_renewal_check_seconds=0.1,
-        kafka_statistics_interval_ms=100,
-    )
+    volume, client = on_a_volume(tmp_path / "tls", brokers_tls.ca, client_files(brokers_ca))
+    settings = kafka_renewal_settings(kafka_ssl_bootstrap, kafka_topics, client)
     events = make_events(2)
-
-    def renewed() -> float:
-        labels = {"files": "kafka", "result": "renewed"}
-        return (
-            metrics.registry.get_sample_value("login_audit_tls_certificate_renewals_total", labels)
-            or 0
-        )
 
     async def scenario() -> None:
         async with kafka_sink(settings, metrics, codec) as sink:
             await sink.send(encoded(events[0]))
             volume.update(client_files(trustme.CA()))
-            await eventually(lambda: renewed() == 1)
+            await eventually(lambda: renewals(metrics, "kafka", "renewed") == 1)
             await eventually(lambda: "a broker connection was refused" in caplog.text)
             volume.update(client_files(brokers_ca))
-            await eventually(lambda: renewed() == 2)
+            await eventually(lambda: renewals(metrics, "kafka", "renewed") == 2)
             await sink.send(encoded(events[1]))
 
     with caplog.at_level(logging.INFO, logger="bridge.sinks.kafka"):
@@ -359,66 +425,13 @@ def test_a_kafka_client_certificate_renewed_on_disk_is_used_by_a_new_producer(
     )
 
 
-@pytest.mark.kafka
-def test_kafka_client_files_that_change_and_do_not_load_leave_the_producer_in_place(
-    kafka_ssl_bootstrap: str,
-    kafka_topics: KafkaTopics,
-    brokers_tls: ClientFiles,
-    metrics: Metrics,
-    codec: AvroCodec,
-    make_events: Callable[[int], list[LoginEvent]],
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    ours = {
-        "tls.crt": brokers_tls.certificate.read_bytes(),
-        "tls.key": brokers_tls.key.read_bytes(),
-    }
-    volume = SecretVolume(tmp_path / "kafka-tls", ours)
-    client = ClientFiles(brokers_tls.ca, volume / "tls.crt", volume / "tls.key")
-    settings = kafka_tls_settings(
-        kafka_ssl_bootstrap,
-        kafka_topics,
-        brokers_tls.ca,
-        client,
-        tls_renewal_check_seconds=0.1,
-        kafka_statistics_interval_ms=100,
-    )
-    events = make_events(2)
-
-    def failed() -> float:
-        labels = {"files": "kafka", "result": "failed"}
-        name = "login_audit_tls_certificate_renewals_total"
-        return metrics.registry.get_sample_value(name, labels) or 0
-
-    async def scenario() -> None:
-        async with kafka_sink(settings, metrics, codec) as sink:
-            await sink.send(encoded(events[0]))
-            # The certificate renewed, its key not written yet: a pair that does not match.
-            volume.update({**ours, "tls.key": client_files(trustme.CA())["tls.key"]})
-            await eventually(lambda: failed() >= 1)
-            await sink.send(encoded(events[1]))  # the producer made before, still working
-
-    with caplog.at_level(logging.WARNING, logger="bridge.sinks.kafka"):
-        asyncio.run(scenario())
-    found = asyncio.run(
-        read_all(
-            kafka_tls_settings(kafka_ssl_bootstrap, kafka_topics, brokers_tls.ca, brokers_tls),
-            len(events),
-        )
-    )
-
-    assert sorted(m.key or "" for m in found) == sorted(e.event_id for e in events)
-    assert "changed but do not load" in caplog.text
-    assert "the producer goes on with the files loaded before" in caplog.text
-
-
 @pytest.mark.rabbitmq
 def test_a_rabbitmq_client_certificate_renewed_on_disk_is_shown_when_the_connection_is_remade(
     rabbitmq_tls_url: str,
     rabbitmq_url: str,
     rabbitmq_names: str,
     brokers_tls: ClientFiles,
+    brokers_ca: trustme.CA,
     metrics: Metrics,
     codec: AvroCodec,
     make_events: Callable[[int], list[LoginEvent]],
@@ -428,16 +441,8 @@ def test_a_rabbitmq_client_certificate_renewed_on_disk_is_shown_when_the_connect
     # renewal keeps working, but aio-pika's reconnect after the broker closed it would have
     # shown the certificate loaded at start, expired by then. The broker names the certificate
     # of each connection (peer_cert_subject).
-    brokers_ca = trustme.CA.from_pem(
-        brokers_tls.ca.read_bytes(), (brokers_tls.ca.parent / "ca.key").read_bytes()
-    )
-
-    def certificate(name: str) -> dict[str, bytes]:
-        leaf = brokers_ca.issue_cert("bridge-client", common_name=name)
-        return {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes()}
-
-    volume = SecretVolume(tmp_path / "rabbitmq-tls", certificate("bridge-before"))
-    client = ClientFiles(brokers_tls.ca, volume / "tls.crt", volume / "tls.key")
+    before = client_files(brokers_ca, "bridge-before")
+    volume, client = on_a_volume(tmp_path / "tls", brokers_tls.ca, before)
     # Durable queues of the test's own: closing every connection deletes a reader's own queue.
     settings = rabbitmq_tls_settings(
         rabbitmq_tls_url,
@@ -454,17 +459,12 @@ def test_a_rabbitmq_client_certificate_renewed_on_disk_is_shown_when_the_connect
     def shown() -> str:
         return rabbitmqctl("list_connections", "peer_cert_subject")
 
-    def renewed() -> float:
-        labels = {"files": "rabbitmq", "result": "renewed"}
-        name = "login_audit_tls_certificate_renewals_total"
-        return metrics.registry.get_sample_value(name, labels) or 0
-
     async def scenario() -> int:
         async with rabbitmq_sink(settings, metrics, codec) as sink:
             await sink.send(encoded(events[0]))
             assert "CN=bridge-before" in shown()
-            volume.update(certificate("bridge-after"))
-            await eventually(lambda: renewed() == 1)
+            volume.update(client_files(brokers_ca, "bridge-after"))
+            await eventually(lambda: renewals(metrics, "rabbitmq", "renewed") == 1)
             rabbitmqctl("close_all_connections", "certificate renewal test")
             await eventually(lambda: "CN=bridge-after" in shown())
             await sink.send(encoded(events[1]))  # confirmed by the broker
@@ -479,52 +479,6 @@ def test_a_rabbitmq_client_certificate_renewed_on_disk_is_shown_when_the_connect
         return sum(c or 0 for c in counts)
 
     assert asyncio.run(scenario()) == len(events)
-
-
-@pytest.mark.rabbitmq
-def test_rabbitmq_client_files_that_change_and_do_not_load_leave_the_connection_in_use(
-    rabbitmq_tls_url: str,
-    rabbitmq_names: str,
-    brokers_tls: ClientFiles,
-    metrics: Metrics,
-    codec: AvroCodec,
-    make_events: Callable[[int], list[LoginEvent]],
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    ours = {
-        "tls.crt": brokers_tls.certificate.read_bytes(),
-        "tls.key": brokers_tls.key.read_bytes(),
-    }
-    volume = SecretVolume(tmp_path / "rabbitmq-tls", ours)
-    client = ClientFiles(brokers_tls.ca, volume / "tls.crt", volume / "tls.key")
-    settings = rabbitmq_tls_settings(
-        rabbitmq_tls_url, rabbitmq_names, brokers_tls.ca, client, tls_renewal_check_seconds=0.1
-    )
-    events = make_events(2)
-
-    def failed() -> float:
-        labels = {"files": "rabbitmq", "result": "failed"}
-        name = "login_audit_tls_certificate_renewals_total"
-        return metrics.registry.get_sample_value(name, labels) or 0
-
-    async def scenario() -> list[str]:
-        async with (
-            rabbitmq_sink(settings, metrics, codec) as sink,
-            RabbitMQReader(settings) as reader,
-        ):
-            await sink.send(encoded(events[0]))
-            # The certificate renewed, its key not written yet: a pair that does not match.
-            volume.update({**ours, "tls.key": client_files(trustme.CA())["tls.key"]})
-            await eventually(lambda: failed() >= 1)
-            await sink.send(encoded(events[1]))
-            found = [m async for m in reader.events(limit=len(events), idle_timeout=10)]
-        return [m.message_id or "" for m in found]
-
-    with caplog.at_level(logging.WARNING, logger="bridge.sinks.rabbitmq"):
-        assert asyncio.run(scenario()) == [e.event_id for e in events]
-    assert "changed but do not load" in caplog.text
-    assert "connections go on with the files loaded before" in caplog.text
 
 
 @pytest.mark.rabbitmq
