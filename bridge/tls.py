@@ -88,6 +88,12 @@ class WatchedFiles:
         self._loaded = identity
 
 
+def watched(files: Sequence[Path | None], *, every: float) -> WatchedFiles | None:
+    """A watch of the files given (None: a setting left unset), or None when none is."""
+    given = [path for path in files if path is not None]
+    return WatchedFiles(given, every=every) if given else None
+
+
 class RenewableServerContext:
     """A TLS listener's context, made again from its files when they change: a certificate
     renewed on disk (cert-manager's, a Kubernetes Secret volume's) is served to new connections

@@ -33,7 +33,7 @@ from bridge.sinks.kafka_errors import (
     to_sink_error,
 )
 from bridge.sinks.kafka_stats import KafkaStatistics, any_broker_up
-from bridge.tls import WatchedFiles
+from bridge.tls import WatchedFiles, watched
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +94,6 @@ def _tls_config(settings: Settings) -> dict[str, Any]:
     if settings.kafka_ssl_key_password is not None:
         config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
     return config
-
-
-def _watched_tls_files(settings: Settings) -> WatchedFiles | None:
-    files = [
-        settings.kafka_ssl_ca_location,
-        settings.kafka_ssl_certificate_location,
-        settings.kafka_ssl_key_location,
-    ]
-    given = [path for path in files if path is not None]
-    if not given:
-        return None
-    return WatchedFiles(given, every=settings.tls_renewal_check_seconds)
 
 
 def _sasl_config(settings: Settings) -> dict[str, Any]:
@@ -378,7 +366,14 @@ class KafkaSink(Sink):
             export_statistics=settings.kafka_statistics_interval_ms > 0,
             encoder=encoder,
             metrics=metrics,
-            tls_files=_watched_tls_files(settings),
+            tls_files=watched(
+                [
+                    settings.kafka_ssl_ca_location,
+                    settings.kafka_ssl_certificate_location,
+                    settings.kafka_ssl_key_location,
+                ],
+                every=settings.tls_renewal_check_seconds,
+            ),
         )
 
     # -- lifecycle
@@ -428,11 +423,12 @@ class KafkaSink(Sink):
     def _new_client(self) -> _Client:
         generation = self._generation + 1
         assert self._loop is not None  # noqa: S101 - set by start()
-        files = self._tls_files.now() if self._tls_files is not None else None
+        tls_files = self._tls_files
+        found = tls_files.now() if tls_files is not None else None  # what the producer loads
         client = _Client(self._new_producer(generation), generation, self._note_fatal, self._loop)
         self._generation = generation
-        if self._tls_files is not None and files is not None:
-            self._tls_files.loaded(files)
+        if tls_files is not None and found is not None:
+            tls_files.loaded(found)
         return client
 
     def _new_producer(self, generation: int) -> Producer:
@@ -485,9 +481,7 @@ class KafkaSink(Sink):
         log.warning("kafka: a new producer replaced the one that hit the fatal error")
         # The old one's queued messages were failed by librdkafka (their sends spool them);
         # those in flight are answered while it flushes, for at most the publish timeout.
-        retiring = asyncio.create_task(self._retire(old))
-        self._retiring.add(retiring)
-        retiring.add_done_callback(self._retiring.discard)
+        self._retire_later(old)
 
     # -- TLS files renewed on disk
 
@@ -519,6 +513,9 @@ class KafkaSink(Sink):
         self._client = new
         self._metrics.tls_certificate_renewals.labels("kafka", "renewed").inc()
         log.info("kafka: %s changed: a new producer uses them", files)
+        self._retire_later(old)
+
+    def _retire_later(self, old: _Client) -> None:
         retiring = asyncio.create_task(self._retire(old))
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)

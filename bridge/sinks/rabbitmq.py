@@ -23,7 +23,7 @@ from bridge.event import EncodedEvent, LoginEvent
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
-from bridge.tls import WatchedFiles, client_context, peer_refused_certificate
+from bridge.tls import WatchedFiles, client_context, peer_refused_certificate, watched
 
 log = logging.getLogger(__name__)
 
@@ -193,16 +193,17 @@ class RabbitMQSink(Sink):
                 "failure": settings.rabbitmq_queue_failure,
             }
         tls = ssl_context(settings)
-        files = [
-            settings.rabbitmq_ssl_ca_file,
-            settings.rabbitmq_ssl_certfile,
-            settings.rabbitmq_ssl_keyfile,
-        ]
-        given = [path for path in files if path is not None]
+        files = watched(
+            [
+                settings.rabbitmq_ssl_ca_file,
+                settings.rabbitmq_ssl_certfile,
+                settings.rabbitmq_ssl_keyfile,
+            ],
+            every=settings.tls_renewal_check_seconds,
+        )
         renew_tls = None
-        if tls is not None and given:
-            watched = WatchedFiles(given, every=settings.tls_renewal_check_seconds)
-            renew_tls = (watched, functools.partial(ssl_context, settings))
+        if tls is not None and files is not None:
+            renew_tls = (files, functools.partial(ssl_context, settings))
         return cls(
             url=settings.rabbitmq_url.get_secret_value(),
             tls=tls,
