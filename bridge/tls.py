@@ -13,10 +13,13 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from bridge.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # OpenSSL's reasons for a server's alert that it did not accept the client's certificate.
 _PEER_REFUSED_CERTIFICATE = re.compile(r"ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_\w+)")
@@ -87,6 +90,32 @@ class WatchedFiles:
     def loaded(self, identity: Identity) -> None:
         self._loaded = identity
 
+    def reload(
+        self, make: Callable[[], T], *, log: logging.Logger, who: str, keeps: str, uses: str
+    ) -> tuple[T | None, str | None]:
+        """When the files have changed, what ``make()`` makes of them, and what this look did:
+        "renewed", "failed" (they do not load: what was loaded before stays in use, as
+        ``keeps`` says, and they are tried again at the next look), or None (no change, or
+        not yet time to look). Each outcome is logged to ``log``, as ``who``'s."""
+        found = self.changed()
+        if found is None:
+            return None, None
+        try:
+            made = make()
+        except (ConfigError, OSError, ssl.SSLError, ValueError) as exc:
+            log.warning(
+                "%s: %s changed but do not load (%s): %s; trying again in %g s",
+                who,
+                self,
+                exc,
+                keeps,
+                self.every,
+            )
+            return None, "failed"
+        self.loaded(found)
+        log.info("%s: %s changed: %s", who, self, uses)
+        return made, "renewed"
+
 
 def watched(files: Sequence[Path | None], *, every: float) -> WatchedFiles | None:
     """A watch of the files given (None: a setting left unset), or None when none is."""
@@ -116,30 +145,21 @@ class RenewableServerContext:
     ) -> None:
         self._make = make
         self._files = WatchedFiles(files, every=every, clock=clock)
-        self._every = every
         self.context = first
 
     def current(self) -> tuple[ssl.SSLContext, str | None]:
         """The context to make the next connection with, and what this call did when it looked
-        at the files: "renewed", "failed" (they changed, and do not load), or None."""
-        found = self._files.changed()
-        if found is None:
-            return self.context, None
-        try:
-            context = self._make()
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            log.warning(
-                "TLS: %s changed but do not load (%s): still serving the certificate loaded "
-                "before; trying again in %g s",
-                self._files,
-                exc,
-                self._every,
-            )
-            return self.context, "failed"
-        self._files.loaded(found)
-        self.context = context
-        log.info("TLS: loaded the renewed certificate from %s for new connections", self._files)
-        return context, "renewed"
+        at the files (see :meth:`WatchedFiles.reload`)."""
+        context, outcome = self._files.reload(
+            self._make,
+            log=log,
+            who="TLS",
+            keeps="still serving the certificate loaded before",
+            uses="new connections get the renewed certificate",
+        )
+        if context is not None:
+            self.context = context
+        return self.context, outcome
 
 
 def _identity(files: Sequence[Path]) -> Identity:

@@ -768,7 +768,8 @@ def test_over_https_a_certificate_renewed_on_disk_is_served_to_new_connections_w
         bridge, "login_audit_tls_certificate_renewals_total", files="https", result="renewed"
     )
     assert renewals == 1
-    assert "TLS: loaded the renewed certificate from" in bridge.logs()
+    files = f"{volume / 'tls.crt'}, {volume / 'tls.key'}"
+    assert f"TLS: {files} changed: new connections get the renewed certificate" in bridge.logs()
     assert len(list(read_events(bridge.events_dir))) == 4
 
 

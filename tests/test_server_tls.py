@@ -78,7 +78,7 @@ def test_a_renewed_certificate_is_loaded_at_the_first_look_after_the_interval(
 
     assert outcome == "renewed"
     assert renewed is not first and renewable.context is renewed
-    assert f"loaded the renewed certificate from {files.cert}" in caplog.text
+    assert f"TLS: {files.cert}, {files.key} changed: new connections get the renewed" in caplog.text
     clock.now += 11
     assert renewable.current() == (renewed, None)  # loaded once
 

@@ -493,27 +493,21 @@ class KafkaSink(Sink):
         made before a renewal shows the old certificate at every reconnect, and once that has
         expired the brokers refuse it.
         """
-        files = self._tls_files
-        if files is None or files.changed() is None:
-            return
-        old = self._client
-        if old is None or self._recovery is not None:  # stopped, or a new producer is coming
-            return
-        try:
-            new = self._new_client()
-        except ConfigError as exc:
-            self._metrics.tls_certificate_renewals.labels("kafka", "failed").inc()
-            log.warning(
-                "kafka: %s changed but do not load (%s): the producer goes on with the files "
-                "loaded before; trying again later",
-                files,
-                exc,
-            )
-            return
-        self._client = new
-        self._metrics.tls_certificate_renewals.labels("kafka", "renewed").inc()
-        log.info("kafka: %s changed: a new producer uses them", files)
-        self._retire_later(old)
+        files, old = self._tls_files, self._client
+        if files is None or old is None or self._recovery is not None:
+            return  # stopped, or a new producer is coming anyway
+        new, outcome = files.reload(
+            self._new_client,
+            log=log,
+            who="kafka",
+            keeps="the producer goes on with the files loaded before",
+            uses="a new producer uses them",
+        )
+        if outcome is not None:
+            self._metrics.tls_certificate_renewals.labels("kafka", outcome).inc()
+        if new is not None:
+            self._client = new
+            self._retire_later(old)
 
     def _retire_later(self, old: _Client) -> None:
         retiring = asyncio.create_task(self._retire(old))

@@ -278,28 +278,21 @@ class RabbitMQSink(Sink):
         self._look_at_tls_later()
         assert self._renew_tls is not None  # noqa: S101 - only scheduled with it
         files, make = self._renew_tls
-        found = files.changed()
-        if found is None:
+        context, outcome = files.reload(
+            make,
+            log=log,
+            who="rabbitmq",
+            keeps="connections go on with the files loaded before",
+            uses="new connections use them",
+        )
+        if outcome is not None:
+            self._metrics.tls_certificate_renewals.labels("rabbitmq", outcome).inc()
+        if outcome != "renewed":
             return
-        try:
-            context = make()
-        except ConfigError as exc:
-            self._metrics.tls_certificate_renewals.labels("rabbitmq", "failed").inc()
-            log.warning(
-                "rabbitmq: %s changed but do not load (%s): connections go on with the files "
-                "loaded before; trying again in %g s",
-                files,
-                exc,
-                files.every,
-            )
-            return
-        files.loaded(found)
         self._tls = context
         if isinstance(self._connection, aio_pika.RobustConnection):
             # What aio-pika connects with when it reconnects this robust connection.
             self._connection.kwargs["context"] = context
-        self._metrics.tls_certificate_renewals.labels("rabbitmq", "renewed").inc()
-        log.info("rabbitmq: %s changed: new connections use them", files)
 
     async def _connect(self) -> AbstractRobustConnection:
         delay = FIRST_RETRY_SECONDS
