@@ -31,6 +31,7 @@ from bridge.errors import (
     UnsupportedMediaType,
 )
 from bridge.event import EncodedEvent, LoginEvent
+from bridge.loops import RunningLoop
 from bridge.mediawiki import parse_mediawiki
 from bridge.metrics import Metrics
 from bridge.normalize import Normalizer
@@ -139,6 +140,7 @@ class HookEndpoints:
         self._fallback = fallback
         self._in_flight = 0
         self._taken: list[tuple[Scope, Headers, bytes, Normalize, Reply]] = []
+        self._loop = RunningLoop()
         # Read at each scrape: Gauge.inc()/dec() take a lock twice per request (5 % of the CPU).
         metrics.requests_in_flight.set_function(lambda: self._in_flight)
         self._routes: dict[str, Normalize] = {
@@ -218,7 +220,7 @@ class HookEndpoints:
         """
         self._taken.append((scope, headers, body, normalize, reply))
         if len(self._taken) == 1:
-            asyncio.get_running_loop().call_soon(self._take_all)
+            self._loop().call_soon(self._take_all)
 
     def _take_all(self) -> None:
         taken, self._taken = self._taken, []
@@ -303,7 +305,7 @@ class HookEndpoints:
         except BridgeError as exc:
             return self._reject(scope, exc)
         # Cancelling this request does not cancel the event: it is made durable all the same.
-        answered: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        answered: asyncio.Future[Answer] = self._loop().create_future()
         self.take(scope, headers, body, normalize, functools.partial(_settle, answered))
         return await answered
 

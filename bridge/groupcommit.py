@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from bridge.loops import RunningLoop
+
 Item = TypeVar("Item")
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class GroupCommit(Generic[Item]):
         self._fail = fail
         self._pending: list[tuple[Item, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = RunningLoop()
 
     @property
     def busy(self) -> bool:
@@ -48,10 +50,7 @@ class GroupCommit(Generic[Item]):
 
     def enqueue(self, item: Item) -> asyncio.Future[None]:
         """``submit`` without the coroutine: the future resolves as ``submit`` returns."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            # Asked once per loop: on Python 3.11 get_running_loop() calls getpid() each time.
-            loop = self._loop = asyncio.get_running_loop()
+        loop = self._loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending.append((item, future))
         if self._task is None or self._task.done():

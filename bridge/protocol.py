@@ -24,13 +24,14 @@ from typing import Any, ClassVar, cast
 
 from starlette.types import Scope
 from uvicorn._types import ASGISendEvent
-from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
 )
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string, is_ssl
 from uvicorn.server import ServerState
 
 from bridge.app import (
@@ -41,6 +42,7 @@ from bridge.app import (
     Normalize,
     retry_after,
 )
+from bridge.loops import RunningLoop
 from bridge.metrics import Metrics
 from bridge.tls import RenewableServerContext
 
@@ -70,6 +72,7 @@ def bounded_protocol(
         pass
 
     Protocol.limits = limits
+    Protocol.running_loop = RunningLoop()
     Protocol.metrics = metrics
     Protocol.hooks = hooks
     return Protocol
@@ -90,7 +93,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     metrics: ClassVar[Metrics]
     hooks: ClassVar[HookEndpoints | None] = None
 
+    # uvicorn's protocol factory passes no loop: the class finds it once, not per connection.
+    running_loop: ClassVar[RunningLoop]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("_loop") is None:
+            kwargs["_loop"] = self.running_loop()
         super().__init__(*args, **kwargs)
         # Per listener, as uvicorn counts connections (one protocol class may serve several).
         self.by_activity = _ACTIVITY.setdefault(self.server_state, OrderedDict())
@@ -113,7 +121,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.handshake_done is not None:
             self.handshake_done()
             self.handshake_done = None
-        super().connection_made(transport)
+        self._connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             # Each open connection holds memory (about 6 KiB, more with a request in it) and
             # nothing else bounds how many a client storm or an attacker opens. Past the cap,
@@ -141,6 +149,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
         self.by_activity[self] = None
         self._set_deadline(self.limits.header_timeout, BoundedHttpToolsProtocol._headers_too_slow)
+
+    def _connection_made(self, transport: asyncio.Transport) -> None:
+        """uvicorn's ``connection_made``, with the addresses the transport already holds.
+
+        uvicorn asks the transport for its socket and then the socket for both addresses: on
+        uvloop that made a ``socket.socket`` per connection and four ``getsockname()`` and one
+        ``getpeername()`` calls more than the accept's own, about 13 % of a worker's CPU samples
+        with a new connection per event (bench/ingest.py --profile-per-event), as the hooks
+        connect. Both loops' TCP transports keep ``peername`` and ``sockname`` from the accept.
+        tests/test_protocol.py checks that this sets up a connection as uvicorn's does.
+        """
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = local_address(transport.get_extra_info("sockname"))
+        self.client = remote_address(transport.get_extra_info("peername"))
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
@@ -319,6 +347,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             body = json.dumps(error).encode()
             self.transport.write(_json_answer((status, body, retry_after(status)), close=True))
         self.transport.close()
+
+
+def remote_address(peername: object) -> tuple[str, int] | None:
+    """The client's (host, port) from a transport's ``peername``, as uvicorn gives it in the
+    ASGI scope; None over a Unix socket."""
+    if isinstance(peername, (tuple, list)) and len(peername) >= 2:  # an IPv6 one has four
+        return (str(peername[0]), int(peername[1]))
+    return None
+
+
+def local_address(sockname: object) -> tuple[str, int | None] | None:
+    """The listener's (host, port) from a transport's ``sockname``, as uvicorn gives it in the
+    ASGI scope; (path, None) for a Unix socket."""
+    if isinstance(sockname, str):
+        return (sockname, None)
+    return remote_address(sockname)
 
 
 # Each listener's connections (keyed by its uvicorn server state), the least active first.

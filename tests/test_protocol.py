@@ -12,12 +12,15 @@ import asyncio.sslproto
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 import uvicorn
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from bridge.app import Answer
@@ -300,3 +303,140 @@ def test_on_tls_a_connection_whose_handshake_just_ended_is_not_taken_for_one_sti
         return closed
 
     assert asyncio.run(scenario()) == [False, True, False]
+
+
+def _serve_and_connect(
+    uvloop: bool, listener: socket.socket, connect: Callable[[], socket.socket], count: int
+) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
+    """Serves ``hello`` with the bridge's connection class on ``listener`` and makes ``count``
+    connections from a thread, one request each. Returns each request's (scope client, scope
+    server) and each client socket's (own address, peer address)."""
+    scopes: list[tuple[Any, Any]] = []
+    seen: list[tuple[Any, Any]] = []
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        scopes.append((scope["client"], scope["server"]))
+        await hello(scope, receive, send)
+
+    def clients() -> None:
+        for _ in range(count):
+            with connect() as client:
+                seen.append((client.getsockname(), client.getpeername()))
+                client.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while client.recv(4096):
+                    pass
+
+    async def scenario() -> None:
+        config = uvicorn.Config(
+            app=recording, lifespan="off", log_config=None, http=bounded_protocol(LIMITS, Metrics())
+        )
+        server = _Listener(config)
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        while not server.started:  # noqa: ASYNC110 - uvicorn's Server has a flag, no event
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(clients)
+        server.should_exit = True
+        await serving
+
+    loop_class = event_loop_class(uvloop=uvloop)
+    with asyncio.Runner(loop_factory=lambda: loop_class(5.0)) as runner:
+        runner.run(scenario())
+    return scopes, seen
+
+
+@pytest.mark.parametrize("uvloop", [True, False], ids=["uvloop", "asyncio"])
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "unix"])
+def test_the_scope_names_both_ends_of_the_connection_as_the_client_sees_them(
+    uvloop: bool, family: str, tmp_path: Path
+) -> None:
+    """The connection class reads both addresses off the transport instead of uvicorn's way
+    (a socket object and two more system calls per connection): the ASGI scope still carries
+    what uvicorn gives, the client's (host, port) and the listener's, or a Unix socket's path."""
+    if family == "unix":
+        path = str(tmp_path / "hooks.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+
+        def connect() -> socket.socket:
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(path)
+            return client
+
+    else:
+        if family == "ipv6" and not socket.has_ipv6:
+            pytest.skip("no IPv6 on this machine")
+        host = "::1" if family == "ipv6" else "127.0.0.1"
+        listener = socket.create_server(
+            (host, 0), family=socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+        )
+        port = listener.getsockname()[1]
+
+        def connect() -> socket.socket:
+            return socket.create_connection((host, port))
+
+    listener.listen()
+    scopes, seen = _serve_and_connect(uvloop, listener, connect, 3)
+    if family == "unix":
+        assert scopes == [(None, (path, None))] * 3
+    else:
+        assert scopes == [((own[0], own[1]), (peer[0], peer[1])) for own, peer in seen]
+
+
+@pytest.mark.parametrize("uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_new_connections_do_not_each_ask_asyncio_for_the_running_loop(
+    uvloop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 each asyncio.get_running_loop() (uvicorn's get_event_loop() calls it) is a
+    getpid() system call: the connection class asks once, not once per connection."""
+    asked: list[str] = []
+    for name in ("get_running_loop", "get_event_loop"):
+        original = getattr(asyncio, name)
+
+        def counting(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            asked.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(asyncio, name, counting)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    asked_before = len(asked)
+    scopes, _ = _serve_and_connect(
+        uvloop, listener, lambda: socket.create_connection(("127.0.0.1", port)), 20
+    )
+    assert len(scopes) == 20
+    # The first connection asks (and uvicorn's start-up once): not each of the 20 (21 before).
+    assert len(asked) - asked_before <= 2, asked
+
+
+def test_a_connection_is_set_up_as_uvicorns_own_connection_made_does() -> None:
+    """The connection class does uvicorn's connection_made itself (see _connection_made): the
+    same attributes with the same values, so a uvicorn upgrade that adds one fails here."""
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], bool]:
+        config = uvicorn.Config(app=hello, lifespan="off", log_level="warning")
+        config.load()
+        ours = bounded_protocol(LIMITS, Metrics())(
+            config=config, server_state=ServerState(), app_state={}
+        )
+        theirs = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+
+        def set_up(
+            protocol: HttpToolsProtocol, connection_made: Callable[..., None]
+        ) -> dict[str, Any]:
+            before = dict(vars(protocol))
+            connection_made(protocol, RecordingTransport())
+            return {
+                k: v for k, v in vars(protocol).items() if k not in before or before[k] is not v
+            }
+
+        mine = set_up(ours, BoundedHttpToolsProtocol._connection_made)
+        uvicorns = set_up(theirs, HttpToolsProtocol.connection_made)
+        return mine, uvicorns, ours in ours.connections
+
+    mine, uvicorns, counted = asyncio.run(scenario())
+    assert mine.keys() == uvicorns.keys()
+    assert {k: v for k, v in mine.items() if k not in ("transport", "flow")} == {
+        k: v for k, v in uvicorns.items() if k not in ("transport", "flow")
+    }
+    assert type(mine["flow"]) is type(uvicorns["flow"])
+    assert counted
