@@ -4,7 +4,7 @@ On Python 3.11, ``asyncio.get_running_loop()`` (and ``get_event_loop()``, which 
 ``getpid()`` system call each time, to tell a loop inherited over ``fork()`` from the process's
 own (3.12 keeps the loop on the thread state instead). On the hook path that was two system
 calls per event with a new connection, as the hooks connect (perf trace, bench/ingest.py
---profile-per-event): about 7 % of a worker's CPU samples.
+--profile-per-event), one per turn of the loop on kept-alive connections.
 """
 
 from __future__ import annotations

@@ -155,10 +155,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
         uvicorn asks the transport for its socket and then the socket for both addresses: on
         uvloop that made a ``socket.socket`` per connection and four ``getsockname()`` and one
-        ``getpeername()`` calls more than the accept's own, about 13 % of a worker's CPU samples
-        with a new connection per event (bench/ingest.py --profile-per-event), as the hooks
-        connect. Both loops' TCP transports keep ``peername`` and ``sockname`` from the accept.
-        tests/test_protocol.py checks that this sets up a connection as uvicorn's does.
+        ``getpeername()`` calls more than the accept's own. Both loops' TCP transports keep
+        ``peername`` and ``sockname`` from the accept. With the loop asked once (RunningLoop),
+        a worker's CPU per event with a new connection each, as the hooks connect, fell to 0.95x
+        (bench/ingest.py --baseline). tests/test_protocol.py checks that this sets up a
+        connection as uvicorn's does.
         """
         self.connections.add(self)
         self.transport = transport
