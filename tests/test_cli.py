@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from bridge import __version__
 from bridge.cli import Exit
 
@@ -102,23 +104,25 @@ def test_ctrl_c_ends_a_tail_waiting_for_an_unreachable_kafka_before_its_timeout(
         "BRIDGE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "BRIDGE_PUBLISH_TIMEOUT_SECONDS": "60",
         "PATH": "/usr/bin:/bin",
+        # SIGABRT then prints every thread's stack: where a tail that outlived Ctrl-C waits.
+        "PYTHONFAULTHANDLER": "1",
     }
-    tail = subprocess.Popen(
+    with subprocess.Popen(
         [str(BIN / "login-audit-bridge"), "tail", "--from", "kafka"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
+    ) as tail:
         time.sleep(1.0)  # well into the wait for the broker
         assert tail.poll() is None
         tail.send_signal(signal.SIGINT)
-        _, stderr = tail.communicate(timeout=20)  # the publish timeout is 60 s
-    finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.wait()
+        try:
+            _, stderr = tail.communicate(timeout=20)  # the publish timeout is 60 s
+        except subprocess.TimeoutExpired:
+            tail.send_signal(signal.SIGABRT)
+            _, stderr = tail.communicate(timeout=10)
+            pytest.fail(f"tail still ran 20 s after Ctrl-C; its threads:\n{stderr}")
     assert tail.returncode == Exit.OK  # Ctrl-C is how a tail ends
     assert "Traceback" not in stderr
 
