@@ -97,6 +97,10 @@ def test_tail_from_an_unreachable_kafka_exits_with_the_sink_code_and_says_why() 
     assert "Traceback" not in run.stderr
 
 
+def _sigint_as_at_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_a_tail_waiting_for_an_unreachable_kafka_before_its_timeout() -> None:
     """The wait for the cluster's answer runs in a thread that Ctrl-C cannot end: one request
     for the whole publish timeout held the command that long after Ctrl-C."""
@@ -113,6 +117,9 @@ def test_ctrl_c_ends_a_tail_waiting_for_an_unreachable_kafka_before_its_timeout(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a shell starts a background job with SIGINT ignored, and
+        # Python keeps a SIGINT it inherits ignored, so a suite run with `&` failed here.
+        preexec_fn=_sigint_as_at_a_terminal,
     ) as tail:
         time.sleep(1.0)  # well into the wait for the broker
         assert tail.poll() is None
