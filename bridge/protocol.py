@@ -795,10 +795,8 @@ class TlsAccept:
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> str:
-    peer = transport.get_extra_info("peername") if transport is not None else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return "a client"
+    peer = remote_address(transport.get_extra_info("peername")) if transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if peer else "a client"
 
 
 _EVICTED = object()

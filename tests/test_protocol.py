@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trustme
@@ -40,6 +41,8 @@ from bridge.service import _Listener, event_loop_class
 
 from support import RecordingTransport
 
+T = TypeVar("T")
+
 LIMITS = ConnectionLimits(
     max_connections=64, max_header_bytes=8192, header_timeout=5.0, body_timeout=5.0
 )
@@ -52,6 +55,27 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.asynccontextmanager
+async def listening(config: uvicorn.Config, sock: socket.socket) -> AsyncIterator[None]:
+    """Serves ``config`` on ``sock`` as the bridge does (its _Listener) while the block runs."""
+    server = _Listener(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 - uvicorn's Server has a flag, no event
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def run_on_bridge_loop(uvloop: bool, main: Coroutine[Any, Any, T], handshake_timeout: float) -> T:
+    """Runs ``main`` on the bridge's event loop, uvloop's or asyncio's."""
+    loop_class = event_loop_class(uvloop=uvloop)
+    with asyncio.Runner(loop_factory=lambda: loop_class(handshake_timeout)) as runner:
+        return runner.run(main)
 
 
 async def exchange(data: bytes, answers: int) -> RecordingTransport:
@@ -227,33 +251,26 @@ def test_on_tls_connections_still_in_their_handshake_count_against_the_cap(
             ssl_keyfile=str(key),
         )
         sock = socket.create_server(("127.0.0.1", 0))
-        server = _Listener(config)
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:  # noqa: ASYNC110 - uvicorn's Server has a flag, no event
-            await asyncio.sleep(0.01)
-        port = sock.getsockname()[1]
-        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(6)]
-        await asyncio.sleep(0.5)
-        # The first three were closed for the last three: each reads its end of stream at once.
-        closed = []
-        for reader, _ in silent:
-            try:
-                closed.append(await asyncio.wait_for(reader.read(1), 0.5) == b"")
-            except TimeoutError:
-                closed.append(False)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
-        writer.write(b"GET /hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answer = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-        for _, silent_writer in silent:
-            silent_writer.close()
-        server.should_exit = True
-        await serving
+        async with listening(config, sock):
+            port = sock.getsockname()[1]
+            silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(6)]
+            await asyncio.sleep(0.5)
+            # The first three were closed for the last three: each reads its end of stream now.
+            closed = []
+            for reader, _ in silent:
+                try:
+                    closed.append(await asyncio.wait_for(reader.read(1), 0.5) == b"")
+                except TimeoutError:
+                    closed.append(False)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+            writer.write(b"GET /hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            for _, silent_writer in silent:
+                silent_writer.close()
         return closed, answer
 
-    loop_class = event_loop_class(uvloop=uvloop)
-    with asyncio.Runner(loop_factory=lambda: loop_class(30.0)) as runner:
-        closed, answer = runner.run(scenario())
+    closed, answer = run_on_bridge_loop(uvloop, scenario(), 30.0)
     assert closed == [True, True, True, False, False, False]
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert answer.endswith(b'{"hello":"/hook"}')
@@ -330,17 +347,10 @@ def _serve_and_connect(
         config = uvicorn.Config(
             app=recording, lifespan="off", log_config=None, http=bounded_protocol(LIMITS, Metrics())
         )
-        server = _Listener(config)
-        serving = asyncio.create_task(server.serve(sockets=[listener]))
-        while not server.started:  # noqa: ASYNC110 - uvicorn's Server has a flag, no event
-            await asyncio.sleep(0.01)
-        await asyncio.to_thread(clients)
-        server.should_exit = True
-        await serving
+        async with listening(config, listener):
+            await asyncio.to_thread(clients)
 
-    loop_class = event_loop_class(uvloop=uvloop)
-    with asyncio.Runner(loop_factory=lambda: loop_class(5.0)) as runner:
-        runner.run(scenario())
+    run_on_bridge_loop(uvloop, scenario(), 5.0)
     return scopes, seen
 
 
