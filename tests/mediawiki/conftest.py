@@ -75,13 +75,21 @@ class Wiki:
 
     def queued_jobs(self) -> list[str]:
         """The extension's jobs still in the wiki's job table (queued or claimed)."""
-        listing = subprocess.run(
+        listing = self._maintenance("showJobs.php", "--list")
+        return [line for line in listing.splitlines() if line.startswith("loginAuditBridgeSend")]
+
+    def delete_jobs(self) -> None:
+        """Empties the extension's job queue, claimed jobs included."""
+        self._maintenance("manageJobs.php", "--action", "delete")
+
+    def _maintenance(self, script: str, *args: str) -> str:
+        return subprocess.run(
             [
                 "php",
-                str(MW_CODE / "maintenance" / "showJobs.php"),
+                str(MW_CODE / "maintenance" / script),
                 "--type",
                 "loginAuditBridgeSend",
-                "--list",
+                *args,
             ],
             env={**os.environ, "MW_CONFIG_FILE": self.env["MW_CONFIG_FILE"]},
             capture_output=True,
@@ -89,7 +97,6 @@ class Wiki:
             check=True,
             timeout=60,
         ).stdout
-        return [line for line in listing.splitlines() if line.startswith("loginAuditBridgeSend")]
 
     def extension_log(self) -> str:
         path = self.run_dir / "logs" / "LoginAuditBridge.log"
@@ -249,9 +256,11 @@ def wait_for_events(events_dir: Path, count: int) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def wired(wiki: Wiki, bridge_factory: Callable[..., Any]) -> Any:
-    """A bridge of this test's own (file sink, token), and the wiki pointed at it."""
+    """A bridge of this test's own (file sink, token), the wiki pointed at it, and an empty
+    job queue: a job an earlier test left (it failed) must not be counted or sent in this one."""
     bridge = bridge_factory(auth_tokens=TOKEN)
     wiki.point_at(bridge.url)
+    wiki.delete_jobs()
     return bridge
 
 
