@@ -87,6 +87,19 @@ def _kafka_headers(
     return {name: _text(value) for name, value in pairs}
 
 
+async def _made(making: asyncio.Future[Consumer]) -> Consumer:
+    """The consumer that ``making`` builds in a thread. Cancelled meanwhile (Ctrl-C), the thread
+    builds it all the same: it is waited for and closed, not left to the garbage collector with
+    its broker connections and threads."""
+    try:
+        return await asyncio.shield(making)
+    except asyncio.CancelledError:
+        await asyncio.wait({making})
+        if not making.cancelled() and making.exception() is None:
+            await asyncio.to_thread(making.result().close)
+        raise
+
+
 class KafkaReader:
     """Reads topics from their start (or end) with a throwaway consumer group; commits nothing."""
 
@@ -113,7 +126,7 @@ class KafkaReader:
         from bridge.sinks.kafka import cluster_metadata
         from bridge.sinks.kafka_errors import to_sink_error
 
-        consumer = await asyncio.to_thread(self._new_consumer)
+        consumer = await _made(asyncio.ensure_future(asyncio.to_thread(self._new_consumer)))
         try:
             within = self._settings.publish_timeout_seconds
             metadata = await cluster_metadata(
