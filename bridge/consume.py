@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TextIO
 from bridge.codec import AvroCodec
 from bridge.errors import SinkUnavailable
 from bridge.event import Status
+from bridge.loops import to_thread_to_the_end
 from bridge.settings import Settings
 
 if TYPE_CHECKING:  # the broker libraries load only when a reader is opened
@@ -87,19 +89,6 @@ def _kafka_headers(
     return {name: _text(value) for name, value in pairs}
 
 
-async def _made(making: asyncio.Future[Consumer]) -> Consumer:
-    """The consumer that ``making`` builds in a thread. Cancelled meanwhile (Ctrl-C), the thread
-    builds it all the same: it is waited for and closed, not left to the garbage collector with
-    its broker connections and threads."""
-    try:
-        return await asyncio.shield(making)
-    except asyncio.CancelledError:
-        await asyncio.wait({making})
-        if not making.cancelled() and making.exception() is None:
-            await asyncio.to_thread(making.result().close)
-        raise
-
-
 class KafkaReader:
     """Reads topics from their start (or end) with a throwaway consumer group; commits nothing."""
 
@@ -126,7 +115,10 @@ class KafkaReader:
         from bridge.sinks.kafka import cluster_metadata
         from bridge.sinks.kafka_errors import to_sink_error
 
-        consumer = await _made(asyncio.ensure_future(asyncio.to_thread(self._new_consumer)))
+        # Ctrl-C while the consumer is made: it is made all the same, and closed.
+        consumer = await to_thread_to_the_end(
+            self._new_consumer, abandoned=operator.methodcaller("close")
+        )
         try:
             within = self._settings.publish_timeout_seconds
             metadata = await cluster_metadata(

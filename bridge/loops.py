@@ -1,4 +1,5 @@
-"""The running event loop, asked of asyncio once per loop instead of once per request.
+"""The event loop's helpers: the running loop asked of asyncio once per loop instead of once
+per request (RunningLoop), and a thread's call that a cancellation waits out (to_thread_to_the_end).
 
 On Python 3.11, ``asyncio.get_running_loop()`` (and ``get_event_loop()``, which calls it) makes a
 ``getpid()`` system call each time, to tell a loop inherited over ``fork()`` from the process's
@@ -10,6 +11,10 @@ calls per event with a new connection, as the hooks connect (perf trace, bench/i
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class RunningLoop:
@@ -30,3 +35,23 @@ class RunningLoop:
         if loop is None or not loop.is_running():
             loop = self._loop = asyncio.get_running_loop()
         return loop
+
+
+async def to_thread_to_the_end(
+    call: Callable[[], T], *, abandoned: Callable[[T], object] | None = None
+) -> T:
+    """``asyncio.to_thread(call)``, except that a cancellation returns only once ``call`` has.
+
+    Cancelling ``to_thread`` leaves its thread running, and a caller that then cleans up (closes
+    the client the thread is using) races it. Cancelled, this waits for the call to end, hands
+    what it returned to ``abandoned`` (in a thread too: closing a client blocks), drops its
+    error, and raises the cancellation.
+    """
+    running = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait({running})
+        if not running.cancelled() and running.exception() is None and abandoned is not None:
+            await asyncio.to_thread(abandoned, running.result())
+        raise

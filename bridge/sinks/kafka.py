@@ -23,6 +23,7 @@ from bridge.deadlines import Deadlines
 from bridge.errors import ConfigError, SinkError, SinkUnavailable
 from bridge.event import EncodedEvent, LoginEvent
 from bridge.logs import librdkafka_logger
+from bridge.loops import to_thread_to_the_end
 from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.sinks.base import Sink
@@ -194,14 +195,8 @@ async def cluster_metadata(
     while True:
         asked = loop.time()
         wait = max(0.0, min(max(CHECK_SLICE_SECONDS, asked - began), deadline - asked))
-        request = asyncio.ensure_future(asyncio.to_thread(client.list_topics, timeout=wait))
         try:
-            return await asyncio.shield(request)
-        except asyncio.CancelledError:
-            await asyncio.wait({request})
-            if not request.cancelled():
-                request.exception()  # retrieved: whatever it says, the caller is stopping
-            raise
+            return await to_thread_to_the_end(partial(client.list_topics, timeout=wait))
         except KafkaException:
             said = refused() if refused is not None else None
             if said is not None:
