@@ -11,8 +11,11 @@ calls per event with a new connection, as the hooks connect (perf trace, bench/i
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TypeVar
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -45,7 +48,8 @@ async def to_thread_to_the_end(
     Cancelling ``to_thread`` leaves its thread running, and a caller that then cleans up (closes
     the client the thread is using) races it. Cancelled, this waits for the call to end, hands
     what it returned to ``abandoned`` (in a thread too: closing a client blocks), drops its
-    error, and raises the cancellation.
+    error, and raises the cancellation. A failure of ``abandoned`` is logged, never raised in
+    the cancellation's place: the caller is stopping, and its caller waits for that.
     """
     running = asyncio.ensure_future(asyncio.to_thread(call))
     try:
@@ -53,5 +57,8 @@ async def to_thread_to_the_end(
     except asyncio.CancelledError:
         await asyncio.wait({running})
         if not running.cancelled() and running.exception() is None and abandoned is not None:
-            await asyncio.to_thread(abandoned, running.result())
+            try:
+                await asyncio.to_thread(abandoned, running.result())
+            except Exception:
+                log.warning("cleaning up after a cancelled call failed", exc_info=True)
         raise
