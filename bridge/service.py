@@ -386,6 +386,7 @@ async def _serve_http(
         (_Listener(_uvicorn_config(app, settings, http=hook_protocol, tls=_is_tcp(s))), s)
         for s in _bind(settings)
     ]
+    metrics.listen_drops.watch(sock for _, sock in hooks if _is_tcp(sock))
     where = [_describe(sock, settings) for _, sock in hooks] + admin_where
     log.info(
         "login-audit-bridge %s serving on %s with the %s sink",

@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from bridge.metrics import EventCounts, Metrics
+from bridge.metrics import EventCounts, ListenDrops, Metrics
 from bridge.settings import ENV_PREFIX, Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -35,8 +35,8 @@ def metrics_table() -> str:
     metrics = Metrics(CollectorRegistry())
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for metric in vars(metrics).values():
-        if isinstance(metric, EventCounts):
-            # Families made at each scrape (bridge.metrics.EventCounts): what they describe.
+        if isinstance(metric, (EventCounts, ListenDrops)):
+            # Families made at each scrape (custom collectors): what they describe.
             for family in metric.describe():
                 suffix = "_total" if family.type == "counter" else ""
                 labels = ", ".join(f"`{label}`" for label in family._labelnames)

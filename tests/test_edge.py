@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -370,6 +372,46 @@ def test_a_body_trickled_after_an_early_401_is_cut_off(impatient: BridgeProcess)
         with Tricklers([sock]):  # each byte keeps the connection busy: only a deadline ends it
             answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 401 ")
+
+
+def test_connections_the_kernel_dropped_while_the_worker_stood_still_are_counted(
+    bridge: BridgeProcess,
+) -> None:
+    """A worker held up (stopped here, as a long stall is to the kernel) accepts nothing; past
+    its listen backlog (2048) the kernel drops the attempts, and the clients try again 1 s later.
+    No metric of the bridge's own sees them: login_audit_listen_drops_total does."""
+    assert bridge.process is not None
+    assert _metric_or_none(bridge, "login_audit_listen_drops_total") == 0
+    address = ("127.0.0.1", int(bridge.url.rsplit(":", 1)[1]))
+    clients = []
+    os.kill(bridge.process.pid, signal.SIGSTOP)
+    try:
+        for _ in range(2300):
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            clients.append(client)
+            client.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                client.connect(address)
+    finally:
+        os.kill(bridge.process.pid, signal.SIGCONT)
+        for client in clients:
+            client.close()
+    deadline = time.monotonic() + 10
+    while not _metric_or_none(bridge, "login_audit_listen_drops_total"):
+        assert time.monotonic() < deadline, "no connection counted as dropped"
+        time.sleep(0.1)
+
+
+def _metric_or_none(bridge: BridgeProcess, name: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{bridge.admin_url}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return None
 
 
 def _metric(bridge: BridgeProcess, name: str, **labels: str) -> float:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from bridge.metrics import LATENCY_BUCKETS, EventCounts, Metrics
+from bridge.metrics import LATENCY_BUCKETS, EventCounts, Metrics, listen_drops
 
 # Below, on and above bucket bounds, the first and last bound, and past the last (+Inf only).
 SECONDS = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.005, 0.0051, 0.25, 1, 3, 10, 11.5, 600]
@@ -136,3 +137,66 @@ def test_watching_the_process_again_keeps_one_set_of_its_families() -> None:
     exposition = generate_latest(metrics.registry).decode()
     assert exposition.count("# TYPE process_cpu_seconds_total counter") == 1
     assert exposition.count("# TYPE python_gc_collections_total counter") == 1
+
+
+def _overflow(listener: socket.socket, attempts: int) -> list[socket.socket]:
+    """Connects ``attempts`` clients that the listener never accepts; returns them to close."""
+    clients = []
+    for _ in range(attempts):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            client.connect(listener.getsockname())
+        clients.append(client)
+    return clients
+
+
+def _drops_seen(metrics: Metrics, within: float = 5.0) -> float:
+    deadline = time.monotonic() + within
+    while True:
+        drops = metrics.registry.get_sample_value("login_audit_listen_drops_total")
+        if drops or time.monotonic() > deadline:
+            return drops or 0.0
+        time.sleep(0.01)
+
+
+def test_connections_dropped_at_a_full_accept_queue_are_counted() -> None:
+    metrics = Metrics()
+    # A backlog of 1: the kernel queues two connections and drops the attempts past them.
+    with socket.create_server(("127.0.0.1", 0), backlog=1) as listener:
+        metrics.listen_drops.watch([listener])
+        assert metrics.registry.get_sample_value("login_audit_listen_drops_total") == 0
+        clients = _overflow(listener, 6)
+        try:
+            drops = _drops_seen(metrics)
+            # The kernel's own count, read after the scrape (a client tries again after 1 s).
+            assert 1 <= drops <= (listen_drops(listener) or 0)
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_a_closed_listener_keeps_what_it_dropped_in_the_total() -> None:
+    """A restart in one process serves on new sockets: the counter does not go back."""
+    metrics = Metrics()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1)
+    metrics.listen_drops.watch([listener])
+    clients = _overflow(listener, 6)
+    try:
+        drops = _drops_seen(metrics)
+        assert drops >= 1
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
+    assert listen_drops(listener) is None
+    with socket.create_server(("127.0.0.1", 0)) as again:
+        metrics.listen_drops.watch([again])
+        assert metrics.registry.get_sample_value("login_audit_listen_drops_total") == drops
+
+
+def test_without_a_listener_there_is_no_drop_sample_rather_than_a_zero() -> None:
+    metrics = Metrics()
+    assert metrics.registry.get_sample_value("login_audit_listen_drops_total") is None
+    exposition = generate_latest(metrics.registry).decode()
+    assert "login_audit_listen_drops_total" not in exposition

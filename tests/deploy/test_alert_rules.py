@@ -20,7 +20,8 @@ def test_plain_rules_file_is_the_charts_file() -> None:
 
 def test_promtool_check_rules_accepts_the_rules(tools: Tools) -> None:
     done = run(tools.promtool, "check", "rules", ALERTS)
-    assert "SUCCESS: 12 rules found" in done.stdout
+    # Every rule of the file, as YAML reads it: promtool skipped none.
+    assert f"SUCCESS: {len(alert_rules())} rules found" in done.stdout
 
 
 def test_promtool_unit_tests_pass(tools: Tools) -> None:
