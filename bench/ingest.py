@@ -1989,6 +1989,7 @@ class Bench:
                     spread([100 * r["new_connections"] for r, _ in runs], ".1f", " %"),
                     spread([100 * r["late_sends"] for r, _ in runs], ".1f", " %"),
                     spread([r["tcp"].get("RetransSegs", 0) for r, _ in runs]),
+                    spread([r["tcp"].get("ListenOverflows", 0) for r, _ in runs]),
                     percents([r["loop_lag"] for r, _ in runs], ".1f"),
                     f"{bad}" + (f" ({'; '.join(errors)[:120]})" if errors else ""),
                     spread([s.us_per_event for _, s in runs]),
@@ -2048,7 +2049,12 @@ class Bench:
             "own schedule (short of CPU itself, it then sends a burst to catch up). "
             "*TCP retransmits*: segments the machine's TCP sent again over the run (/proc/net/snmp "
             "RetransSegs; on loopback only after a drop, and each waits a loss probe or a 200 ms "
-            "timeout): a stall with them is the kernel's, not the bridge's.\n\n"
+            "timeout). *listen drops*: connection attempts the kernel dropped because the "
+            "server's accept queue was full (/proc/net/netstat ListenOverflows; the bridge's own "
+            "`login_audit_listen_drops_total`): each client tries again 1 s later, then 3 s, so "
+            "retransmits with them are the worker falling behind on new connections (a round "
+            "that collapsed at 7,850/s had 54,211 in 20 s, and a p99 of 8 s); retransmits "
+            "without them, the kernel's.\n\n"
             + table(
                 [
                     "offered",
@@ -2061,6 +2067,7 @@ class Bench:
                     "new connections",
                     f"sent > {LATE_SEND_MS:g} ms late",
                     "TCP retransmits",
+                    "listen drops",
                     "loop lag > 10 ms",
                     "non-2xx",
                     "µs CPU/event",
