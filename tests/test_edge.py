@@ -402,19 +402,13 @@ def test_connections_the_kernel_dropped_while_the_worker_stood_still_are_counted
         time.sleep(0.1)
 
 
-def _metric_or_none(bridge: BridgeProcess, name: str) -> float | None:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{bridge.admin_url}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    return None
-
-
 def _metric(bridge: BridgeProcess, name: str, **labels: str) -> float:
+    """The sample's value, 0 when the bridge exports none."""
+    value = _metric_or_none(bridge, name, **labels)
+    return 0.0 if value is None else value
+
+
+def _metric_or_none(bridge: BridgeProcess, name: str, **labels: str) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"{bridge.admin_url}/metrics", timeout=10) as reply:
@@ -423,7 +417,7 @@ def _metric(bridge: BridgeProcess, name: str, **labels: str) -> float:
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
-    return 0.0
+    return None
 
 
 class Tricklers:
