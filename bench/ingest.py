@@ -110,6 +110,14 @@ def share_label(share: float) -> str:
     return f"{100 * share:g} % max"
 
 
+OWN_SHARE_SUFFIX = "of its own max"
+
+
+def own_share_label(share: float) -> str:
+    """--kafka-floor-share's rows: a share of the Kafka floor's own maximum."""
+    return f"{100 * share:g} % {OWN_SHARE_SUFFIX}"
+
+
 TARGET_LABELS = (FIXED_LABEL, SET_LABEL, share_label(TARGET_SHARE))
 P50_MAX_MS = 5.0
 P99_MAX_MS = 20.0
@@ -139,6 +147,8 @@ class Plan:
     latency_rate: float | None = None
     # Those shares: 50 % is the issue's target; others show where the tail turns.
     latency_shares: tuple[float, ...] = (TARGET_SHARE,)
+    # Shares of the Kafka floor's own maximum to load it at too (KAFKA_FLOOR_OWN_WHY).
+    kafka_floor_shares: tuple[float, ...] = ()
 
     @classmethod
     def choose(cls, args: argparse.Namespace) -> Plan:
@@ -153,6 +163,7 @@ class Plan:
             latency_rounds=args.latency_rounds or plan.latency_rounds,
             latency_rate=args.latency_rate,
             latency_shares=tuple(sorted(set(args.latency_share or [TARGET_SHARE]))),
+            kafka_floor_shares=tuple(sorted(set(args.kafka_floor_share or []))),
         )
 
 
@@ -700,6 +711,19 @@ KAFKA_FLOOR_WHY = (
     "what the machine, the broker and the loop leave to any bridge that answers after Kafka's "
     "acknowledgement; the bridge's p99 over the Kafka floor's, within each round, is what the "
     "bridge's own work adds."
+)
+# --kafka-floor-share: the question it answers.
+KAFKA_FLOOR_OWN_WHY = (
+    "The issue's second latency rate is a share of the bridge's own maximum under wrk, so a "
+    "bridge made faster under wrk is loaded harder: while that maximum is the worker's CPU "
+    "limit, what sets how busy the rate keeps it is its CPU per event at a constant rate over "
+    "its CPU per event under wrk, not its speed (when wrk's 128 connections are held up by the "
+    "round trip through Kafka first, the maximum and the rate come out lower than the CPU "
+    "allows). Here the Kafka floor, which does nothing but publish, is loaded the same way: at "
+    "a share of its own maximum under wrk (measured once, 128 kept-alive connections, before "
+    "the rounds), in the same rounds. *busy*: CPU per request at the rate times the rate, the "
+    "share of one core the server used. If the Kafka floor cannot hold the p99 at 50 % of its "
+    "own maximum on this machine, no bridge on this loop can."
 )
 
 
@@ -1911,6 +1935,18 @@ class Bench:
                 warm = self.add(variant, KAFKA_FLOOR)
                 self.load.closed(warm.server.port, self.plan.warm_up)
         plans += [(v, self.single(v, KAFKA_FLOOR), rate, label) for v, _, rate, label in bridges]
+        # The Kafka floor at shares of its own maximum (KAFKA_FLOOR_OWN_WHY), by variant.
+        own_tops: dict[str, float] = {}
+        for variant in self.variants if self.plan.kafka_floor_shares else ():
+            floor = self.single(variant, KAFKA_FLOOR)
+            own_tops[variant.name] = self.load.closed(floor.server.port, self.plan.seconds).ok_per_s
+            print(
+                f"{variant.name} Kafka floor under wrk: {own_tops[variant.name]:,.0f}/s",
+                flush=True,
+            )
+            for part in self.plan.kafka_floor_shares:
+                label = own_share_label(part)
+                plans.append((variant, floor, part * own_tops[variant.name], label))
         # By (variant, rate, label): each round's vegeta result and sample.
         results: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
         floors: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]] = {}
@@ -2081,6 +2117,8 @@ class Bench:
             self.report.block(self._floor_at_rate(results, floors))
         if kafka_floors:
             self.report.block(self._kafka_floor_at_rate(results, kafka_floors))
+        if own_tops:
+            self.report.block(self._kafka_floor_own_share(results, kafka_floors, own_tops))
         self.report.block(self._threads_at_rate(results))
 
     @contextlib.contextmanager
@@ -2187,6 +2225,54 @@ class Bench:
                     "machine idle",
                     "bridge p99 ms",
                     "bridge p99 ÷ Kafka floor's",
+                ],
+                rows,
+            )
+        )
+
+    @staticmethod
+    def _kafka_floor_own_share(
+        results: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]],
+        kafka_floors: dict[tuple[str, int, str], list[tuple[dict[str, Any], Sample]]],
+        own_tops: dict[str, float],
+    ) -> str:
+        """The Kafka floor at shares of its own maximum, beside the bridge at shares of its."""
+
+        def row(who: str, rate: int, runs: list[tuple[dict[str, Any], Sample]]) -> list[str]:
+            return [
+                f"{who} at {rate:,}/s",
+                spread([r["p50_ms"] for r, _ in runs], ".2f"),
+                spread([r["p99_ms"] for r, _ in runs], ".2f"),
+                spread([r["max_ms"] for r, _ in runs], ".1f"),
+                spread([r["stalls"] for r, _ in runs]),
+                str(sum(r["requests"] - r["ok"] for r, _ in runs)),
+                spread([s.us_per_event for _, s in runs]),
+                spread([100 * s.us_per_event * 1e-6 * s.rate for _, s in runs], unit=" %"),
+                spread([100 * s.idle for _, s in runs], unit=" %"),
+            ]
+
+        rows = []
+        for (name, rate, label), runs in sorted(kafka_floors.items()):
+            if label.endswith(OWN_SHARE_SUFFIX):
+                who = f"{name}: Kafka floor, {label} ({own_tops[name]:,.0f}/s under wrk)"
+                rows.append(row(who, rate, runs))
+        for (name, rate, label), runs in sorted(results.items()):
+            if label != FIXED_LABEL:
+                rows.append(row(f"{name}: the bridge, {label}", rate, runs))
+        return (
+            "### The Kafka floor at a share of its own maximum\n\n"
+            f"{KAFKA_FLOOR_OWN_WHY}\n\n"
+            + table(
+                [
+                    "offered",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "stalls",
+                    "non-2xx",
+                    "µs CPU/request",
+                    "busy",
+                    "machine idle",
                 ],
                 rows,
             )
@@ -3031,6 +3117,15 @@ def main() -> int:
         help="a latency row at this share of the measured maximum (repeatable; default 0.5, "
         "the issue's target): e.g. --latency-share 0.35 --latency-share 0.5 shows where the "
         "tail turns, the highest rate a worker holds within the p99",
+    )
+    parser.add_argument(
+        "--kafka-floor-share",
+        type=share_of_maximum,
+        action="append",
+        metavar="SHARE",
+        help="also load the Kafka floor at this share of its own maximum under wrk (repeatable; "
+        "latency section): whether a server that only publishes holds the p99 at 50 %% of its "
+        "own maximum on this machine",
     )
     parser.add_argument(
         "--vegeta-max-connections",
