@@ -3225,6 +3225,8 @@ def main() -> int:
         )
     if args.restart and not args.paired:
         parser.error("--restart applies to --paired rounds")
+    if args.kafka_floor_share and "latency" not in args.only:
+        parser.error("--kafka-floor-share adds rows to the latency section; --only has none")
     if args.latency_rate is not None and args.latency_share:
         parser.error("--latency-rate sets the second rate itself: drop --latency-share")
     if args.paired and not {"cpu", "workers"} & args.only:
