@@ -727,6 +727,19 @@ KAFKA_FLOOR_OWN_WHY = (
 )
 
 
+def latency_cells(runs: list[tuple[dict[str, Any], Sample]]) -> list[str]:
+    """A server's latency rounds at one rate as table cells: p50, p99, max, stalls, non-2xx
+    answers and CPU per request."""
+    return [
+        spread([r["p50_ms"] for r, _ in runs], ".2f"),
+        spread([r["p99_ms"] for r, _ in runs], ".2f"),
+        spread([r["max_ms"] for r, _ in runs], ".1f"),
+        spread([r["stalls"] for r, _ in runs]),
+        str(sum(r["requests"] - r["ok"] for r, _ in runs)),
+        spread([s.us_per_event for _, s in runs]),
+    ]
+
+
 def histograms(server: Server) -> dict[str, dict[float, float]]:
     """The publish-duration and loop-lag histograms of one /metrics scrape: by histogram, the
     cumulative count per upper bound (s), summed over label sets (sinks, workers); one a bridge
@@ -2199,12 +2212,7 @@ class Bench:
             rows.append(
                 [
                     f"{name}: {rate:,}/s",
-                    spread([f["p50_ms"] for f, _ in beside], ".2f"),
-                    spread([f["p99_ms"] for f, _ in beside], ".2f"),
-                    spread([f["max_ms"] for f, _ in beside], ".1f"),
-                    spread([f["stalls"] for f, _ in beside]),
-                    str(sum(f["requests"] - f["ok"] for f, _ in beside)),
-                    spread([s.us_per_event for _, s in beside]),
+                    *latency_cells(beside),
                     spread([100 * s.idle for _, s in beside], unit=" %"),
                     spread([r["p99_ms"] for r, _ in runs], ".2f"),
                     spread(p99_ratio, ".2f", "x"),
@@ -2241,12 +2249,7 @@ class Bench:
         def row(who: str, rate: int, runs: list[tuple[dict[str, Any], Sample]]) -> list[str]:
             return [
                 f"{who} at {rate:,}/s",
-                spread([r["p50_ms"] for r, _ in runs], ".2f"),
-                spread([r["p99_ms"] for r, _ in runs], ".2f"),
-                spread([r["max_ms"] for r, _ in runs], ".1f"),
-                spread([r["stalls"] for r, _ in runs]),
-                str(sum(r["requests"] - r["ok"] for r, _ in runs)),
-                spread([s.us_per_event for _, s in runs]),
+                *latency_cells(runs),
                 spread([100 * s.us_per_event * 1e-6 * s.rate for _, s in runs], unit=" %"),
                 spread([100 * s.idle for _, s in runs], unit=" %"),
             ]
