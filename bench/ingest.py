@@ -269,6 +269,19 @@ def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
     return sum(proc_user_sys(pid, tid))
 
 
+def voluntary_switches(pid: int) -> int:
+    """How often a process's main thread (a bridge worker's event loop) blocked: waiting for
+    work, a lock or I/O (proc(5) voluntary_ctxt_switches); 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
 def thread_ids(pid: int) -> list[int]:
     try:
         return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
@@ -780,6 +793,7 @@ class Sample:
     seconds: float
     idle: float  # the whole machine's idle fraction
     threads: dict[str, float] = field(default_factory=dict)  # label -> CPU seconds
+    loop_sleeps: int = 0  # voluntary context switches of the processes' main threads
 
     @property
     def us_per_event(self) -> float:
@@ -800,6 +814,7 @@ class Meter:
         self.seconds = 0.0
         self.idle = 0.0
         self.threads: dict[str, float] = {}
+        self.loop_sleeps = 0
 
     def _threads(self, pids: list[int]) -> dict[tuple[int, int], float]:
         return {(p, t): proc_cpu_seconds(p, t) for p in pids for t in thread_ids(p)}
@@ -808,6 +823,7 @@ class Meter:
         self._pids = self._server.pids()
         self._before = {p: proc_cpu_seconds(p) for p in self._pids}
         self._thread_before = self._threads(self._pids) if self._labels is not None else {}
+        self._sleeps_before = {p: voluntary_switches(p) for p in self._pids}
         self._idle = machine_idle_seconds()
         self._started = time.monotonic()
         return self
@@ -817,6 +833,7 @@ class Meter:
         self.idle = (machine_idle_seconds() - self._idle) / (self.seconds * (os.cpu_count() or 1))
         pids = sorted(set(self._pids) | set(self._server.pids()))
         self.cpu = sum(proc_cpu_seconds(p) - self._before.get(p, 0.0) for p in pids)
+        self.loop_sleeps = sum(voluntary_switches(p) - self._sleeps_before.get(p, 0) for p in pids)
         if self._labels is not None:
             for key, used in self._threads(pids).items():
                 label = self._labels.get(key) or thread_label(*key, {})
@@ -2162,6 +2179,7 @@ class Bench:
             meter.seconds,
             meter.idle,
             meter.threads,
+            meter.loop_sleeps,
         )
 
     @staticmethod
@@ -2182,15 +2200,26 @@ class Bench:
                 f"{name}: {rate:,}/s",
                 *(spread([part(s, kind) for _, s in runs]) for kind in THREAD_KINDS),
                 spread([s.us_per_event for _, s in runs]),
+                spread([s.loop_sleeps / max(s.ok, 1) for _, s in runs], ".2f"),
             ]
             for (name, rate, _), runs in sorted(results.items())
         ]
         return (
             "### CPU per event at a constant rate, by thread: Kafka, 1 worker\n\n"
             "From /proc/PID/task/TID/stat over the same windows as the latency rows. At a low "
-            "rate each event wakes the process from idle, and its work runs cold.\n\n"
+            "rate each event wakes the process from idle, and its work runs cold. *loop "
+            "sleeps/event*: the event loop thread's voluntary context switches (its "
+            "/proc/PID/task/PID/status) per event, each a time it blocked with nothing to do (or "
+            "on a lock): several per event at a low rate; a few per hundred events where the loop "
+            "takes the requests that arrive while it works in one turn, so there its extra CPU "
+            "per event over wrk's is not the cost of waking up.\n\n"
             + table(
-                ["offered", *(f"{kind} µs/event" for kind in THREAD_KINDS), "process µs/event"],
+                [
+                    "offered",
+                    *(f"{kind} µs/event" for kind in THREAD_KINDS),
+                    "process µs/event",
+                    "loop sleeps/event",
+                ],
                 rows,
             )
         )
