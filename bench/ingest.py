@@ -2477,7 +2477,8 @@ class Bench:
 
     def penalty(self, share: float, pairs: int) -> None:
         """Alternating windows on one Kafka worker, under wrk and at ``share`` of wrk's rate,
-        each sampled by py-spy without stopping the process (PENALTY_WHY)."""
+        each sampled by py-spy without stopping the process (why: the comment above
+        PENALTY_SAMPLE_HZ)."""
         target = self.single(self.candidate, "kafka")
         spy = py_spy(required=True)
         assert spy is not None
@@ -2632,7 +2633,6 @@ def profile_tables(raw: Path, seconds: float, sink: str = "Kafka", top: int = 12
 # ones. py-spy --nonblocking reads the interpreter's stacks without stopping it: Python frames
 # only (native time is counted in the Python function that called it), and a sample now and
 # then may be torn.
-PENALTY_WHY = "where the CPU per event grows at a constant rate, without slowing the worker"
 PENALTY_SAMPLE_HZ = 250
 # The load runs this long before the samples start and after they end.
 PENALTY_MARGIN_SECONDS = 1.5
