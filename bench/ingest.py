@@ -269,17 +269,22 @@ def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
     return sum(proc_user_sys(pid, tid))
 
 
+def status_number(path: str, name: str) -> int:
+    """The number after ``name:`` in a proc(5) status file; 0 once the process is gone."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    return 0
+
+
 def voluntary_switches(pid: int) -> int:
     """How often a process's main thread (a bridge worker's event loop) blocked: waiting for
     work, a lock or I/O (proc(5) voluntary_ctxt_switches); 0 once it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    return 0
+    return status_number(f"/proc/{pid}/task/{pid}/status", "voluntary_ctxt_switches")
 
 
 def thread_ids(pid: int) -> list[int]:
@@ -322,14 +327,7 @@ def machine_idle_seconds() -> float:
 
 
 def rss_kib(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return status_number(f"/proc/{pid}/status", "VmRSS")
 
 
 def uvloop_loaded(pid: int) -> bool:
@@ -2519,37 +2517,39 @@ class Bench:
         try:
             time.sleep(PENALTY_MARGIN_SECONDS)
             events = metric(target.server, "login_audit_events_received_total")
-            cpu, loop_cpu = proc_cpu_seconds(pid), proc_cpu_seconds(pid, pid)
-            began = time.monotonic()
-            done = subprocess.run(
-                [
-                    str(spy),
-                    "record",
-                    "--nonblocking",
-                    "--gil",
-                    "--format",
-                    "raw",
-                    "--rate",
-                    str(PENALTY_SAMPLE_HZ),
-                    "--duration",
-                    f"{seconds:.0f}",
-                    "--pid",
-                    str(pid),
-                    "--output",
-                    str(raw),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            elapsed = time.monotonic() - began
+            meter = Meter(target.server, target.labels or {})
+            with meter:
+                done = subprocess.run(
+                    [
+                        str(spy),
+                        "record",
+                        "--nonblocking",
+                        "--gil",
+                        "--format",
+                        "raw",
+                        "--rate",
+                        str(PENALTY_SAMPLE_HZ),
+                        "--duration",
+                        f"{seconds:.0f}",
+                        "--pid",
+                        str(pid),
+                        "--output",
+                        str(raw),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
             events = metric(target.server, "login_audit_events_received_total") - events
-            cpu, loop_cpu = proc_cpu_seconds(pid) - cpu, proc_cpu_seconds(pid, pid) - loop_cpu
         finally:
             load.join()
         if done.returncode != 0 or not raw.exists() or events <= 0:
             raise SystemExit(f"penalty: py-spy record failed: {done.stderr.strip()[-500:]}")
-        return PenaltyWindow(kind, events, elapsed, cpu, loop_cpu, innermost_samples(raw))
+        loop = sum(
+            cpu for label, cpu in meter.threads.items() if thread_kind(label) == THREAD_KINDS[0]
+        )
+        samples = innermost_samples(raw)
+        return PenaltyWindow(kind, events, meter.seconds, meter.cpu, loop, samples)
 
 
 def purge_queues(lab: Lab) -> None:
