@@ -17,8 +17,9 @@ what it started by PID, prints Markdown and writes it to ``bench/results/``. Sec
 - ``profile``: py-spy ``--native --gil`` on the Kafka worker under load (top frames), and
   ``perf trace -s`` (syscalls per event) when perf is installed.
 - ``penalty``: where the Kafka worker's CPU per event grows at a constant rate: py-spy
-  ``--nonblocking --gil`` (the process is never stopped) in alternating windows under wrk and
-  under vegeta at ``--penalty-share`` of wrk's rate, in µs per event per component and function.
+  ``--nonblocking --gil`` (the process is never stopped) in alternating windows under wrk,
+  closed-loop vegeta and vegeta at ``--penalty-share`` of wrk's rate, in µs per event per
+  component and function.
 - ``checks``: what must not regress: shim CPU (bench/shim_startup.py), spool drain rate,
   RSS per worker (sampled over every run).
 
@@ -324,6 +325,17 @@ def process_tree(roots: list[int]) -> list[int]:
 def machine_idle_seconds() -> float:
     cpu = Path("/proc/stat").read_text().splitlines()[0].split()
     return (int(cpu[4]) + int(cpu[5])) / TICKS  # idle + iowait
+
+
+def machine_halts() -> int:
+    """How many times the machine's CPUs went idle in a state deeper than polling (on a VM
+    each is an exit to the host, and the wake-up that ends it a trip back), summed over
+    CPUs; 0 where the kernel has no cpuidle driver."""
+    total = 0
+    for state in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpuidle/state[0-9]*"):
+        if (state / "name").read_text().strip() != "POLL":
+            total += int((state / "usage").read_text())
+    return total
 
 
 def rss_kib(pid: int) -> int:
@@ -813,6 +825,7 @@ class Meter:
         self.idle = 0.0
         self.threads: dict[str, float] = {}
         self.loop_sleeps = 0
+        self.halts = 0
 
     def _threads(self, pids: list[int]) -> dict[tuple[int, int], float]:
         return {(p, t): proc_cpu_seconds(p, t) for p in pids for t in thread_ids(p)}
@@ -823,12 +836,14 @@ class Meter:
         self._thread_before = self._threads(self._pids) if self._labels is not None else {}
         self._sleeps_before = {p: voluntary_switches(p) for p in self._pids}
         self._idle = machine_idle_seconds()
+        self._halts = machine_halts()
         self._started = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.monotonic() - self._started
         self.idle = (machine_idle_seconds() - self._idle) / (self.seconds * (os.cpu_count() or 1))
+        self.halts = machine_halts() - self._halts
         pids = sorted(set(self._pids) | set(self._server.pids()))
         self.cpu = sum(proc_cpu_seconds(p) - self._before.get(p, 0.0) for p in pids)
         self.loop_sleeps = sum(voluntary_switches(p) - self._sleeps_before.get(p, 0) for p in pids)
@@ -1149,6 +1164,34 @@ class Load:
         script = self.timed_per_event if per_event else self.timed
         argv = self._argv(port, ["-d", f"{seconds:g}s", "-s", str(script)], connections)
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def closed_vegeta(self, port: int, seconds: float, workers: int = WRK_CONNECTIONS) -> None:
+        """vegeta in a closed loop: `workers` requests in flight, each sent when the last
+        answer is in, like wrk's connections; its answers are not read."""
+        if self.vegeta is None:
+            self.vegeta = ensure_vegeta()
+        targets = self.scratch / f"vegeta-{port}.jsonl"
+        if not targets.exists():
+            write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
+        subprocess.run(
+            [
+                str(self.vegeta),
+                "attack",
+                "-format=json",
+                f"-targets={targets}",
+                "-rate=0",
+                f"-workers={workers}",
+                f"-max-workers={workers}",
+                f"-duration={seconds:g}s",
+                "-timeout=10s",
+                "-http2=false",
+                "-max-body=0",
+                "-output=/dev/null",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=True,
+        )
 
     @staticmethod
     def finish(wrk: subprocess.Popen[str]) -> Closed:
@@ -2425,7 +2468,10 @@ class Bench:
     def load_for(
         self, target: Target, seconds: float, *, per_event: bool, rate: float | None
     ) -> None:
-        if rate is None:
+        """wrk when `rate` is None, closed-loop vegeta when it is 0, else vegeta at `rate`/s."""
+        if rate == 0:
+            self.load.closed_vegeta(target.server.port, seconds)
+        elif rate is None:
             self.load.closed(target.server.port, seconds, per_event=per_event)
         else:
             self.load.fixed_rate(target.server.port, rate, seconds)
@@ -2474,9 +2520,9 @@ class Bench:
     # -- penalty
 
     def penalty(self, share: float, pairs: int) -> None:
-        """Alternating windows on one Kafka worker, under wrk and at ``share`` of wrk's rate,
-        each sampled by py-spy without stopping the process (why: the comment above
-        PENALTY_SAMPLE_HZ)."""
+        """Alternating windows on one Kafka worker, under wrk, under closed-loop vegeta and at
+        ``share`` of wrk's rate, each sampled by py-spy without stopping the process (why: the
+        comment above PENALTY_SAMPLE_HZ)."""
         target = self.single(self.candidate, "kafka")
         spy = py_spy(required=True)
         assert spy is not None
@@ -2488,10 +2534,12 @@ class Bench:
         rate: float | None = None
         windows: list[PenaltyWindow] = []
         for _ in range(max(1, pairs)):
-            for kind in ("wrk", "rate"):
+            for kind in ("wrk", "vegeta", "rate"):
                 if kind == "rate" and rate is None:
                     rate = share * windows[0].events / windows[0].seconds
-                shown = "wrk" if kind == "wrk" else f"vegeta at {rate:,.0f}/s"
+                shown = {"wrk": "wrk", "vegeta": "vegeta, closed loop"}.get(kind) or (
+                    f"vegeta at {rate:,.0f}/s"
+                )
                 print(f"penalty: py-spy --nonblocking --gil for {seconds:g} s: {shown}", flush=True)
                 windows.append(self._penalty_window(target, spy, pid, seconds, kind, rate))
         assert rate is not None
@@ -2511,7 +2559,7 @@ class Bench:
         load = threading.Thread(
             target=self.load_for,
             args=(target, seconds + 2 * PENALTY_MARGIN_SECONDS),
-            kwargs={"per_event": False, "rate": rate if kind == "rate" else None},
+            kwargs={"per_event": False, "rate": {"rate": rate, "vegeta": 0.0}.get(kind)},
         )
         load.start()
         try:
@@ -2549,7 +2597,7 @@ class Bench:
             cpu for label, cpu in meter.threads.items() if thread_kind(label) == THREAD_KINDS[0]
         )
         samples = innermost_samples(raw)
-        return PenaltyWindow(kind, events, meter.seconds, meter.cpu, loop, samples)
+        return PenaltyWindow(kind, events, meter.seconds, meter.cpu, loop, meter.halts, samples)
 
 
 def purge_queues(lab: Lab) -> None:
@@ -2648,6 +2696,7 @@ class PenaltyWindow:
     seconds: float
     cpu_seconds: float  # the whole process
     loop_seconds: float  # its main thread: the event loop
+    halts: int  # the machine's CPUs going idle (machine_halts)
     samples: dict[str, int]
 
     def us(self, seconds: float) -> float:
@@ -2700,23 +2749,17 @@ def penalty_tables(windows: list[PenaltyWindow], rate: float, share: float, top:
     def rates(group: list[PenaltyWindow]) -> str:
         return spread([w.events / w.seconds for w in group])
 
+    groups = [g for g in (closed, [w for w in windows if w.kind == "vegeta"], fixed) if g]
+    measures: list[tuple[str, Callable[[PenaltyWindow], float], str]] = [
+        ("events/s", lambda w: w.events / w.seconds, ",.0f"),
+        ("process CPU, µs/event", lambda w: w.us(w.cpu_seconds), ".1f"),
+        ("event loop thread CPU, µs/event", lambda w: w.us(w.loop_seconds), ".1f"),
+        ("GIL held (samples), µs/event", lambda w: sum(w.per_event().values()), ".1f"),
+        ("CPU halts (whole machine), per event", lambda w: w.halts / w.events, ".2f"),
+    ]
     summary = [
-        ["events/s", rates(closed), rates(fixed)],
-        [
-            "process CPU, µs/event",
-            cells(closed, lambda w: w.us(w.cpu_seconds)),
-            cells(fixed, lambda w: w.us(w.cpu_seconds)),
-        ],
-        [
-            "event loop thread CPU, µs/event",
-            cells(closed, lambda w: w.us(w.loop_seconds)),
-            cells(fixed, lambda w: w.us(w.loop_seconds)),
-        ],
-        [
-            "GIL held (samples), µs/event",
-            cells(closed, lambda w: sum(w.per_event().values())),
-            cells(fixed, lambda w: sum(w.per_event().values())),
-        ],
+        [name, *(spread([what(w) for w in group], spec) for group in groups)]
+        for name, what, spec in measures
     ]
 
     def growth(key: Callable[[str], str], limit: int) -> list[list[str]]:
@@ -2736,7 +2779,12 @@ def penalty_tables(windows: list[PenaltyWindow], rate: float, share: float, top:
             for k in ranked[:limit]
         ]
 
-    heads = ["", "under wrk", f"at {rate:,.0f}/s"]
+    heads = [
+        "",
+        "under wrk",
+        *(["vegeta, closed loop"] if len(groups) == 3 else []),
+        f"at {rate:,.0f}/s",
+    ]
     grown = ["µs/event under wrk", f"at {rate:,.0f}/s", "difference"]
     return (
         f"### Where the CPU per event grows at a constant rate: Kafka, 1 worker, wrk against "
@@ -3448,8 +3496,9 @@ def main() -> int:
         "--penalty-windows",
         type=int,
         metavar="N",
-        help="the penalty section's pairs of windows, one under wrk and one at the constant "
-        "rate each, of the profile's length (20 s, quick 3 s; default 2 pairs)",
+        help="the penalty section's rounds of windows, one under wrk, one under closed-loop "
+        "vegeta and one at the constant rate each, of the profile's length (20 s, quick 3 s; "
+        "default 2 rounds)",
     )
     parser.add_argument(
         "--pin-servers",
