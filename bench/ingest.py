@@ -2743,12 +2743,6 @@ def penalty_tables(windows: list[PenaltyWindow], rate: float, share: float, top:
     closed = [w for w in windows if w.kind == "wrk"]
     fixed = [w for w in windows if w.kind == "rate"]
 
-    def cells(group: list[PenaltyWindow], what: Callable[[PenaltyWindow], float]) -> str:
-        return spread([what(w) for w in group], ".1f")
-
-    def rates(group: list[PenaltyWindow]) -> str:
-        return spread([w.events / w.seconds for w in group])
-
     groups = [g for g in (closed, [w for w in windows if w.kind == "vegeta"], fixed) if g]
     measures: list[tuple[str, Callable[[PenaltyWindow], float], str]] = [
         ("events/s", lambda w: w.events / w.seconds, ",.0f"),
