@@ -1165,29 +1165,31 @@ class Load:
         argv = self._argv(port, ["-d", f"{seconds:g}s", "-s", str(script)], connections)
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def closed_vegeta(self, port: int, seconds: float, workers: int = WRK_CONNECTIONS) -> None:
-        """vegeta in a closed loop: `workers` requests in flight, each sent when the last
-        answer is in, like wrk's connections; its answers are not read."""
+    def _vegeta_attack(self, port: int, seconds: float, options: list[str]) -> list[str]:
+        """The argv of a vegeta attack on the port's targets for `seconds`, plus `options`."""
         if self.vegeta is None:
             self.vegeta = ensure_vegeta()
         targets = self.scratch / f"vegeta-{port}.jsonl"
         if not targets.exists():
             write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
+        return [
+            str(self.vegeta),
+            "attack",
+            "-format=json",
+            f"-targets={targets}",
+            f"-duration={seconds:g}s",
+            "-timeout=10s",
+            "-http2=false",
+            "-max-body=0",
+            *options,
+        ]
+
+    def closed_vegeta(self, port: int, seconds: float, workers: int = WRK_CONNECTIONS) -> None:
+        """vegeta in a closed loop: `workers` requests in flight, each sent when the last
+        answer is in, like wrk's connections; its answers are not read."""
+        options = ["-rate=0", f"-workers={workers}", f"-max-workers={workers}", "-output=/dev/null"]
         subprocess.run(
-            [
-                str(self.vegeta),
-                "attack",
-                "-format=json",
-                f"-targets={targets}",
-                "-rate=0",
-                f"-workers={workers}",
-                f"-max-workers={workers}",
-                f"-duration={seconds:g}s",
-                "-timeout=10s",
-                "-http2=false",
-                "-max-body=0",
-                "-output=/dev/null",
-            ],
+            self._vegeta_attack(port, seconds, options),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             check=True,
@@ -1245,28 +1247,19 @@ class Load:
         `window()` is entered about when the counted requests start and left when the last
         answer is in: the caller's meters run there.
         """
-        if self.vegeta is None:
-            self.vegeta = ensure_vegeta()
-        targets = self.scratch / f"vegeta-{port}.jsonl"
-        if not targets.exists():
-            write_vegeta_targets(targets, f"http://127.0.0.1:{port}", self.pairs)
         results = self.scratch / "vegeta.bin"
         per_s = max(1, round(rate))
         limit = self.vegeta_connections
         attack = subprocess.Popen(
-            [
-                str(self.vegeta),
-                "attack",
-                "-format=json",
-                f"-targets={targets}",
-                f"-rate={per_s}/1s",
-                f"-duration={warm_up + seconds:g}s",
-                "-timeout=10s",
-                "-http2=false",
-                "-max-body=0",
-                *([f"-max-connections={limit}"] if limit else []),
-                f"-output={results}",
-            ],
+            self._vegeta_attack(
+                port,
+                warm_up + seconds,
+                [
+                    f"-rate={per_s}/1s",
+                    *([f"-max-connections={limit}"] if limit else []),
+                    f"-output={results}",
+                ],
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -1284,6 +1277,7 @@ class Load:
             raise subprocess.CalledProcessError(attack.returncode, attack.args, "", err)
         after = tcp_counters()
         tcp = {name: after[name] - before[name] for name in TCP_SHOWN if name in after}
+        assert self.vegeta is not None  # set by _vegeta_attack
         hits = read_hits(self.vegeta, results)
         counted = [hit for hit in hits if hit.seq >= warm_up * per_s]
         latencies = sorted(hit.latency_ns for hit in counted)
@@ -2468,10 +2462,7 @@ class Bench:
     def load_for(
         self, target: Target, seconds: float, *, per_event: bool, rate: float | None
     ) -> None:
-        """wrk when `rate` is None, closed-loop vegeta when it is 0, else vegeta at `rate`/s."""
-        if rate == 0:
-            self.load.closed_vegeta(target.server.port, seconds)
-        elif rate is None:
+        if rate is None:
             self.load.closed(target.server.port, seconds, per_event=per_event)
         else:
             self.load.fixed_rate(target.server.port, rate, seconds)
@@ -2519,7 +2510,7 @@ class Bench:
 
     # -- penalty
 
-    def penalty(self, share: float, pairs: int) -> None:
+    def penalty(self, share: float, rounds: int) -> None:
         """Alternating windows on one Kafka worker, under wrk, under closed-loop vegeta and at
         ``share`` of wrk's rate, each sampled by py-spy without stopping the process (why: the
         comment above PENALTY_SAMPLE_HZ)."""
@@ -2533,13 +2524,11 @@ class Bench:
         self.load.closed(target.server.port, self.plan.warm_up * 3)
         rate: float | None = None
         windows: list[PenaltyWindow] = []
-        for _ in range(max(1, pairs)):
-            for kind in ("wrk", "vegeta", "rate"):
+        for _ in range(max(1, rounds)):
+            for kind in (*PENALTY_LOADS, "rate"):
                 if kind == "rate" and rate is None:
                     rate = share * windows[0].events / windows[0].seconds
-                shown = {"wrk": "wrk", "vegeta": "vegeta, closed loop"}.get(kind) or (
-                    f"vegeta at {rate:,.0f}/s"
-                )
+                shown = f"vegeta at {rate:,.0f}/s" if kind == "rate" else PENALTY_LOADS[kind]
                 print(f"penalty: py-spy --nonblocking --gil for {seconds:g} s: {shown}", flush=True)
                 windows.append(self._penalty_window(target, spy, pid, seconds, kind, rate))
         assert rate is not None
@@ -2556,11 +2545,13 @@ class Bench:
     ) -> PenaltyWindow:
         raw = self.lab.scratch / f"penalty-{uuid.uuid4().hex[:8]}.txt"
         # The load starts first and outlasts the samples, so that every sample sees it.
-        load = threading.Thread(
-            target=self.load_for,
-            args=(target, seconds + 2 * PENALTY_MARGIN_SECONDS),
-            kwargs={"per_event": False, "rate": {"rate": rate, "vegeta": 0.0}.get(kind)},
-        )
+        port, span = target.server.port, seconds + 2 * PENALTY_MARGIN_SECONDS
+        runs: dict[str, Callable[[], object]] = {
+            "wrk": lambda: self.load.closed(port, span),
+            "vegeta": lambda: self.load.closed_vegeta(port, span),
+            "rate": lambda: self.load.fixed_rate(port, rate or 0.0, span),
+        }
+        load = threading.Thread(target=runs[kind])
         load.start()
         try:
             time.sleep(PENALTY_MARGIN_SECONDS)
@@ -2682,6 +2673,9 @@ def profile_tables(raw: Path, seconds: float, sink: str = "Kafka", top: int = 12
 # only (native time is counted in the Python function that called it), and a sample now and
 # then may be torn.
 PENALTY_SAMPLE_HZ = 250
+# The closed loads of a penalty round, by window kind; the third kind, "rate", is vegeta at the
+# section's constant rate.
+PENALTY_LOADS = {"wrk": "under wrk", "vegeta": "vegeta, closed loop"}
 # The load runs this long before the samples start and after they end.
 PENALTY_MARGIN_SECONDS = 1.5
 
@@ -2743,7 +2737,14 @@ def penalty_tables(windows: list[PenaltyWindow], rate: float, share: float, top:
     closed = [w for w in windows if w.kind == "wrk"]
     fixed = [w for w in windows if w.kind == "rate"]
 
-    groups = [g for g in (closed, [w for w in windows if w.kind == "vegeta"], fixed) if g]
+    columns = [
+        (head, group)
+        for head, group in [
+            *((h, [w for w in windows if w.kind == k]) for k, h in PENALTY_LOADS.items()),
+            (f"at {rate:,.0f}/s", fixed),
+        ]
+        if group
+    ]
     measures: list[tuple[str, Callable[[PenaltyWindow], float], str]] = [
         ("events/s", lambda w: w.events / w.seconds, ",.0f"),
         ("process CPU, µs/event", lambda w: w.us(w.cpu_seconds), ".1f"),
@@ -2752,7 +2753,7 @@ def penalty_tables(windows: list[PenaltyWindow], rate: float, share: float, top:
         ("CPU halts (whole machine), per event", lambda w: w.halts / w.events, ".2f"),
     ]
     summary = [
-        [name, *(spread([what(w) for w in group], spec) for group in groups)]
+        [name, *(spread([what(w) for w in group], spec) for _, group in columns)]
         for name, what, spec in measures
     ]
 
@@ -2773,12 +2774,7 @@ def penalty_tables(windows: list[PenaltyWindow], rate: float, share: float, top:
             for k in ranked[:limit]
         ]
 
-    heads = [
-        "",
-        "under wrk",
-        *(["vegeta, closed loop"] if len(groups) == 3 else []),
-        f"at {rate:,.0f}/s",
-    ]
+    heads = ["", *(head for head, _ in columns)]
     grown = ["µs/event under wrk", f"at {rate:,.0f}/s", "difference"]
     return (
         f"### Where the CPU per event grows at a constant rate: Kafka, 1 worker, wrk against "
