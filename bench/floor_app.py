@@ -16,11 +16,15 @@ On start it prints one line, ``floor: loop=<class> http=<class>``, which the ben
 checks (no line: the bridge's code path changed, and this process may be serving the real
 bridge; update this file) and reports beside the results.
 
-``--publish kafka --vector V`` makes it the *Kafka floor*: every answer then waits for the
-delivery report of one event, built and encoded once at start-up from the SFTPGo HTTP-mode
-vector ``V``, sent through the bridge's own Kafka sink (``KafkaSink.send``, with the producer
-settings the bridge takes from the same ``BRIDGE_KAFKA_*`` variables). It still reads each
-request's whole body, but routes, parses, normalizes and encodes nothing. Its latency at a
+``--publish kafka --vector V [--vector W ...]`` makes it the *Kafka floor*: every answer then
+waits for the delivery report of one event, the next of the vectors' events in turn, each built
+and encoded once at start-up from an SFTPGo HTTP-mode vector, sent through the bridge's own
+Kafka sink (``KafkaSink.send``, with the producer settings the bridge takes from the same
+``BRIDGE_KAFKA_*`` variables). Given the vectors the bridge is sent, it publishes the same mix
+of successes and failures, so to the same topics: librdkafka sends one produce request per
+partition, so a floor that publishes to one topic asks the broker for half the requests a
+bridge splitting by status does. It still reads each request's whole body, but routes,
+parses, normalizes and encodes nothing. Its latency at a
 constant rate is what the loop, the broker and the machine leave to any bridge that answers
 after Kafka's acknowledgement: no bridge on this loop and machine does better.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import json
 import sys
 import urllib.parse
@@ -83,39 +88,43 @@ def serving(send_event: Callable[[], Awaitable[None]] | None = None) -> App:
 
 
 async def kafka_sink(
-    settings: Any, vector: dict[str, Any]
+    settings: Any, vectors: list[dict[str, Any]]
 ) -> tuple[Any, Callable[[], Awaitable[None]]]:
-    """The bridge's Kafka sink, started, and a call sending the vector's event through it."""
+    """The bridge's Kafka sink, started, and a call sending the vectors' events through it, one
+    per call, in turn."""
     from bridge.codec import AvroCodec
     from bridge.encode import Encoder, build_wire_encoder
     from bridge.metrics import Metrics
     from bridge.normalize import Normalizer
     from bridge.sinks import build_sink
 
-    query = dict(urllib.parse.parse_qsl(vector["raw_query"], keep_blank_values=True))
     normalizer = Normalizer(sftpgo_user_fields=settings.sftpgo_user_fields)
-    event = normalizer.sftpgo_from_http(query, vector["raw_body"].encode())
     codec = AvroCodec()
-    encoded = Encoder(codec).encode(event)
+    encoded = []
+    for vector in vectors:
+        query = dict(urllib.parse.parse_qsl(vector["raw_query"], keep_blank_values=True))
+        event = normalizer.sftpgo_from_http(query, vector["raw_body"].encode())
+        encoded.append(Encoder(codec).encode(event))
     encoder = build_wire_encoder(settings, codec)
     sink = build_sink(settings, codec=codec, encoder=encoder, metrics=Metrics())
     await sink.start()
-    return sink, lambda: sink.send(encoded)
+    events = itertools.cycle(encoded)
+    return sink, lambda: sink.send(next(events))
 
 
 async def serve_floor(
     settings: Any,
     *,
     publish: str | None = None,
-    vector: dict[str, Any] | None = None,
+    vectors: list[dict[str, Any]] | None = None,
     **_: object,
 ) -> None:
     """Stands in for ``bridge.service.serve``: the bridge's sockets and Config, the floor's app."""
     sink = None
     application = serving()
     if publish == "kafka":
-        assert vector is not None  # main() requires it with --publish
-        sink, send_event = await kafka_sink(settings, vector)
+        assert vectors  # main() requires them with --publish
+        sink, send_event = await kafka_sink(settings, vectors)
         application = serving(send_event)
     try:
         config = service._uvicorn_config(application, settings)
@@ -154,13 +163,18 @@ def main() -> int:
         help="answer each request after one event's delivery report from the bridge's Kafka sink",
     )
     parser.add_argument(
-        "--vector", type=Path, help="the SFTPGo HTTP-mode vector (JSON) whose event --publish sends"
+        "--vector",
+        type=Path,
+        action="append",
+        default=[],
+        help="an SFTPGo HTTP-mode vector (JSON) whose event --publish sends; repeat it to send "
+        "several events in turn",
     )
     args = parser.parse_args()
-    if args.publish and args.vector is None:
+    if args.publish and not args.vector:
         parser.error("--publish needs --vector")
-    vector = json.loads(args.vector.read_text(encoding="utf-8")) if args.vector else None
-    service.serve = functools.partial(serve_floor, publish=args.publish, vector=vector)
+    vectors = [json.loads(path.read_text(encoding="utf-8")) for path in args.vector]
+    service.serve = functools.partial(serve_floor, publish=args.publish, vectors=vectors)
     return int(cli.main(serve_argv()))
 
 

@@ -49,6 +49,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -423,6 +424,12 @@ class Brokers:
     own: bool
     started_here: bool
 
+    @property
+    def kafka_run(self) -> Path:
+        """The Kafka broker's run directory (scripts/brokers' KAFKA_RUN), where its gc.log is."""
+        env = OWN_BROKER_ENV if self.own else os.environ
+        return Path(env.get("LOGIN_AUDIT_RUN", CACHE / "run")) / "kafka"
+
 
 # The bench's own brokers (own run directory, own ports): the spool check stops and starts
 # Kafka, which must not disturb a test run using the shared ones, nor be disturbed by it. The
@@ -608,7 +615,9 @@ class Lab:
         argv = [PYTHON, str(REPO / "bench" / "floor_app.py")]
         if kafka:
             env = self.bridge_env(variant, "kafka", port, data_dir)
-            argv += ["--publish", "kafka", "--vector", str(floor_vector())]
+            argv += ["--publish", "kafka"]
+            for path, _ in http_vectors():
+                argv += ["--vector", str(path)]
         else:
             env = {
                 **variant.env(),
@@ -711,6 +720,7 @@ TCP_SHOWN = (
     "TCPRcvQDrop",
     "DelayedACKs",
     "TCPAbortOnTimeout",
+    "SoftnetDrops",
 )
 WARM_UP_S = 2.0  # of a latency round, by the vegeta process that measures it
 LATE_SEND_MS = 10.0  # a request vegeta sent this far behind its schedule was held up there
@@ -728,15 +738,23 @@ FLOOR_AT_RATE_WHY = (
 )
 
 KAFKA_FLOOR = "kafka-floor"
+GC_PAUSES_WHY = (
+    "the test broker's stop-the-world collections (its gc.log: G1, MaxGCPauseMillis=20) "
+    "logged during each round's window, how many and the longest: a stall with a long one is "
+    "the broker's, whoever's answers waited."
+)
 # Why the latency section loads a floor that publishes too (bench/README, "Latency").
 KAFKA_FLOOR_WHY = (
-    "The Kafka floor is bench/floor_app.py answering each request once the bridge's own Kafka "
-    "sink (KafkaSink.send, the bridge's producer settings, the same broker and topics) has the "
-    "delivery report of one event encoded at start-up: the same loop, HTTP server and publish "
-    "as the bridge, without routing, parsing, normalizing or encoding. Its latency at a rate is "
-    "what the machine, the broker and the loop leave to any bridge that answers after Kafka's "
-    "acknowledgement; the bridge's p99 over the Kafka floor's, within each round, is what the "
-    "bridge's own work adds."
+    "The Kafka floor is bench/floor_app.py answering each request once the bridge's own "
+    "Kafka sink (KafkaSink.send, the bridge's producer settings, the same broker and "
+    "topics) has the delivery report of one event encoded at start-up, the next of the "
+    "events of the vectors the bridge is sent, in turn (so the same mix of successes and "
+    "failures, to the same two topics: librdkafka sends one produce request per "
+    "partition): the same loop, HTTP server and publish as the bridge, without routing, "
+    "parsing, normalizing or encoding. Its latency at a rate is what the machine, the "
+    "broker and the loop leave to any bridge that answers after Kafka's acknowledgement; "
+    "the bridge's p99 over the Kafka floor's, within each round, is what the bridge's own "
+    "work adds."
 )
 # --kafka-floor-share: the question it answers.
 KAFKA_FLOOR_OWN_WHY = (
@@ -751,6 +769,13 @@ KAFKA_FLOOR_OWN_WHY = (
     "share of one core the server used. If the Kafka floor cannot hold the p99 at 50 % of its "
     "own maximum on this machine, no bridge on this loop can."
 )
+
+
+def gc_cell(results: list[dict[str, Any]]) -> str:
+    """The broker's collection pauses in each round's window: how many, and the longest (ms)."""
+    counts = [float(len(r["gc_ms"])) for r in results]
+    longest = [max(r["gc_ms"], default=0.0) for r in results]
+    return f"{spread(counts)}, longest {spread(longest, '.0f')} ms"
 
 
 def latency_cells(runs: list[tuple[dict[str, Any], Sample]]) -> list[str]:
@@ -978,11 +1003,6 @@ def http_vectors() -> list[tuple[Path, dict[str, Any]]]:
 def request_pairs() -> list[tuple[str, str]]:
     """(path, body) of every HTTP-mode SFTPGo vector, as SFTPGo's HTTP hook sends them."""
     return [(f"{HOOK_PATH}?{v['raw_query']}", v["raw_body"]) for _, v in http_vectors()]
-
-
-def floor_vector() -> Path:
-    """The vector whose event the Kafka floor sends for every request: the first one."""
-    return http_vectors()[0][0]
 
 
 def lua_string(text: str) -> str:
@@ -1267,8 +1287,10 @@ class Load:
         try:
             time.sleep(warm_up)
             before = tcp_counters()
+            started = time.time()
             with window():
                 _, err = attack.communicate()
+            ended = time.time()
         finally:
             if attack.poll() is None:
                 attack.kill()
@@ -1295,6 +1317,7 @@ class Load:
             # a stall turns into new connections, which cost the bridge more than kept-alive.
             "new_connections": tcp.get("PassiveOpens", 0) / max(1, len(counted)),
             "tcp": tcp,
+            "window": (started, ended),
             **stall_windows(hits, counted, per_s),
         }
 
@@ -1356,7 +1379,32 @@ def tcp_counters() -> dict[str, int]:
         for names, values in zip(lines[::2], lines[1::2], strict=True):
             if names[0] in ("Tcp:", "TcpExt:"):
                 counters.update(zip(names[1:], map(int, values[1:]), strict=True))
+    # Segments dropped because a CPU's input backlog (net.core.netdev_max_backlog) was full:
+    # on loopback every segment passes through that queue, so each drop is one TCP sends again.
+    softnet = Path("/proc/net/softnet_stat").read_text().splitlines()
+    counters["SoftnetDrops"] = sum(int(line.split()[1], 16) for line in softnet)
     return counters
+
+
+# A stop-the-world pause in the broker's gc.log (scripts/brokers starts Kafka with
+# -Xlog:gc:...:time): "[2026-12-05T17:55:01.123+0000] GC(3) Pause Young (Normal) ... 3.456ms".
+GC_PAUSE = re.compile(r"^\[(?P<at>[^\]]+)\] GC\(\d+\) Pause .* (?P<ms>\d+(?:\.\d+)?)ms$")
+
+
+def broker_pauses(run: Path, start: float, end: float) -> list[float]:
+    """The Kafka broker's collection pauses (ms) logged between two wall-clock times (s since
+    the epoch), from its gc.log and the rotated ones beside it; [] when there is no log (a
+    broker started before it logged its collections)."""
+    pauses = []
+    for path in sorted(run.glob("gc.log*")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            found = GC_PAUSE.match(line)
+            if found is None:
+                continue
+            at = datetime.strptime(found["at"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            if start <= at <= end:
+                pauses.append(float(found["ms"]))
+    return pauses
 
 
 def stall_windows(hits: list[Hit], counted: list[Hit], rate: float) -> dict[str, float]:
@@ -2038,12 +2086,14 @@ class Bench:
                     window=functools.partial(self._measured, target, meter, before),
                 )
                 sample = self._rate_sample(result, meter)
+                result["gc_ms"] = broker_pauses(self.lab.brokers.kafka_run, *result["window"])
                 key = (variant.name, round(rate), label)
                 who = {"floor": "floor", KAFKA_FLOOR: "Kafka floor"}.get(target.kind, "Kafka")
                 said = (
                     f"  {variant.name} {who} at {rate:,.0f}/s: "
                     f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
-                    f"{result['ok']}/{result['requests']} 2xx"
+                    f"{result['ok']}/{result['requests']} 2xx, "
+                    f"broker GC pauses {gc_cell([result])}"
                 )
                 if not bridge:
                     kept = floors if target.kind == "floor" else kafka_floors
@@ -2090,6 +2140,7 @@ class Bench:
                     percents([r["slow_publish"] for r, _ in runs], ".2f"),
                     spread([r["stalls"] for r, _ in runs]),
                     spread([100 * r["slow_in_stalls"] for r, _ in runs], unit=" %"),
+                    gc_cell([r for r, _ in runs]),
                     spread([100 * r["new_connections"] for r, _ in runs], ".1f", " %"),
                     spread([100 * r["late_sends"] for r, _ in runs], ".1f", " %"),
                     spread([r["tcp"].get("RetransSegs", 0) for r, _ in runs]),
@@ -2139,7 +2190,8 @@ class Bench:
             "*slow in stalls*: the share of the answers over 20 ms that fell in them. Slow "
             "answers spread thinly over the run are the bridge queueing; bunched in a few "
             "stalls, a pause (the broker rolling its log segments or collecting, the machine's "
-            "2 CPUs busy elsewhere) held everything at once. *new connections*: connections "
+            "2 CPUs busy elsewhere) held everything at once. *broker GC pauses*: "
+            f"{GC_PAUSES_WHY} *new connections*: connections "
             "vegeta opened per request sent (the machine's TCP PassiveOpens over the run): "
             "vegeta opens one for each request sent while all its connections wait, so a stall "
             "leaves new connections behind, each costing the bridge more than a kept-alive "
@@ -2152,8 +2204,11 @@ class Bench:
             f"*sent > {LATE_SEND_MS:g} ms late*: the requests vegeta sent that far behind its "
             "own schedule (short of CPU itself, it then sends a burst to catch up). "
             "*TCP retransmits*: segments the machine's TCP sent again over the run (/proc/net/snmp "
-            "RetransSegs; on loopback only after a drop, and each waits a loss probe or a 200 ms "
-            "timeout). *listen drops*: connection attempts the kernel dropped because the "
+            "RetransSegs): on loopback nearly all tail loss probes (TCPLossProbes), sent when a "
+            "segment is not acknowledged within two round trips plus 2 ms (200 ms when it is "
+            "the only one in flight), lost or not: a late ACK, not a drop (the CPUs' input "
+            "queues, /proc/net/softnet_stat, dropped nothing in session 33's probes). "
+            "*listen drops*: connection attempts the kernel dropped because the "
             "server's accept queue was full (/proc/net/netstat ListenOverflows; the bridge's own "
             "`login_audit_listen_drops_total`): each client tries again 1 s later, then 3 s, so "
             "retransmits with them are the worker falling behind on new connections (a round "
@@ -2168,6 +2223,7 @@ class Bench:
                     "publish > 25 ms",
                     "stalls",
                     "slow in stalls",
+                    "broker GC pauses",
                     "new connections",
                     f"sent > {LATE_SEND_MS:g} ms late",
                     "TCP retransmits",
@@ -2280,14 +2336,17 @@ class Bench:
                 [
                     f"{name}: {rate:,}/s",
                     *latency_cells(beside),
+                    gc_cell([f for f, _ in beside]),
                     spread([100 * s.idle for _, s in beside], unit=" %"),
+                    gc_cell([r for r, _ in runs]),
                     spread([r["p99_ms"] for r, _ in runs], ".2f"),
                     spread(p99_ratio, ".2f", "x"),
                 ]
             )
         return (
             "### Latency at a constant rate: the bridge against the Kafka floor\n\n"
-            f"{KAFKA_FLOOR_WHY} Same rounds and rates as the latency rows; *stalls* as there.\n\n"
+            f"{KAFKA_FLOOR_WHY} Same rounds and rates as the latency rows; *stalls* as there. "
+            f"*broker GC pauses*: {GC_PAUSES_WHY}\n\n"
             + table(
                 [
                     "offered",
@@ -2297,7 +2356,9 @@ class Bench:
                     "stalls",
                     "non-2xx",
                     "µs CPU/request",
+                    "broker GC pauses",
                     "machine idle",
+                    "broker GC pauses (bridge's rounds)",
                     "bridge p99 ms",
                     "bridge p99 ÷ Kafka floor's",
                 ],
