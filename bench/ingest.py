@@ -289,6 +289,50 @@ def voluntary_switches(pid: int) -> int:
     return status_number(f"/proc/{pid}/task/{pid}/status", "voluntary_ctxt_switches")
 
 
+@dataclass(frozen=True)
+class LoopSched:
+    """What the scheduler did to processes' main threads (the event loops), summed."""
+
+    migrations: int = 0  # moves to another CPU, each leaving its caches behind
+    preemptions: int = 0  # involuntary context switches: taken off a CPU while it had work
+    waiting: float = 0.0  # seconds runnable but waiting for a CPU
+
+    def __add__(self, other: LoopSched) -> LoopSched:
+        return LoopSched(
+            self.migrations + other.migrations,
+            self.preemptions + other.preemptions,
+            self.waiting + other.waiting,
+        )
+
+    def __sub__(self, other: LoopSched) -> LoopSched:
+        return LoopSched(
+            self.migrations - other.migrations,
+            self.preemptions - other.preemptions,
+            self.waiting - other.waiting,
+        )
+
+
+def loop_sched(pid: int) -> LoopSched:
+    """A process's main thread's scheduling so far, from /proc/PID/task/PID/sched
+    (se.nr_migrations, nr_involuntary_switches) and schedstat (its second field: ns spent
+    runnable on a run queue); zeros once it is gone."""
+    try:
+        sched = Path(f"/proc/{pid}/task/{pid}/sched").read_text()
+        schedstat = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except OSError:
+        return LoopSched()
+    fields = {}
+    for line in sched.splitlines():
+        name, colon, value = line.partition(":")
+        if colon:
+            fields[name.strip()] = value.strip()
+    return LoopSched(
+        int(float(fields.get("se.nr_migrations", "0"))),
+        int(float(fields.get("nr_involuntary_switches", "0"))),
+        int(schedstat[1]) / 1e9,
+    )
+
+
 def thread_ids(pid: int) -> list[int]:
     try:
         return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
@@ -737,11 +781,19 @@ FLOOR_AT_RATE_WHY = (
     "loop."
 )
 
+# What the loop's scheduling columns say (latency's by-thread table, the penalty summary).
+LOOP_SCHED_WHY = (
+    "*loop waiting for a CPU*: the time the event loop thread was runnable but on a run queue "
+    "(/proc/PID/task/PID/schedstat), per event: a delay every request in the loop shares, on "
+    "top of the CPU it costs. *preempted*: its involuntary context switches, taken off a CPU "
+    "while it had work; *migrations*: its moves to another CPU (sched's se.nr_migrations), each "
+    "leaving its caches behind."
+)
 KAFKA_FLOOR = "kafka-floor"
 GC_PAUSES_WHY = (
-    "the test broker's stop-the-world collections (its gc.log: G1, MaxGCPauseMillis=20) "
-    "logged during each round's window, how many and the longest: a stall with a long one is "
-    "the broker's, whoever's answers waited."
+    "the test broker's stop-the-world collections (its gc.log) logged during each round's "
+    "window, how many and the longest: a stall with a long one is the broker's, whoever's "
+    "answers waited."
 )
 # Why the latency section loads a floor that publishes too (bench/README, "Latency").
 KAFKA_FLOOR_WHY = (
@@ -829,6 +881,7 @@ class Sample:
     idle: float  # the whole machine's idle fraction
     threads: dict[str, float] = field(default_factory=dict)  # label -> CPU seconds
     loop_sleeps: int = 0  # voluntary context switches of the processes' main threads
+    loop_sched: LoopSched = field(default_factory=LoopSched)
 
     @property
     def us_per_event(self) -> float:
@@ -850,6 +903,7 @@ class Meter:
         self.idle = 0.0
         self.threads: dict[str, float] = {}
         self.loop_sleeps = 0
+        self.loop_sched = LoopSched()
         self.halts = 0
 
     def _threads(self, pids: list[int]) -> dict[tuple[int, int], float]:
@@ -860,6 +914,7 @@ class Meter:
         self._before = {p: proc_cpu_seconds(p) for p in self._pids}
         self._thread_before = self._threads(self._pids) if self._labels is not None else {}
         self._sleeps_before = {p: voluntary_switches(p) for p in self._pids}
+        self._sched_before = {p: loop_sched(p) for p in self._pids}
         self._idle = machine_idle_seconds()
         self._halts = machine_halts()
         self._started = time.monotonic()
@@ -872,6 +927,9 @@ class Meter:
         pids = sorted(set(self._pids) | set(self._server.pids()))
         self.cpu = sum(proc_cpu_seconds(p) - self._before.get(p, 0.0) for p in pids)
         self.loop_sleeps = sum(voluntary_switches(p) - self._sleeps_before.get(p, 0) for p in pids)
+        self.loop_sched = sum(
+            (loop_sched(p) - self._sched_before.get(p, LoopSched()) for p in pids), LoopSched()
+        )
         if self._labels is not None:
             for key, used in self._threads(pids).items():
                 label = self._labels.get(key) or thread_label(*key, {})
@@ -2271,6 +2329,7 @@ class Bench:
             meter.idle,
             meter.threads,
             meter.loop_sleeps,
+            meter.loop_sched,
         )
 
     @staticmethod
@@ -2292,6 +2351,9 @@ class Bench:
                 *(spread([part(s, kind) for _, s in runs]) for kind in THREAD_KINDS),
                 spread([s.us_per_event for _, s in runs]),
                 spread([s.loop_sleeps / max(s.ok, 1) for _, s in runs], ".2f"),
+                spread([s.loop_sched.waiting / max(s.ok, 1) * 1e6 for _, s in runs], ".1f"),
+                spread([1e3 * s.loop_sched.preemptions / max(s.ok, 1) for _, s in runs], ".1f"),
+                spread([1e3 * s.loop_sched.migrations / max(s.ok, 1) for _, s in runs], ".1f"),
             ]
             for (name, rate, _), runs in sorted(results.items())
         ]
@@ -2303,13 +2365,17 @@ class Bench:
             "/proc/PID/task/PID/status) per event, each a time it blocked with nothing to do (or "
             "on a lock): several per event at a low rate; a few per hundred events where the loop "
             "takes the requests that arrive while it works in one turn, so there its extra CPU "
-            "per event over wrk's is not the cost of waking up.\n\n"
+            "per event over wrk's is not the cost of waking up. "
+            f"{LOOP_SCHED_WHY}\n\n"
             + table(
                 [
                     "offered",
                     *(f"{kind} µs/event" for kind in THREAD_KINDS),
                     "process µs/event",
                     "loop sleeps/event",
+                    "loop waiting for a CPU, µs/event",
+                    "loop preempted /1,000 events",
+                    "loop migrations /1,000 events",
                 ],
                 rows,
             )
@@ -2649,7 +2715,9 @@ class Bench:
             cpu for label, cpu in meter.threads.items() if thread_kind(label) == THREAD_KINDS[0]
         )
         samples = innermost_samples(raw)
-        return PenaltyWindow(kind, events, meter.seconds, meter.cpu, loop, meter.halts, samples)
+        return PenaltyWindow(
+            kind, events, meter.seconds, meter.cpu, loop, meter.halts, meter.loop_sched, samples
+        )
 
 
 def purge_queues(lab: Lab) -> None:
@@ -2752,6 +2820,7 @@ class PenaltyWindow:
     cpu_seconds: float  # the whole process
     loop_seconds: float  # its main thread: the event loop
     halts: int  # the machine's CPUs going idle (machine_halts)
+    loop_sched: LoopSched
     samples: dict[str, int]
 
     def us(self, seconds: float) -> float:
@@ -2812,6 +2881,17 @@ def penalty_tables(windows: list[PenaltyWindow], rate: float, share: float, top:
         ("event loop thread CPU, µs/event", lambda w: w.us(w.loop_seconds), ".1f"),
         ("GIL held (samples), µs/event", lambda w: sum(w.per_event().values()), ".1f"),
         ("CPU halts (whole machine), per event", lambda w: w.halts / w.events, ".2f"),
+        ("event loop waiting for a CPU, µs/event", lambda w: w.us(w.loop_sched.waiting), ".1f"),
+        (
+            "event loop preempted, per 1,000 events",
+            lambda w: 1e3 * w.loop_sched.preemptions / w.events,
+            ".1f",
+        ),
+        (
+            "event loop migrations, per 1,000 events",
+            lambda w: 1e3 * w.loop_sched.migrations / w.events,
+            ".1f",
+        ),
     ]
     summary = [
         [name, *(spread([what(w) for w in group], spec) for _, group in columns)]
@@ -2845,7 +2925,7 @@ def penalty_tables(windows: list[PenaltyWindow], rate: float, share: float, top:
         "(a socket write, the HTTP parser, librdkafka's produce) is counted in it. Samples are "
         "taken only while a thread holds the GIL; librdkafka's own threads are in the process "
         "CPU, not in the samples. Medians [ranges] over the windows; the tables below average "
-        "them.\n\n"
+        f"them. {LOOP_SCHED_WHY}\n\n"
         + table(heads, summary)
         + "\n\nBy component (package, or bridge module, of the innermost Python frame), "
         "largest growth first:\n\n"
