@@ -47,6 +47,7 @@ import dataclasses
 import functools
 import json
 import math
+import operator
 import os
 import random
 import re
@@ -283,39 +284,27 @@ def status_number(path: str, name: str) -> int:
     return 0
 
 
-def voluntary_switches(pid: int) -> int:
-    """How often a process's main thread (a bridge worker's event loop) blocked: waiting for
-    work, a lock or I/O (proc(5) voluntary_ctxt_switches); 0 once it is gone."""
-    return status_number(f"/proc/{pid}/task/{pid}/status", "voluntary_ctxt_switches")
-
-
 @dataclass(frozen=True)
 class LoopSched:
     """What the scheduler did to processes' main threads (the event loops), summed."""
 
+    # Voluntary context switches: it blocked, waiting for work, a lock or I/O.
+    sleeps: int = 0
     migrations: int = 0  # moves to another CPU, each leaving its caches behind
     preemptions: int = 0  # involuntary context switches: taken off a CPU while it had work
     waiting: float = 0.0  # seconds runnable but waiting for a CPU
 
     def __add__(self, other: LoopSched) -> LoopSched:
-        return LoopSched(
-            self.migrations + other.migrations,
-            self.preemptions + other.preemptions,
-            self.waiting + other.waiting,
-        )
+        return LoopSched(*map(operator.add, dataclasses.astuple(self), dataclasses.astuple(other)))
 
     def __sub__(self, other: LoopSched) -> LoopSched:
-        return LoopSched(
-            self.migrations - other.migrations,
-            self.preemptions - other.preemptions,
-            self.waiting - other.waiting,
-        )
+        return LoopSched(*map(operator.sub, dataclasses.astuple(self), dataclasses.astuple(other)))
 
 
 def loop_sched(pid: int) -> LoopSched:
     """A process's main thread's scheduling so far, from /proc/PID/task/PID/sched
-    (se.nr_migrations, nr_involuntary_switches) and schedstat (its second field: ns spent
-    runnable on a run queue); zeros once it is gone."""
+    (nr_voluntary_switches, se.nr_migrations, nr_involuntary_switches) and schedstat (its
+    second field: ns spent runnable on a run queue); zeros once it is gone."""
     try:
         sched = Path(f"/proc/{pid}/task/{pid}/sched").read_text()
         schedstat = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
@@ -327,6 +316,7 @@ def loop_sched(pid: int) -> LoopSched:
         if colon:
             fields[name.strip()] = value.strip()
     return LoopSched(
+        int(float(fields.get("nr_voluntary_switches", "0"))),
         int(float(fields.get("se.nr_migrations", "0"))),
         int(float(fields.get("nr_involuntary_switches", "0"))),
         int(schedstat[1]) / 1e9,
@@ -880,8 +870,7 @@ class Sample:
     seconds: float
     idle: float  # the whole machine's idle fraction
     threads: dict[str, float] = field(default_factory=dict)  # label -> CPU seconds
-    loop_sleeps: int = 0  # voluntary context switches of the processes' main threads
-    loop_sched: LoopSched = field(default_factory=LoopSched)
+    loop_sched: LoopSched = field(default_factory=LoopSched)  # the processes' main threads
 
     @property
     def us_per_event(self) -> float:
@@ -902,7 +891,6 @@ class Meter:
         self.seconds = 0.0
         self.idle = 0.0
         self.threads: dict[str, float] = {}
-        self.loop_sleeps = 0
         self.loop_sched = LoopSched()
         self.halts = 0
 
@@ -913,7 +901,6 @@ class Meter:
         self._pids = self._server.pids()
         self._before = {p: proc_cpu_seconds(p) for p in self._pids}
         self._thread_before = self._threads(self._pids) if self._labels is not None else {}
-        self._sleeps_before = {p: voluntary_switches(p) for p in self._pids}
         self._sched_before = {p: loop_sched(p) for p in self._pids}
         self._idle = machine_idle_seconds()
         self._halts = machine_halts()
@@ -926,7 +913,6 @@ class Meter:
         self.halts = machine_halts() - self._halts
         pids = sorted(set(self._pids) | set(self._server.pids()))
         self.cpu = sum(proc_cpu_seconds(p) - self._before.get(p, 0.0) for p in pids)
-        self.loop_sleeps = sum(voluntary_switches(p) - self._sleeps_before.get(p, 0) for p in pids)
         self.loop_sched = sum(
             (loop_sched(p) - self._sched_before.get(p, LoopSched()) for p in pids), LoopSched()
         )
@@ -2328,7 +2314,6 @@ class Bench:
             meter.seconds,
             meter.idle,
             meter.threads,
-            meter.loop_sleeps,
             meter.loop_sched,
         )
 
@@ -2350,7 +2335,7 @@ class Bench:
                 f"{name}: {rate:,}/s",
                 *(spread([part(s, kind) for _, s in runs]) for kind in THREAD_KINDS),
                 spread([s.us_per_event for _, s in runs]),
-                spread([s.loop_sleeps / max(s.ok, 1) for _, s in runs], ".2f"),
+                spread([s.loop_sched.sleeps / max(s.ok, 1) for _, s in runs], ".2f"),
                 spread([s.loop_sched.waiting / max(s.ok, 1) * 1e6 for _, s in runs], ".1f"),
                 spread([1e3 * s.loop_sched.preemptions / max(s.ok, 1) for _, s in runs], ".1f"),
                 spread([1e3 * s.loop_sched.migrations / max(s.ok, 1) for _, s in runs], ".1f"),
@@ -2362,7 +2347,7 @@ class Bench:
             "From /proc/PID/task/TID/stat over the same windows as the latency rows. At a low "
             "rate each event wakes the process from idle, and its work runs cold. *loop "
             "sleeps/event*: the event loop thread's voluntary context switches (its "
-            "/proc/PID/task/PID/status) per event, each a time it blocked with nothing to do (or "
+            "/proc/PID/task/PID/sched) per event, each a time it blocked with nothing to do (or "
             "on a lock): several per event at a low rate; a few per hundred events where the loop "
             "takes the requests that arrive while it works in one turn, so there its extra CPU "
             "per event over wrk's is not the cost of waking up. "
