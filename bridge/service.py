@@ -6,7 +6,6 @@ import asyncio
 import asyncio.sslproto
 import contextlib
 import functools
-import gc
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ import uvicorn
 from bridge import __version__
 from bridge.app import TokenCheck, create_admin_app, create_app
 from bridge.codec import AvroCodec
+from bridge.collector import collect_on_a_clock, settle_heap
 from bridge.drain import drain, start_sink_within
 from bridge.durable_spool import DurableSpool, SpoolLock
 from bridge.encode import Encoder, build_wire_encoder
@@ -204,7 +204,10 @@ async def _serve_holding_the_spool(
             background.start("replay", lambda: replayer.run(sink_started))
         background.start("hook-spool", lambda: intake.run(settings.hook_spool_interval_seconds))
         background.start("loop-lag", metrics.watch_loop_lag)
-        _settle_heap()
+        settle_heap()
+        if settings.gc_interval_seconds > 0:
+            interval = settings.gc_interval_seconds
+            background.start("gc", lambda: collect_on_a_clock(interval))
         if starting.signum is None:
             await _serve_until_fatal(
                 background,
@@ -292,24 +295,6 @@ def _signals_while_draining(draining: asyncio.Future[None]) -> Iterator[None]:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-
-
-# Young objects collected once per this many allocations instead of 700: a request allocates a
-# few hundred objects that die with it, and about 5 % of a worker's samples were in the GC.
-GC_YOUNG_THRESHOLD = 10_000
-
-
-def _settle_heap() -> None:
-    """Moves what start-up built (modules, settings, the app) out of the collector's sight.
-
-    ``gc.freeze()`` after a full collection: the older generations' collections then no longer
-    walk the start-up heap, and a higher young threshold makes collections rarer; together
-    about 9 % less CPU per event (issue 11).
-    """
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 async def _serve_until_fatal(background: Supervisor, serving: Coroutine[Any, Any, None]) -> None:

@@ -158,6 +158,14 @@ class Settings(BaseSettings):
         "and its client gets a 502. Idle connections count against max_connections, and the "
         "least active is closed to make room for a new one.",
     )
+    gc_interval_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often a worker runs Python's garbage collector: its young objects "
+        "every interval, the older ones every 10th and 100th. Python's own trigger (so many "
+        "objects allocated) fires when requests pile up, and then holds the worker while it "
+        "walks them all. 0: Python's trigger.",
+    )
     access_log: bool = Field(False, description="Log every HTTP request (uvicorn access log).")
     admin_host: str = Field(
         "127.0.0.1",
