@@ -1,0 +1,3 @@
+module loginaudit.example/bench/ratego
+
+go 1.21
