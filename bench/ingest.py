@@ -2172,7 +2172,10 @@ class Bench:
         shuffle = random.Random(self.seed + 1)
         for number in range(1, self.plan.latency_rounds + 1):
             shuffle.shuffle(plans)
-            print(f"latency round {number}/{self.plan.latency_rounds} (vegeta)", flush=True)
+            print(
+                f"latency round {number}/{self.plan.latency_rounds} ({self.load.generator})",
+                flush=True,
+            )
             for variant, target, rate, label in plans:
                 # The floors have no /metrics: no publish or loop-lag histograms to read.
                 bridge = target.is_bridge

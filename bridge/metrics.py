@@ -149,7 +149,7 @@ class Metrics:
         )
         self.background_task_failures = Counter(
             "login_audit_background_task_failures_total",
-            "Failures of a background task (sink-start, replay, hook-spool, loop-lag); each is "
+            "Failures of a background task (sink-start, replay, hook-spool, loop-lag, gc); each is "
             "logged and the task restarts with backoff.",
             ["task"],
             registry=r,
