@@ -1367,7 +1367,7 @@ class Load:
                 *([f"-max-connections={limit}"] if limit else []),
                 f"-output={results}",
             ]
-            env = {**os.environ, "GOMAXPROCS": "1"}  # one thread: a third of the CPU (RATEGO_WHY)
+            env = {**os.environ, "GOMAXPROCS": "1"}  # one thread: less CPU (RATEGO_WHY)
         else:
             results = self.scratch / "vegeta.bin"
             argv = self._vegeta_attack(
@@ -2286,7 +2286,12 @@ class Bench:
                 if self.load.generator == "ratego"
                 else ""
             )
-            + f"vegeta {vegeta_version(self.load.vegeta)} (Go, constant rate, keep-alive, "
+            + (
+                "ratego"
+                if self.load.generator == "ratego"
+                else f"vegeta {vegeta_version(self.load.vegeta)}"
+            )
+            + " (Go, constant rate, keep-alive, "
             f"HTTP/1.1), {self.plan.latency_rounds} round(s) of {self.plan.latency_seconds:g} s "
             f"after a {WARM_UP_S:g} s warm-up each, by the same vegeta process (the window "
             "starts with the connections the warm-up opened; percentiles by nearest rank over "
@@ -3614,7 +3619,7 @@ def main() -> int:
         choices=["vegeta", "ratego"],
         default="vegeta",
         help="what sends the constant rates (latency and penalty sections): vegeta, or "
-        "bench/ratego, the same open loop at about a third of vegeta's CPU per request",
+        "bench/ratego, the same open loop for less CPU per request (bench/README.md)",
     )
     parser.add_argument(
         "--vegeta-max-connections",
