@@ -100,11 +100,12 @@ async def kafka_sink(
 
     normalizer = Normalizer(sftpgo_user_fields=settings.sftpgo_user_fields)
     codec = AvroCodec()
+    event_encoder = Encoder(codec)
     encoded = []
     for vector in vectors:
         query = dict(urllib.parse.parse_qsl(vector["raw_query"], keep_blank_values=True))
         event = normalizer.sftpgo_from_http(query, vector["raw_body"].encode())
-        encoded.append(Encoder(codec).encode(event))
+        encoded.append(event_encoder.encode(event))
     encoder = build_wire_encoder(settings, codec)
     sink = build_sink(settings, codec=codec, encoder=encoder, metrics=Metrics())
     await sink.start()

@@ -461,8 +461,7 @@ class Brokers:
     @property
     def kafka_run(self) -> Path:
         """The Kafka broker's run directory (scripts/brokers' KAFKA_RUN), where its gc.log is."""
-        env = OWN_BROKER_ENV if self.own else os.environ
-        return Path(env.get("LOGIN_AUDIT_RUN", CACHE / "run")) / "kafka"
+        return brokers_run_dir(self.own) / "kafka"
 
 
 # The bench's own brokers (own run directory, own ports): the spool check stops and starts
@@ -479,6 +478,12 @@ OWN_BROKER_ENV = {
     "LOGIN_AUDIT_RABBITMQ_DIST_PORT": "25773",
     "LOGIN_AUDIT_EPMD_PORT": "14469",
 }
+
+
+def brokers_run_dir(own: bool) -> Path:
+    """Where scripts/brokers keeps the brokers' data, logs and pid files (its RUN)."""
+    env = OWN_BROKER_ENV if own else os.environ
+    return Path(env.get("LOGIN_AUDIT_RUN", CACHE / "run"))
 
 
 def brokers(command: str, own: bool) -> str:
@@ -530,9 +535,8 @@ def split_cpus() -> tuple[set[int], set[int]]:
 def pin_brokers(own: bool, cpus: set[int]) -> str:
     """Moves every thread of the running brokers (found by their pid files) onto ``cpus``;
     threads they start later inherit it. Says which were moved."""
-    run_dir = Path(OWN_BROKER_ENV["LOGIN_AUDIT_RUN"]) if own else CACHE / "run"
     moved = []
-    for pid_file in sorted(run_dir.glob("*/*.pid")):
+    for pid_file in sorted(brokers_run_dir(own).glob("*/*.pid")):
         try:
             pid = int(pid_file.read_text().strip())
             tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -2279,19 +2283,13 @@ class Bench:
                 + (f" (Kafka floor, same rounds: p99 {floor_p99} ms)" if beside else ""),
                 met(med(p50) <= P50_MAX_MS and med(p99) <= P99_MAX_MS and not bad),
             )
+        if self.load.generator == "ratego":
+            why, generator = RATEGO_WHY + " Below, *vegeta* means ratego.\n\n", "ratego"
+        else:
+            why, generator = "", f"vegeta {vegeta_version(self.load.vegeta)}"
         self.report.block(
             f"### Latency into Kafka at a constant rate ({self.load.generator})\n\n"
-            + (
-                RATEGO_WHY + " Below, *vegeta* means ratego.\n\n"
-                if self.load.generator == "ratego"
-                else ""
-            )
-            + (
-                "ratego"
-                if self.load.generator == "ratego"
-                else f"vegeta {vegeta_version(self.load.vegeta)}"
-            )
-            + " (Go, constant rate, keep-alive, "
+            f"{why}{generator} (Go, constant rate, keep-alive, "
             f"HTTP/1.1), {self.plan.latency_rounds} round(s) of {self.plan.latency_seconds:g} s "
             f"after a {WARM_UP_S:g} s warm-up each, by the same vegeta process (the window "
             "starts with the connections the warm-up opened; percentiles by nearest rank over "

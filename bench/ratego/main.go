@@ -63,6 +63,7 @@ type generator struct {
 	results  []result
 	mu       sync.Mutex
 	idle     []*conn
+	waiting  []job // at the connection limit: sent, in order, by the next connection free
 	opened   int
 	max      int
 	done     sync.WaitGroup
@@ -172,52 +173,52 @@ func (g *generator) dispatch(seq int) {
 		go g.serve(c)
 	}
 	if c == nil { // at the limit: the request waits for the first connection to come back
+		g.waiting = append(g.waiting, job{seq, now})
 		g.mu.Unlock()
-		go g.later(job{seq, now})
 		return
 	}
 	g.mu.Unlock()
 	c.jobs <- job{seq, now}
 }
 
-func (g *generator) later(j job) {
-	for {
-		g.mu.Lock()
-		if n := len(g.idle); n > 0 {
-			c := g.idle[n-1]
-			g.idle = g.idle[:n-1]
-			g.mu.Unlock()
-			c.jobs <- j
-			return
-		}
-		g.mu.Unlock()
-		time.Sleep(100 * time.Microsecond)
-	}
-}
-
+// serve sends each job handed to the connection, then the waiting ones, before going idle.
 func (g *generator) serve(c *conn) {
 	for j := range c.jobs {
-		req := g.requests[j.seq%len(g.requests)]
-		r := &g.results[j.seq]
-		r.sent = j.sent.UnixNano()
-		r.bytesOut = len(req)
-		code, in, keep, err := g.exchange(c, req)
-		r.latency = time.Since(j.sent).Nanoseconds()
-		r.code, r.bytesIn = code, in
-		if err != nil {
-			r.err = err.Error()
+		for {
+			g.send(c, j)
+			g.mu.Lock()
+			if len(g.waiting) == 0 {
+				g.idle = append(g.idle, c)
+				g.mu.Unlock()
+				g.done.Done() // after going idle: run closes the idle connections once all are done
+				break
+			}
+			next := g.waiting[0]
+			g.waiting = g.waiting[1:]
+			g.mu.Unlock()
+			g.done.Done()
+			j = next
 		}
-		if (err != nil || !keep) && c.nc != nil {
-			c.nc.Close()
-			c.nc = nil
-		}
-		g.mu.Lock()
-		g.idle = append(g.idle, c)
-		g.mu.Unlock()
-		g.done.Done()
 	}
 	if c.nc != nil {
 		c.nc.Close()
+	}
+}
+
+func (g *generator) send(c *conn, j job) {
+	req := g.requests[j.seq%len(g.requests)]
+	r := &g.results[j.seq]
+	r.sent = j.sent.UnixNano()
+	r.bytesOut = len(req)
+	code, in, keep, err := g.exchange(c, req)
+	r.latency = time.Since(j.sent).Nanoseconds()
+	r.code, r.bytesIn = code, in
+	if err != nil {
+		r.err = err.Error()
+	}
+	if (err != nil || !keep) && c.nc != nil {
+		c.nc.Close()
+		c.nc = nil
 	}
 }
 
